@@ -1,0 +1,3 @@
+from dynd.cli import main
+
+main()

@@ -1,0 +1,326 @@
+"""The client library: `open_client` (async, trio) and `BlockingClient` (plain scripts).
+
+    async with open_client("127.0.0.1:7400") as client:
+        result = await client.get(b"cart:42")          # GetResult(values=[...], context=b"...")
+        context = await client.put(b"cart:42", b"...", context=result.context)
+
+One connection carries many requests at once: each request gets an id, one task reads replies and
+wakes the caller waiting for that id, and one task flushes queued frames in batches. Failures raise
+`DynError` subclasses from `dynd.protocol.errors`: `Unreachable` when the node cannot be reached or
+the connection drops, `Timeout` when no reply comes in time, and the node's own error otherwise.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import trio
+
+from dynd.protocol import PROTOCOL_VERSION, codec, messages
+from dynd.protocol.address import parse_address
+from dynd.protocol.errors import BadFrame, DynError, Internal, Timeout, Unreachable, error_from_code
+from dynd.protocol.framing import FrameDecoder, encode_frame
+
+DEFAULT_TIMEOUT_S = 5.0
+REPLY_FRAME_BYTES_MAX = 64 * 1024 * 1024
+RECEIVE_CHUNK_BYTES = 256 * 1024
+
+KeyLike = bytes | str
+
+
+@dataclass(frozen=True, slots=True)
+class Sibling:
+    value: bytes
+    dot: tuple[str, int]
+    clock: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class GetResult:
+    """`values` is empty when the key is not found (or deleted); `context` is opaque."""
+
+    values: list[bytes]
+    context: bytes
+    siblings: list[Sibling]
+
+    @property
+    def found(self) -> bool:
+        return bool(self.values)
+
+
+def _key_bytes(key: KeyLike) -> bytes:
+    return key.encode("utf-8") if isinstance(key, str) else bytes(key)
+
+
+class _Waiter:
+    __slots__ = ("event", "reply")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.reply: messages.Message | BaseException | None = None
+
+
+class Client:
+    """One connection to one node. Create it with `open_client`."""
+
+    def __init__(self, stream: trio.SocketStream, address: str, timeout_s: float) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self.node_name = ""
+        self._stream = stream
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, _Waiter] = {}
+        self._outgoing: list[bytes] = []
+        self._wake_writer = trio.Event()
+        self._broken: DynError | None = None
+
+    # ---- requests ----
+
+    async def get(self, key: KeyLike, *, r: int | None = None, timeout_s: float | None = None) -> GetResult:
+        request_id = next(self._ids)
+        reply = await self._call(messages.Get(id=request_id, key=_key_bytes(key), r=r), timeout_s)
+        if not isinstance(reply, messages.GetOk):
+            raise Internal(f"unexpected reply {type(reply).__name__} to get")
+        siblings = [
+            Sibling(view.value, (view.actor, view.counter), {entry.actor: entry.counter for entry in view.clock})
+            for view in reply.siblings
+        ]
+        return GetResult([s.value for s in siblings], reply.context, siblings)
+
+    async def put(
+        self,
+        key: KeyLike,
+        value: bytes,
+        context: bytes | None = None,
+        *,
+        w: int | None = None,
+        timeout_s: float | None = None,
+    ) -> bytes:
+        """Store `value`, superseding what `context` covers; return the context covering the new write."""
+        request_id = next(self._ids)
+        message = messages.Put(id=request_id, key=_key_bytes(key), value=bytes(value), context=context, w=w)
+        reply = await self._call(message, timeout_s)
+        if not isinstance(reply, messages.PutOk):
+            raise Internal(f"unexpected reply {type(reply).__name__} to put")
+        return reply.context
+
+    async def delete(
+        self, key: KeyLike, context: bytes, *, w: int | None = None, timeout_s: float | None = None
+    ) -> bytes:
+        """Write a tombstone over what `context` covers; return the tombstone's context."""
+        request_id = next(self._ids)
+        reply = await self._call(messages.Delete(id=request_id, key=_key_bytes(key), context=context, w=w), timeout_s)
+        if not isinstance(reply, messages.DeleteOk):
+            raise Internal(f"unexpected reply {type(reply).__name__} to delete")
+        return reply.context
+
+    async def ping(self, *, timeout_s: float | None = None) -> str:
+        reply = await self._call(messages.Ping(id=next(self._ids)), timeout_s)
+        if not isinstance(reply, messages.Pong):
+            raise Internal(f"unexpected reply {type(reply).__name__} to ping")
+        return reply.node
+
+    # ---- machinery ----
+
+    async def _call(self, request: Any, timeout_s: float | None) -> messages.Message:
+        if self._broken is not None:
+            raise type(self._broken)(self._broken.message)
+        waiter = _Waiter()
+        self._waiting[request.id] = waiter
+        self._send(request)
+        limit = self.timeout_s if timeout_s is None else timeout_s
+        with trio.move_on_after(limit):
+            await waiter.event.wait()
+        self._waiting.pop(request.id, None)
+        reply = waiter.reply
+        if reply is None:
+            raise Timeout(f"no reply from {self.address} within {limit:g} s")
+        if isinstance(reply, BaseException):
+            raise reply
+        if isinstance(reply, messages.ErrorReply):
+            raise error_from_code(reply.code, reply.message)
+        return reply
+
+    def _send(self, message: messages.Message) -> None:
+        self._outgoing.append(encode_frame(codec.encode_message(message)))
+        self._wake_writer.set()
+
+    async def _handshake(self, agent: str) -> None:
+        self._send(messages.Hello(version=PROTOCOL_VERSION, agent=agent))
+        waiter = _Waiter()
+        self._waiting[0] = waiter  # the hello reply has no id; the reader files it under 0
+        with trio.move_on_after(self.timeout_s):
+            await waiter.event.wait()
+        self._waiting.pop(0, None)
+        reply = waiter.reply
+        if reply is None:
+            raise Timeout(f"no hello reply from {self.address} within {self.timeout_s:g} s")
+        if isinstance(reply, BaseException):
+            raise reply
+        if isinstance(reply, messages.ErrorReply):
+            raise error_from_code(reply.code, reply.message)
+        if not isinstance(reply, messages.HelloOk):
+            raise BadFrame(f"expected hello_ok from {self.address}, got {type(reply).__name__}")
+        self.node_name = reply.node
+
+    async def _writer(self) -> None:
+        while True:
+            await self._wake_writer.wait()
+            self._wake_writer = trio.Event()
+            if not self._outgoing:
+                continue
+            data = b"".join(self._outgoing)
+            self._outgoing.clear()
+            try:
+                await self._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self._fail_all(Unreachable(f"connection to {self.address} lost: {exc}"))
+                return
+
+    async def _reader(self) -> None:
+        decoder = FrameDecoder(REPLY_FRAME_BYTES_MAX)
+        while True:
+            try:
+                chunk = await self._stream.receive_some(RECEIVE_CHUNK_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self._fail_all(Unreachable(f"connection to {self.address} lost: {exc}"))
+                return
+            if not chunk:
+                self._fail_all(Unreachable(f"{self.address} closed the connection"))
+                return
+            try:
+                frames = decoder.feed(chunk)
+                for frame in frames:
+                    self._deliver(codec.decode_message(frame))
+            except DynError as exc:
+                self._fail_all(BadFrame(f"bad reply from {self.address}: {exc.message}"))
+                return
+
+    def _deliver(self, reply: messages.Message) -> None:
+        request_id = getattr(reply, "id", 0)
+        if request_id is None:  # an error about a frame the node could not read: fail everyone
+            assert isinstance(reply, messages.ErrorReply)
+            self._fail_all(error_from_code(reply.code, reply.message))
+            return
+        waiter = self._waiting.pop(request_id, None)
+        if waiter is not None:  # a reply after our timeout has no one to go to
+            waiter.reply = reply
+            waiter.event.set()
+
+    def _fail_all(self, error: DynError) -> None:
+        self._broken = error
+        waiting, self._waiting = self._waiting, {}
+        for waiter in waiting.values():
+            waiter.reply = type(error)(error.message)
+            waiter.event.set()
+
+
+@asynccontextmanager
+async def open_client(
+    address: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, agent: str = "dynd.client"
+) -> AsyncIterator[Client]:
+    """Connect to a node, say hello, and yield a `Client`; the connection closes on exit."""
+    host, port = parse_address(address)
+    try:
+        with trio.fail_after(timeout_s):
+            stream = await trio.open_tcp_stream(host, port)
+    except trio.TooSlowError:
+        raise Unreachable(f"connecting to {address} timed out after {timeout_s:g} s") from None
+    except OSError as exc:
+        raise Unreachable(f"cannot connect to {address}: {exc.strerror or exc}") from None
+    client = Client(stream, address, timeout_s)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client._reader)
+            nursery.start_soon(client._writer)
+            await client._handshake(agent)
+            try:
+                yield client
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        await stream.aclose()
+
+
+T = TypeVar("T")
+
+
+class BlockingClient:
+    """The same calls without async: a private thread runs trio and the connection.
+
+        with BlockingClient("127.0.0.1:7400") as client:
+            client.put("greeting", b"hello")
+    """
+
+    def __init__(self, address: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self._ready = threading.Event()
+        self._client: Client | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stop: trio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(address, timeout_s), daemon=True, name="dynd-client")
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _run(self, address: str, timeout_s: float) -> None:
+        async def main() -> None:
+            try:
+                async with open_client(address, timeout_s=timeout_s) as client:
+                    self._client = client
+                    self._token = trio.lowlevel.current_trio_token()
+                    self._stop = trio.Event()
+                    self._ready.set()
+                    await self._stop.wait()
+            except BaseException as exc:  # reported to the constructing thread
+                self._error = exc
+            finally:
+                self._ready.set()
+
+        trio.run(main)
+
+    def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        if self._client is None or self._token is None:
+            raise Unreachable("client is closed")
+
+        async def call() -> T:
+            return await fn(*args, **kwargs)
+
+        return trio.from_thread.run(call, trio_token=self._token)
+
+    def get(self, key: KeyLike, *, r: int | None = None) -> GetResult:
+        assert self._client is not None
+        return self._call(self._client.get, key, r=r)
+
+    def put(self, key: KeyLike, value: bytes, context: bytes | None = None, *, w: int | None = None) -> bytes:
+        assert self._client is not None
+        return self._call(self._client.put, key, value, context, w=w)
+
+    def delete(self, key: KeyLike, context: bytes, *, w: int | None = None) -> bytes:
+        assert self._client is not None
+        return self._call(self._client.delete, key, context, w=w)
+
+    def ping(self) -> str:
+        assert self._client is not None
+        return self._call(self._client.ping)
+
+    def close(self) -> None:
+        if self._token is not None and self._stop is not None:
+            try:
+                trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+            except trio.RunFinishedError:
+                pass
+        self._thread.join()
+        self._client = None
+
+    def __enter__(self) -> BlockingClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

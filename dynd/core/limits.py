@@ -1,0 +1,60 @@
+"""Every size, count and time limit of a node, in one frozen object that checks how they relate.
+
+The config file's [limits] table sets these by name (see deploy/dynd.toml); the defaults are safe
+for a commodity server. Units are part of each name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+# LMDB's compiled-in key limit is 511 bytes; object keys carry a 2-byte partition prefix.
+LMDB_KEY_BYTES_MAX = 511
+PARTITION_PREFIX_BYTES = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    # wire
+    frame_bytes_max: int = 4 * 1024 * 1024
+    frame_timeout_ms: int = 10_000
+    handshake_timeout_ms: int = 10_000
+    idle_timeout_ms: int = 600_000
+    connections_max: int = 1024
+    connection_inflight_max: int = 512
+    connection_outbuf_bytes_max: int = 16 * 1024 * 1024
+    # data
+    key_bytes_max: int = 256
+    value_bytes_max: int = 1024 * 1024
+    object_bytes_warn: int = 2 * 1024 * 1024
+    object_bytes_max: int = 3 * 1024 * 1024
+    siblings_warn: int = 25
+    siblings_max: int = 100
+    context_entries_max: int = 64
+    context_prune_threshold: int = 10
+    actor_bytes_max: int = 128
+    # storage
+    pending_writes_max: int = 20_000
+    lmdb_map_bytes: int = 16 * 1024**3
+    # requests
+    request_timeout_ms: int = 5_000
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if type(value) is not int or value <= 0:
+                raise ValueError(f"limit {f.name} must be a positive integer, got {value!r}")
+        if self.key_bytes_max > LMDB_KEY_BYTES_MAX - PARTITION_PREFIX_BYTES:
+            raise ValueError(f"key_bytes_max must be at most {LMDB_KEY_BYTES_MAX - PARTITION_PREFIX_BYTES} (LMDB's key limit)")
+        if self.value_bytes_max > self.object_bytes_max:
+            raise ValueError("value_bytes_max must not exceed object_bytes_max")
+        if self.object_bytes_warn > self.object_bytes_max:
+            raise ValueError("object_bytes_warn must not exceed object_bytes_max")
+        if self.siblings_warn > self.siblings_max:
+            raise ValueError("siblings_warn must not exceed siblings_max")
+        if self.context_prune_threshold > self.context_entries_max:
+            raise ValueError("context_prune_threshold must not exceed context_entries_max")
+        # a put frame carries a key, a value and a context; a get reply carries a whole object
+        put_frame_bytes = self.key_bytes_max + self.value_bytes_max + self.context_entries_max * (self.actor_bytes_max + 32) + 1024
+        if self.frame_bytes_max < put_frame_bytes:
+            raise ValueError(f"frame_bytes_max must be at least {put_frame_bytes} to carry the largest put")

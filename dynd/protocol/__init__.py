@@ -1,0 +1,3 @@
+"""Wire protocol: messages, codec, framing and error codes. No I/O here."""
+
+PROTOCOL_VERSION = 1

@@ -1,0 +1,208 @@
+"""CBOR encoding and strict decoding of messages.
+
+Decoding refuses anything a well-behaved peer never sends: nesting deeper than `CBOR_DEPTH_MAX`,
+indefinite-length items, duplicate map keys, non-string map keys, any tag, invalid UTF-8, bytes
+after the top-level item, a top level that is not a map, unknown ops and fields, and fields of the
+wrong type. Every frame gets a fresh decoder, so no state (such as shared references) leaks
+between frames. Size limits on keys and values belong to the node's config and are checked there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import cbor2
+
+from dynd.protocol import messages
+from dynd.protocol.errors import BadFrame, BadRequest, UnknownOp
+
+CBOR_DEPTH_MAX = 8
+INT_MAX = 2**63 - 1
+
+
+def _reject_tag(decoder: Any, tag: Any = None) -> Any:
+    raise ValueError("CBOR tags are not allowed")
+
+
+# cbor2 decodes some tags itself (datetimes, bignums, ...); route every 16-bit tag number to the
+# rejecting hook as well, so no tag of any number gets through.
+_REJECT_ALL_TAGS: dict[int, Callable[..., Any]] = {number: _reject_tag for number in range(65536)}
+
+
+def loads_strict(data: bytes) -> Any:
+    """Decode exactly one CBOR item from `data` under the strict rules above."""
+    if not data:
+        raise BadFrame("empty frame")
+    stream = io.BytesIO(data)
+    decoder = cbor2.CBORDecoder(
+        stream,
+        tag_hook=_reject_tag,
+        semantic_decoders=_REJECT_ALL_TAGS,
+        str_errors="strict",
+        max_depth=CBOR_DEPTH_MAX,
+        allow_indefinite=False,
+        allow_duplicate_keys=False,
+        strict_hashable_types=True,
+    )
+    try:
+        item = decoder.decode()
+    except (cbor2.CBORDecodeError, ValueError, RecursionError, OverflowError) as exc:
+        raise BadFrame(f"malformed CBOR: {exc}") from None
+    if stream.tell() != len(data):
+        raise BadFrame(f"{len(data) - stream.tell()} trailing bytes after the CBOR item")
+    return item
+
+
+def dumps(item: Any) -> bytes:
+    return cbor2.dumps(item)
+
+
+# ---- field checking, built once per message type from its annotations ----
+
+Checker = Callable[[Any, str], Any]
+
+
+def _check_int(value: Any, name: str) -> int:
+    if type(value) is not int or not 0 <= value <= INT_MAX:
+        raise BadRequest(f"field {name!r} must be an integer in 0..2^63-1")
+    return value
+
+
+def _exact(kind: type) -> Checker:
+    def check(value: Any, name: str) -> Any:
+        if type(value) is not kind:
+            raise BadRequest(f"field {name!r} must be {kind.__name__}, not {type(value).__name__}")
+        return value
+
+    return check
+
+
+def _optional(inner: Checker) -> Checker:
+    def check(value: Any, name: str) -> Any:
+        return None if value is None else inner(value, name)
+
+    return check
+
+
+def _list_of(inner: Checker) -> Checker:
+    def check(value: Any, name: str) -> list[Any]:
+        if type(value) is not list:
+            raise BadRequest(f"field {name!r} must be a list")
+        return [inner(item, f"{name}[{index}]") for index, item in enumerate(value)]
+
+    return check
+
+
+def _checker_for(annotation: Any) -> Checker:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        if len(args) != 1:
+            raise TypeError(f"unsupported union {annotation}")
+        return _optional(_checker_for(args[0]))
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        return _list_of(_checker_for(item))
+    if annotation is int:
+        return _check_int
+    if annotation in (bytes, str, bool):
+        return _exact(annotation)
+    if dataclasses.is_dataclass(annotation):
+        return _record_checker(annotation)
+    raise TypeError(f"unsupported field type {annotation}")
+
+
+class _Spec:
+    """How to check and build one dataclass from a decoded map."""
+
+    def __init__(self, cls: type) -> None:
+        hints = typing.get_type_hints(cls)
+        self.cls = cls
+        self.fields = [f for f in dataclasses.fields(cls)]
+        self.checkers = {f.name: _checker_for(hints[f.name]) for f in self.fields}
+        self.required = {f.name for f in self.fields if f.default is dataclasses.MISSING}
+        self.names = frozenset(self.checkers)
+
+    def build(self, mapping: dict[str, Any], ignore: frozenset[str] = frozenset()) -> Any:
+        unknown = mapping.keys() - self.names - ignore
+        if unknown:
+            raise BadRequest(f"unknown field(s) {sorted(map(str, unknown))} for {self.cls.__name__}")
+        missing = self.required - mapping.keys()
+        if missing:
+            raise BadRequest(f"missing field(s) {sorted(missing)} for {self.cls.__name__}")
+        kwargs = {name: self.checkers[name](value, name) for name, value in mapping.items() if name in self.names}
+        return self.cls(**kwargs)
+
+
+_RECORD_SPECS: dict[type, _Spec] = {}
+
+
+def _record_checker(cls: type) -> Checker:
+    def check(value: Any, name: str) -> Any:
+        if type(value) is not dict:
+            raise BadRequest(f"field {name!r} must be a map")
+        return _RECORD_SPECS[cls].build(value)
+
+    return check
+
+
+for _record in messages.RECORD_TYPES:
+    _RECORD_SPECS[_record] = _Spec(_record)
+
+_SPECS: dict[str, _Spec] = {cls.OP: _Spec(cls) for cls in messages.MESSAGE_TYPES}  # type: ignore[attr-defined]
+_OP_ONLY = frozenset({"op"})
+
+
+# ---- public API ----
+
+
+def decode_message(frame: bytes) -> messages.Message:
+    """Decode one frame's payload into a message, or raise BadFrame, BadRequest or UnknownOp.
+
+    BadRequest and UnknownOp carry `request_id` when the map had a usable `id`, so the reply can
+    name the request that failed.
+    """
+    item = loads_strict(frame)
+    if type(item) is not dict:
+        raise BadFrame(f"top level must be a map, not {type(item).__name__}")
+    raw_id = item.get("id")
+    request_id = raw_id if type(raw_id) is int and 0 <= raw_id <= INT_MAX else None
+    op = item.get("op")
+    try:
+        if type(op) is not str:
+            raise BadRequest("missing or non-text 'op'")
+        spec = _SPECS.get(op)
+        if spec is None:
+            raise UnknownOp(f"unknown op {op[:64]!r}")
+        return spec.build(item, ignore=_OP_ONLY)  # type: ignore[no-any-return]
+    except (BadRequest, UnknownOp) as exc:
+        exc.request_id = request_id  # type: ignore[attr-defined]
+        raise
+
+
+def _to_plain(value: Any) -> Any:
+    if type(value) is list:
+        return [_to_plain(item) for item in value]
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return value
+
+
+def encode_message(message: messages.Message) -> bytes:
+    """The CBOR payload (no length prefix) for a message; optional fields left at None are omitted."""
+    out: dict[str, Any] = {"op": message.OP}
+    for f in dataclasses.fields(message):  # type: ignore[arg-type]
+        value = getattr(message, f.name)
+        if value is None and f.default is None:
+            continue
+        out[f.name] = _to_plain(value)
+    return cbor2.dumps(out)
+
+
+def request_id_of(exc: BaseException) -> int | None:
+    return getattr(exc, "request_id", None)

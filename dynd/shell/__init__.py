@@ -1,0 +1,1 @@
+"""The thin trio layer around the core: TCP server, storage committer, signals."""

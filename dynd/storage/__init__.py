@@ -1,0 +1,1 @@
+"""Durable storage behind one interface (`Store`), with LMDB and in-memory implementations."""

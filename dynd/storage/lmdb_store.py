@@ -1,0 +1,111 @@
+"""The LMDB Store: one environment per node with databases `objects`, `hints` and `meta`.
+
+Durability: sync and metasync are on and writemap is off, so a committed transaction is on disk
+when `write` returns. Callers batch many operations into one `write` (group commit, see
+`dynd.shell.committer`); LMDB allows one writer at a time, and readers never block it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+
+import lmdb
+
+from dynd.protocol.errors import Internal, KeyTooLarge, StorageFull
+from dynd.storage import base
+from dynd.storage.base import DeleteHint, DeleteObject, PutHint, PutMeta, PutObject, WriteOp
+
+log = logging.getLogger("dynd.storage")
+
+MAX_DATABASES = 8
+
+
+class LmdbStore:
+    def __init__(self, path: str, *, map_bytes: int) -> None:
+        os.makedirs(path, exist_ok=True)
+        self.path = path
+        self._env = lmdb.open(
+            path,
+            map_size=map_bytes,
+            max_dbs=MAX_DATABASES,
+            subdir=True,
+            sync=True,
+            metasync=True,
+            writemap=False,
+            map_async=False,
+            readahead=False,
+            lock=True,
+        )
+        stale = self._env.reader_check()
+        if stale:
+            log.warning("cleared %d stale LMDB reader slots left by a dead process", stale)
+        self._objects = self._env.open_db(b"objects")
+        self._hints = self._env.open_db(b"hints")
+        self._meta = self._env.open_db(b"meta")
+        self.max_key_bytes = self._env.max_key_size()
+
+    def get_object(self, partition: int, key: bytes) -> bytes | None:
+        with self._env.begin(db=self._objects, buffers=False) as txn:
+            return txn.get(base.object_key(partition, key))  # type: ignore[no-any-return]
+
+    def iter_partition(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
+        start = base.object_key(partition, b"")
+        with self._env.begin(db=self._objects) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(start):
+                return
+            for encoded, data in cursor:
+                found_partition, key = base.split_object_key(encoded)
+                if found_partition != partition:
+                    return
+                yield key, data
+
+    def iter_hints(self, target: str) -> Iterator[tuple[int, bytes, bytes]]:
+        prefix = base.hint_prefix(target)
+        with self._env.begin(db=self._hints) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(prefix):
+                return
+            for encoded, data in cursor:
+                if not encoded.startswith(prefix):
+                    return
+                _, partition, key = base.split_hint_key(encoded)
+                yield partition, key, data
+
+    def get_meta(self, name: str) -> bytes | None:
+        with self._env.begin(db=self._meta) as txn:
+            return txn.get(base.meta_key(name))  # type: ignore[no-any-return]
+
+    def write(self, ops: Iterable[WriteOp]) -> None:
+        try:
+            with self._env.begin(write=True) as txn:
+                for op in ops:
+                    if isinstance(op, PutObject):
+                        txn.put(base.object_key(op.partition, op.key), op.data, db=self._objects)
+                    elif isinstance(op, DeleteObject):
+                        txn.delete(base.object_key(op.partition, op.key), db=self._objects)
+                    elif isinstance(op, PutHint):
+                        txn.put(base.hint_key(op.target, op.partition, op.key), op.data, db=self._hints)
+                    elif isinstance(op, DeleteHint):
+                        txn.delete(base.hint_key(op.target, op.partition, op.key), db=self._hints)
+                    elif isinstance(op, PutMeta):
+                        txn.put(base.meta_key(op.name), op.data, db=self._meta)
+                    else:
+                        raise TypeError(f"unknown write op {op!r}")
+        except lmdb.MapFullError:
+            raise StorageFull(
+                f"the LMDB map at {self.path} is full; raise lmdb_map_bytes in the config and restart"
+            ) from None
+        except lmdb.BadValsizeError as exc:
+            raise KeyTooLarge(f"storage refused a key: {exc}") from None
+        except lmdb.Error as exc:
+            raise Internal(f"storage error: {exc}") from exc
+
+    def stat(self) -> dict[str, int]:
+        info = self._env.info()
+        return {"map_bytes": info["map_size"], "last_page": info["last_pgno"], "page_bytes": self._env.stat()["psize"]}
+
+    def close(self) -> None:
+        self._env.close()
