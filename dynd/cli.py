@@ -13,7 +13,7 @@ import trio
 
 from dynd import __version__
 from dynd.config import Config, ConfigError, load_config
-from dynd.core.replica import DOT_HIGH_WATER_META, LocalReplica, decode_high_water
+from dynd.core.replica import LocalReplica
 from dynd.protocol.address import format_address
 from dynd.protocol.errors import DynError
 from dynd.shell.committer import GroupCommitter
@@ -78,8 +78,8 @@ class StartupError(Exception):
     pass
 
 
-def open_store(config: Config) -> tuple[LmdbStore, int]:
-    """Open the data directory, check it belongs to this node, and return the dot high-water mark."""
+def open_store(config: Config) -> LmdbStore:
+    """Open the data directory and check it belongs to this node."""
     try:
         store = LmdbStore(os.path.join(config.data_dir, "lmdb"), map_bytes=config.limits.lmdb_map_bytes)
     except Exception as exc:
@@ -94,15 +94,15 @@ def open_store(config: Config) -> tuple[LmdbStore, int]:
         raise StartupError(f"{config.data_dir} was created with {int(partitions)} partitions, not {config.partitions}")
     if owner is None:
         store.write([PutMeta(NODE_NAME_META, config.name.encode()), PutMeta(PARTITIONS_META, str(config.partitions).encode())])
-    return store, decode_high_water(store.get_meta(DOT_HIGH_WATER_META))
+    return store
 
 
 async def serve(config: Config) -> None:
-    store, high_water = open_store(config)
+    store = open_store(config)
     host, port = config.listen_host_port
     try:
         committer = GroupCommitter(store, pending_writes_max=config.limits.pending_writes_max)
-        replica = LocalReplica(config.name, config.limits, config.partitions, high_water)
+        replica = LocalReplica(config.name, config.limits, config.partitions)
         node = Node(config.name, replica, committer)
         server = Server(node, config.limits)
         try:

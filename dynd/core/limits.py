@@ -30,7 +30,7 @@ class Limits:
     object_bytes_max: int = 3 * 1024 * 1024
     siblings_warn: int = 25
     siblings_max: int = 100
-    context_entries_max: int = 64
+    context_entries_max: int = 256
     context_prune_threshold: int = 10
     actor_bytes_max: int = 128
     # storage
@@ -52,8 +52,10 @@ class Limits:
             raise ValueError("object_bytes_warn must not exceed object_bytes_max")
         if self.siblings_warn > self.siblings_max:
             raise ValueError("siblings_warn must not exceed siblings_max")
-        if self.context_prune_threshold > self.context_entries_max:
-            raise ValueError("context_prune_threshold must not exceed context_entries_max")
+        # A read context keeps every sibling's dot, so it may hold siblings_max entries beyond the
+        # pruning threshold, and the client must be able to send it back.
+        if self.context_entries_max < self.siblings_max + self.context_prune_threshold:
+            raise ValueError("context_entries_max must be at least siblings_max + context_prune_threshold")
         # a put frame carries a key, a value and a context; a get reply carries a whole object
         put_frame_bytes = self.key_bytes_max + self.value_bytes_max + self.context_entries_max * (self.actor_bytes_max + 32) + 1024
         if self.frame_bytes_max < put_frame_bytes:

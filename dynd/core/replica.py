@@ -11,11 +11,8 @@ from dataclasses import dataclass
 from dynd.core import versions
 from dynd.core.limits import Limits
 from dynd.core.partition import partition_of
-from dynd.core.sequence import DotSequence
 from dynd.protocol.errors import BadRequest, KeyTooLarge, ValueTooLarge
 from dynd.protocol.messages import ClockEntry, SiblingView
-
-DOT_HIGH_WATER_META = "dot_high_water"
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +20,6 @@ class WritePlan:
     partition: int
     key: bytes
     data: bytes
-    high_water: int
     reply_context: bytes
     sibling_count: int
     object_bytes: int
@@ -36,20 +32,11 @@ class ReadView:
     context: bytes
 
 
-def encode_high_water(counter: int) -> bytes:
-    return counter.to_bytes(8, "big")
-
-
-def decode_high_water(data: bytes | None) -> int:
-    return int.from_bytes(data, "big") if data else 0
-
-
 class LocalReplica:
-    def __init__(self, actor: str, limits: Limits, partitions: int, high_water: int) -> None:
+    def __init__(self, actor: str, limits: Limits, partitions: int) -> None:
         self.actor = actor
         self.limits = limits
         self.partitions = partitions
-        self.sequence = DotSequence(high_water)
 
     def partition(self, key: bytes) -> int:
         return partition_of(key, self.partitions)
@@ -67,12 +54,13 @@ class LocalReplica:
                 value=s.value,
                 actor=s.dot.actor,
                 counter=s.dot.counter,
-                clock=[ClockEntry(actor, counter) for actor, counter, _ in s.context.entries()],
+                clock=[ClockEntry(actor, counter) for actor, counter, _ in s.context.vector_entries()]
+                + [ClockEntry(dot.actor, dot.counter) for dot, _ in s.context.cloud_entries()],
             )
             for s in obj.siblings
             if s.value is not None
         ]
-        context = obj.read_context(self.limits.context_entries_max)
+        context = obj.read_context(self.limits.context_prune_threshold)
         return ReadView(views, versions.encode_context(context))
 
     def write(self, key: bytes, value: bytes | None, context_token: bytes | None, stored: bytes | None, now_ms: int) -> WritePlan:
@@ -90,17 +78,14 @@ class LocalReplica:
             value,
             self.actor,
             now_ms,
-            next_counter=self.sequence.next_counter,
             prune_threshold=self.limits.context_prune_threshold,
             siblings_max=self.limits.siblings_max,
             object_bytes_max=self.limits.object_bytes_max,
         )
-        self.sequence.advance_past(outcome.dot.counter)
         return WritePlan(
             partition=self.partition(key),
             key=key,
             data=versions.encode_object(outcome.object),
-            high_water=self.sequence.high_water,
             reply_context=versions.encode_context(outcome.client_context),
             sibling_count=len(outcome.object.siblings),
             object_bytes=outcome.object.value_bytes,

@@ -1,38 +1,38 @@
 """Sibling sets versioned with dotted version vectors (DESIGN.md section 2).
 
 Rules, in the order they apply:
-- A stored object is a set of siblings. Each sibling has a *dot* (actor, counter) naming the one
-  write that made it, the causal *context* (a clock: actor -> counter) that write was made against,
-  a value (None for a tombstone) and the coordinator's timestamp.
-- A clock *covers* a dot (a, n) when clock[a] >= n.
-- put(context C, via actor X): the new dot is (X, k) with k above every counter of X this replica
-  has seen for the key, in dots and contexts alike. X draws k from its own node-wide sequence, which
-  only rises and survives restarts (the shell persists its high-water mark with every commit), so
-  X never issues a dot twice even when pruning has erased what this key saw of X; a context that
-  claims a counter of X at or above the sequence was forged and is refused. Siblings whose dot C
-  covers are dropped; the rest stay beside the new one. Two writes with the same stale context
-  through the same actor get different dots, neither covers the other, so both survive.
-- The object also keeps `seen`, the join of the contexts of every write it has absorbed, kept even
-  after the siblings those writes made are gone. A sibling whose dot `seen` covers is obsolete.
-  (DESIGN.md phrases this as "covered by another sibling's context"; the two agree until a context is
-  pruned, and only `seen` keeps merge associative then, so it is the rule here.)
-- merge(A, B): the union of siblings by dot and the join of `seen`, minus every obsolete sibling.
-  State is a join-semilattice, so merge is commutative, associative and idempotent and replicas
-  converge in any order.
-- read: the live values and the join of every sibling's context and dot (tombstones included), so a
-  later put with that context supersedes everything that was read.
-- Pruning: on a put, the new sibling's context, the object's `seen` and the context returned to the
-  client keep at most `prune_threshold` entries, dropping the oldest by timestamp; a read context
-  keeps at most `context_entries_max`. Pruning only weakens what a clock covers, so it can add a false
-  sibling later but never drop a write. The writing actor's own entry is never pruned.
+- A *dot* (actor, counter) names one write. A *clock* is a causal context: a version vector
+  (actor -> counter, covering every dot of that actor up to the counter) plus a *cloud* of single
+  dots beyond the vector. A clock covers a dot when its vector reaches it or its cloud holds it.
+  Joins fold cloud dots into the vector as soon as they are contiguous with it.
+- A stored object is a set of siblings. Each sibling has its dot, the context the client wrote it
+  against, a value (None for a tombstone) and the coordinator's timestamp. The object also keeps
+  `seen`: the join of the contexts of every write it has absorbed, kept after the siblings those
+  writes removed are gone. A sibling whose dot `seen` covers is obsolete and is dropped.
+  (DESIGN.md says "covered by another sibling's context"; `seen` is that rule made to survive the
+  removal and pruning of sibling contexts, and it keeps merge a lattice join.)
+- put(context C, via actor X): the new dot is (X, k), k one above every counter of X this replica
+  has seen for the key, in dots, `seen` and C alike. `seen` absorbs C, so every sibling C covers
+  goes; the rest stay beside the new one. Two writes with the same stale context through the same
+  actor get different dots and neither covers the other, so both survive.
+- The client gets back C plus the new dot, exactly: the new dot goes to the cloud when the vector
+  cannot take it without covering a concurrent write the client never saw.
+- merge(A, B): union of siblings by dot, join of `seen`, minus obsolete siblings. Commutative,
+  associative and idempotent, so replicas converge whatever the order of exchanges.
+- read: the live values and `seen` joined with every sibling's dot (tombstones included), so a put
+  with that context supersedes everything that was read.
+- Pruning: the contexts handed to clients and kept on siblings hold at most `prune_threshold`
+  entries (vector entries and cloud dots), dropping the oldest by timestamp and keeping the dots of
+  live siblings and the writer's own entry. A weaker client context can only leave a false sibling,
+  never drop a write. `seen` itself is never pruned: it is what guarantees an actor never reuses a
+  counter for a key, and it holds one entry per actor that ever wrote the key.
 
-Clock entries carry the timestamp of the write that set their counter, for pruning only; comparing
-versions never looks at time.
+Timestamps ride along for pruning only; comparing versions never looks at time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,85 +53,134 @@ class Dot:
     counter: int
 
 
-class Clock(Mapping[str, int]):
-    """An immutable version vector: actor -> counter, each with the timestamp of that counter's write."""
+class Clock:
+    """An immutable causal context: a version vector plus a cloud of dots beyond it.
 
-    __slots__ = ("_entries", "_hash")
+    Each vector entry and cloud dot carries the timestamp of its write, used only for pruning.
+    """
 
-    def __init__(self, entries: Mapping[str, tuple[int, int]] | None = None) -> None:
-        self._entries: dict[str, tuple[int, int]] = dict(entries) if entries else {}
+    __slots__ = ("_vector", "_cloud", "_hash")
+
+    def __init__(
+        self,
+        vector: dict[str, tuple[int, int]] | None = None,
+        cloud: dict[Dot, int] | None = None,
+    ) -> None:
+        self._vector: dict[str, tuple[int, int]] = dict(vector) if vector else {}
+        self._cloud: dict[Dot, int] = {}
         self._hash: int | None = None
+        if cloud:
+            self._absorb_cloud(cloud)
 
-    # Mapping protocol: clock[actor] is the counter
-    def __getitem__(self, actor: str) -> int:
-        return self._entries[actor][0]
+    def _absorb_cloud(self, cloud: dict[Dot, int]) -> None:
+        """Add cloud dots, folding every run contiguous with the vector into it."""
+        vector = self._vector
+        pending = dict(self._cloud)
+        for dot, ts in cloud.items():
+            if dot not in pending or ts > pending[dot]:
+                pending[dot] = ts
+        for dot in sorted(pending):
+            held = vector.get(dot.actor)
+            top = held[0] if held else 0
+            if dot.counter <= top:
+                continue
+            if dot.counter == top + 1:
+                vector[dot.actor] = (dot.counter, pending[dot])
+            else:
+                self._cloud[dot] = pending[dot]
+        self._cloud = {d: t for d, t in self._cloud.items() if d.counter > self._vector.get(d.actor, (0, 0))[0]}
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._entries))
+    # ---- queries ----
+
+    def covers(self, dot: Dot) -> bool:
+        held = self._vector.get(dot.actor)
+        return (held is not None and held[0] >= dot.counter) or dot in self._cloud
+
+    def counter(self, actor: str) -> int:
+        """The highest counter of `actor` this clock mentions, in the vector or the cloud."""
+        held = self._vector.get(actor)
+        top = held[0] if held else 0
+        for dot in self._cloud:
+            if dot.actor == actor and dot.counter > top:
+                top = dot.counter
+        return top
+
+    def descends(self, other: Clock) -> bool:
+        """Whether this clock covers every dot `other` covers (clouds never hold a whole range)."""
+        for actor, (counter, _) in other._vector.items():
+            held = self._vector.get(actor)
+            if held is None or held[0] < counter:
+                return False
+        return all(self.covers(dot) for dot in other._cloud)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._vector) + len(self._cloud)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Clock):
-            return self._entries == other._entries
+            return self._vector == other._vector and self._cloud == other._cloud
         return NotImplemented
 
     def __hash__(self) -> int:
         if self._hash is None:
-            self._hash = hash(frozenset(self._entries.items()))
+            self._hash = hash((frozenset(self._vector.items()), frozenset(self._cloud.items())))
         return self._hash
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{a}:{c}" for a, c in self.items())
-        return f"Clock({inner})"
+        parts = [f"{a}:{c}" for a, c, _ in self.vector_entries()]
+        parts += [f"+{d.actor}:{d.counter}" for d, _ in self.cloud_entries()]
+        return f"Clock({', '.join(parts)})"
 
-    def counter(self, actor: str) -> int:
-        entry = self._entries.get(actor)
-        return entry[0] if entry is not None else 0
+    def vector_entries(self) -> list[tuple[str, int, int]]:
+        """(actor, counter, timestamp_ms), sorted by actor."""
+        return [(actor, *self._vector[actor]) for actor in sorted(self._vector)]
 
-    def timestamp_ms(self, actor: str) -> int:
-        entry = self._entries.get(actor)
-        return entry[1] if entry is not None else 0
+    def cloud_entries(self) -> list[tuple[Dot, int]]:
+        return sorted(self._cloud.items())
 
-    def covers(self, dot: Dot) -> bool:
-        entry = self._entries.get(dot.actor)
-        return entry is not None and entry[0] >= dot.counter
-
-    def descends(self, other: Clock) -> bool:
-        return all(self.counter(actor) >= counter for actor, counter in other.items())
+    # ---- constructions ----
 
     def join(self, other: Clock) -> Clock:
-        if not other._entries:
+        if not len(other):
             return self
-        merged = dict(self._entries)
-        for actor, entry in other._entries.items():
-            mine = merged.get(actor)
+        if not len(self):
+            return other
+        vector = dict(self._vector)
+        for actor, entry in other._vector.items():
+            mine = vector.get(actor)
             if mine is None or entry > mine:
-                merged[actor] = entry
-        return Clock(merged)
+                vector[actor] = entry
+        cloud = dict(self._cloud)
+        for dot, ts in other._cloud.items():
+            cloud[dot] = max(ts, cloud.get(dot, ts))
+        return Clock(vector, cloud)
 
     def with_dot(self, dot: Dot, timestamp_ms: int) -> Clock:
-        if self.counter(dot.actor) >= dot.counter:
+        if self.covers(dot):
             return self
-        merged = dict(self._entries)
-        merged[dot.actor] = (dot.counter, timestamp_ms)
-        return Clock(merged)
+        return Clock(self._vector, {**self._cloud, dot: timestamp_ms})
 
-    def pruned(self, threshold: int, keep_actor: str) -> tuple[Clock, int]:
-        """Drop the oldest entries (by timestamp, then actor) beyond `threshold`; never `keep_actor`."""
-        excess = len(self._entries) - threshold
+    def pruned(self, threshold: int, keep: Iterable[Dot] = (), keep_actor: str | None = None) -> tuple[Clock, int]:
+        """Drop the oldest vector entries and cloud dots beyond `threshold`, sparing `keep`.
+
+        Returns the pruned clock and how many entries went.
+        """
+        excess = len(self) - threshold
         if excess <= 0:
             return self, 0
-        candidates = sorted(
-            (ts, actor) for actor, (_, ts) in self._entries.items() if actor != keep_actor
-        )
-        dropped = {actor for _, actor in candidates[:excess]}
-        return Clock({a: e for a, e in self._entries.items() if a not in dropped}), len(dropped)
-
-    def entries(self) -> list[tuple[str, int, int]]:
-        """(actor, counter, timestamp_ms), sorted by actor."""
-        return [(actor, *self._entries[actor]) for actor in sorted(self._entries)]
+        spared_dots = set(keep)
+        spared_actors = {d.actor for d in spared_dots} | ({keep_actor} if keep_actor else set())
+        # (timestamp, actor, counter): counter 0 marks a vector entry, anything else a cloud dot
+        candidates = [(ts, actor, 0) for actor, (_, ts) in self._vector.items() if actor not in spared_actors]
+        candidates += [
+            (ts, dot.actor, dot.counter) for dot, ts in self._cloud.items() if dot not in spared_dots and dot.actor != keep_actor
+        ]
+        dropped = sorted(candidates)[:excess]
+        drop_actors = {actor for _, actor, counter in dropped if counter == 0}
+        drop_dots = {Dot(actor, counter) for _, actor, counter in dropped if counter}
+        vector = {a: e for a, e in self._vector.items() if a not in drop_actors}
+        cloud = {d: t for d, t in self._cloud.items() if d not in drop_dots}
+        return Clock(vector, cloud), len(dropped)
 
 
 EMPTY_CLOCK = Clock()
@@ -157,7 +206,7 @@ class Sibling:
 class SiblingSet:
     """Siblings sorted by dot, and `seen`: the join of every absorbed write's context.
 
-    Invariant: `seen` covers no sibling's dot, and every sibling's context is below `seen`.
+    Invariant: `seen` covers no sibling's dot.
     """
 
     siblings: tuple[Sibling, ...] = ()
@@ -176,29 +225,17 @@ class SiblingSet:
         return sum(s.value_bytes for s in self.siblings)
 
     def max_counter(self, actor: str) -> int:
-        """The highest counter of `actor` seen in any dot or context here."""
+        """The highest counter of `actor` seen here, in any dot or in `seen`."""
         highest = self.seen.counter(actor)
         for s in self.siblings:
             if s.dot.actor == actor and s.dot.counter > highest:
                 highest = s.dot.counter
         return highest
 
-    def read_context(self, entries_max: int) -> Clock:
-        """`seen` joined with every sibling's dot: a put with it supersedes all of them.
-
-        Pruned to `entries_max` (oldest first) so a client can always send it back; the dots of the
-        siblings themselves are kept whenever they fit.
-        """
-        clock = self.seen
-        for s in self.siblings:
-            clock = clock.with_dot(s.dot, s.timestamp_ms)
-        excess = len(clock) - entries_max
-        if excess > 0:
-            dot_actors = {s.dot.actor for s in self.siblings}
-            ranked = sorted((a in dot_actors, clock.timestamp_ms(a), a) for a in clock)
-            dropped = {a for _, _, a in ranked[:excess]}
-            clock = Clock({a: (clock[a], clock.timestamp_ms(a)) for a in clock if a not in dropped})
-        return clock
+    def read_context(self, prune_threshold: int) -> Clock:
+        """`seen` joined with every sibling's dot: a put with it supersedes all of them."""
+        clock = self.seen.join(Clock(None, {s.dot: s.timestamp_ms for s in self.siblings}))
+        return clock.pruned(prune_threshold, keep=[s.dot for s in self.siblings])[0]
 
 
 EMPTY = SiblingSet()
@@ -226,7 +263,7 @@ def _normalise(siblings: Iterable[Sibling], seen: Clock) -> SiblingSet:
 
 
 def _tiebreak(s: Sibling) -> tuple[Any, ...]:
-    return (s.timestamp_ms, s.value is not None, s.value or b"", s.context.entries())
+    return (s.timestamp_ms, s.value is not None, s.value or b"", s.context.vector_entries())
 
 
 def merge(a: SiblingSet, b: SiblingSet) -> SiblingSet:
@@ -242,28 +279,19 @@ def put(
     actor: str,
     now_ms: int,
     *,
-    next_counter: int,
     prune_threshold: int,
     siblings_max: int,
     object_bytes_max: int,
 ) -> PutOutcome:
-    """Apply a client write (value None = delete) made against `context`, coordinated by `actor`.
-
-    `next_counter` is the next value of the actor's node-wide dot sequence; the dot uses it unless
-    this key has seen a higher counter of the actor (only possible after a forged context).
-    """
-    if context.counter(actor) >= next_counter:
-        raise BadRequest(f"invalid context: it claims a write by {actor!r} that {actor!r} never made")
-    counter = max(current.max_counter(actor) + 1, next_counter)
+    """Apply a client write (value None = delete) made against `context`, coordinated by `actor`."""
+    counter = max(current.max_counter(actor), context.counter(actor)) + 1
     if counter > COUNTER_MAX:
-        raise BadRequest(f"counter for actor {actor!r} would exceed {COUNTER_MAX}")
+        raise BadRequest(f"invalid context: counter of {actor!r} would pass {COUNTER_MAX}")
     dot = Dot(actor, counter)
-    sibling_context, pruned = context.pruned(prune_threshold, keep_actor=actor)
+    sibling_context, pruned = context.pruned(prune_threshold)
     new = Sibling(dot, sibling_context, value, now_ms)
-    seen_full = current.seen.join(context)
-    kept = _normalise([*current.siblings, new], seen_full)
-    seen, pruned_seen = seen_full.pruned(prune_threshold, keep_actor=actor)
-    result = SiblingSet(kept.siblings, seen)
+    seen = current.seen.join(context)
+    result = _normalise([*current.siblings, new], seen)
     if len(result.siblings) > siblings_max:
         raise TooManySiblings(
             f"the write would leave {len(result.siblings)} siblings (siblings_max={siblings_max}); "
@@ -274,16 +302,27 @@ def put(
             f"the object would hold {result.value_bytes} bytes of values (object_bytes_max={object_bytes_max}); "
             "read the key and write with its context to replace its siblings"
         )
-    client_context, pruned_client = context.with_dot(dot, now_ms).pruned(prune_threshold, keep_actor=actor)
-    return PutOutcome(result, dot, client_context, pruned + pruned_seen + pruned_client)
+    client_context, pruned_client = context.with_dot(dot, now_ms).pruned(prune_threshold, keep=[dot])
+    return PutOutcome(result, dot, client_context, pruned + pruned_client)
 
 
 # ---- encodings ----
 
 
+def _clock_to_plain(clock: Clock) -> list[Any]:
+    return [
+        [list(e) for e in clock.vector_entries()],
+        [[d.actor, d.counter, ts] for d, ts in clock.cloud_entries()],
+    ]
+
+
+def _clock_from_plain(vector: Any, cloud: Any) -> Clock:
+    return Clock({a: (c, t) for a, c, t in vector}, {Dot(a, c): t for a, c, t in cloud})
+
+
 def encode_context(clock: Clock) -> bytes:
     """The opaque context token handed to clients."""
-    return cbor2.dumps([CONTEXT_FORMAT, [list(e) for e in clock.entries()]])
+    return cbor2.dumps([CONTEXT_FORMAT, *_clock_to_plain(clock)])
 
 
 def decode_context(token: bytes | None, *, entries_max: int, actor_bytes_max: int) -> Clock:
@@ -294,16 +333,24 @@ def decode_context(token: bytes | None, *, entries_max: int, actor_bytes_max: in
         item = loads_strict(token)
     except BadFrame as exc:
         raise BadRequest(f"invalid context: {exc.message}") from None
-    if type(item) is not list or len(item) != 2 or item[0] != CONTEXT_FORMAT or type(item[1]) is not list:
+    if (
+        type(item) is not list
+        or len(item) != 3
+        or item[0] != CONTEXT_FORMAT
+        or type(item[1]) is not list
+        or type(item[2]) is not list
+    ):
         raise BadRequest("invalid context: not a context token")
-    raw_entries = item[1]
-    if len(raw_entries) > entries_max:
-        raise BadRequest(f"invalid context: {len(raw_entries)} entries exceed context_entries_max={entries_max}")
-    return Clock(_parse_entries(raw_entries, actor_bytes_max, "context"))
+    if len(item[1]) + len(item[2]) > entries_max:
+        raise BadRequest(f"invalid context: {len(item[1]) + len(item[2])} entries exceed context_entries_max={entries_max}")
+    vector = _parse_entries(item[1], actor_bytes_max)
+    cloud = _parse_entries(item[2], actor_bytes_max, unique_actors=False)
+    return Clock({a: (c, t) for a, c, t in vector}, {Dot(a, c): t for a, c, t in cloud})
 
 
-def _parse_entries(raw: Any, actor_bytes_max: int, what: str) -> dict[str, tuple[int, int]]:
-    entries: dict[str, tuple[int, int]] = {}
+def _parse_entries(raw: list[Any], actor_bytes_max: int, unique_actors: bool = True) -> list[tuple[str, int, int]]:
+    parsed: list[tuple[str, int, int]] = []
+    seen: set[Any] = set()
     for entry in raw:
         if (
             type(entry) is not list
@@ -312,38 +359,37 @@ def _parse_entries(raw: Any, actor_bytes_max: int, what: str) -> dict[str, tuple
             or type(entry[1]) is not int
             or type(entry[2]) is not int
         ):
-            raise BadRequest(f"invalid {what}: each entry must be [actor, counter, timestamp_ms]")
+            raise BadRequest("invalid context: each entry must be [actor, counter, timestamp_ms]")
         actor, counter, timestamp_ms = entry
         if not actor or len(actor.encode()) > actor_bytes_max:
-            raise BadRequest(f"invalid {what}: actor name must be 1..{actor_bytes_max} bytes")
-        if not 0 < counter <= COUNTER_MAX or not 0 <= timestamp_ms <= INT_MAX:
-            raise BadRequest(f"invalid {what}: counter must be in 1..{COUNTER_MAX}")
-        if actor in entries:
-            raise BadRequest(f"invalid {what}: actor {actor!r} appears twice")
-        entries[actor] = (counter, timestamp_ms)
-    return entries
+            raise BadRequest(f"invalid context: actor names must be 1..{actor_bytes_max} bytes")
+        if not 0 < counter < COUNTER_MAX or not 0 <= timestamp_ms <= INT_MAX:
+            raise BadRequest(f"invalid context: counters must be in 1..{COUNTER_MAX - 1}")
+        identity = actor if unique_actors else (actor, counter)
+        if identity in seen:
+            raise BadRequest(f"invalid context: entry for {actor!r} appears twice")
+        seen.add(identity)
+        parsed.append((actor, counter, timestamp_ms))
+    return parsed
 
 
 def encode_object(obj: SiblingSet) -> bytes:
     return cbor2.dumps(
         [
             OBJECT_FORMAT,
-            [
-                [s.dot.actor, s.dot.counter, s.timestamp_ms, s.value, [list(e) for e in s.context.entries()]]
-                for s in obj.siblings
-            ],
-            [list(e) for e in obj.seen.entries()],
+            [[s.dot.actor, s.dot.counter, s.timestamp_ms, s.value, *_clock_to_plain(s.context)] for s in obj.siblings],
+            *_clock_to_plain(obj.seen),
         ]
     )
 
 
 def decode_object(data: bytes) -> SiblingSet:
     """Decode a stored object. Stored bytes were written by us, so a failure here means corruption."""
-    fmt, raw_siblings, raw_seen = cbor2.loads(data)
+    fmt, raw_siblings, seen_vector, seen_cloud = cbor2.loads(data)
     if fmt != OBJECT_FORMAT:
         raise ValueError(f"unknown stored object format {fmt!r}")
     siblings = tuple(
-        Sibling(Dot(actor, counter), Clock({a: (c, t) for a, c, t in ctx}), value, ts)
-        for actor, counter, ts, value, ctx in raw_siblings
+        Sibling(Dot(actor, counter), _clock_from_plain(vector, cloud), value, ts)
+        for actor, counter, ts, value, vector, cloud in raw_siblings
     )
-    return SiblingSet(siblings, Clock({a: (c, t) for a, c, t in raw_seen}))
+    return SiblingSet(siblings, _clock_from_plain(seen_vector, seen_cloud))

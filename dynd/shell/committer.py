@@ -33,7 +33,7 @@ class _Batch:
     ops: list[WriteOp] = field(default_factory=list)
     completions: list[Completion] = field(default_factory=list)
     overlay: dict[OverlayKey, bytes | None] = field(default_factory=dict)
-    # Meta records (such as the dot sequence's high-water mark) only need their latest value.
+    # Meta records only need their latest value within one commit.
     meta: dict[str, PutMeta] = field(default_factory=dict)
 
     def all_ops(self) -> list[WriteOp]:

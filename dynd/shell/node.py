@@ -11,11 +11,11 @@ import logging
 import time
 from collections.abc import Callable
 
-from dynd.core.replica import DOT_HIGH_WATER_META, LocalReplica, encode_high_water
+from dynd.core.replica import LocalReplica
 from dynd.protocol import messages
 from dynd.protocol.errors import DynError
 from dynd.shell.committer import GroupCommitter
-from dynd.storage.base import PutMeta, PutObject
+from dynd.storage.base import PutObject
 
 log = logging.getLogger("dynd.node")
 
@@ -61,10 +61,7 @@ class Node:
                 reply(messages.ErrorReply(id=request.id, code=error.code, message=error.message, retriable=error.retriable))
 
         self.committer.submit(
-            [
-                PutObject(plan.partition, plan.key, plan.data),
-                PutMeta(DOT_HIGH_WATER_META, encode_high_water(plan.high_water)),
-            ],
+            [PutObject(plan.partition, plan.key, plan.data)],
             done,
         )
 

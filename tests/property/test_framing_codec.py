@@ -1,0 +1,125 @@
+"""Framing under arbitrary chunking, and a codec round trip for every message type."""
+
+from __future__ import annotations
+
+import struct
+
+import cbor2
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dynd.protocol import codec, messages
+from dynd.protocol.errors import BadFrame, BadRequest, UnknownOp
+from dynd.protocol.framing import FrameDecoder, FrameTooLarge, encode_frame
+
+FRAME_MAX = 4096
+
+
+@st.composite
+def chunked(draw: st.DrawFn, data: bytes) -> list[bytes]:
+    cuts = sorted(draw(st.sets(st.integers(1, max(1, len(data) - 1)), max_size=20))) if len(data) > 1 else []
+    pieces, start = [], 0
+    for cut in cuts:
+        pieces.append(data[start:cut])
+        start = cut
+    pieces.append(data[start:])
+    return pieces
+
+
+@settings(max_examples=300)
+@given(st.lists(st.binary(max_size=300), max_size=10), st.data())
+def test_frames_survive_any_chunking(payloads: list[bytes], data: st.DataObject) -> None:
+    stream = b"".join(encode_frame(p) for p in payloads)
+    decoder = FrameDecoder(FRAME_MAX)
+    received: list[bytes] = []
+    for piece in data.draw(chunked(stream)):
+        received.extend(decoder.feed(piece))
+    assert received == payloads
+    assert not decoder.has_partial_frame
+
+
+def test_oversize_prefix_is_refused_before_the_body_arrives() -> None:
+    decoder = FrameDecoder(FRAME_MAX)
+    with pytest.raises(FrameTooLarge):
+        decoder.feed(struct.pack(">I", FRAME_MAX + 1))
+    assert decoder.buffered_bytes == 0
+    with pytest.raises(FrameTooLarge):  # the stream cannot resynchronise: the decoder stays poisoned
+        decoder.feed(encode_frame(b"\xa0"))
+
+
+def test_a_prefix_at_the_limit_is_accepted() -> None:
+    decoder = FrameDecoder(FRAME_MAX)
+    assert decoder.feed(encode_frame(b"x" * FRAME_MAX)) == [b"x" * FRAME_MAX]
+
+
+def test_http_on_the_port_is_named() -> None:
+    with pytest.raises(FrameTooLarge, match="not HTTP"):
+        FrameDecoder(FRAME_MAX).feed(b"POST / HTTP/1.1\r\n")
+
+
+text = st.text(max_size=20)
+ids = st.integers(0, codec.INT_MAX)
+blobs = st.binary(max_size=64)
+small = st.none() | st.integers(1, 5)
+clock_entries = st.lists(st.builds(messages.ClockEntry, text, ids), max_size=4)
+sibling_views = st.lists(st.builds(messages.SiblingView, blobs, text, ids, clock_entries), max_size=4)
+
+BUILDERS: dict[type, st.SearchStrategy[messages.Message]] = {
+    messages.Hello: st.builds(messages.Hello, ids, text),
+    messages.HelloOk: st.builds(messages.HelloOk, ids, text),
+    messages.Ping: st.builds(messages.Ping, ids),
+    messages.Pong: st.builds(messages.Pong, ids, text),
+    messages.Get: st.builds(messages.Get, ids, blobs, small),
+    messages.GetOk: st.builds(messages.GetOk, ids, sibling_views, blobs),
+    messages.Put: st.builds(messages.Put, ids, blobs, blobs, st.none() | blobs, small),
+    messages.PutOk: st.builds(messages.PutOk, ids, blobs),
+    messages.Delete: st.builds(messages.Delete, ids, blobs, blobs, small),
+    messages.DeleteOk: st.builds(messages.DeleteOk, ids, blobs),
+    messages.ErrorReply: st.builds(messages.ErrorReply, st.none() | ids, text, text, st.booleans()),
+}
+every_message = st.one_of(*BUILDERS.values())
+
+
+def test_the_round_trip_covers_every_message_type() -> None:
+    assert set(BUILDERS) == set(messages.MESSAGE_TYPES)
+
+
+@settings(max_examples=500)
+@given(every_message)
+def test_every_message_round_trips(message: messages.Message) -> None:
+    assert codec.decode_message(codec.encode_message(message)) == message
+
+
+@pytest.mark.parametrize(
+    ("payload", "error", "fragment"),
+    [
+        (b"", BadFrame, "empty"),
+        (cbor2.dumps([1, 2]), BadFrame, "map"),
+        (cbor2.dumps({"op": "ping", "id": 1}) + b"\x00", BadFrame, "trailing"),
+        (b"\x81" * 50 + b"\x01", BadFrame, "depth"),
+        (b"\xbf\x62op\x64ping\xff", BadFrame, "indefinite"),
+        (b"\xd9\x27\x0f\x01", BadFrame, "tag"),
+        (cbor2.dumps({"op": "ping", "id": 1, "at": cbor2.CBORTag(1, 0)}), BadFrame, "tag"),
+        (b"\xa2\x62op\x64ping\x62op\x64ping", BadFrame, "Duplicate"),
+        (b"\xa1\x62op\x62\xff\xfe", BadFrame, "text"),
+        (cbor2.dumps({"op": "frobnicate", "id": 7}), UnknownOp, "frobnicate"),
+        (cbor2.dumps({"op": "get", "id": 7}), BadRequest, "missing"),
+        (cbor2.dumps({"op": "get", "id": 7, "key": "text"}), BadRequest, "bytes"),
+        (cbor2.dumps({"op": "get", "id": 7, "key": b"k", "extra": 1}), BadRequest, "unknown field"),
+        (cbor2.dumps({"op": "get", "id": -1, "key": b"k"}), BadRequest, "integer"),
+        (cbor2.dumps({"op": "get", "id": 2**64 - 1, "key": b"k"}), BadRequest, "integer"),
+        (cbor2.dumps({"op": "get", "id": True, "key": b"k"}), BadRequest, "integer"),
+        (cbor2.dumps({1: 2}), BadFrame, "key"),
+    ],
+)
+def test_strict_decoding_refuses(payload: bytes, error: type[Exception], fragment: str) -> None:
+    with pytest.raises(error) as raised:
+        codec.decode_message(payload)
+    assert fragment.lower() in str(raised.value).lower()
+
+
+def test_a_bad_request_keeps_its_id_for_the_reply() -> None:
+    with pytest.raises(BadRequest) as raised:
+        codec.decode_message(cbor2.dumps({"op": "put", "id": 41, "key": b"k"}))
+    assert codec.request_id_of(raised.value) == 41

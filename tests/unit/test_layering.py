@@ -1,0 +1,40 @@
+"""Imports flow one way: protocol <- core <- {storage, sim, shell} <- cli; dynctl sees protocol and client only."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+FORBIDDEN: dict[str, tuple[str, ...]] = {
+    "dynd/protocol": ("dynd.core", "dynd.storage", "dynd.shell", "dynd.sim", "dynd.client", "dynd.cli", "dynd.config", "trio", "lmdb", "socket", "time", "threading", "asyncio"),
+    "dynd/core": ("dynd.storage", "dynd.shell", "dynd.sim", "dynd.client", "dynd.cli", "dynd.config", "trio", "lmdb", "socket", "time", "threading", "asyncio", "random"),
+    "dynd/storage": ("dynd.shell", "dynd.sim", "dynd.client", "dynd.cli", "trio"),
+    "dynctl": ("dynd.core", "dynd.storage", "dynd.shell", "dynd.sim", "dynd.cli", "dynd.config"),
+}
+
+
+def imported_modules(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_imports_respect_the_layers(package: str) -> None:
+    files = sorted((ROOT / package).rglob("*.py"))
+    assert files, f"no sources under {package}"
+    violations = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in files
+        for name in imported_modules(path)
+        if any(name == banned or name.startswith(banned + ".") for banned in FORBIDDEN[package])
+    ]
+    assert violations == []
