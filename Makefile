@@ -12,8 +12,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
+DEV_DIR ?= .dev/node1
+DEV_ADDR ?= 127.0.0.1:7400
+
 run: $(STAMP)
-	$(BIN)/dynctl dev up --nodes 1
+	@echo "Starting one dynd node on $(DEV_ADDR) (data in $(DEV_DIR)); Ctrl-C stops it."
+	@echo "In another terminal:"
+	@echo "  . $(VENV)/bin/activate"
+	@echo "  dynctl put greeting 'hello, dynamo'"
+	@echo "  dynctl get greeting"
+	@echo "  dynctl bench --workload put --concurrency 32 --value-size 1024 --seconds 10"
+	@mkdir -p $(DEV_DIR)
+	@exec $(BIN)/dynd --name dev1 --listen $(DEV_ADDR) --data-dir $(DEV_DIR)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

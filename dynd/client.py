@@ -243,6 +243,12 @@ async def open_client(
                 yield client
             finally:
                 nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The nursery is ours, not the caller's: hand back the single error it wraps, so
+        # `except DynError` (or the caller's own exception types) works as written.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
     finally:
         await stream.aclose()
 

@@ -2,24 +2,40 @@
 
 Pure: the shell reads the stored bytes, calls in with `now_ms`, stores what comes back and replies
 when the store says the write is durable. Until the ring arrives, a node is its key's only replica.
+
+A stored record holds the sibling set and, beside it, the read view (the live siblings as clients
+see them, and the read context) already encoded as CBOR, built once per write. A get then answers
+by slicing the record and stitching the reply, never decoding the object (DESIGN.md section 10).
+
+    record = format (1 byte) | length of siblings view (4 bytes, big-endian)
+             | siblings view CBOR | context token CBOR-bytes length (4 bytes) | context CBOR
+             | object CBOR (versions.encode_object)
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
+
+import cbor2
 
 from dynd.core import versions
 from dynd.core.limits import Limits
 from dynd.core.partition import partition_of
+from dynd.protocol.codec import to_plain
 from dynd.protocol.errors import BadRequest, KeyTooLarge, ValueTooLarge
 from dynd.protocol.messages import ClockEntry, SiblingView
+
+RECORD_FORMAT = 1
+_LENGTH = struct.Struct(">I")
+_FORMAT_AND_LENGTH = struct.Struct(">BI")
 
 
 @dataclass(frozen=True, slots=True)
 class WritePlan:
     partition: int
     key: bytes
-    data: bytes
+    record: bytes
     reply_context: bytes
     sibling_count: int
     object_bytes: int
@@ -27,9 +43,64 @@ class WritePlan:
 
 
 @dataclass(frozen=True, slots=True)
-class ReadView:
-    siblings: list[SiblingView]
-    context: bytes
+class EncodedView:
+    """The read view of a record as CBOR fragments: the siblings list and the context token."""
+
+    siblings_cbor: bytes
+    context_cbor: bytes
+
+
+def sibling_views(obj: versions.SiblingSet) -> list[SiblingView]:
+    return [
+        SiblingView(
+            value=s.value,
+            actor=s.dot.actor,
+            counter=s.dot.counter,
+            clock=[ClockEntry(actor, counter) for actor, counter, _ in s.context.vector_entries()]
+            + [ClockEntry(dot.actor, dot.counter) for dot, _ in s.context.cloud_entries()],
+        )
+        for s in obj.siblings
+        if s.value is not None
+    ]
+
+
+def encode_record(obj: versions.SiblingSet, prune_threshold: int) -> bytes:
+    siblings_cbor = cbor2.dumps(to_plain(sibling_views(obj)))
+    context_cbor = cbor2.dumps(versions.encode_context(obj.read_context(prune_threshold)))
+    return b"".join(
+        (
+            _FORMAT_AND_LENGTH.pack(RECORD_FORMAT, len(siblings_cbor)),
+            siblings_cbor,
+            _LENGTH.pack(len(context_cbor)),
+            context_cbor,
+            versions.encode_object(obj),
+        )
+    )
+
+
+def _split_record(record: bytes) -> tuple[int, int, int]:
+    """Offsets (context start, context end) and the object's start within a record."""
+    fmt, siblings_len = _FORMAT_AND_LENGTH.unpack_from(record, 0)
+    if fmt != RECORD_FORMAT:
+        raise ValueError(f"unknown stored record format {fmt}")
+    context_len_at = _FORMAT_AND_LENGTH.size + siblings_len
+    (context_len,) = _LENGTH.unpack_from(record, context_len_at)
+    context_start = context_len_at + _LENGTH.size
+    return context_start, context_start + context_len, siblings_len
+
+
+def decode_record(record: bytes) -> versions.SiblingSet:
+    _, object_start, _ = _split_record(record)
+    return versions.decode_object(record[object_start:])
+
+
+def record_view(record: bytes) -> EncodedView:
+    context_start, context_end, siblings_len = _split_record(record)
+    siblings_start = _FORMAT_AND_LENGTH.size
+    return EncodedView(record[siblings_start : siblings_start + siblings_len], record[context_start:context_end])
+
+
+EMPTY_VIEW = EncodedView(cbor2.dumps([]), cbor2.dumps(versions.encode_context(versions.EMPTY_CLOCK)))
 
 
 class LocalReplica:
@@ -47,23 +118,10 @@ class LocalReplica:
         if len(key) > self.limits.key_bytes_max:
             raise KeyTooLarge(f"key of {len(key)} bytes exceeds key_bytes_max={self.limits.key_bytes_max}")
 
-    def read(self, stored: bytes | None) -> ReadView:
-        obj = versions.decode_object(stored) if stored is not None else versions.EMPTY
-        views = [
-            SiblingView(
-                value=s.value,
-                actor=s.dot.actor,
-                counter=s.dot.counter,
-                clock=[ClockEntry(actor, counter) for actor, counter, _ in s.context.vector_entries()]
-                + [ClockEntry(dot.actor, dot.counter) for dot, _ in s.context.cloud_entries()],
-            )
-            for s in obj.siblings
-            if s.value is not None
-        ]
-        context = obj.read_context(self.limits.context_prune_threshold)
-        return ReadView(views, versions.encode_context(context))
+    def read(self, record: bytes | None) -> EncodedView:
+        return EMPTY_VIEW if record is None else record_view(record)
 
-    def write(self, key: bytes, value: bytes | None, context_token: bytes | None, stored: bytes | None, now_ms: int) -> WritePlan:
+    def write(self, key: bytes, value: bytes | None, context_token: bytes | None, record: bytes | None, now_ms: int) -> WritePlan:
         """Version a put (or, with value None, a delete) against what is stored; raise if refused."""
         self.check_key(key)
         if value is not None and len(value) > self.limits.value_bytes_max:
@@ -71,7 +129,7 @@ class LocalReplica:
         context = versions.decode_context(
             context_token, entries_max=self.limits.context_entries_max, actor_bytes_max=self.limits.actor_bytes_max
         )
-        current = versions.decode_object(stored) if stored is not None else versions.EMPTY
+        current = decode_record(record) if record is not None else versions.EMPTY
         outcome = versions.put(
             current,
             context,
@@ -85,7 +143,7 @@ class LocalReplica:
         return WritePlan(
             partition=self.partition(key),
             key=key,
-            data=versions.encode_object(outcome.object),
+            record=encode_record(outcome.object, self.limits.context_prune_threshold),
             reply_context=versions.encode_context(outcome.client_context),
             sibling_count=len(outcome.object.siblings),
             object_bytes=outcome.object.value_bytes,

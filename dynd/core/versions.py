@@ -12,7 +12,7 @@ Rules, in the order they apply:
   (DESIGN.md says "covered by another sibling's context"; `seen` is that rule made to survive the
   removal and pruning of sibling contexts, and it keeps merge a lattice join.)
 - put(context C, via actor X): the new dot is (X, k), k one above every counter of X this replica
-  has seen for the key, in dots, `seen` and C alike. `seen` absorbs C, so every sibling C covers
+  has seen for the key, in dots and `seen`; a C claiming more of X is forged and refused. `seen` absorbs C, so every sibling C covers
   goes; the rest stay beside the new one. Two writes with the same stale context through the same
   actor get different dots and neither covers the other, so both survive.
 - The client gets back C plus the new dot, exactly: the new dot goes to the cloud when the vector
@@ -283,10 +283,18 @@ def put(
     siblings_max: int,
     object_bytes_max: int,
 ) -> PutOutcome:
-    """Apply a client write (value None = delete) made against `context`, coordinated by `actor`."""
-    counter = max(current.max_counter(actor), context.counter(actor)) + 1
-    if counter > COUNTER_MAX:
-        raise BadRequest(f"invalid context: counter of {actor!r} would pass {COUNTER_MAX}")
+    """Apply a client write (value None = delete) made against `context`, coordinated by `actor`.
+
+    The coordinator's replica holds every dot it ever issued for the key, or `seen` covers it, so a
+    context claiming a higher counter of `actor` names a write that never happened: it is refused,
+    which also keeps a forged counter from exhausting the key's counter space.
+    """
+    issued = current.max_counter(actor)
+    if context.counter(actor) > issued:
+        raise BadRequest(f"invalid context: it claims a write by {actor!r} that {actor!r} never made")
+    counter = issued + 1
+    if counter >= COUNTER_MAX:
+        raise BadRequest(f"the counter of {actor!r} for this key is exhausted")
     dot = Dot(actor, counter)
     sibling_context, pruned = context.pruned(prune_threshold)
     new = Sibling(dot, sibling_context, value, now_ms)

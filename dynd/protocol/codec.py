@@ -185,23 +185,46 @@ def decode_message(frame: bytes) -> messages.Message:
         raise
 
 
-def _to_plain(value: Any) -> Any:
+# Per type: (field name, omit when None) in declaration order, computed once.
+_ENCODE_FIELDS: dict[type, tuple[tuple[str, bool], ...]] = {
+    cls: tuple((f.name, f.default is None) for f in dataclasses.fields(cls))
+    for cls in (*messages.MESSAGE_TYPES, *messages.RECORD_TYPES)
+}
+
+
+def to_plain(value: Any) -> Any:
+    """Messages and records as the maps and lists cbor2 encodes."""
     if type(value) is list:
-        return [_to_plain(item) for item in value]
-    if dataclasses.is_dataclass(value):
-        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    return value
+        return [to_plain(item) for item in value]
+    spec = _ENCODE_FIELDS.get(type(value))
+    if spec is None:
+        return value
+    return {name: to_plain(getattr(value, name)) for name, _ in spec}
 
 
 def encode_message(message: messages.Message) -> bytes:
     """The CBOR payload (no length prefix) for a message; optional fields left at None are omitted."""
     out: dict[str, Any] = {"op": message.OP}
-    for f in dataclasses.fields(message):  # type: ignore[arg-type]
-        value = getattr(message, f.name)
-        if value is None and f.default is None:
+    for name, omit_none in _ENCODE_FIELDS[type(message)]:
+        value = getattr(message, name)
+        if value is None and omit_none:
             continue
-        out[f.name] = _to_plain(value)
+        out[name] = to_plain(value)
     return cbor2.dumps(out)
+
+
+_GET_OK_HEAD = b"\xa4" + cbor2.dumps("op") + cbor2.dumps(messages.GetOk.OP) + cbor2.dumps("id")
+_SIBLINGS_KEY = cbor2.dumps("siblings")
+_CONTEXT_KEY = cbor2.dumps("context")
+
+
+def encode_get_ok_preencoded(request_id: int, siblings_cbor: bytes, context_cbor: bytes) -> bytes:
+    """A get_ok payload stitched from CBOR the node stored with the object, without re-encoding it.
+
+    `siblings_cbor` is cbor2.dumps(to_plain(list of SiblingView)) and `context_cbor` is
+    cbor2.dumps(context token); the result decodes to the same GetOk as `encode_message` gives.
+    """
+    return b"".join((_GET_OK_HEAD, cbor2.dumps(request_id), _SIBLINGS_KEY, siblings_cbor, _CONTEXT_KEY, context_cbor))
 
 
 def request_id_of(exc: BaseException) -> int | None:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from dynd.core.replica import LocalReplica
-from dynd.protocol import messages
+from dynd.protocol import codec, messages
 from dynd.protocol.errors import DynError
 from dynd.shell.committer import GroupCommitter
 from dynd.storage.base import PutObject
@@ -35,11 +35,12 @@ class Node:
         self.now_ms = now_ms
         self.pruned_entries_total = 0
 
-    def get(self, request: messages.Get) -> messages.GetOk:
+    def get(self, request: messages.Get) -> bytes:
+        """The encoded get_ok payload, stitched from the stored record's pre-encoded view."""
         self.replica.check_key(request.key)
         partition = self.replica.partition(request.key)
         view = self.replica.read(self.committer.read_object(partition, request.key))
-        return messages.GetOk(id=request.id, siblings=view.siblings, context=view.context)
+        return codec.encode_get_ok_preencoded(request.id, view.siblings_cbor, view.context_cbor)
 
     def put(self, request: messages.Put | messages.Delete, reply: Reply) -> None:
         """Version and queue the write; `reply` gets PutOk/DeleteOk or an ErrorReply once durable."""
@@ -61,7 +62,7 @@ class Node:
                 reply(messages.ErrorReply(id=request.id, code=error.code, message=error.message, retriable=error.retriable))
 
         self.committer.submit(
-            [PutObject(plan.partition, plan.key, plan.data)],
+            [PutObject(plan.partition, plan.key, plan.record)],
             done,
         )
 

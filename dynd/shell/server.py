@@ -27,6 +27,7 @@ from dynd.shell.node import Node
 log = logging.getLogger("dynd.server")
 
 RECEIVE_CHUNK_BYTES = 256 * 1024
+CLOSE_LINGER_S = 2.0
 
 
 def error_reply(request_id: int | None, error: DynError) -> messages.ErrorReply:
@@ -40,7 +41,8 @@ class Connection:
         self.limits = limits
         self.peer = peer
         self.greeted = False
-        self.closed = False
+        self.closing = False  # the reader is done: the writer drains what is queued, then stops
+        self.closed = False  # replies arriving now have no one to go to
         self.inflight = 0
         self._outgoing: list[bytes] = []
         self._outgoing_bytes = 0
@@ -51,9 +53,12 @@ class Connection:
     # ---- replies ----
 
     def send(self, message: messages.Message) -> None:
+        self.send_payload(codec.encode_message(message))
+
+    def send_payload(self, payload: bytes) -> None:
         if self.closed:
             return
-        frame = encode_frame(codec.encode_message(message))
+        frame = encode_frame(payload)
         self._outgoing.append(frame)
         self._outgoing_bytes += len(frame)
         self._wake_writer.set()
@@ -70,9 +75,11 @@ class Connection:
 
     async def writer(self) -> None:
         while True:
-            await self._wake_writer.wait()
-            self._wake_writer = trio.Event()
             if not self._outgoing:
+                if self.closing:
+                    return
+                await self._wake_writer.wait()
+                self._wake_writer = trio.Event()
                 continue
             data = b"".join(self._outgoing)
             self._outgoing.clear()
@@ -80,13 +87,9 @@ class Connection:
             await self.stream.send_all(data)
             self._maybe_drained()
 
-    async def flush(self) -> None:
-        if self._outgoing:
-            data = b"".join(self._outgoing)
-            self._outgoing.clear()
-            self._outgoing_bytes = 0
-            with trio.move_on_after(1):
-                await self.stream.send_all(data)
+    def finish_reading(self) -> None:
+        self.closing = True
+        self._wake_writer.set()
 
     # ---- requests ----
 
@@ -143,7 +146,7 @@ class Connection:
         request_id: int | None = getattr(message, "id", None)
         try:
             if isinstance(message, messages.Get):
-                self.send(self.node.get(message))
+                self.send_payload(self.node.get(message))
             elif isinstance(message, (messages.Put, messages.Delete)):
                 self.inflight += 1
                 try:
@@ -193,12 +196,16 @@ class Server:
                 try:
                     await connection.reader()
                 finally:
-                    connection.closed = True
-                    nursery.cancel_scope.cancel()
-            await connection.flush()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
+                    # Let the writer send what is queued (such as the error that ends this
+                    # connection), but not forever.
+                    connection.finish_reading()
+                    nursery.cancel_scope.deadline = trio.current_time() + CLOSE_LINGER_S
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the peer went away
+        except* Exception:
+            log.exception("connection from %s failed", peer)  # never let one connection stop the server
         finally:
+            connection.closed = True
             self.connections -= 1
             await trio.aclose_forcefully(stream)
 

@@ -7,6 +7,7 @@ when `write` returns. Callers batch many operations into one `write` (group comm
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -20,12 +21,24 @@ from dynd.storage.base import DeleteHint, DeleteObject, PutHint, PutMeta, PutObj
 log = logging.getLogger("dynd.storage")
 
 MAX_DATABASES = 8
+LOCK_FILE = "dynd.lock"
+
+
+class StoreInUse(RuntimeError):
+    """Another process has this environment open. LMDB itself would allow it; two nodes issuing
+    dots from one directory would not be safe, so the store refuses."""
 
 
 class LmdbStore:
     def __init__(self, path: str, *, map_bytes: int) -> None:
         os.makedirs(path, exist_ok=True)
         self.path = path
+        self._lock_fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise StoreInUse(f"{path} is in use by another process") from None
         self._env = lmdb.open(
             path,
             map_size=map_bytes,
@@ -109,3 +122,4 @@ class LmdbStore:
 
     def close(self) -> None:
         self._env.close()
+        os.close(self._lock_fd)  # releases the flock

@@ -9,7 +9,7 @@ import pytest
 
 from dynd.protocol.errors import KeyTooLarge, StorageFull
 from dynd.storage.base import DeleteHint, DeleteObject, PutHint, PutMeta, PutObject, Store
-from dynd.storage.lmdb_store import LmdbStore
+from dynd.storage.lmdb_store import LmdbStore, StoreInUse
 from dynd.storage.memory import MemoryStore
 
 
@@ -84,6 +84,17 @@ def test_lmdb_survives_reopen(tmp_path: Path) -> None:
         assert list(second.iter_hints("n2")) == [(9, b"k", b"h")]
     finally:
         second.close()
+
+
+def test_lmdb_refuses_a_second_opener(tmp_path: Path) -> None:
+    path = str(tmp_path / "lmdb")
+    first = LmdbStore(path, map_bytes=16 * 1024 * 1024)
+    try:
+        with pytest.raises(StoreInUse):
+            LmdbStore(path, map_bytes=16 * 1024 * 1024)
+    finally:
+        first.close()
+    LmdbStore(path, map_bytes=16 * 1024 * 1024).close()  # free again once closed
 
 
 def test_lmdb_full_map_is_a_clear_error_and_keeps_what_was_written(tmp_path: Path) -> None:

@@ -1,0 +1,67 @@
+"""The local replica: limits, and the pre-encoded read view agreeing with the plain encoding."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dynd.core import replica as r
+from dynd.core import versions
+from dynd.core.limits import Limits
+from dynd.protocol import codec, messages
+from dynd.protocol.errors import BadRequest, KeyTooLarge, ValueTooLarge
+
+LIMITS = Limits(key_bytes_max=16, value_bytes_max=64)
+
+
+def node() -> r.LocalReplica:
+    return r.LocalReplica("n1", LIMITS, partitions=256)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.binary(max_size=8) | st.none(), st.booleans()), min_size=1, max_size=12))
+def test_the_stitched_get_reply_equals_the_plain_one(writes: list[tuple[bytes | None, bool]]) -> None:
+    replica = node()
+    record: bytes | None = None
+    context: bytes | None = None
+    for step, (value, with_context) in enumerate(writes):
+        plan = replica.write(b"key", value, context if with_context else None, record, now_ms=step)
+        record, context = plan.record, plan.reply_context
+    assert record is not None
+    obj = r.decode_record(record)
+    expected = messages.GetOk(
+        id=5,
+        siblings=r.sibling_views(obj),
+        context=versions.encode_context(obj.read_context(LIMITS.context_prune_threshold)),
+    )
+    view = replica.read(record)
+    stitched = codec.encode_get_ok_preencoded(5, view.siblings_cbor, view.context_cbor)
+    assert codec.decode_message(stitched) == expected
+
+
+def test_a_missing_key_reads_as_no_siblings_and_an_empty_context() -> None:
+    view = node().read(None)
+    reply = codec.decode_message(codec.encode_get_ok_preencoded(1, view.siblings_cbor, view.context_cbor))
+    assert isinstance(reply, messages.GetOk) and reply.siblings == []
+    assert versions.decode_context(reply.context, entries_max=8, actor_bytes_max=8) == versions.EMPTY_CLOCK
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "context", "error"),
+    [
+        (b"", b"v", None, BadRequest),
+        (b"k" * 17, b"v", None, KeyTooLarge),
+        (b"k", b"v" * 65, None, ValueTooLarge),
+        (b"k", b"v", b"\x01", BadRequest),
+        (b"k", b"v", versions.encode_context(versions.Clock({f"a{i}": (1, 0) for i in range(LIMITS.context_entries_max + 1)})), BadRequest),
+    ],
+)
+def test_refused_writes_name_their_reason(key: bytes, value: bytes, context: bytes | None, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        node().write(key, value, context, None, now_ms=0)
+
+
+def test_a_write_at_the_limits_is_accepted() -> None:
+    plan = node().write(b"k" * 16, b"v" * 64, None, None, now_ms=0)
+    assert [s.value for s in r.decode_record(plan.record).siblings] == [b"v" * 64]
