@@ -129,14 +129,16 @@ class Client:
 
     async def _call(self, request: Any, timeout_s: float | None) -> messages.Message:
         if self._broken is not None:
-            raise type(self._broken)(self._broken.message)
+            raise _copy_error(self._broken)
         waiter = _Waiter()
         self._waiting[request.id] = waiter
         self._send(request)
         limit = self.timeout_s if timeout_s is None else timeout_s
-        with trio.move_on_after(limit):
-            await waiter.event.wait()
-        self._waiting.pop(request.id, None)
+        try:
+            with trio.move_on_after(limit):
+                await waiter.event.wait()
+        finally:  # also when the caller's own scope cancels us: no waiter is left behind
+            self._waiting.pop(request.id, None)
         reply = waiter.reply
         if reply is None:
             raise Timeout(f"no reply from {self.address} within {limit:g} s")
@@ -150,11 +152,11 @@ class Client:
         self._outgoing.append(encode_frame(codec.encode_message(message)))
         self._wake_writer.set()
 
-    async def _handshake(self, agent: str) -> None:
+    async def _handshake(self, agent: str, deadline: float) -> None:
         self._send(messages.Hello(version=PROTOCOL_VERSION, agent=agent))
         waiter = _Waiter()
         self._waiting[0] = waiter  # the hello reply has no id; the reader files it under 0
-        with trio.move_on_after(self.timeout_s):
+        with trio.move_on_at(deadline):
             await waiter.event.wait()
         self._waiting.pop(0, None)
         reply = waiter.reply
@@ -216,29 +218,46 @@ class Client:
         self._broken = error
         waiting, self._waiting = self._waiting, {}
         for waiter in waiting.values():
-            waiter.reply = type(error)(error.message)
+            waiter.reply = _copy_error(error)
             waiter.event.set()
+
+
+def _copy_error(error: DynError) -> DynError:
+    """A fresh exception per waiter (one instance raised in many tasks would share a traceback)."""
+    return error_from_code(error.code, error.message)
+
+
+def _unwrap(group: BaseExceptionGroup) -> BaseException:  # type: ignore[type-arg]
+    """The one error inside nested single-member groups, or the group itself."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 @asynccontextmanager
 async def open_client(
     address: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, agent: str = "dynd.client"
 ) -> AsyncIterator[Client]:
-    """Connect to a node, say hello, and yield a `Client`; the connection closes on exit."""
+    """Connect to a node, say hello, and yield a `Client`; the connection closes on exit.
+
+    `timeout_s` bounds connecting and the hello together, and then each request.
+    """
     host, port = parse_address(address)
+    deadline = trio.current_time() + timeout_s
     try:
-        with trio.fail_after(timeout_s):
+        with trio.fail_at(deadline):
             stream = await trio.open_tcp_stream(host, port)
     except trio.TooSlowError:
         raise Unreachable(f"connecting to {address} timed out after {timeout_s:g} s") from None
     except OSError as exc:
-        raise Unreachable(f"cannot connect to {address}: {exc.strerror or exc}") from None
+        raise Unreachable(f"cannot connect to {address}: {_connect_reason(exc)}") from None
     client = Client(stream, address, timeout_s)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client._reader)
             nursery.start_soon(client._writer)
-            await client._handshake(agent)
+            await client._handshake(agent, deadline)
             try:
                 yield client
             finally:
@@ -246,11 +265,25 @@ async def open_client(
     except BaseExceptionGroup as group:
         # The nursery is ours, not the caller's: hand back the single error it wraps, so
         # `except DynError` (or the caller's own exception types) works as written.
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
+        error = _unwrap(group)
+        if error is group:
+            raise
+        raise error from None
     finally:
         await stream.aclose()
+
+
+def _connect_reason(exc: OSError) -> str:
+    """The OS's reason ("Connection refused"), which trio keeps on the underlying errors."""
+    causes: list[BaseException] = [exc]
+    if isinstance(exc.__cause__, BaseExceptionGroup):
+        causes += list(exc.__cause__.exceptions)
+    elif exc.__cause__ is not None:
+        causes.append(exc.__cause__)
+    for cause in causes:
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+    return str(exc)
 
 
 T = TypeVar("T")

@@ -64,8 +64,23 @@ def sibling_views(obj: versions.SiblingSet) -> list[SiblingView]:
     ]
 
 
+def _plain_views(obj: versions.SiblingSet) -> list[dict[str, object]]:
+    """`to_plain(sibling_views(obj))` built directly: this runs on every write."""
+    return [
+        {
+            "value": s.value,
+            "actor": s.dot.actor,
+            "counter": s.dot.counter,
+            "clock": [{"actor": a, "counter": c} for a, c, _ in s.context.vector_entries()]
+            + [{"actor": d.actor, "counter": d.counter} for d, _ in s.context.cloud_entries()],
+        }
+        for s in obj.siblings
+        if s.value is not None
+    ]
+
+
 def encode_record(obj: versions.SiblingSet, prune_threshold: int) -> bytes:
-    siblings_cbor = cbor2.dumps(to_plain(sibling_views(obj)))
+    siblings_cbor = cbor2.dumps(_plain_views(obj))
     context_cbor = cbor2.dumps(versions.encode_context(obj.read_context(prune_threshold)))
     return b"".join(
         (
@@ -108,6 +123,7 @@ class LocalReplica:
         self.actor = actor
         self.limits = limits
         self.partitions = partitions
+        self.replicas = 1
 
     def partition(self, key: bytes) -> int:
         return partition_of(key, self.partitions)
@@ -117,6 +133,11 @@ class LocalReplica:
             raise BadRequest("the key is empty")
         if len(key) > self.limits.key_bytes_max:
             raise KeyTooLarge(f"key of {len(key)} bytes exceeds key_bytes_max={self.limits.key_bytes_max}")
+
+    def check_quorum(self, name: str, wanted: int | None) -> None:
+        """Per-request R or W must lie in 1..N; until the ring, a node is the only replica (N=1)."""
+        if wanted is not None and not 1 <= wanted <= self.replicas:
+            raise BadRequest(f"{name}={wanted} is outside 1..n={self.replicas}")
 
     def read(self, record: bytes | None) -> EncodedView:
         return EMPTY_VIEW if record is None else record_view(record)

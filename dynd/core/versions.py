@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import cbor2
 
@@ -47,8 +47,9 @@ OBJECT_FORMAT = 1
 COUNTER_MAX = 2**62
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Dot:
+class Dot(NamedTuple):
+    """One write's name. A named tuple: dots are hashed and sorted on every merge."""
+
     actor: str
     counter: int
 
@@ -337,6 +338,8 @@ def decode_context(token: bytes | None, *, entries_max: int, actor_bytes_max: in
     """Parse a client's context token, refusing anything malformed or over the limits."""
     if token is None:
         return EMPTY_CLOCK
+    if not token:
+        raise BadRequest("invalid context: the token is empty (omit it to write without a context)")
     try:
         item = loads_strict(token)
     except BadFrame as exc:

@@ -38,6 +38,7 @@ class Node:
     def get(self, request: messages.Get) -> bytes:
         """The encoded get_ok payload, stitched from the stored record's pre-encoded view."""
         self.replica.check_key(request.key)
+        self.replica.check_quorum("r", request.r)
         partition = self.replica.partition(request.key)
         view = self.replica.read(self.committer.read_object(partition, request.key))
         return codec.encode_get_ok_preencoded(request.id, view.siblings_cbor, view.context_cbor)
@@ -46,6 +47,7 @@ class Node:
         """Version and queue the write; `reply` gets PutOk/DeleteOk or an ErrorReply once durable."""
         value = request.value if isinstance(request, messages.Put) else None
         self.replica.check_key(request.key)
+        self.replica.check_quorum("w", request.w)
         stored = self.committer.read_object(self.replica.partition(request.key), request.key)
         plan = self.replica.write(request.key, value, request.context, stored, self.now_ms())
         self._note(plan.key, plan.sibling_count, plan.object_bytes, plan.pruned_entries)

@@ -13,7 +13,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "dynd/protocol": ("dynd.core", "dynd.storage", "dynd.shell", "dynd.sim", "dynd.client", "dynd.cli", "dynd.config", "trio", "lmdb", "socket", "time", "threading", "asyncio"),
     "dynd/core": ("dynd.storage", "dynd.shell", "dynd.sim", "dynd.client", "dynd.cli", "dynd.config", "trio", "lmdb", "socket", "time", "threading", "asyncio", "random"),
     "dynd/storage": ("dynd.shell", "dynd.sim", "dynd.client", "dynd.cli", "trio"),
-    "dynctl": ("dynd.core", "dynd.storage", "dynd.shell", "dynd.sim", "dynd.cli", "dynd.config"),
+    "dynctl": ("dynd.core", "dynd.storage", "dynd.shell", "dynd.sim", "dynd.cli", "dynd.config", "dynd.__main__"),
 }
 
 
@@ -24,6 +24,8 @@ def imported_modules(path: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
+            # `from dynd import core` imports the module dynd.core: check it under that name too.
+            names.update(f"{node.module}.{alias.name}" for alias in node.names if alias.name != "*")
     return names
 
 

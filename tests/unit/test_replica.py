@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cbor2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -38,6 +39,7 @@ def test_the_stitched_get_reply_equals_the_plain_one(writes: list[tuple[bytes | 
     view = replica.read(record)
     stitched = codec.encode_get_ok_preencoded(5, view.siblings_cbor, view.context_cbor)
     assert codec.decode_message(stitched) == expected
+    assert view.siblings_cbor == cbor2.dumps(codec.to_plain(r.sibling_views(obj)))
 
 
 def test_a_missing_key_reads_as_no_siblings_and_an_empty_context() -> None:
