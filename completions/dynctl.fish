@@ -1,0 +1,35 @@
+# fish completion for dynctl.
+# Install: copy to ~/.config/fish/completions/dynctl.fish (or /usr/share/fish/vendor_completions.d/).
+# Static on purpose: it never runs dynctl, so TAB is instant and never touches a node.
+# Keys, values and tokens are the user's own, so only commands, options and files complete.
+
+set -l dynctl_commands get put delete bench
+
+complete -c dynctl -f
+
+# Global options come before the command.
+complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -l node -x -d 'Node HOST:PORT (env DYNCTL_NODE)'
+complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -l timeout -x -d 'Seconds to wait for each reply'
+complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -l json -d 'Machine-readable JSON on stdout'
+complete -c dynctl -s h -l help -d 'Show help and exit'
+
+complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a get -d 'Write the value of a key to stdout'
+complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a put -d 'Store a value, print the new context token'
+complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a delete -d 'Delete what a context token covers'
+complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a bench -d 'Measure throughput and latency'
+
+complete -c dynctl -n "__fish_seen_subcommand_from get" -l context -d 'Print only the context token'
+complete -c dynctl -n "__fish_seen_subcommand_from get" -l r -x -d 'Replies to wait for'
+
+complete -c dynctl -n "__fish_seen_subcommand_from put" -s f -l file -r -F -d 'Read the value from a file'
+complete -c dynctl -n "__fish_seen_subcommand_from put" -l context -x -d 'Token from get --context'
+complete -c dynctl -n "__fish_seen_subcommand_from delete" -l context -x -d 'Token from get --context (required)'
+complete -c dynctl -n "__fish_seen_subcommand_from put delete" -l w -x -d 'Stores to wait for'
+
+complete -c dynctl -n "__fish_seen_subcommand_from bench" -l workload -x -a 'put get mixed' -d 'Operations to run'
+complete -c dynctl -n "__fish_seen_subcommand_from bench" -s c -l concurrency -x -d 'Requests in flight'
+complete -c dynctl -n "__fish_seen_subcommand_from bench" -l value-size -x -d 'Bytes per value'
+complete -c dynctl -n "__fish_seen_subcommand_from bench" -l seconds -x -d 'Length of the timed phase'
+complete -c dynctl -n "__fish_seen_subcommand_from bench" -l keys -x -d 'Distinct keys'
+complete -c dynctl -n "__fish_seen_subcommand_from bench" -l connections -x -d 'Client connections'
+complete -c dynctl -n "__fish_seen_subcommand_from bench" -l ops -x -d 'Stop after this many operations'

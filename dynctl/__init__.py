@@ -1,0 +1,1 @@
+"""dynctl: the command-line client of dynd, for operators and scripts."""

@@ -1,0 +1,69 @@
+"""The `dynctl` Typer app: global options on the callback, commands from their group modules."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from dynctl import bench, kv
+from dynctl.node import Session
+from dynctl.output import EXIT_CODES_HELP, Output
+from dynd.protocol.address import DEFAULT_PORT, format_address, parse_address
+
+DEFAULT_NODE = f"127.0.0.1:{DEFAULT_PORT}"
+DEFAULT_TIMEOUT_S = 5.0
+
+app = typer.Typer(
+    name="dynctl",
+    help="Read, write and load-test a dynd key-value store.\n\n"
+    "Keys are UTF-8 text; values are raw bytes. A context token (base64url) says which versions "
+    "you have seen: pass the one from `get --context` to put or delete to supersede them.",
+    epilog=EXIT_CODES_HELP,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+
+def _check_node(address: str) -> str:
+    try:
+        host, port = parse_address(address)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return format_address(host, port)
+
+
+@app.callback()
+def global_options(
+    ctx: typer.Context,
+    node: Annotated[
+        str,
+        typer.Option(
+            "--node",
+            envvar="DYNCTL_NODE",
+            metavar="HOST:PORT",
+            callback=_check_node,
+            help="The node to talk to; any node serves any key.",
+        ),
+    ] = DEFAULT_NODE,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout", metavar="SECONDS", min=0.001, help="How long to wait for the connection and for each reply."
+        ),
+    ] = DEFAULT_TIMEOUT_S,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")] = False,
+) -> None:
+    ctx.obj = Session(node_address=node, timeout_s=timeout, output=Output(json_mode=json_output))
+
+
+app.command("get", epilog=EXIT_CODES_HELP)(kv.get)
+app.command("put", epilog=EXIT_CODES_HELP)(kv.put)
+app.command("delete", epilog=EXIT_CODES_HELP)(kv.delete)
+app.command("bench", epilog=EXIT_CODES_HELP)(bench.bench)
+
+
+def main() -> None:
+    app(prog_name="dynctl")
