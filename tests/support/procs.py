@@ -10,6 +10,9 @@ Readiness is a poll under a deadline (TCP connect, hello, ping through `dynd.cli
 sleep. The node's stderr is appended to a log file in its directory across restarts, so a failing
 test can print it (`stderr_tail()`). Every started process is killed at interpreter exit if a test
 forgot to stop it.
+
+For other servers (the benchmark echo server, say), `wait_for_port(address, deadline_s, proc=...)`
+polls for a TCP accept under a deadline and `stop_process(proc)` stops one as `DyndProcess.stop` does.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from pathlib import Path
 import trio
 
 from dynd.client import open_client
-from dynd.protocol.address import format_address
+from dynd.protocol.address import format_address, parse_address
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 30.0
@@ -96,6 +99,45 @@ def probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> str:
         raise result
     assert isinstance(result, str)
     return result
+
+
+class NotReady(AssertionError):
+    """Nothing accepted connections at an address in time, or the process meant to listen there exited."""
+
+
+def wait_for_port(address: str, deadline_s: float = START_TIMEOUT_S, *, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll until something accepts a TCP connection at `address` ("host:port"); raise NotReady after
+    `deadline_s` seconds, or as soon as `proc` (the process expected to listen there, if given) exits."""
+    host, port = parse_address(address)
+    deadline = time.monotonic() + deadline_s
+    last_error: OSError | None = None
+    while True:
+        if proc is not None and (code := proc.poll()) is not None:
+            raise NotReady(f"process {proc.pid} exited with code {code} before accepting connections on {address}")
+        try:
+            with socket.create_connection((host, port), timeout=min(PROBE_TIMEOUT_S, max(0.05, deadline - time.monotonic()))):
+                return
+        except OSError as exc:
+            last_error = exc
+        if time.monotonic() >= deadline:
+            raise NotReady(f"nothing accepting connections on {address} within {deadline_s:g} s (last error: {last_error!r})")
+        time.sleep(PROBE_INTERVAL_S)  # poll interval; readiness itself is the connect above
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> int:
+    """SIGTERM, wait, SIGKILL (and reap) if it is still running at the deadline; return the exit code.
+
+    Safe to call on an exited process.
+    """
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    _live.pop(proc.pid, None)
+    return proc.returncode
 
 
 class DyndError(AssertionError):
@@ -255,15 +297,7 @@ class DyndProcess:
         """
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.signal(signal.SIGKILL)
-                self.proc.wait()
-        _live.pop(self.proc.pid, None)
-        return self.proc.returncode
+        return stop_process(self.proc, timeout_s)
 
     def kill9(self) -> int:
         """SIGKILL the process (no chance to flush anything) and reap it; return its exit code."""

@@ -40,3 +40,19 @@ def test_imports_respect_the_layers(package: str) -> None:
         if any(name == banned or name.startswith(banned + ".") for banned in FORBIDDEN[package])
     ]
     assert violations == []
+
+
+DYNCTL_MAY_USE = ("dynd.protocol", "dynd.client", "dynd.__version__")
+
+
+def test_dynctl_uses_only_the_protocol_and_the_client() -> None:
+    """An allow-list, so a dynd module added later is kept out of dynctl too."""
+    violations = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in sorted((ROOT / "dynctl").rglob("*.py"))
+        for name in imported_modules(path)
+        if (name == "dynd" or name.startswith("dynd."))
+        and name != "dynd"
+        and not any(name == allowed or name.startswith(allowed + ".") for allowed in DYNCTL_MAY_USE)
+    ]
+    assert violations == []

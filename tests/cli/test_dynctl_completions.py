@@ -1,0 +1,81 @@
+"""The shipped shell completions and man page keep up with the app's real commands and options."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+import typer.main
+from dynctl_testing import REPO
+
+from dynctl.app import app
+
+COMPLETIONS = REPO / "completions"
+MAN_PAGE = REPO / "man" / "dynctl.1"
+
+
+def app_options() -> dict[str, list[str]]:
+    """Every option string per command ("" for the global options), read from the app itself."""
+    group = typer.main.get_command(app)
+    options = {"": [opt for param in group.params for opt in param.opts + param.secondary_opts if opt.startswith("-")]}
+    for name, command in group.commands.items():  # type: ignore[attr-defined]
+        options[name] = [opt for param in command.params for opt in param.opts if opt.startswith("-")]
+    return options
+
+
+def test_the_app_has_the_commands_the_completions_know() -> None:
+    assert set(app_options()) == {"", "get", "put", "delete", "bench"}
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completions_name_every_command_and_option(shell: str) -> None:
+    script = (COMPLETIONS / f"dynctl.{shell}").read_text()
+    missing = []
+    for command, options in app_options().items():
+        if command and command not in script:
+            missing.append(command)
+        for option in options:
+            if shell == "fish":
+                form = f"-l {option[2:]}" if option.startswith("--") else f"-s {option[1:]}"
+            else:
+                form = option
+            if form not in script:
+                missing.append(f"{command or '(global)'} {option}")
+    assert missing == []
+
+
+def test_the_man_page_names_every_command_and_option() -> None:
+    page = MAN_PAGE.read_text().replace("\\-", "-")
+    missing = [
+        f"{command or '(global)'} {option}"
+        for command, options in app_options().items()
+        for option in options
+        if option not in page
+    ]
+    assert missing == []
+
+
+def bash_completions(line: str) -> list[str]:
+    # The line goes in as $1, so no quoting of it is needed inside the script.
+    script = f'source "{COMPLETIONS / "dynctl.bash"}"; COMP_LINE=$1; COMP_POINT=${{#1}}; _dynctl; printf "%s\\n" "${{COMPREPLY[@]}}"'
+    argv = ["bash", "--norc", "-c", script, "bash", line]
+    result = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return [word for word in result.stdout.splitlines() if word]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("dynctl ", {"get", "put", "delete", "bench", "--node", "--timeout", "--json", "--help", "-h"}),
+        ("dynctl de", {"delete"}),
+        ("dynctl --node 127.0.0.1:7400 get --", {"--context", "--r", "--help"}),
+        ("dynctl bench --workload m", {"mixed"}),
+        ("dynctl --timeout 3 put key --w", {"--w"}),
+        ("dynctl delete key --context ", set()),
+    ],
+)
+def test_bash_completion(line: str, expected: set[str]) -> None:
+    assert set(bash_completions(line)) == expected
