@@ -16,6 +16,7 @@ from dynd.config import Config, ConfigError, load_config
 from dynd.core.replica import LocalReplica
 from dynd.protocol.address import format_address
 from dynd.protocol.errors import DynError
+from dynd.shell.commit_engines import WriterProcessEngine
 from dynd.shell.committer import GroupCommitter
 from dynd.shell.node import Node
 from dynd.shell.server import Server
@@ -100,8 +101,13 @@ def open_store(config: Config) -> LmdbStore:
 async def serve(config: Config) -> None:
     store = open_store(config)
     host, port = config.listen_host_port
+    engine = WriterProcessEngine(store.path, config.limits.lmdb_map_bytes)
     try:
-        committer = GroupCommitter(store, pending_writes_max=config.limits.pending_writes_max)
+        try:
+            await engine.start()
+        except DynError as exc:
+            raise StartupError(f"cannot start the storage writer: {exc}") from None
+        committer = GroupCommitter(store, engine, pending_writes_max=config.limits.pending_writes_max)
         replica = LocalReplica(config.name, config.limits, config.partitions)
         node = Node(config.name, replica, committer)
         server = Server(node, config.limits)
@@ -110,18 +116,21 @@ async def serve(config: Config) -> None:
         except OSError as exc:
             reason = "address in use" if exc.errno == errno.EADDRINUSE else exc.strerror
             raise StartupError(f"cannot listen on {format_address(host, port)}: {reason}") from None
-        async with trio.open_nursery() as nursery:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                await nursery.start(trio.serve_listeners, server.handle, listeners)
-                log.info("node %s serving on %s (data in %s)", config.name, format_address(host, port), config.data_dir)
-                async for signum in signals:
-                    log.info("received %s: stopping", signal.Signals(signum).name)
-                    break
-                nursery.cancel_scope.cancel()
-        with trio.CancelScope(shield=True):
-            await committer.aclose()
+        async with trio.open_nursery() as background:
+            await background.start(committer.run)
+            async with trio.open_nursery() as front:
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    await front.start(trio.serve_listeners, server.handle, listeners)
+                    log.info("node %s serving on %s (data in %s)", config.name, format_address(host, port), config.data_dir)
+                    async for signum in signals:
+                        log.info("received %s: stopping", signal.Signals(signum).name)
+                        break
+                    front.cancel_scope.cancel()
+            # Writes already queued commit before the node exits; new ones are refused.
+            with trio.CancelScope(shield=True):
+                await committer.aclose()
         log.info("stopped cleanly after %d commits", committer.stats.commits)
-    except DynError as exc:
-        raise StartupError(str(exc)) from None
     finally:
+        with trio.CancelScope(shield=True):
+            await engine.aclose()
         store.close()

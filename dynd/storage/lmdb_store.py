@@ -30,15 +30,18 @@ class StoreInUse(RuntimeError):
 
 
 class LmdbStore:
-    def __init__(self, path: str, *, map_bytes: int) -> None:
+    def __init__(self, path: str, *, map_bytes: int, lock_directory: bool = True) -> None:
+        """`lock_directory=False` is for the node's own writer process, whose parent holds the lock."""
         os.makedirs(path, exist_ok=True)
         self.path = path
-        self._lock_fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            raise StoreInUse(f"{path} is in use by another process") from None
+        self._lock_fd: int | None = None
+        if lock_directory:
+            self._lock_fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(self._lock_fd)
+                raise StoreInUse(f"{path} is in use by another process") from None
         self._env = lmdb.open(
             path,
             map_size=map_bytes,
@@ -122,4 +125,5 @@ class LmdbStore:
 
     def close(self) -> None:
         self._env.close()
-        os.close(self._lock_fd)  # releases the flock
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock

@@ -1,63 +1,65 @@
-"""Group commit: batching, visibility of queued writes, failure, and drain on close."""
+"""Group commit: batching, visibility of queued writes, failure, and drain on close; both engines."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import sys
+from pathlib import Path
 
 import pytest
 import trio
 
 from dynd.protocol.errors import DynError, Overloaded, ShuttingDown, StorageFull
+from dynd.shell.commit_engines import ThreadEngine, WriterProcessEngine
 from dynd.shell.committer import GroupCommitter
-from dynd.storage.base import PutMeta, PutObject, WriteOp
+from dynd.storage.base import DeleteObject, PutMeta, PutObject, WriteOp
+from dynd.storage.lmdb_store import LmdbStore
 from dynd.storage.memory import MemoryStore
 
 
-class GatedStore(MemoryStore):
-    """A store whose commits wait for the test to open a gate, and can be told to fail."""
+class GatedEngine:
+    """Commits into a MemoryStore once the test opens the gate; can be told to fail one commit."""
 
     def __init__(self) -> None:
-        super().__init__()
-        import threading
-
-        self.gate = threading.Event()
-        self.entered = threading.Event()
+        self.store = MemoryStore()
+        self.gate = trio.Event()
+        self.entered = trio.Event()
         self.batches: list[list[WriteOp]] = []
         self.fail_next = False
 
-    def write(self, ops: Iterable[WriteOp]) -> None:
+    async def commit(self, ops: list[WriteOp]) -> None:
         self.entered.set()
-        self.gate.wait(10)
-        batch = list(ops)
-        self.batches.append(batch)
+        await self.gate.wait()
+        self.batches.append(ops)
         if self.fail_next:
             self.fail_next = False
             raise StorageFull("full")
-        super().write(batch)
+        self.store.write(ops)
 
 
-async def test_writes_queued_behind_a_commit_share_the_next_one() -> None:
-    store = GatedStore()
-    committer = GroupCommitter(store, pending_writes_max=100)
+async def test_writes_queued_behind_a_commit_share_the_next_one(nursery: trio.Nursery) -> None:
+    engine = GatedEngine()
+    committer = GroupCommitter(engine.store, engine, pending_writes_max=100)
+    await nursery.start(committer.run)
     done: list[DynError | None] = []
     committer.submit([PutObject(0, b"first", b"1")], done.append)
-    await trio.to_thread.run_sync(store.entered.wait, 10)  # the first commit is now in the store
+    await engine.entered.wait()  # the first commit is now in the engine
     for i in range(10):
         committer.submit([PutObject(0, b"k%d" % i, b"v"), PutMeta("m", b"%d" % i)], done.append)
     assert committer.read_object(0, b"k3") == b"v", "a queued write is visible before it commits"
-    store.gate.set()
+    engine.gate.set()
     await committer.aclose()
     assert done == [None] * 11
-    assert [len(b) for b in store.batches] == [1, 11], "ten writes and one meta record in one commit"
-    assert store.get_meta("m") == b"9"
-    assert store.get_object(0, b"k9") == b"v"
+    assert [len(b) for b in engine.batches] == [1, 11], "ten writes and one meta record in one commit"
+    assert engine.store.get_meta("m") == b"9"
+    assert engine.store.get_object(0, b"k9") == b"v"
 
 
-async def test_a_failed_commit_fails_its_writes_and_hides_them_again() -> None:
-    store = GatedStore()
-    store.fail_next = True
-    store.gate.set()
-    committer = GroupCommitter(store, pending_writes_max=100)
+async def test_a_failed_commit_fails_its_writes_and_hides_them_again(nursery: trio.Nursery) -> None:
+    engine = GatedEngine()
+    engine.fail_next = True
+    engine.gate.set()
+    committer = GroupCommitter(engine.store, engine, pending_writes_max=100)
+    await nursery.start(committer.run)
     outcome = trio.Event()
     errors: list[DynError | None] = []
 
@@ -72,15 +74,54 @@ async def test_a_failed_commit_fails_its_writes_and_hides_them_again() -> None:
     await committer.aclose()
 
 
-async def test_too_many_pending_writes_are_refused_not_queued() -> None:
-    store = GatedStore()
-    committer = GroupCommitter(store, pending_writes_max=3)
+async def test_too_many_pending_writes_are_refused_not_queued(nursery: trio.Nursery) -> None:
+    engine = GatedEngine()
+    committer = GroupCommitter(engine.store, engine, pending_writes_max=3)
+    await nursery.start(committer.run)
     for i in range(3):
         committer.submit([PutObject(0, b"k%d" % i, b"v")], lambda error: None)
     with pytest.raises(Overloaded):
         committer.submit([PutObject(0, b"extra", b"v")], lambda error: None)
-    store.gate.set()
+    engine.gate.set()
     await committer.aclose()
     with pytest.raises(ShuttingDown):
         committer.submit([PutObject(0, b"late", b"v")], lambda error: None)
     assert committer.read_object(0, b"extra") is None
+
+
+async def test_the_thread_engine_commits_to_its_store() -> None:
+    store = MemoryStore()
+    await ThreadEngine(store).commit([PutObject(1, b"k", b"v")])
+    assert store.get_object(1, b"k") == b"v"
+
+
+async def test_the_writer_process_commits_reports_errors_and_survives_its_own_death(tmp_path: Path) -> None:
+    path = str(tmp_path / "lmdb")
+    reader = LmdbStore(path, map_bytes=1024 * 1024)
+    engine = WriterProcessEngine(path, 1024 * 1024)
+    try:
+        await engine.start()
+        await engine.commit([PutObject(2, b"k", b"v"), PutMeta("m", b"x")])
+        assert reader.get_object(2, b"k") == b"v"
+        with pytest.raises(StorageFull):
+            await engine.commit([PutObject(2, b"big%d" % i, b"x" * 4000) for i in range(400)])
+        assert reader.get_object(2, b"big0") is None, "a failed batch applies nothing"
+        process = engine._process
+        assert process is not None
+        process.kill()
+        await process.wait()
+        await engine.commit([DeleteObject(2, b"k")])  # a new writer takes over
+        assert reader.get_object(2, b"k") is None
+    finally:
+        await engine.aclose()
+        reader.close()
+
+
+async def test_a_writer_that_dies_mid_commit_is_reported_not_taken_for_success(tmp_path: Path) -> None:
+    engine = WriterProcessEngine(str(tmp_path / "lmdb"), 1024 * 1024)
+    engine._argv = [sys.executable, "-c", "import sys; sys.stdin.buffer.read(4); sys.exit(3)"]
+    try:
+        with pytest.raises(DynError, match="may or may not be durable"):
+            await engine.commit([PutObject(0, b"k", b"v")])
+    finally:
+        await engine.aclose()

@@ -1,0 +1,104 @@
+"""How a batch of writes becomes durable: the engines behind `GroupCommitter`."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import trio
+
+from dynd.protocol.errors import Internal, error_from_code
+from dynd.protocol.framing import FrameDecoder
+from dynd.storage.base import Store, WriteOp
+from dynd.storage.writer import decode_outcome, encode_batch
+
+log = logging.getLogger("dynd.committer")
+
+OUTCOME_FRAME_BYTES_MAX = 64 * 1024
+READ_CHUNK_BYTES = 64 * 1024
+
+
+class ThreadEngine:
+    """Writes on a worker thread: for the in-memory store and tests."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def commit(self, ops: list[WriteOp]) -> None:
+        await trio.to_thread.run_sync(self.store.write, ops)
+
+    async def aclose(self) -> None:
+        pass
+
+
+class WriterProcessEngine:
+    """Writes through a child process running `python -m dynd.storage.writer` (see its docstring).
+
+    One batch is in flight at a time: group commit gathers the next while this one commits. If the
+    child dies, the batch in flight fails as indeterminate and the next commit starts a new child.
+    """
+
+    def __init__(self, lmdb_path: str, map_bytes: int) -> None:
+        self._argv = [sys.executable, "-m", "dynd.storage.writer", lmdb_path, str(map_bytes)]
+        self._process: trio.Process | None = None
+        self._decoder = FrameDecoder(OUTCOME_FRAME_BYTES_MAX)
+
+    async def start(self) -> None:
+        """Start the child and check it can open the environment (an empty batch round trip)."""
+        await self.commit([])
+
+    async def _ensure_process(self) -> trio.Process:
+        if self._process is None or self._process.returncode is not None:
+            self._process = await trio.lowlevel.open_process(self._argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            self._decoder = FrameDecoder(OUTCOME_FRAME_BYTES_MAX)
+            log.info("started writer process %d", self._process.pid)
+        return self._process
+
+    async def commit(self, ops: list[WriteOp]) -> None:
+        process = await self._ensure_process()
+        assert process.stdin is not None and process.stdout is not None
+        try:
+            await process.stdin.send_all(encode_batch(ops))
+            while True:
+                chunk = await process.stdout.receive_some(READ_CHUNK_BYTES)
+                if not chunk:
+                    raise Internal("the writer process exited mid-commit; the batch may or may not be durable")
+                frames = self._decoder.feed(chunk)
+                if frames:
+                    break
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            await self._reap()
+            raise Internal(f"the writer process is gone ({exc}); the batch may or may not be durable") from None
+        except Internal:
+            await self._reap()
+            raise
+        outcome = decode_outcome(frames[0])
+        if outcome is not None:
+            raise error_from_code(*outcome)
+
+    async def _reap(self) -> None:
+        if self._process is not None:
+            with trio.move_on_after(5):
+                await self._process.wait()
+            if self._process.returncode is None:
+                self._process.kill()
+                await self._process.wait()
+            log.error("writer process %d exited with %s", self._process.pid, self._process.returncode)
+            self._process = None
+
+    async def aclose(self) -> None:
+        """Close the child's input; it exits once its last batch is done."""
+        process = self._process
+        if process is None:
+            return
+        self._process = None
+        if process.stdin is not None:
+            await process.stdin.aclose()
+        with trio.move_on_after(30):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
