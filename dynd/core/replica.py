@@ -3,13 +3,14 @@
 Pure: the shell reads the stored bytes, calls in with `now_ms`, stores what comes back and replies
 when the store says the write is durable. Until the ring arrives, a node is its key's only replica.
 
-A stored record holds the sibling set and, beside it, the read view (the live siblings as clients
-see them, and the read context) already encoded as CBOR, built once per write. A get then answers
-by slicing the record and stitching the reply, never decoding the object (DESIGN.md section 10).
+A stored record holds the read view (the live siblings as clients see them, and the read context)
+already encoded as CBOR, built once per write, and the object's versions. A get answers by slicing
+the record and stitching the reply, never decoding the object (DESIGN.md section 10). Each live
+value is stored once, in the view; the versions part refers to it by position.
 
     record = format (1 byte) | length of siblings view (4 bytes, big-endian)
-             | siblings view CBOR | context token CBOR-bytes length (4 bytes) | context CBOR
-             | object CBOR (versions.encode_object)
+             | siblings view CBOR | length of context (4 bytes) | context CBOR
+             | versions CBOR (versions.encode_object without values)
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def encode_record(obj: versions.SiblingSet, prune_threshold: int) -> bytes:
             siblings_cbor,
             _LENGTH.pack(len(context_cbor)),
             context_cbor,
-            versions.encode_object(obj),
+            versions.encode_object(obj, values=False),
         )
     )
 
@@ -105,8 +106,10 @@ def _split_record(record: bytes) -> tuple[int, int, int]:
 
 
 def decode_record(record: bytes) -> versions.SiblingSet:
-    _, object_start, _ = _split_record(record)
-    return versions.decode_object(record[object_start:])
+    _, object_start, siblings_len = _split_record(record)
+    siblings_start = _FORMAT_AND_LENGTH.size
+    views = cbor2.loads(record[siblings_start : siblings_start + siblings_len])
+    return versions.decode_object(record[object_start:], (view["value"] for view in views))
 
 
 def record_view(record: bytes) -> EncodedView:

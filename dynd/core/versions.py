@@ -159,6 +159,12 @@ class Clock:
     def with_dot(self, dot: Dot, timestamp_ms: int) -> Clock:
         if self.covers(dot):
             return self
+        held = self._vector.get(dot.actor)
+        if dot.counter == (held[0] if held else 0) + 1 and not self._cloud:
+            # the common case: the next write of an actor extends the vector
+            clock = Clock()
+            clock._vector = {**self._vector, dot.actor: (dot.counter, timestamp_ms)}
+            return clock
         return Clock(self._vector, {**self._cloud, dot: timestamp_ms})
 
     def pruned(self, threshold: int, keep: Iterable[Dot] = (), keep_actor: str | None = None) -> tuple[Clock, int]:
@@ -235,7 +241,9 @@ class SiblingSet:
 
     def read_context(self, prune_threshold: int) -> Clock:
         """`seen` joined with every sibling's dot: a put with it supersedes all of them."""
-        clock = self.seen.join(Clock(None, {s.dot: s.timestamp_ms for s in self.siblings}))
+        clock = self.seen
+        for s in self.siblings:  # sorted by dot, so an actor's run of dots folds in order
+            clock = clock.with_dot(s.dot, s.timestamp_ms)
         return clock.pruned(prune_threshold, keep=[s.dot for s in self.siblings])[0]
 
 
@@ -384,23 +392,37 @@ def _parse_entries(raw: list[Any], actor_bytes_max: int, unique_actors: bool = T
     return parsed
 
 
-def encode_object(obj: SiblingSet) -> bytes:
+def encode_object(obj: SiblingSet, *, values: bool = True) -> bytes:
+    """The object as CBOR. With values=False each live value is replaced by True (a tombstone
+    stays None), for a caller that keeps the live values elsewhere, in sibling order."""
     return cbor2.dumps(
         [
             OBJECT_FORMAT,
-            [[s.dot.actor, s.dot.counter, s.timestamp_ms, s.value, *_clock_to_plain(s.context)] for s in obj.siblings],
+            [
+                [s.dot.actor, s.dot.counter, s.timestamp_ms, s.value if values or s.value is None else True, *_clock_to_plain(s.context)]
+                for s in obj.siblings
+            ],
             *_clock_to_plain(obj.seen),
         ]
     )
 
 
-def decode_object(data: bytes) -> SiblingSet:
-    """Decode a stored object. Stored bytes were written by us, so a failure here means corruption."""
+def decode_object(data: bytes, live_values: Iterable[bytes] | None = None) -> SiblingSet:
+    """Decode a stored object; `live_values` fills in what `encode_object(values=False)` left out.
+
+    Stored bytes were written by us, so a failure here means corruption.
+    """
     fmt, raw_siblings, seen_vector, seen_cloud = cbor2.loads(data)
     if fmt != OBJECT_FORMAT:
         raise ValueError(f"unknown stored object format {fmt!r}")
+    supply = iter(live_values) if live_values is not None else None
     siblings = tuple(
-        Sibling(Dot(actor, counter), _clock_from_plain(vector, cloud), value, ts)
+        Sibling(
+            Dot(actor, counter),
+            _clock_from_plain(vector, cloud),
+            next(supply) if supply is not None and value is True else value,  # type: ignore[arg-type]
+            ts,
+        )
         for actor, counter, ts, value, vector, cloud in raw_siblings
     )
     return SiblingSet(siblings, _clock_from_plain(seen_vector, seen_cloud))

@@ -260,3 +260,5 @@ def test_clock_join_covers_exactly_the_union(vector: dict[str, tuple[int, int]],
 def test_stored_object_encoding_round_trips(history: list[tuple[str, int, int, bool]]) -> None:
     for state in run(history).states:
         assert v.decode_object(v.encode_object(state)) == state
+        live = [s.value for s in state.siblings if s.value is not None]
+        assert v.decode_object(v.encode_object(state, values=False), live) == state

@@ -40,6 +40,7 @@ def test_the_stitched_get_reply_equals_the_plain_one(writes: list[tuple[bytes | 
     stitched = codec.encode_get_ok_preencoded(5, view.siblings_cbor, view.context_cbor)
     assert codec.decode_message(stitched) == expected
     assert view.siblings_cbor == cbor2.dumps(codec.to_plain(r.sibling_views(obj)))
+    assert obj == versions.decode_object(versions.encode_object(obj)), "the record round-trips the object"
 
 
 def test_a_missing_key_reads_as_no_siblings_and_an_empty_context() -> None:
