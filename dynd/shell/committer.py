@@ -115,6 +115,9 @@ class GroupCommitter:
                     await self._wake.wait()
                     self._wake = trio.Event()
                     continue
+                # Let every task already runnable (readers holding more writes) go first, so this
+                # commit takes everything that arrived in this turn of the event loop.
+                await trio.lowlevel.cancel_shielded_checkpoint()
                 batch, self._queued = self._queued, _Batch()
                 self._in_flight = len(batch.completions)
                 error: DynError | None = None
