@@ -6,6 +6,7 @@ import argparse
 import errno
 import logging
 import os
+import random
 import signal
 import sys
 
@@ -18,7 +19,11 @@ from dynd.protocol.address import format_address
 from dynd.protocol.errors import DynError
 from dynd.shell.commit_engines import WriterProcessEngine
 from dynd.shell.committer import GroupCommitter
+from dynd.core.membership import JOIN, Membership
+from dynd.shell.cluster import MEMBERSHIP_META, Cluster, fetch_membership, new_cluster
+from dynd.shell.handoff import Handoff
 from dynd.shell.node import Node
+from dynd.shell.peers import Peers
 from dynd.shell.server import Server
 from dynd.storage.base import PutMeta
 from dynd.storage.lmdb_store import LmdbStore
@@ -41,7 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--listen", help="HOST:PORT to serve on (default 127.0.0.1:7400)")
     parser.add_argument("--data-dir", dest="data_dir", help="directory of the node's LMDB environment")
     parser.add_argument("--config", help="TOML config file (see deploy/dynd.toml)")
-    parser.add_argument("--partitions", type=int, help="Q, partitions of the ring (power of two; default 256)")
+    parser.add_argument("--advertise", help="HOST:PORT other nodes use to reach this one (default: --listen)")
+    parser.add_argument("--join", metavar="SEED", help="on first start, join the cluster of the node at SEED (HOST:PORT)")
+    parser.add_argument("--seed", dest="seeds", action="append", metavar="HOST:PORT", help="a node to gossip with (repeatable)")
+    parser.add_argument("--partitions", type=int, help="Q when creating a cluster (power of two; default 256)")
+    parser.add_argument("--replicas", type=int, help="N when creating a cluster (default 3)")
+    parser.add_argument("--r", type=int, help="default R when creating a cluster (default 2)")
+    parser.add_argument("--w", type=int, help="default W when creating a cluster (default 2)")
     parser.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--version", action="version", version=f"dynd {__version__}")
     return parser
@@ -55,6 +66,12 @@ def main(argv: list[str] | None = None) -> None:
         "data_dir": args.data_dir,
         "partitions": args.partitions,
         "log_level": args.log_level,
+        "advertise": args.advertise,
+        "join": args.join,
+        "seeds": args.seeds,
+        "replicas": args.replicas,
+        "r": args.r,
+        "w": args.w,
     }
     try:
         config = load_config(args.config, overrides)
@@ -98,19 +115,57 @@ def open_store(config: Config) -> LmdbStore:
     return store
 
 
+JOIN_DEADLINE_S = 60.0
+JOIN_RETRY_S = 0.5
+
+
+async def initial_membership(config: Config, store: LmdbStore) -> Membership:
+    """The stored membership; else join through --join, or create a new cluster. Persisted at once."""
+    stored = store.get_meta(MEMBERSHIP_META)
+    if stored is not None:
+        return Membership.decode(stored)
+    address = config.advertised_address
+    if config.join:
+        deadline = trio.current_time() + JOIN_DEADLINE_S
+        while True:
+            try:
+                theirs = await fetch_membership(config.join, config.limits.request_timeout_ms / 1000)
+                break
+            except DynError as exc:
+                if trio.current_time() > deadline:
+                    raise StartupError(f"cannot join through {config.join}: {exc.message}") from None
+                log.info("waiting for seed %s: %s", config.join, exc.message)
+                await trio.sleep(JOIN_RETRY_S)
+        if theirs.params.partitions != config.partitions:
+            raise StartupError(
+                f"the cluster at {config.join} uses {theirs.params.partitions} partitions; "
+                f"start this node with --partitions {theirs.params.partitions} on an empty data directory"
+            )
+        membership = theirs.with_event(JOIN, config.name, origin=config.name, address=address)
+        log.info("joining cluster %s through %s", theirs.params.cluster_id, config.join)
+    else:
+        try:
+            membership = new_cluster(config.name, address, config.replicas, config.r, config.w, config.partitions)
+        except DynError as exc:
+            raise StartupError(exc.message) from None
+        log.info("created cluster %s (N=%d R=%d W=%d Q=%d)", membership.params.cluster_id, config.replicas, config.r, config.w, config.partitions)
+    store.write([PutMeta(MEMBERSHIP_META, membership.encode())])
+    return membership
+
+
 async def serve(config: Config) -> None:
     store = open_store(config)
     host, port = config.listen_host_port
     engine = WriterProcessEngine(store.path, config.limits.lmdb_map_bytes)
+    limits = config.limits
     try:
+        membership = await initial_membership(config, store)
         try:
             await engine.start()
         except DynError as exc:
             raise StartupError(f"cannot start the storage writer: {exc}") from None
-        committer = GroupCommitter(store, engine, pending_writes_max=config.limits.pending_writes_max)
-        replica = LocalReplica(config.name, config.limits, config.partitions)
-        node = Node(config.name, replica, committer)
-        server = Server(node, config.limits)
+        committer = GroupCommitter(store, engine, pending_writes_max=limits.pending_writes_max)
+        replica = LocalReplica(config.name, limits, membership.params.partitions)
         try:
             listeners = await trio.open_tcp_listeners(port, host=host)
         except OSError as exc:
@@ -118,7 +173,18 @@ async def serve(config: Config) -> None:
             raise StartupError(f"cannot listen on {format_address(host, port)}: {reason}") from None
         async with trio.open_nursery() as background:
             await background.start(committer.run)
+            peers = Peers(config.name, background, request_timeout_s=limits.request_timeout_ms / 1000, retry_s=limits.peer_retry_ms / 1000)
+            cluster = Cluster(config.name, config.advertised_address, membership, committer, peers, seeds=list(config.seeds), rng=random.Random())
+            node = Node(config.name, replica, committer, cluster, peers, request_timeout_ms=limits.request_timeout_ms)
+            node.nursery = background
+            handoff = Handoff(node, store, interval_s=limits.handoff_interval_ms / 1000, batch_keys=limits.handoff_batch_keys)
+            server = Server(node, limits)
             async with trio.open_nursery() as front:
+                front.start_soon(_tick_forever, node, limits.tick_interval_ms / 1000)
+                front.start_soon(cluster.gossip_forever, limits.gossip_interval_ms / 1000, limits.request_timeout_ms / 1000)
+                front.start_soon(handoff.run)
+                if config.join:  # tell the seed at once rather than at the next gossip round
+                    front.start_soon(cluster.announce, config.join, limits.request_timeout_ms / 1000)
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     await front.start(trio.serve_listeners, server.handle, listeners)
                     log.info("node %s serving on %s (data in %s)", config.name, format_address(host, port), config.data_dir)
@@ -126,11 +192,20 @@ async def serve(config: Config) -> None:
                         log.info("received %s: stopping", signal.Signals(signum).name)
                         break
                     front.cancel_scope.cancel()
+            peers.close()
             # Writes already queued commit before the node exits; new ones are refused.
             with trio.CancelScope(shield=True):
                 await committer.aclose()
+            background.cancel_scope.cancel()
         log.info("stopped cleanly after %d commits", committer.stats.commits)
     finally:
         with trio.CancelScope(shield=True):
             await engine.aclose()
         store.close()
+
+
+async def _tick_forever(node: Node, interval_s: float) -> None:
+    """The node's clock for request deadlines (DESIGN: timeouts are objects the node ticks)."""
+    while True:
+        await trio.sleep(interval_s)
+        node.tick()

@@ -58,11 +58,28 @@ def _key_bytes(key: KeyLike) -> bytes:
 
 
 class _Waiter:
-    __slots__ = ("event", "reply")
+    """A request awaiting its reply: either a task waiting on `event`, or a `callback` to run."""
 
-    def __init__(self) -> None:
+    __slots__ = ("event", "reply", "callback", "deadline")
+
+    def __init__(self, callback: Callable[[Any], None] | None = None, deadline: float = 0.0) -> None:
         self.event = trio.Event()
         self.reply: messages.Message | BaseException | None = None
+        self.callback = callback
+        self.deadline = deadline
+
+    def resolve(self, reply: messages.Message | BaseException) -> None:
+        self.reply = reply
+        if self.callback is not None:
+            callback, self.callback = self.callback, None
+            if isinstance(reply, messages.ErrorReply):
+                reply = error_from_code(reply.code, reply.message)
+            callback(reply)
+        else:
+            self.event.set()
+
+
+CALLBACK_SWEEP_S = 0.1
 
 
 class Client:
@@ -78,6 +95,9 @@ class Client:
         self._outgoing: list[bytes] = []
         self._wake_writer = trio.Event()
         self._broken: DynError | None = None
+        self._broken_event = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._sweeping = False
 
     # ---- requests ----
 
@@ -119,11 +139,96 @@ class Client:
             raise Internal(f"unexpected reply {type(reply).__name__} to delete")
         return reply.context
 
+    # ---- cluster administration and ring ----
+
+    async def cluster_join(self, seed: str, *, timeout_s: float | None = None) -> str:
+        """Ask this node to join the cluster of `seed` (HOST:PORT); returns the node's message."""
+        return await self._cluster_call(messages.ClusterJoin(id=next(self._ids), seed=seed), timeout_s)
+
+    async def cluster_leave(self, node: str | None = None, *, timeout_s: float | None = None) -> str:
+        """Hand off `node`'s partitions (this node's when None), then remove it from the cluster."""
+        return await self._cluster_call(messages.ClusterLeave(id=next(self._ids), node=node), timeout_s)
+
+    async def cluster_remove(self, node: str, *, timeout_s: float | None = None) -> str:
+        """Drop a dead node at once; its partitions are reassigned to the others."""
+        return await self._cluster_call(messages.ClusterRemove(id=next(self._ids), node=node), timeout_s)
+
+    async def cluster_status(self, *, timeout_s: float | None = None) -> messages.ClusterStatusOk:
+        reply = await self._call(messages.ClusterStatus(id=next(self._ids)), timeout_s)
+        if not isinstance(reply, messages.ClusterStatusOk):
+            raise Internal(f"unexpected reply {type(reply).__name__} to cluster_status")
+        return reply
+
+    async def ring(self, *, timeout_s: float | None = None) -> messages.RingOk:
+        """The node's current ring: owners per partition, node addresses, N, R, W."""
+        reply = await self._call(messages.RingGet(id=next(self._ids)), timeout_s)
+        if not isinstance(reply, messages.RingOk):
+            raise Internal(f"unexpected reply {type(reply).__name__} to ring_get")
+        return reply
+
+    async def gossip(self, membership: bytes, *, timeout_s: float | None = None) -> bytes:
+        """Node-to-node: push our membership (may be empty), get the peer's merged one back."""
+        reply = await self._call(messages.Gossip(id=next(self._ids), membership=membership), timeout_s)
+        if not isinstance(reply, messages.GossipOk):
+            raise Internal(f"unexpected reply {type(reply).__name__} to gossip")
+        return reply.membership
+
+    async def _cluster_call(self, request: Any, timeout_s: float | None) -> str:
+        reply = await self._call(request, timeout_s)
+        if not isinstance(reply, messages.ClusterOk):
+            raise Internal(f"unexpected reply {type(reply).__name__} to {request.OP}")
+        return reply.message
+
     async def ping(self, *, timeout_s: float | None = None) -> str:
         reply = await self._call(messages.Ping(id=next(self._ids)), timeout_s)
         if not isinstance(reply, messages.Pong):
             raise Internal(f"unexpected reply {type(reply).__name__} to ping")
         return reply.node
+
+    # ---- callback requests, for nodes talking to nodes ----
+
+    @property
+    def usable(self) -> bool:
+        return self._broken is None
+
+    def call_with_callback(
+        self, build: Callable[[int], Any], on_reply: Callable[[Any], None], timeout_s: float
+    ) -> None:
+        """Send `build(request_id)` and call `on_reply(reply or DynError)` later, never awaiting."""
+        if self._broken is not None:
+            on_reply(_copy_error(self._broken))
+            return
+        request = build(next(self._ids))
+        self._waiting[request.id] = _Waiter(on_reply, trio.current_time() + timeout_s)
+        self._send(request)
+        if not self._sweeping and self._nursery is not None:
+            self._sweeping = True  # only connections that use callbacks pay for the sweeper
+            self._nursery.start_soon(self._sweeper)
+
+    async def broken_or(self, other: trio.Event) -> None:
+        """Return once the connection breaks or `other` is set."""
+
+        async def watch(event: trio.Event, scope: trio.CancelScope) -> None:
+            await event.wait()
+            scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch, self._broken_event, nursery.cancel_scope)
+            nursery.start_soon(watch, other, nursery.cancel_scope)
+
+    async def _sweeper(self) -> None:
+        """Expire callback requests whose peer never answered."""
+        while True:
+            await trio.sleep(CALLBACK_SWEEP_S)
+            now = trio.current_time()
+            expired = [
+                request_id
+                for request_id, waiter in self._waiting.items()
+                if waiter.callback is not None and waiter.deadline <= now
+            ]
+            for request_id in expired:
+                waiter = self._waiting.pop(request_id)
+                waiter.resolve(Timeout(f"no reply from {self.address} in time"))
 
     # ---- machinery ----
 
@@ -211,15 +316,14 @@ class Client:
             return
         waiter = self._waiting.pop(request_id, None)
         if waiter is not None:  # a reply after our timeout has no one to go to
-            waiter.reply = reply
-            waiter.event.set()
+            waiter.resolve(reply)
 
     def _fail_all(self, error: DynError) -> None:
         self._broken = error
+        self._broken_event.set()
         waiting, self._waiting = self._waiting, {}
         for waiter in waiting.values():
-            waiter.reply = _copy_error(error)
-            waiter.event.set()
+            waiter.resolve(_copy_error(error))
 
 
 def _copy_error(error: DynError) -> DynError:
@@ -257,6 +361,7 @@ async def open_client(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client._reader)
             nursery.start_soon(client._writer)
+            client._nursery = nursery
             await client._handshake(agent, deadline)
             try:
                 yield client
@@ -349,6 +454,26 @@ class BlockingClient:
         assert self._client is not None
         return self._call(self._client.ping)
 
+    def cluster_status(self) -> messages.ClusterStatusOk:
+        assert self._client is not None
+        return self._call(self._client.cluster_status)
+
+    def cluster_join(self, seed: str) -> str:
+        assert self._client is not None
+        return self._call(self._client.cluster_join, seed)
+
+    def cluster_leave(self, node: str | None = None) -> str:
+        assert self._client is not None
+        return self._call(self._client.cluster_leave, node)
+
+    def cluster_remove(self, node: str) -> str:
+        assert self._client is not None
+        return self._call(self._client.cluster_remove, node)
+
+    def ring(self) -> messages.RingOk:
+        assert self._client is not None
+        return self._call(self._client.ring)
+
     def close(self) -> None:
         if self._token is not None and self._stop is not None:
             try:
@@ -363,3 +488,22 @@ class BlockingClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPlacement:
+    partition: int
+    primaries: tuple[str, ...]
+    fallbacks: tuple[str, ...]
+
+
+def key_placement(ring: messages.RingOk, key: KeyLike) -> KeyPlacement:
+    """Where `key` lives under `ring`: its partition, its N primaries, then the fallbacks in order."""
+    from dynd.core.partition import partition_of
+    from dynd.core.preflist import preference_list
+    from dynd.core.ring import Ring
+
+    placed = Ring(partitions=len(ring.owners), owners=tuple(ring.owners))
+    partition = partition_of(_key_bytes(key), placed.partitions)
+    preferred = preference_list(placed, partition, ring.n)
+    return KeyPlacement(partition, preferred.primaries, preferred.fallbacks)

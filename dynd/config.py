@@ -6,8 +6,14 @@
     data_dir = "/var/lib/dynd"
     log_level = "info"
 
-    [cluster]
-    partitions = 256            # Q, a power of two, fixed when the data directory is created
+    advertise = ""              # HOST:PORT other nodes use to reach this one (default: listen)
+    seeds = []                  # HOST:PORT of nodes to gossip with besides the members
+
+    [cluster]                   # used only by the node that creates the cluster
+    partitions = 256            # Q, a power of two, fixed at creation
+    replicas = 3                # N
+    r = 2
+    w = 2
 
     [limits]                    # every field of dynd.core.limits.Limits, by name
     value_bytes_max = 1048576
@@ -41,8 +47,18 @@ class Config:
     listen: str = f"127.0.0.1:{DEFAULT_PORT}"
     data_dir: str = ""
     log_level: str = "info"
+    advertise: str = ""
+    seeds: tuple[str, ...] = ()
+    join: str = ""
     partitions: int = 256
+    replicas: int = 3
+    r: int = 2
+    w: int = 2
     limits: Limits = field(default_factory=Limits)
+
+    @property
+    def advertised_address(self) -> str:
+        return self.advertise or self.listen
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -50,8 +66,8 @@ class Config:
 
 
 _SECTIONS: dict[str, dict[str, type]] = {
-    "node": {"name": str, "listen": str, "data_dir": str, "log_level": str},
-    "cluster": {"partitions": int},
+    "node": {"name": str, "listen": str, "data_dir": str, "log_level": str, "advertise": str, "seeds": list},
+    "cluster": {"partitions": int, "replicas": int, "r": int, "w": int},
 }
 
 
@@ -75,6 +91,10 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
             else:
                 raise ConfigError(f"unknown config table [{section}] (known: node, cluster, limits)")
     values.update({key: value for key, value in overrides.items() if value is not None})
+    if "seeds" in values:
+        if not all(isinstance(seed, str) for seed in values["seeds"]):
+            raise ConfigError("[node] seeds must be a list of HOST:PORT strings")
+        values["seeds"] = tuple(values["seeds"])
     try:
         limits = Limits(**limit_values)
     except ValueError as exc:
@@ -115,3 +135,13 @@ def _validate(config: Config) -> None:
         check_partition_count(config.partitions)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    for label, address in [("advertise", config.advertise), ("join", config.join), *(("seed", s) for s in config.seeds)]:
+        if address:
+            try:
+                parse_address(address)
+            except ValueError as exc:
+                raise ConfigError(f"{label} address: {exc}") from None
+    if not 1 <= config.replicas <= 16:
+        raise ConfigError("replicas (N) must be in 1..16")
+    if not 1 <= config.r <= config.replicas or not 1 <= config.w <= config.replicas:
+        raise ConfigError(f"need 1 <= r, w <= replicas; got replicas={config.replicas} r={config.r} w={config.w}")

@@ -36,8 +36,13 @@ class Limits:
     # storage
     pending_writes_max: int = 20_000
     lmdb_map_bytes: int = 16 * 1024**3
-    # requests
+    # requests and background work
     request_timeout_ms: int = 5_000
+    tick_interval_ms: int = 50
+    peer_retry_ms: int = 1_000
+    gossip_interval_ms: int = 1_000
+    handoff_interval_ms: int = 2_000
+    handoff_batch_keys: int = 128
 
     def __post_init__(self) -> None:
         for f in fields(self):

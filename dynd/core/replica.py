@@ -173,3 +173,21 @@ class LocalReplica:
             object_bytes=outcome.object.value_bytes,
             pruned_entries=outcome.pruned_entries,
         )
+
+
+def merge_records(stored: bytes | None, incoming: bytes, prune_threshold: int) -> bytes | None:
+    """The record to store after merging `incoming` (from another replica) into `stored`, or None
+    when `stored` already holds everything `incoming` does. Raises on a malformed record."""
+    try:
+        arriving = decode_record(incoming)
+    except Exception as exc:
+        raise BadRequest(f"malformed record: {exc}") from None
+    if stored is None:
+        return incoming if arriving.siblings or len(arriving.seen) else None
+    if stored == incoming:
+        return None
+    current = decode_record(stored)
+    merged = versions.merge(current, arriving)
+    if merged == current:
+        return None
+    return encode_record(merged, prune_threshold)

@@ -71,6 +71,13 @@ class Overloaded(DynError):
     retriable = True
 
 
+class QuorumFailed(DynError):
+    """Too few replicas answered for R or W; the message says how many did."""
+
+    code = "quorum_failed"
+    retriable = True
+
+
 class Timeout(DynError):
     code = "timeout"
     retriable = True
@@ -103,6 +110,7 @@ _BY_CODE: dict[str, type[DynError]] = {
         ObjectTooLarge,
         StorageFull,
         Overloaded,
+        QuorumFailed,
         Timeout,
         Unreachable,
         ShuttingDown,

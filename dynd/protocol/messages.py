@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from dynd.protocol.errors import DynError
+
 
 @dataclass(frozen=True, slots=True)
 class ClockEntry:
@@ -57,10 +59,13 @@ class Pong:
 
 @dataclass(frozen=True, slots=True)
 class Get:
+    """`forwarded` is set by a node passing the request to a primary, which then coordinates it."""
+
     OP: ClassVar[str] = "get"
     id: int
     key: bytes
     r: int | None = None
+    forwarded: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +86,7 @@ class Put:
     value: bytes
     context: bytes | None = None
     w: int | None = None
+    forwarded: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +105,7 @@ class Delete:
     key: bytes
     context: bytes
     w: int | None = None
+    forwarded: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +126,184 @@ class ErrorReply:
     retriable: bool
 
 
-Request = Hello | Ping | Get | Put | Delete
-Reply = HelloOk | Pong | GetOk | PutOk | DeleteOk | ErrorReply
+# ---- between nodes ----
+
+
+@dataclass(frozen=True, slots=True)
+class Replicate:
+    """Merge this stored record of `key` into yours; answer once it is durable."""
+
+    OP: ClassVar[str] = "replicate"
+    id: int
+    key: bytes
+    record: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicateOk:
+    OP: ClassVar[str] = "replicate_ok"
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """A replica read for a coordinator: the stored record of `key`, if any."""
+
+    OP: ClassVar[str] = "fetch"
+    id: int
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FetchOk:
+    OP: ClassVar[str] = "fetch_ok"
+    id: int
+    record: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class HandoffItem:
+    key: bytes
+    record: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """Part of a partition moving to a new owner; merged and made durable before HandoffOk."""
+
+    OP: ClassVar[str] = "handoff"
+    id: int
+    partition: int
+    items: list[HandoffItem]
+
+
+@dataclass(frozen=True, slots=True)
+class HandoffOk:
+    OP: ClassVar[str] = "handoff_ok"
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Gossip:
+    """Push-pull membership exchange: the receiver merges and answers with its merged view."""
+
+    OP: ClassVar[str] = "gossip"
+    id: int
+    membership: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class GossipOk:
+    OP: ClassVar[str] = "gossip_ok"
+    id: int
+    membership: bytes
+
+
+# ---- cluster administration and ring queries ----
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterJoin:
+    """Ask this node to join the cluster that `seed` (HOST:PORT) belongs to."""
+
+    OP: ClassVar[str] = "cluster_join"
+    id: int
+    seed: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterLeave:
+    """Hand off `node`'s partitions (this node when None), then remove it."""
+
+    OP: ClassVar[str] = "cluster_leave"
+    id: int
+    node: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterRemove:
+    """Drop a dead node at once; its partitions go to the others."""
+
+    OP: ClassVar[str] = "cluster_remove"
+    id: int
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterOk:
+    OP: ClassVar[str] = "cluster_ok"
+    id: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class MemberView:
+    name: str
+    address: str
+    status: str
+    partitions: int
+    reachable: bool
+    transfers_pending: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatus:
+    OP: ClassVar[str] = "cluster_status"
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatusOk:
+    OP: ClassVar[str] = "cluster_status_ok"
+    id: int
+    node: str
+    members: list[MemberView]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAddress:
+    node: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class RingGet:
+    OP: ClassVar[str] = "ring_get"
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class RingOk:
+    """The ring as clients need it: owners[p] is partition p's owner; `version` changes with it."""
+
+    OP: ClassVar[str] = "ring_ok"
+    id: int
+    version: bytes
+    n: int
+    r: int
+    w: int
+    owners: list[str]
+    addresses: list[NodeAddress]
+
+
+Request = (
+    Hello | Ping | Get | Put | Delete | Replicate | Fetch | Handoff | Gossip
+    | ClusterJoin | ClusterLeave | ClusterRemove | ClusterStatus | RingGet
+)
+Reply = (
+    HelloOk | Pong | GetOk | PutOk | DeleteOk | ErrorReply | ReplicateOk | FetchOk | HandoffOk | GossipOk
+    | ClusterOk | ClusterStatusOk | RingOk
+)
 Message = Request | Reply
 
-MESSAGE_TYPES: tuple[type, ...] = (Hello, HelloOk, Ping, Pong, Get, GetOk, Put, PutOk, Delete, DeleteOk, ErrorReply)
-RECORD_TYPES: tuple[type, ...] = (ClockEntry, SiblingView)
+MESSAGE_TYPES: tuple[type, ...] = (
+    Hello, HelloOk, Ping, Pong, Get, GetOk, Put, PutOk, Delete, DeleteOk, ErrorReply,
+    Replicate, ReplicateOk, Fetch, FetchOk, Handoff, HandoffOk, Gossip, GossipOk,
+    ClusterJoin, ClusterLeave, ClusterRemove, ClusterOk, ClusterStatus, ClusterStatusOk, RingGet, RingOk,
+)
+RECORD_TYPES: tuple[type, ...] = (ClockEntry, SiblingView, HandoffItem, MemberView, NodeAddress)
+
+
+def error_reply(request_id: int | None, error: DynError) -> ErrorReply:
+    """The reply that carries `error` across the wire (the one place errors become messages)."""
+    return ErrorReply(id=request_id, code=error.code, message=error.message, retriable=error.retriable)

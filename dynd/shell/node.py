@@ -1,25 +1,41 @@
-"""The node's request handlers: plain calls from the connection reader, replies via callbacks.
+"""The node's request handlers: plain calls from the connection reader, replies through callbacks.
 
-Gets answer at once from the committed store plus the commit overlay. Puts and deletes are
-versioned by the pure `LocalReplica`, queued for the next group commit, and answered from the
-commit's completion, so a reply never goes out before its write is durable.
+Client requests: a node that is not a primary of the key forwards the request to one (the first
+that answers, in preference-list order). A primary coordinates: for a put it versions the write,
+stores it durably, then lets `PutCoordination` replicate it and decide when to answer; for a get it
+reads its own replica and lets `GetCoordination` gather the others, answer and repair.
+
+Peer requests: replicate (merge a record, answer once durable), fetch (read a record), handoff
+(merge a batch of records of one partition), gossip.
+
+Coordinations live in `self.coordinations` until finished; `tick` runs their deadlines.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
-from dynd.core.replica import LocalReplica
+import trio
+
+from dynd.core import coordinator as co
+from dynd.core.replica import LocalReplica, merge_records
 from dynd.protocol import codec, messages
-from dynd.protocol.errors import DynError
+from dynd.protocol.messages import error_reply
+from dynd.protocol.errors import BadRequest, DynError, QuorumFailed, Timeout, Unreachable
+from dynd.shell.cluster import Cluster
 from dynd.shell.committer import GroupCommitter
+from dynd.shell.peers import Peers
 from dynd.storage.base import PutObject
 
 log = logging.getLogger("dynd.node")
 
-Reply = Callable[[messages.Message], None]
+Reply = Callable[[Any], None]  # a message, or pre-encoded payload bytes
+
+_FAILURES: dict[str, type[DynError]] = {"quorum": QuorumFailed, "timeout": Timeout}
 
 
 def wall_clock_ms() -> int:
@@ -27,28 +43,67 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+
 class Node:
-    def __init__(self, name: str, replica: LocalReplica, committer: GroupCommitter, now_ms: Callable[[], int] = wall_clock_ms) -> None:
+    def __init__(
+        self,
+        name: str,
+        replica: LocalReplica,
+        committer: GroupCommitter,
+        cluster: Cluster,
+        peers: Peers,
+        *,
+        request_timeout_ms: int,
+        now_ms: Callable[[], int] = wall_clock_ms,
+    ) -> None:
         self.name = name
         self.replica = replica
         self.committer = committer
+        self.cluster = cluster
+        self.peers = peers
+        self.request_timeout_ms = request_timeout_ms
         self.now_ms = now_ms
+        # coordination -> (request, reply, the success reply of a put)
+        self.coordinations: dict[Any, tuple[Any, Reply, Any]] = {}
         self.pruned_entries_total = 0
+        self.transfers_pending = 0
+        self.nursery: trio.Nursery | None = None  # set by the daemon; runs joins
 
-    def get(self, request: messages.Get) -> bytes:
-        """The encoded get_ok payload, stitched from the stored record's pre-encoded view."""
+    # ---- client requests ----
+
+    def get(self, request: messages.Get, reply: Reply) -> None:
         self.replica.check_key(request.key)
-        self.replica.check_quorum("r", request.r)
+        params = self.cluster.params
+        r = params.r if request.r is None else request.r
+        _check_quorum("r", r, params.n)
         partition = self.replica.partition(request.key)
-        view = self.replica.read(self.committer.read_object(partition, request.key))
-        return codec.encode_get_ok_preencoded(request.id, view.siblings_cbor, view.context_cbor)
+        primaries = self.cluster.preference_list(partition).primaries
+        if self.name not in primaries and not request.forwarded:
+            self._forward(request, list(primaries), reply)
+            return
+        local = self.committer.read_object(partition, request.key)
+        others = tuple(p for p in primaries if p != self.name)
+        if not others:
+            reply(self._get_payload(request.id, local))
+            return
+        coordination = co.GetCoordination(
+            request.key, local, others, r, self.now_ms() + self.request_timeout_ms, self.replica.limits.context_prune_threshold
+        )
+        self._run(coordination, coordination.start(), request, reply)
 
     def put(self, request: messages.Put | messages.Delete, reply: Reply) -> None:
-        """Version and queue the write; `reply` gets PutOk/DeleteOk or an ErrorReply once durable."""
-        value = request.value if isinstance(request, messages.Put) else None
+        """Version and store the write, then replicate; `reply` gets PutOk/DeleteOk or an error."""
         self.replica.check_key(request.key)
-        self.replica.check_quorum("w", request.w)
-        stored = self.committer.read_object(self.replica.partition(request.key), request.key)
+        params = self.cluster.params
+        w = params.w if request.w is None else request.w
+        _check_quorum("w", w, params.n)
+        partition = self.replica.partition(request.key)
+        primaries = self.cluster.preference_list(partition).primaries
+        if self.name not in primaries and not request.forwarded:
+            self._forward(request, list(primaries), reply)
+            return
+        value = request.value if isinstance(request, messages.Put) else None
+        stored = self.committer.read_object(partition, request.key)
         plan = self.replica.write(request.key, value, request.context, stored, self.now_ms())
         self._note(plan.key, plan.sibling_count, plan.object_bytes, plan.pruned_entries)
         ok: messages.Message
@@ -56,17 +111,152 @@ class Node:
             ok = messages.PutOk(id=request.id, context=plan.reply_context)
         else:
             ok = messages.DeleteOk(id=request.id, context=plan.reply_context)
+        others = tuple(p for p in primaries if p != self.name)
 
-        def done(error: DynError | None) -> None:
-            if error is None:
+        def stored_locally(error: DynError | None) -> None:
+            if error is not None:
+                reply(error_reply(request.id, error))
+                return
+            if not others:
                 reply(ok)
-            else:
-                reply(messages.ErrorReply(id=request.id, code=error.code, message=error.message, retriable=error.retriable))
+                return
+            coordination = co.PutCoordination(request.key, plan.record, others, w, self.now_ms() + self.request_timeout_ms)
+            self._run(coordination, coordination.start(), request, reply, ok)
 
-        self.committer.submit(
-            [PutObject(plan.partition, plan.key, plan.record)],
-            done,
-        )
+        self.committer.submit([PutObject(plan.partition, plan.key, plan.record)], stored_locally)
+
+    # ---- peer requests ----
+
+    def replicate(self, request: messages.Replicate, reply: Reply) -> None:
+        self.replica.check_key(request.key)
+        self._merge_in(request.key, request.record, lambda error: reply(
+            messages.ReplicateOk(id=request.id) if error is None else error_reply(request.id, error)
+        ))
+
+    def fetch(self, request: messages.Fetch, reply: Reply) -> None:
+        self.replica.check_key(request.key)
+        record = self.committer.read_object(self.replica.partition(request.key), request.key)
+        reply(messages.FetchOk(id=request.id, record=record))
+
+    def handoff(self, request: messages.Handoff, reply: Reply) -> None:
+        if not 0 <= request.partition < self.replica.partitions:
+            raise BadRequest(f"partition {request.partition} out of range")
+        for item in request.items:
+            self.replica.check_key(item.key)
+        remaining = len(request.items)
+        failures: list[DynError] = []
+
+        def one_done(error: DynError | None) -> None:
+            nonlocal remaining
+            remaining -= 1
+            if error is not None:
+                failures.append(error)
+            if remaining == 0:
+                reply(messages.HandoffOk(id=request.id) if not failures else error_reply(request.id, failures[0]))
+
+        if not request.items:
+            reply(messages.HandoffOk(id=request.id))
+            return
+        for item in request.items:
+            self._merge_in(item.key, item.record, one_done)
+
+    def cluster_join(self, request: messages.ClusterJoin, reply: Reply) -> None:
+        """Joining talks to the seed, so it runs as its own task; the reply comes when it is done."""
+
+        async def join() -> None:
+            try:
+                message = await self.cluster.join(request.seed, self.request_timeout_ms / 1000)
+                reply(messages.ClusterOk(id=request.id, message=message))
+            except DynError as exc:
+                reply(error_reply(request.id, exc))
+
+        if self.nursery is None:
+            raise BadRequest("the node is not running")
+        self.nursery.start_soon(join)
+
+    def gossip(self, request: messages.Gossip, reply: Reply) -> None:
+        reply(messages.GossipOk(id=request.id, membership=self.cluster.merge_from_peer(request.membership)))
+
+    def _merge_in(self, key: bytes, record: bytes, done: Callable[[DynError | None], None]) -> None:
+        """Merge a record from another replica into ours; `done` runs once the result is durable."""
+        partition = self.replica.partition(key)
+        stored = self.committer.read_object(partition, key)
+        merged = merge_records(stored, record, self.replica.limits.context_prune_threshold)
+        # Even with nothing new to store, wait for the commit queue: what we hold may not be durable yet.
+        self.committer.submit([] if merged is None else [PutObject(partition, key, merged)], done)
+
+    # ---- coordination ----
+
+    def _run(self, coordination: Any, effects: list[co.Effect], request: Any, reply: Reply, ok: Any = None) -> None:
+        self.coordinations[coordination] = (request, reply, ok)
+        self._apply(coordination, effects, request, reply, ok)
+
+    def _apply(self, coordination: Any, effects: list[co.Effect], request: Any, reply: Reply, ok: Any) -> None:
+        for effect in effects:
+            if isinstance(effect, co.SendReplicate):
+                self._send_replicate(coordination, effect, request, reply, ok)
+            elif isinstance(effect, co.SendFetch):
+                self._send_fetch(coordination, effect, request, reply, ok)
+            elif isinstance(effect, co.StoreLocal):
+                self._merge_in(effect.key, effect.record, _log_repair_failure)
+            elif isinstance(effect, co.AnswerPut):
+                reply(ok)
+            elif isinstance(effect, co.AnswerGet):
+                reply(self._get_payload(request.id, effect.record))
+            elif isinstance(effect, co.Fail):
+                reply(error_reply(request.id, _FAILURES.get(effect.code, QuorumFailed)(effect.message)))
+        if coordination.finished:
+            self.coordinations.pop(coordination, None)
+
+    def _send_replicate(self, coordination: Any, effect: co.SendReplicate, request: Any, reply: Reply, ok: Any) -> None:
+        def on_reply(answer: Any) -> None:
+            if isinstance(coordination, co.PutCoordination):
+                self._apply(coordination, coordination.on_reply(effect.node, isinstance(answer, messages.ReplicateOk)), request, reply, ok)
+            elif isinstance(answer, DynError):
+                log.debug("read repair of %s on %s failed: %s", effect.key[:64], effect.node, answer)
+
+        self.peers.send(effect.node, lambda rid: messages.Replicate(id=rid, key=effect.key, record=effect.record), on_reply)
+
+    def _send_fetch(self, coordination: Any, effect: co.SendFetch, request: Any, reply: Reply, ok: Any) -> None:
+        def on_reply(answer: Any) -> None:
+            if isinstance(answer, messages.FetchOk):
+                effects = coordination.on_reply(effect.node, answer.record)
+            else:
+                effects = coordination.on_failure(effect.node)
+            self._apply(coordination, effects, request, reply, ok)
+
+        self.peers.send(effect.node, lambda rid: messages.Fetch(id=rid, key=effect.key), on_reply)
+
+    def tick(self) -> None:
+        """Run the deadlines of every coordination in flight."""
+        if not self.coordinations:
+            return
+        now = self.now_ms()
+        for coordination, (request, reply, ok) in list(self.coordinations.items()):
+            effects = coordination.on_tick(now)
+            if effects or coordination.finished:
+                self._apply(coordination, effects, request, reply, ok)
+
+    def _forward(self, request: Any, candidates: list[str], reply: Reply) -> None:
+        """Pass a request to the first primary that answers; relay its reply under the client's id."""
+        if not candidates:
+            reply(error_reply(request.id, Unreachable("no primary of this key is reachable")))
+            return
+        node, rest = candidates[0], candidates[1:]
+
+        def on_reply(answer: Any) -> None:
+            if isinstance(answer, Unreachable):
+                self._forward(request, rest, reply)
+            elif isinstance(answer, DynError):
+                reply(error_reply(request.id, answer))
+            else:
+                reply(dataclasses.replace(answer, id=request.id))
+
+        self.peers.send(node, lambda rid: dataclasses.replace(request, id=rid, forwarded=True), on_reply)
+
+    def _get_payload(self, request_id: int, record: bytes | None) -> bytes:
+        view = self.replica.read(record)
+        return codec.encode_get_ok_preencoded(request_id, view.siblings_cbor, view.context_cbor)
 
     def _note(self, key: bytes, sibling_count: int, object_bytes: int, pruned: int) -> None:
         limits = self.replica.limits
@@ -78,3 +268,12 @@ class Node:
             self.pruned_entries_total += pruned
             log.info("pruned %d context entries of key %r (total %d)", pruned, key[:64], self.pruned_entries_total)
 
+
+def _check_quorum(name: str, wanted: int, n: int) -> None:
+    if not 1 <= wanted <= n:
+        raise BadRequest(f"{name}={wanted} is outside 1..n={n}")
+
+
+def _log_repair_failure(error: DynError | None) -> None:
+    if error is not None:
+        log.warning("read repair of the local replica failed: %s", error)

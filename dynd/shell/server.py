@@ -14,12 +14,14 @@ resynchronised, a close); an unexpected exception in a handler is logged and ans
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
 from dynd.core.limits import Limits
 from dynd.protocol import PROTOCOL_VERSION, codec, messages
+from dynd.protocol.messages import error_reply
 from dynd.protocol.errors import BadFrame, BadRequest, DynError, Overloaded, ProtocolMismatch, UnknownOp
 from dynd.protocol.framing import FrameDecoder, FrameTooLarge, encode_frame
 from dynd.shell.node import Node
@@ -29,9 +31,6 @@ log = logging.getLogger("dynd.server")
 RECEIVE_CHUNK_BYTES = 256 * 1024
 CLOSE_LINGER_S = 2.0
 
-
-def error_reply(request_id: int | None, error: DynError) -> messages.ErrorReply:
-    return messages.ErrorReply(id=request_id, code=error.code, message=error.message, retriable=error.retriable)
 
 
 class Connection:
@@ -49,6 +48,21 @@ class Connection:
         self._wake_writer = trio.Event()
         self._drained = trio.Event()
         self._drained.set()
+        self._handlers: dict[type, Callable[[Any, Callable[[Any], None]], None]] = {
+            messages.Get: node.get,
+            messages.Put: node.put,
+            messages.Delete: node.put,
+            messages.Ping: lambda request, reply: reply(messages.Pong(id=request.id, node=node.name)),
+            messages.Replicate: node.replicate,
+            messages.Fetch: node.fetch,
+            messages.Handoff: node.handoff,
+            messages.Gossip: node.gossip,
+            messages.RingGet: lambda request, reply: reply(node.cluster.ring_reply(request.id)),
+            messages.ClusterStatus: lambda request, reply: reply(node.cluster.status(request.id, node.transfers_pending)),
+            messages.ClusterLeave: lambda request, reply: reply(messages.ClusterOk(id=request.id, message=node.cluster.leave(request.node))),
+            messages.ClusterRemove: lambda request, reply: reply(messages.ClusterOk(id=request.id, message=node.cluster.remove(request.node))),
+            messages.ClusterJoin: node.cluster_join,
+        }
 
     # ---- replies ----
 
@@ -63,10 +77,13 @@ class Connection:
         self._outgoing_bytes += len(frame)
         self._wake_writer.set()
 
-    def _reply_later(self, message: messages.Message) -> None:
-        """Completion of an asynchronous request (a put waiting for its commit)."""
+    def _complete(self, reply: messages.Message | bytes) -> None:
+        """A request's answer, now or later: a message, or a payload already encoded."""
         self.inflight -= 1
-        self.send(message)
+        if isinstance(reply, bytes):
+            self.send_payload(reply)
+        else:
+            self.send(reply)
         self._maybe_drained()
 
     def _maybe_drained(self) -> None:
@@ -144,25 +161,18 @@ class Connection:
         if not self.greeted:
             return self._hello(message)
         request_id: int | None = getattr(message, "id", None)
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            self.send(error_reply(request_id, BadRequest(f"{message.OP!r} is not a request a node accepts")))
+            return True
+        self.inflight += 1
         try:
-            if isinstance(message, messages.Get):
-                self.send_payload(self.node.get(message))
-            elif isinstance(message, (messages.Put, messages.Delete)):
-                self.inflight += 1
-                try:
-                    self.node.put(message, self._reply_later)
-                except BaseException:
-                    self.inflight -= 1
-                    raise
-            elif isinstance(message, messages.Ping):
-                self.send(messages.Pong(id=message.id, node=self.node.name))
-            else:
-                raise BadRequest(f"{message.OP!r} is not a request a node accepts here")
+            handler(message, self._complete)
         except DynError as exc:
-            self.send(error_reply(request_id, exc))
+            self._complete(error_reply(request_id, exc))
         except Exception as exc:
             log.exception("request %s from %s failed", request_id, self.peer)
-            self.send(error_reply(request_id, DynError(f"internal error: {exc!r}")))
+            self._complete(error_reply(request_id, DynError(f"internal error: {exc!r}")))
         return True
 
     def _hello(self, message: Any) -> bool:

@@ -1,0 +1,102 @@
+"""Connections to the other nodes: one multiplexed connection per peer, opened on demand.
+
+`send(node, build, on_reply)` never awaits: it queues the request for that peer's connection and
+calls `on_reply(reply_or_error)` later from the event loop. A peer that cannot be reached fails
+its queued requests with `Unreachable` and is not dialled again for `peer_retry_ms`, so callers
+learn fast; the coordinators decide what a failure means.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from dynd.client import Client, open_client
+from dynd.protocol import messages
+from dynd.protocol.errors import DynError, Unreachable
+
+log = logging.getLogger("dynd.peers")
+
+ReplyCallback = Callable[[messages.Message | DynError], None]
+Builder = Callable[[int], Any]  # request id -> request message
+
+
+@dataclass
+class _Peer:
+    name: str
+    address: str
+    client: Client | None = None
+    queued: list[tuple[Builder, ReplyCallback]] = field(default_factory=list)
+    connecting: bool = False
+    down_until: float = 0.0
+    closed: trio.Event = field(default_factory=trio.Event)
+
+
+class Peers:
+    def __init__(self, self_name: str, nursery: trio.Nursery, *, request_timeout_s: float, retry_s: float) -> None:
+        self.self_name = self_name
+        self._nursery = nursery
+        self._timeout_s = request_timeout_s
+        self._retry_s = retry_s
+        self._peers: dict[str, _Peer] = {}
+
+    def set_addresses(self, addresses: dict[str, str]) -> None:
+        """Follow membership: new peers get an entry, changed addresses reconnect, gone ones close."""
+        for name, address in addresses.items():
+            if name == self.self_name:
+                continue
+            peer = self._peers.get(name)
+            if peer is None or peer.address != address:
+                if peer is not None:
+                    peer.closed.set()
+                self._peers[name] = _Peer(name, address)
+        for name in list(self._peers):
+            if name not in addresses:
+                self._peers.pop(name).closed.set()
+
+    def reachable(self, name: str) -> bool:
+        peer = self._peers.get(name)
+        return peer is not None and peer.client is not None
+
+    def send(self, name: str, build: Builder, on_reply: ReplyCallback) -> None:
+        peer = self._peers.get(name)
+        if peer is None:
+            on_reply(Unreachable(f"{name} is not a known member"))
+            return
+        if peer.client is not None and peer.client.usable:
+            peer.client.call_with_callback(build, on_reply, self._timeout_s)
+            return
+        if trio.current_time() < peer.down_until:
+            on_reply(Unreachable(f"{name} at {peer.address} is unreachable"))
+            return
+        peer.queued.append((build, on_reply))
+        if not peer.connecting:
+            peer.connecting = True
+            self._nursery.start_soon(self._connect, peer)
+
+    async def _connect(self, peer: _Peer) -> None:
+        try:
+            async with open_client(peer.address, timeout_s=self._timeout_s, agent=f"peer:{self.self_name}") as client:
+                peer.client = client
+                peer.connecting = False
+                queued, peer.queued = peer.queued, []
+                for build, on_reply in queued:
+                    client.call_with_callback(build, on_reply, self._timeout_s)
+                await client.broken_or(peer.closed)
+        except DynError as exc:
+            log.debug("peer %s at %s: %s", peer.name, peer.address, exc)
+            peer.down_until = trio.current_time() + self._retry_s
+        finally:
+            peer.client = None
+            peer.connecting = False
+            queued, peer.queued = peer.queued, []
+            for _, on_reply in queued:
+                on_reply(Unreachable(f"{peer.name} at {peer.address} is unreachable"))
+
+    def close(self) -> None:
+        for peer in self._peers.values():
+            peer.closed.set()

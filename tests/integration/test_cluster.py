@@ -1,0 +1,204 @@
+"""A real cluster of dynd processes on 127.0.0.1: replication, R and W, siblings across
+coordinators, read repair, and ownership moving when nodes join and leave."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from dynd.client import BlockingClient, open_client
+from dynd.protocol.errors import DynError
+from tests.support.procs import DyndProcess
+
+FAST_TIMERS = """
+[limits]
+gossip_interval_ms = 150
+handoff_interval_ms = 200
+tick_interval_ms = 20
+request_timeout_ms = 3000
+peer_retry_ms = 200
+"""
+CONVERGE_DEADLINE_S = 30.0
+POLL_S = 0.05
+
+
+def poll_until(what: str, check: Callable[[], Any], deadline_s: float = CONVERGE_DEADLINE_S) -> Any:
+    """Call `check` until it returns something truthy; fail with `what` at the deadline."""
+    deadline = time.monotonic() + deadline_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except DynError as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(POLL_S)
+    raise AssertionError(f"{what} did not happen within {deadline_s:g} s (last: {last!r})")
+
+
+def status(node: DyndProcess) -> Any:
+    with BlockingClient(node.address) as client:
+        return client.cluster_status()
+
+
+def settled(nodes: list[DyndProcess], members: set[str]) -> bool:
+    """Every node sees exactly `members` joined, and none has partitions left to hand off."""
+    for node in nodes:
+        view = status(node)
+        joined = {m.name for m in view.members if m.status == "joined"}
+        if joined != members or any(m.transfers_pending for m in view.members):
+            return False
+    return True
+
+
+def start_node(tmp_path: Path, name: str, seed: DyndProcess | None = None, extra: tuple[str, ...] = ()) -> DyndProcess:
+    args = ("--join", seed.address) if seed is not None else ("--replicas", "3", "--r", "2", "--w", "2", "--partitions", "64")
+    if seed is not None:
+        args += ("--partitions", "64")
+    return DyndProcess(tmp_path / name, name=name, config_text=FAST_TIMERS, extra_args=args + extra).start()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[DyndProcess]]:
+    base = tmp_path_factory.mktemp("cluster")
+    first = start_node(base, "c1")
+    nodes = [first, start_node(base, "c2", first), start_node(base, "c3", first)]
+    try:
+        poll_until("three members everywhere", lambda: settled(nodes, {"c1", "c2", "c3"}))
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+            node.cleanup()
+
+
+def test_a_put_through_one_node_reads_back_through_every_other(cluster: list[DyndProcess]) -> None:
+    with BlockingClient(cluster[0].address) as writer:
+        writer.put("spread", b"everywhere")
+    for node in cluster[1:]:
+        with BlockingClient(node.address) as reader:
+            assert reader.get("spread").values == [b"everywhere"]
+
+
+def test_w_all_puts_the_value_on_every_replica(cluster: list[DyndProcess]) -> None:
+    with BlockingClient(cluster[1].address) as writer:
+        writer.put("all-three", b"v", w=3)
+    for node in cluster:  # r=1 at a primary answers from its own replica alone
+        with BlockingClient(node.address) as reader:
+            assert reader.get("all-three", r=1).values == [b"v"]
+
+
+def test_r_and_w_outside_1_to_n_are_refused(cluster: list[DyndProcess]) -> None:
+    with BlockingClient(cluster[0].address) as client:
+        for call in (lambda: client.put("k", b"v", w=4), lambda: client.get("k", r=0)):
+            with pytest.raises(DynError, match="outside 1..n=3"):
+                call()
+
+
+def test_concurrent_puts_with_one_context_through_different_coordinators_are_siblings(cluster: list[DyndProcess]) -> None:
+    with BlockingClient(cluster[0].address) as a, BlockingClient(cluster[2].address) as c:
+        base = a.put("cart", b"empty", w=3)
+        a.put("cart", b"book", base, w=3)
+        c.put("cart", b"pen", base, w=3)
+        result = a.get("cart", r=3)
+        assert sorted(result.values) == [b"book", b"pen"]
+        c.put("cart", b"book+pen", result.context, w=3)
+        assert a.get("cart", r=3).values == [b"book+pen"]
+
+
+def test_read_repair_brings_a_stale_replica_up_to_date(cluster: list[DyndProcess]) -> None:
+    stale = cluster[2]
+    stale.stop()
+    try:
+        with BlockingClient(cluster[0].address) as client:
+            client.put("repaired", b"fresh", w=2)
+    finally:
+        stale.start()
+    with BlockingClient(stale.address) as direct:
+        assert direct.get("repaired", r=1).values == [], "the restarted replica missed the write"
+    with BlockingClient(cluster[0].address) as client:
+        assert client.get("repaired", r=3).values == [b"fresh"]
+    with BlockingClient(stale.address) as direct:
+        poll_until("read repair of the stale replica", lambda: direct.get("repaired", r=1).values == [b"fresh"])
+
+
+def test_a_write_that_cannot_reach_w_says_how_many_stored_it(cluster: list[DyndProcess]) -> None:
+    down = cluster[1]
+    down.stop()
+    try:
+        with BlockingClient(cluster[0].address) as client:
+            with pytest.raises(DynError, match="w=3 cannot be met: 1 of 3 replicas failed"):
+                client.put("needs-three", b"v", w=3)
+    finally:
+        down.start()
+
+
+async def _write_load(address: str, prefix: str, stop: trio.Event, acked: dict[str, bytes]) -> None:
+    async with open_client(address, timeout_s=5) as client:
+        for i in range(100_000):
+            if stop.is_set():
+                return
+            key, value = f"{prefix}{i:05d}", f"value-{i}".encode()
+            try:
+                await client.put(key, value)
+            except DynError:
+                continue
+            acked[key] = value
+
+
+def _every_acked_key_reads_back(address: str, acked: dict[str, bytes]) -> None:
+    with BlockingClient(address) as client:
+        missing = [key for key, value in acked.items() if value not in client.get(key).values]
+    assert missing == [], f"{len(missing)} acknowledged keys lost, e.g. {missing[:5]}"
+
+
+def _balanced(node: DyndProcess, members: int, partitions: int = 64) -> None:
+    counts = [m.partitions for m in status(node).members if m.status == "joined"]
+    assert len(counts) == members
+    assert max(counts) - min(counts) <= 1 and sum(counts) == partitions
+
+
+def test_a_node_joins_under_write_load_and_then_one_leaves(tmp_path: Path) -> None:
+    first = start_node(tmp_path, "j1")
+    nodes = [first, start_node(tmp_path, "j2", first), start_node(tmp_path, "j3", first)]
+    try:
+        poll_until("three members", lambda: settled(nodes, {"j1", "j2", "j3"}))
+        acked: dict[str, bytes] = {}
+
+        async def load_while(change: Callable[[], None]) -> None:
+            stop = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_write_load, first.address, f"load{len(acked)}-", stop, acked)
+                written_before = len(acked)
+                await trio.to_thread.run_sync(change)
+                with trio.move_on_after(10):
+                    while len(acked) < written_before + 200:
+                        await trio.sleep(POLL_S)
+                stop.set()
+
+        trio.run(load_while, lambda: nodes.append(start_node(tmp_path, "j4", first)))
+        poll_until("four members, transfers done", lambda: settled(nodes, {"j1", "j2", "j3", "j4"}))
+        assert len(acked) > 100
+        _balanced(first, 4)
+        _every_acked_key_reads_back(nodes[3].address, acked)
+
+        def leave() -> None:
+            with BlockingClient(nodes[1].address) as client:
+                client.cluster_leave()
+
+        trio.run(load_while, leave)
+        remaining = [nodes[0], nodes[2], nodes[3]]
+        poll_until("j2 handed off and removed", lambda: settled(remaining, {"j1", "j3", "j4"}))
+        poll_until("j2 recorded as removed", lambda: {m.name: m.status for m in status(first).members}.get("j2") == "removed")
+        _balanced(first, 3)
+        _every_acked_key_reads_back(first.address, acked)
+    finally:
+        for node in nodes:
+            node.stop()

@@ -1,0 +1,108 @@
+"""Put and get coordination, driven synchronously: replies and ticks in, effects out."""
+
+from __future__ import annotations
+
+from dynd.core import coordinator as co
+from dynd.core import versions
+from dynd.core.limits import Limits
+from dynd.core.quorum import Tally, Vote
+from dynd.core.replica import LocalReplica, decode_record
+
+LIMITS = Limits()
+
+
+def record(*values: bytes, actor: str = "a") -> bytes:
+    replica = LocalReplica(actor, LIMITS, 256)
+    stored: bytes | None = None
+    for value in values:
+        stored = replica.write(b"k", value, None, stored, now_ms=1).record
+    assert stored is not None
+    return stored
+
+
+def kinds(effects: list[co.Effect]) -> list[str]:
+    return [type(e).__name__ for e in effects]
+
+
+def test_tally_is_won_lost_or_pending() -> None:
+    tally = Tally(2, 3)
+    assert tally.record(True) is Vote.PENDING
+    assert tally.record(False) is Vote.PENDING
+    assert tally.record(True) is Vote.WON
+    lost = Tally(2, 3)
+    lost.record(False)
+    assert lost.record(False) is Vote.LOST
+
+
+def test_put_answers_after_w_stores_counting_its_own() -> None:
+    put = co.PutCoordination(b"k", b"rec", ("b", "c"), w=2, deadline_ms=100)
+    effects = put.start()
+    assert kinds(effects) == ["SendReplicate", "SendReplicate"]
+    assert put.on_reply("b", True) == [co.AnswerPut()]
+    assert not put.finished, "c has not answered yet"
+    assert put.on_reply("c", True) == []
+    assert put.finished
+
+
+def test_put_fails_clearly_when_w_cannot_be_reached() -> None:
+    put = co.PutCoordination(b"k", b"rec", ("b", "c"), w=3, deadline_ms=100)
+    put.start()
+    [failure] = put.on_reply("b", False)
+    assert isinstance(failure, co.Fail) and "1 of 3 replicas failed, 1 stored" in failure.message
+    assert put.on_reply("c", True) == [], "no second answer"
+
+
+def test_put_times_out_with_the_count() -> None:
+    put = co.PutCoordination(b"k", b"rec", ("b", "c"), w=3, deadline_ms=100)
+    put.start()
+    put.on_reply("b", True)
+    assert put.on_tick(99) == []
+    [failure] = put.on_tick(100)
+    assert isinstance(failure, co.Fail) and failure.code == "timeout" and "2 of 3" in failure.message
+
+
+def test_w_counts_among_the_replicas_that_exist() -> None:
+    put = co.PutCoordination(b"k", b"rec", (), w=2, deadline_ms=100)
+    assert put.start() == [co.AnswerPut()]
+
+
+def test_get_answers_after_r_with_the_merge_and_repairs_the_stale() -> None:
+    fresh = record(b"v1", b"v2")  # two siblings
+    stale = record(b"v1")
+    get = co.GetCoordination(b"k", stale, ("b", "c"), r=2, deadline_ms=100, prune_threshold=10)
+    assert kinds(get.start()) == ["SendFetch", "SendFetch"]
+    [answer] = get.on_reply("b", fresh)
+    assert isinstance(answer, co.AnswerGet) and answer.record is not None
+    assert sorted(s.value for s in decode_record(answer.record).siblings) == [b"v1", b"v2"]
+    repairs = get.on_reply("c", None)  # c has nothing: it and the coordinator get the merge
+    assert {type(e).__name__ for e in repairs} == {"StoreLocal", "SendReplicate"}
+    assert [e.node for e in repairs if isinstance(e, co.SendReplicate)] == ["c"]
+    assert get.finished
+
+
+def test_get_with_agreeing_replicas_repairs_nothing() -> None:
+    same = record(b"v")
+    get = co.GetCoordination(b"k", same, ("b",), r=1, deadline_ms=100, prune_threshold=10)
+    effects = get.start()
+    assert kinds(effects) == ["SendFetch", "AnswerGet"]
+    assert get.on_reply("b", same) == []
+    assert get.finished
+
+
+def test_get_fails_when_too_few_answer_and_still_repairs_after_the_deadline() -> None:
+    get = co.GetCoordination(b"k", None, ("b", "c"), r=3, deadline_ms=100, prune_threshold=10)
+    get.start()
+    [failure] = get.on_failure("b")
+    assert isinstance(failure, co.Fail) and "r=3 cannot be met: 1 of 3 replicas failed" in failure.message
+    assert not get.finished, "c has not answered"
+    assert get.on_tick(100) == []  # the deadline ends it: nothing to repair, no second answer
+    assert get.finished
+
+
+def test_merged_reply_is_a_lattice_join_of_what_came_back() -> None:
+    a, b = record(b"x", actor="a"), record(b"y", actor="b")
+    get = co.GetCoordination(b"k", a, ("b",), r=2, deadline_ms=100, prune_threshold=10)
+    get.start()
+    [answer, *_] = get.on_reply("b", b)
+    assert isinstance(answer, co.AnswerGet) and answer.record is not None
+    assert decode_record(answer.record) == versions.merge(decode_record(a), decode_record(b))
