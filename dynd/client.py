@@ -23,7 +23,7 @@ import trio
 
 from dynd.protocol import PROTOCOL_VERSION, codec, messages
 from dynd.protocol.address import parse_address
-from dynd.protocol.errors import BadFrame, DynError, Internal, Timeout, Unreachable, error_from_code
+from dynd.protocol.errors import BadFrame, DynError, Internal, StaleRing, Timeout, Unreachable, error_from_code
 from dynd.protocol.framing import FrameDecoder, encode_frame
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -101,9 +101,11 @@ class Client:
 
     # ---- requests ----
 
-    async def get(self, key: KeyLike, *, r: int | None = None, timeout_s: float | None = None) -> GetResult:
+    async def get(
+        self, key: KeyLike, *, r: int | None = None, timeout_s: float | None = None, ring: bytes | None = None
+    ) -> GetResult:
         request_id = next(self._ids)
-        reply = await self._call(messages.Get(id=request_id, key=_key_bytes(key), r=r), timeout_s)
+        reply = await self._call(messages.Get(id=request_id, key=_key_bytes(key), r=r, ring=ring), timeout_s)
         if not isinstance(reply, messages.GetOk):
             raise Internal(f"unexpected reply {type(reply).__name__} to get")
         siblings = [
@@ -120,21 +122,29 @@ class Client:
         *,
         w: int | None = None,
         timeout_s: float | None = None,
+        ring: bytes | None = None,
     ) -> bytes:
         """Store `value`, superseding what `context` covers; return the context covering the new write."""
         request_id = next(self._ids)
-        message = messages.Put(id=request_id, key=_key_bytes(key), value=bytes(value), context=context, w=w)
+        message = messages.Put(id=request_id, key=_key_bytes(key), value=bytes(value), context=context, w=w, ring=ring)
         reply = await self._call(message, timeout_s)
         if not isinstance(reply, messages.PutOk):
             raise Internal(f"unexpected reply {type(reply).__name__} to put")
         return reply.context
 
     async def delete(
-        self, key: KeyLike, context: bytes, *, w: int | None = None, timeout_s: float | None = None
+        self,
+        key: KeyLike,
+        context: bytes,
+        *,
+        w: int | None = None,
+        timeout_s: float | None = None,
+        ring: bytes | None = None,
     ) -> bytes:
         """Write a tombstone over what `context` covers; return the tombstone's context."""
         request_id = next(self._ids)
-        reply = await self._call(messages.Delete(id=request_id, key=_key_bytes(key), context=context, w=w), timeout_s)
+        message = messages.Delete(id=request_id, key=_key_bytes(key), context=context, w=w, ring=ring)
+        reply = await self._call(message, timeout_s)
         if not isinstance(reply, messages.DeleteOk):
             raise Internal(f"unexpected reply {type(reply).__name__} to delete")
         return reply.context
@@ -507,3 +517,123 @@ def key_placement(ring: messages.RingOk, key: KeyLike) -> KeyPlacement:
     partition = partition_of(_key_bytes(key), placed.partitions)
     preferred = preference_list(placed, partition, ring.n)
     return KeyPlacement(partition, preferred.primaries, preferred.fallbacks)
+
+
+class ClusterClient:
+    """Client-driven coordination (paper section 6.4, Table 2): route each request to a primary.
+
+    It fetches the ring from a node, computes each key's preference list itself and sends the
+    request straight to the first primary it can reach, sparing the hop through a node that would
+    forward it. The ring is refreshed every `ring_refresh_s`, and at once when a node answers
+    `stale_ring` or a primary cannot be reached. Same calls as `Client`.
+    """
+
+    def __init__(self, seeds: list[str], nursery: trio.Nursery, *, timeout_s: float, ring_refresh_s: float) -> None:
+        self.seeds = seeds
+        self.timeout_s = timeout_s
+        self.ring_refresh_s = ring_refresh_s
+        self.ring: messages.RingOk | None = None
+        self._ring_fetched_at = 0.0
+        self._nursery = nursery
+        self._clients: dict[str, Client] = {}
+        self._closers: dict[str, trio.Event] = {}
+        self._connecting: dict[str, trio.Event] = {}
+
+    async def get(self, key: KeyLike, *, r: int | None = None) -> GetResult:
+        return await self._routed(key, lambda client, ring: client.get(key, r=r, ring=ring))
+
+    async def put(self, key: KeyLike, value: bytes, context: bytes | None = None, *, w: int | None = None) -> bytes:
+        return await self._routed(key, lambda client, ring: client.put(key, value, context, w=w, ring=ring))
+
+    async def delete(self, key: KeyLike, context: bytes, *, w: int | None = None) -> bytes:
+        return await self._routed(key, lambda client, ring: client.delete(key, context, w=w, ring=ring))
+
+    async def refresh_ring(self) -> messages.RingOk:
+        errors: list[str] = []
+        known = [a.address for a in self.ring.addresses] if self.ring is not None else []
+        for address in dict.fromkeys([*known, *self.seeds]):
+            try:
+                client = await self._client_for(address)
+                self.ring = await client.ring()
+                self._ring_fetched_at = trio.current_time()
+                return self.ring
+            except DynError as exc:
+                errors.append(f"{address}: {exc.message}")
+        raise Unreachable("no node answered for the ring: " + "; ".join(errors))
+
+    async def _routed(self, key: KeyLike, call: Callable[[Client, bytes], Awaitable[T]]) -> T:
+        if self.ring is None or trio.current_time() - self._ring_fetched_at > self.ring_refresh_s:
+            await self.refresh_ring()
+        for attempt in range(2):
+            ring = self.ring
+            assert ring is not None
+            addresses = {a.node: a.address for a in ring.addresses}
+            placement = key_placement(ring, key)
+            last: DynError | None = None
+            for node in placement.primaries:
+                address = addresses.get(node)
+                if address is None:
+                    continue
+                try:
+                    client = await self._client_for(address)
+                    return await call(client, ring.version)
+                except (Unreachable, StaleRing) as exc:
+                    last = exc
+            if attempt == 0:
+                await self.refresh_ring()
+        raise last if last is not None else Unreachable("no primary of this key is known")
+
+    async def _client_for(self, address: str) -> Client:
+        client = self._clients.get(address)
+        if client is not None and client.usable:
+            return client
+        pending = self._connecting.get(address)
+        if pending is None:
+            pending = self._connecting[address] = trio.Event()
+            self._nursery.start_soon(self._connect, address, pending)
+        await pending.wait()
+        client = self._clients.get(address)
+        if client is None:
+            raise Unreachable(f"cannot connect to {address}")
+        return client
+
+    async def _connect(self, address: str, ready: trio.Event) -> None:
+        closer = self._closers.setdefault(address, trio.Event())
+        try:
+            async with open_client(address, timeout_s=self.timeout_s) as client:
+                self._clients[address] = client
+                self._connecting.pop(address, None)
+                ready.set()
+                await client.broken_or(closer)
+        except DynError:
+            pass
+        finally:
+            self._clients.pop(address, None)
+            self._connecting.pop(address, None)
+            ready.set()
+
+    def close(self) -> None:
+        for closer in self._closers.values():
+            closer.set()
+
+
+@asynccontextmanager
+async def open_cluster_client(
+    seeds: str | list[str], *, timeout_s: float = DEFAULT_TIMEOUT_S, ring_refresh_s: float = 10.0
+) -> AsyncIterator[ClusterClient]:
+    """A `ClusterClient` that routes by the ring it fetched from one of `seeds` (HOST:PORT)."""
+    seed_list = [seeds] if isinstance(seeds, str) else list(seeds)
+    try:
+        async with trio.open_nursery() as nursery:
+            client = ClusterClient(seed_list, nursery, timeout_s=timeout_s, ring_refresh_s=ring_refresh_s)
+            try:
+                await client.refresh_ring()
+                yield client
+            finally:
+                client.close()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        error = _unwrap(group)
+        if error is group:
+            raise
+        raise error from None

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from dynd.core.partition import check_partition_count
 from dynd.core.ring import Ring
@@ -309,11 +309,17 @@ def _neighbour_offsets(partitions: int, n_replicas: int) -> tuple[int, ...]:
     return tuple(sorted({d % partitions for k in range(1, n_replicas) for d in (k, -k)} - {0}))
 
 
-class _Layout:
-    """Owners being improved inside one claim: a swap or a hand-over keeps the ring balanced.
+# A move: (change in repeats, change in partitions moved, p, q, node). Swap the owners of p and q, or,
+# when q is -1, hand p to `node`.
+_Move = tuple[int, int, int, int, str]
 
-    `repeats` counts pairs of partitions closer than N with the same owner; it is zero exactly when
-    no window repeats a node, and it changes smoothly as single partitions change owner.
+
+class _Layout:
+    """Owners being improved inside one claim; a swap or a hand-over keeps the ring balanced.
+
+    `repeats[p]` counts the partitions closer than N to p with p's owner. All are zero exactly when
+    no window repeats a node; unlike the window count it changes by small steps as single partitions
+    change owner, so a local search can follow it.
     """
 
     def __init__(self, owners: list[str], before: list[str] | None, nodes: list[str], n_replicas: int) -> None:
@@ -326,72 +332,77 @@ class _Layout:
         for owner in owners:
             self.counts[owner] += 1
         self.low, self.high = balanced_shares(self.q, len(nodes))
-        self.moved = sum(a != b for a, b in zip(self.owners, self.before))
+        self.moved_set = {p for p in range(self.q) if self.owners[p] != self.before[p]}
+        self.moved = len(self.moved_set)
         self.moved_floor = self.moved  # the minimum, from _rebalance
+        self.held: dict[str, set[int]] = {node: set() for node in nodes}
+        self.originally: dict[str | None, list[int]] = {}
+        for p in range(self.q):
+            self.held[self.owners[p]].add(p)
+            self.originally.setdefault(self.before[p], []).append(p)
+        self.repeats = [self._repeats_of(p) for p in range(self.q)]
 
-    def repeats_at(self, p: int, node: str, ignore: int = -1) -> int:
-        owners, q = self.owners, self.q
-        return sum(1 for off in self.offsets if (p + off) % q != ignore and owners[(p + off) % q] == node)
+    def _repeats_of(self, p: int) -> int:
+        owners, q, node = self.owners, self.q, self.owners[p]
+        return sum(1 for off in self.offsets if owners[(p + off) % q] == node)
 
     def neighbours(self, p: int) -> set[int]:
         return {(p + off) % self.q for off in self.offsets}
 
+    def conflicted(self) -> list[int]:
+        return [p for p, repeats in enumerate(self.repeats) if repeats]
+
     def spread(self, slack: int) -> None:
+        """Remove repeats: free moves first, then paid ones while `slack` extra moves remain."""
         while True:
             self._improve_free()
-            if self.moved - self.moved_floor >= slack:
+            budget = slack - (self.moved - self.moved_floor)
+            if budget <= 0:
                 return
-            move = self._cheapest_paid_move(slack - (self.moved - self.moved_floor))
-            if move is None:
+            best: _Move | None = None
+            for p in self.conflicted():
+                move = self._best_move(p, moved_at_most=budget, cheapest=True)
+                if move is not None and (best is None or (move[1], move[0]) < (best[1], best[0])):
+                    best = move
+            if best is None:
                 return
-            self._apply(move)
-
-    def conflicted(self) -> list[int]:
-        return [p for p in range(self.q) if self.repeats_at(p, self.owners[p])]
+            self._apply(best)
 
     def _improve_free(self) -> None:
         changed = True
         while changed:
             changed = False
             for p in self.conflicted():
-                if not self.repeats_at(p, self.owners[p]):
-                    continue  # an earlier move this pass fixed it
-                move = self._best_move(p, moved_at_most=0)
-                if move is not None:
-                    self._apply(move)
-                    changed = True
+                if self.repeats[p]:  # an earlier move this pass may have fixed it
+                    move = self._best_move(p, moved_at_most=0)
+                    if move is not None:
+                        self._apply(move)
+                        changed = True
 
-    def _cheapest_paid_move(self, budget: int) -> tuple[int, int, int, int, str] | None:
-        best: tuple[int, int, int, int, str] | None = None
-        for p in self.conflicted():
-            move = self._best_move(p, moved_at_most=budget, cheapest=True)
-            if move is not None and (best is None or (move[1], move[0]) < (best[1], best[0])):
-                best = move
-        return best
-
-    def _best_move(self, p: int, *, moved_at_most: int, cheapest: bool = False) -> tuple[int, int, int, int, str] | None:
-        """The move at `p` that removes most repeats (or, if `cheapest`, moves least), or None.
-
-        A move is (repeats change, moved change, p, q, node): swap the owners of p and q, or, when q
-        is -1, hand p to `node`.
-        """
-        owners, before, q_count = self.owners, self.before, self.q
+    def _best_move(self, p: int, *, moved_at_most: int, cheapest: bool = False) -> _Move | None:
+        """The move at `p` that removes most repeats (or, if `cheapest`, moves least), or None."""
+        owners, before, q_count, offsets, repeats = self.owners, self.before, self.q, self.offsets, self.repeats
         a = owners[p]
         near_p = self.neighbours(p)
         around_p: dict[str, int] = {}
         for r in near_p:
             around_p[owners[r]] = around_p.get(owners[r], 0) + 1
-        now_p = around_p.get(a, 0)
+        now_p = repeats[p]
         a_moved_at_p = a != before[p]
-        best: tuple[int, int, int, int, str] | None = None
-
-        def consider(move: tuple[int, int, int, int, str]) -> None:
-            nonlocal best
-            key = (move[1], move[0]) if cheapest else (move[0], move[1])
-            if best is None or key < ((best[1], best[0]) if cheapest else (best[0], best[1])):
-                best = move
-
-        for q in range(q_count):
+        # near_a[q]: how many of a's partitions lie closer than N to q (p among them when q is near p)
+        near_a = [0] * q_count
+        for r in self.held[a]:
+            for off in offsets:
+                near_a[(r + off) % q_count] += 1
+        if moved_at_most <= 0 and self.before[p] is not None:
+            # A swap moves nothing more only if q has already moved, or q was a's, or q returns p to
+            # its first owner: a few partitions, not Q.
+            candidates: Iterable[int] = sorted(self.moved_set.union(self.originally.get(a, ()), self.held.get(before[p], ())))  # type: ignore[arg-type]
+        else:
+            candidates = range(q_count)
+        best: _Move | None = None
+        best_key: tuple[int, int] | None = None
+        for q in candidates:
             b = owners[q]
             if b == a:
                 continue
@@ -399,29 +410,41 @@ class _Layout:
             if moved_change > moved_at_most:
                 continue
             q_near_p = q in near_p
-            # pairs (p, q) never repeat on either side of a swap: a != b
-            change = (around_p.get(b, 0) - q_near_p) - now_p + self.repeats_at(q, a, ignore=p) - self.repeats_at(q, b, ignore=p)
+            # After the swap p holds b among p's other neighbours, q holds a among q's; the pair
+            # (p, q) itself repeats neither before nor after, as a != b.
+            change = (around_p.get(b, 0) - q_near_p - now_p) + (near_a[q] - q_near_p - repeats[q])
             if change < 0:
-                consider((change, moved_change, p, q, b))
+                key = (moved_change, change) if cheapest else (change, moved_change)
+                if best_key is None or key < best_key:
+                    best, best_key = (change, moved_change, p, q, b), key
         if self.low != self.high and self.counts[a] == self.high:
             for b in self.nodes:
                 if self.counts[b] != self.low:
                     continue
                 moved_change = (b != before[p]) - a_moved_at_p
-                if moved_change > moved_at_most:
-                    continue
                 change = around_p.get(b, 0) - now_p
-                if change < 0:
-                    consider((change, moved_change, p, -1, b))
+                if moved_change <= moved_at_most and change < 0:
+                    key = (moved_change, change) if cheapest else (change, moved_change)
+                    if best_key is None or key < best_key:
+                        best, best_key = (change, moved_change, p, -1, b), key
         return best
 
-    def _apply(self, move: tuple[int, int, int, int, str]) -> None:
+    def _apply(self, move: _Move) -> None:
         _, moved_change, p, q, b = move
         a = self.owners[p]
-        if q >= 0:
-            self.owners[p], self.owners[q] = b, a
-        else:
-            self.owners[p] = b
-            self.counts[a] -= 1
-            self.counts[b] += 1
+        changed = [(p, b)] if q < 0 else [(p, b), (q, a)]
+        for r, new_owner in changed:
+            old_owner = self.owners[r]
+            self.owners[r] = new_owner
+            self.held[old_owner].remove(r)
+            self.held[new_owner].add(r)
+            self.counts[old_owner] -= 1
+            self.counts[new_owner] += 1
+            if new_owner != self.before[r]:
+                self.moved_set.add(r)
+            else:
+                self.moved_set.discard(r)
+        for r in {n for r, _ in changed for n in self.neighbours(r)} | {r for r, _ in changed}:
+            self.repeats[r] = self._repeats_of(r)
         self.moved += moved_change
+        assert self.moved == len(self.moved_set)

@@ -78,6 +78,13 @@ class QuorumFailed(DynError):
     retriable = True
 
 
+class StaleRing(DynError):
+    """The client routed by an old ring to a node that is not a primary: refresh the ring, retry."""
+
+    code = "stale_ring"
+    retriable = True
+
+
 class Timeout(DynError):
     code = "timeout"
     retriable = True
@@ -111,6 +118,7 @@ _BY_CODE: dict[str, type[DynError]] = {
         StorageFull,
         Overloaded,
         QuorumFailed,
+        StaleRing,
         Timeout,
         Unreachable,
         ShuttingDown,

@@ -59,13 +59,16 @@ class Pong:
 
 @dataclass(frozen=True, slots=True)
 class Get:
-    """`forwarded` is set by a node passing the request to a primary, which then coordinates it."""
+    """`forwarded` is set by a node passing the request to a primary, which then coordinates it.
+    `ring` is the ring version a routing client used: a node that is not a primary of the key then
+    answers `stale_ring` instead of forwarding, so the client refreshes its ring."""
 
     OP: ClassVar[str] = "get"
     id: int
     key: bytes
     r: int | None = None
     forwarded: bool | None = None
+    ring: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,7 @@ class Put:
     context: bytes | None = None
     w: int | None = None
     forwarded: bool | None = None
+    ring: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +110,7 @@ class Delete:
     context: bytes
     w: int | None = None
     forwarded: bool | None = None
+    ring: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from dynd.core import coordinator as co
 from dynd.core.replica import LocalReplica, merge_records
 from dynd.protocol import codec, messages
 from dynd.protocol.messages import error_reply
-from dynd.protocol.errors import BadRequest, DynError, QuorumFailed, Timeout, Unreachable
+from dynd.protocol.errors import BadRequest, DynError, QuorumFailed, StaleRing, Timeout, Unreachable
 from dynd.shell.cluster import Cluster
 from dynd.shell.committer import GroupCommitter
 from dynd.shell.peers import Peers
@@ -79,7 +79,7 @@ class Node:
         partition = self.replica.partition(request.key)
         primaries = self.cluster.preference_list(partition).primaries
         if self.name not in primaries and not request.forwarded:
-            self._forward(request, list(primaries), reply)
+            self._route_elsewhere(request, primaries, reply)
             return
         local = self.committer.read_object(partition, request.key)
         others = tuple(p for p in primaries if p != self.name)
@@ -100,7 +100,7 @@ class Node:
         partition = self.replica.partition(request.key)
         primaries = self.cluster.preference_list(partition).primaries
         if self.name not in primaries and not request.forwarded:
-            self._forward(request, list(primaries), reply)
+            self._route_elsewhere(request, primaries, reply)
             return
         value = request.value if isinstance(request, messages.Put) else None
         stored = self.committer.read_object(partition, request.key)
@@ -237,6 +237,11 @@ class Node:
             if effects or coordination.finished:
                 self._apply(coordination, effects, request, reply, ok)
 
+    def _route_elsewhere(self, request: Any, primaries: tuple[str, ...], reply: Reply) -> None:
+        if request.ring is not None and request.ring != self.cluster.membership.digest:
+            raise StaleRing(f"{self.name} is not a primary of this key under the current ring")
+        self._forward(request, list(primaries), reply)
+
     def _forward(self, request: Any, candidates: list[str], reply: Reply) -> None:
         """Pass a request to the first primary that answers; relay its reply under the client's id."""
         if not candidates:
@@ -252,7 +257,7 @@ class Node:
             else:
                 reply(dataclasses.replace(answer, id=request.id))
 
-        self.peers.send(node, lambda rid: dataclasses.replace(request, id=rid, forwarded=True), on_reply)
+        self.peers.send(node, lambda rid: dataclasses.replace(request, id=rid, forwarded=True, ring=None), on_reply)
 
     def _get_payload(self, request_id: int, record: bytes | None) -> bytes:
         view = self.replica.read(record)

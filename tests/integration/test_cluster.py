@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import trio
 
-from dynd.client import BlockingClient, open_client
-from dynd.protocol.errors import DynError
+from dynd.client import BlockingClient, key_placement, open_client, open_cluster_client
+from dynd.protocol.errors import DynError, StaleRing
 from tests.support.procs import DyndProcess
 
 FAST_TIMERS = """
@@ -188,6 +188,7 @@ def test_a_node_joins_under_write_load_and_then_one_leaves(tmp_path: Path) -> No
         assert len(acked) > 100
         _balanced(first, 4)
         _every_acked_key_reads_back(nodes[3].address, acked)
+        _routing_follows_the_ring(nodes)
 
         def leave() -> None:
             with BlockingClient(nodes[1].address) as client:
@@ -202,3 +203,26 @@ def test_a_node_joins_under_write_load_and_then_one_leaves(tmp_path: Path) -> No
     finally:
         for node in nodes:
             node.stop()
+
+
+def _routing_follows_the_ring(nodes: list[DyndProcess]) -> None:
+    """With four nodes and N=3 every key has a node that is not its primary: a client routing by an
+    old ring is told so, and the routing client sends straight to a primary."""
+    by_name = {node.name: node for node in nodes}
+    with BlockingClient(nodes[0].address) as client:
+        ring = client.ring()
+    placement = key_placement(ring, "routed")
+    outsider = by_name[placement.fallbacks[0]]
+
+    async def check() -> None:
+        async with open_client(outsider.address) as direct:
+            with pytest.raises(StaleRing):
+                await direct.put("routed", b"v", ring=b"an old ring")
+            forwarded = await direct.put("routed", b"forwarded")  # without a ring version it forwards
+        async with open_cluster_client(outsider.address) as routed:
+            context = await routed.put("routed", b"routed", forwarded)
+            assert (await routed.get("routed")).values == [b"routed"]
+            await routed.delete("routed", context)
+            assert (await routed.get("routed")).values == []
+
+    trio.run(check)
