@@ -28,7 +28,7 @@ from rich.table import Table
 
 from dynctl.node import AGENT, Session, node_errors_become_exit_codes
 from dynctl.output import ExitCode, Output
-from dynd.client import Client, open_client
+from dynd.client import Client, ClusterClient, open_client, open_cluster_client
 from dynd.protocol.errors import DynError, Unreachable
 
 CONNECTIONS_DEFAULT_MAX = 32
@@ -51,6 +51,7 @@ class BenchPlan:
     keys: int
     connections: int
     ops_max: int | None
+    routed: bool = False
 
 
 @dataclass(slots=True)
@@ -88,6 +89,7 @@ class BenchResult:
             "workload": self.plan.workload.value,
             "concurrency": self.plan.concurrency,
             "connections": self.plan.connections,
+            "routed": self.plan.routed,
             "keys": self.plan.keys,
             "value_size": self.plan.value_size,
             "seconds": self.plan.seconds,
@@ -138,7 +140,7 @@ def _to_ms(seconds: float | None) -> float | None:
 
 
 async def _prepare_keys(
-    client: Client, plan: BenchPlan, key_indexes: range, contexts: dict[int, bytes | None], value: bytes
+    client: Client | ClusterClient, plan: BenchPlan, key_indexes: range, contexts: dict[int, bytes | None], value: bytes
 ) -> None:
     for index in key_indexes:
         current = await client.get(bench_key(index))
@@ -148,7 +150,7 @@ async def _prepare_keys(
 
 
 async def _run_worker(
-    client: Client,
+    client: Client | ClusterClient,
     plan: BenchPlan,
     key_indexes: range,
     contexts: dict[int, bytes | None],
@@ -192,8 +194,12 @@ async def _show_progress(progress: Progress, task: TaskID, plan: BenchPlan, tall
 async def run_bench(address: str, timeout_s: float, plan: BenchPlan, progress: Progress | None = None) -> BenchResult:
     value = os.urandom(plan.value_size)
     async with AsyncExitStack() as stack:
-        clients = [
-            await stack.enter_async_context(open_client(address, timeout_s=timeout_s, agent=f"{AGENT} bench"))
+        clients: list[Client | ClusterClient] = [
+            await stack.enter_async_context(
+                open_cluster_client(address, timeout_s=timeout_s)
+                if plan.routed
+                else open_client(address, timeout_s=timeout_s, agent=f"{AGENT} bench")
+            )
             for _ in range(plan.connections)
         ]
         assignments = [
@@ -297,6 +303,14 @@ def bench(
     ops_max: Annotated[
         int | None, typer.Option("--ops", metavar="MAX", min=1, help="Stop after MAX operations.")
     ] = None,
+    routed: Annotated[
+        bool,
+        typer.Option(
+            "--routed",
+            help="Route each request to a primary by the cluster's ring (client-driven coordination); "
+            "each connection is then one routing client with a connection per node.",
+        ),
+    ] = False,
 ) -> None:
     """Measure throughput and latency: ops/s, errors, p50/p99/p99.9/max.
 
@@ -315,7 +329,7 @@ def bench(
         raise typer.BadParameter(
             f"more connections than workers ({concurrency}) would leave some idle", param_hint="'--connections'"
         )
-    plan = BenchPlan(workload, concurrency, value_size, seconds, keys, connections, ops_max)
+    plan = BenchPlan(workload, concurrency, value_size, seconds, keys, connections, ops_max, routed)
 
     with node_errors_become_exit_codes(output), output.progress() as progress:
         result = trio.run(run_bench, session.node_address, session.timeout_s, plan, progress)

@@ -14,6 +14,7 @@ resynchronised, a close); an unexpected exception in a handler is logged and ans
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -113,40 +114,41 @@ class Connection:
     async def reader(self) -> None:
         decoder = FrameDecoder(self.limits.frame_bytes_max)
         frame_started: float | None = None
-        while True:
-            now = trio.current_time()
-            if frame_started is not None:
-                deadline = frame_started + self.limits.frame_timeout_ms / 1000
-            elif not self.greeted:
-                deadline = now + self.limits.handshake_timeout_ms / 1000
-            else:
-                deadline = now + self.limits.idle_timeout_ms / 1000
-            with trio.move_on_at(deadline) as scope:
+        # One cancel scope for the connection's life, its deadline moved before each read: cheaper
+        # than a new scope per read, and it never covers the wait for replies to drain.
+        with trio.CancelScope() as read_deadline:
+            while True:
+                if frame_started is not None:
+                    read_deadline.deadline = frame_started + self.limits.frame_timeout_ms / 1000
+                elif not self.greeted:
+                    read_deadline.deadline = trio.current_time() + self.limits.handshake_timeout_ms / 1000
+                else:
+                    read_deadline.deadline = trio.current_time() + self.limits.idle_timeout_ms / 1000
                 chunk = await self.stream.receive_some(RECEIVE_CHUNK_BYTES)
-            if scope.cancelled_caught:
-                what = "an incomplete frame" if frame_started is not None else "no request"
-                log.info("closing %s: %s within the deadline", self.peer, what)
-                self.send(error_reply(None, BadFrame(f"closing: {what} within the deadline")))
-                return
-            if not chunk:
-                return
-            try:
-                frames = decoder.feed(chunk)
-            except FrameTooLarge as exc:
-                log.info("closing %s: %s", self.peer, exc.message)
-                self.send(error_reply(None, exc))
-                return
-            if decoder.has_partial_frame:
-                if frame_started is None or frames:
-                    frame_started = trio.current_time()
-            else:
-                frame_started = None
-            for frame in frames:
-                if not self.dispatch(frame):
+                read_deadline.deadline = math.inf
+                if not chunk:
                     return
-            if self.inflight >= self.limits.connection_inflight_max or self._outgoing_bytes >= self.limits.connection_outbuf_bytes_max:
-                self._drained = trio.Event()
-                await self._drained.wait()
+                try:
+                    frames = decoder.feed(chunk)
+                except FrameTooLarge as exc:
+                    log.info("closing %s: %s", self.peer, exc.message)
+                    self.send(error_reply(None, exc))
+                    return
+                if decoder.has_partial_frame:
+                    if frame_started is None or frames:
+                        frame_started = trio.current_time()
+                else:
+                    frame_started = None
+                for frame in frames:
+                    if not self.dispatch(frame):
+                        return
+                if self.inflight >= self.limits.connection_inflight_max or self._outgoing_bytes >= self.limits.connection_outbuf_bytes_max:
+                    self._drained = trio.Event()
+                    await self._drained.wait()
+        if read_deadline.cancelled_caught:
+            what = "an incomplete frame" if frame_started is not None else "no request"
+            log.info("closing %s: %s within the deadline", self.peer, what)
+            self.send(error_reply(None, BadFrame(f"closing: {what} within the deadline")))
 
     def dispatch(self, frame: bytes) -> bool:
         """Handle one frame; False means close the connection."""
