@@ -12,18 +12,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
-DEV_DIR ?= .dev/node1
-DEV_ADDR ?= 127.0.0.1:7400
+DEV_NODES ?= 3
 
 run: $(STAMP)
-	@echo "Starting one dynd node on $(DEV_ADDR) (data in $(DEV_DIR)); Ctrl-C stops it."
-	@echo "In another terminal:"
-	@echo "  . $(VENV)/bin/activate"
-	@echo "  dynctl put greeting 'hello, dynamo'"
-	@echo "  dynctl get greeting"
-	@echo "  dynctl bench --workload put --concurrency 32 --value-size 1024 --seconds 10"
-	@mkdir -p $(DEV_DIR)
-	@exec $(BIN)/dynd --name dev1 --listen $(DEV_ADDR) --data-dir $(DEV_DIR)
+	$(BIN)/dynctl dev up --nodes $(DEV_NODES)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

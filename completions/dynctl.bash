@@ -17,13 +17,20 @@ _dynctl() {
     local prev=${words[${#words[@]}-1]}
 
     local global_options="--node --timeout --json --help -h"
-    local commands="get put delete bench"
-    local command="" i
+    local commands="get put delete bench cluster ring dev"
+    local command="" subcommand="" i
     for ((i = 1; i < ${#words[@]}; i++)); do
         case ${words[i]} in
             --node | --timeout) ((i++)) ;;
             -*) ;;
             *) command=${words[i]}; break ;;
+        esac
+    done
+    # cluster, ring and dev are groups: their first word is a subcommand (no group takes options).
+    for ((i++; i < ${#words[@]}; i++)); do
+        case ${words[i]} in
+            -*) ;;
+            *) subcommand=${words[i]}; break ;;
         esac
     done
 
@@ -33,11 +40,16 @@ _dynctl() {
             COMPREPLY=($(compgen -f -- "$cur"))
             return
             ;;
+        --dir)
+            compopt -o filenames 2>/dev/null
+            COMPREPLY=($(compgen -d -- "$cur"))
+            return
+            ;;
         --workload)
             COMPREPLY=($(compgen -W "put get mixed" -- "$cur"))
             return
             ;;
-        --node | --timeout | --context | --r | --w | --concurrency | -c | --value-size | --seconds | --keys | --connections | --ops)
+        --node | --timeout | --context | --r | --w | --concurrency | -c | --value-size | --seconds | --keys | --connections | --ops | --nodes | --base-port | --n)
             COMPREPLY=()  # a value only the user knows
             return
             ;;
@@ -52,7 +64,25 @@ _dynctl() {
         get) options="--context --r --help -h" ;;
         put) options="--file -f --context --w --help -h" ;;
         delete) options="--context --w --help -h" ;;
-        bench) options="--workload --concurrency -c --value-size --seconds --keys --connections --ops --help -h" ;;
+        bench) options="--workload --concurrency -c --value-size --seconds --keys --connections --ops --routed --help -h" ;;
+        cluster | ring | dev)
+            if [[ -z $subcommand ]]; then
+                local subcommands
+                case $command in
+                    cluster) subcommands="join leave remove status" ;;
+                    ring) subcommands="status key" ;;
+                    dev) subcommands="up" ;;
+                esac
+                COMPREPLY=($(compgen -W "$subcommands --help -h" -- "$cur"))
+                return
+            fi
+            case "$command $subcommand" in
+                "cluster join" | "cluster leave" | "cluster remove" | "cluster status") options="--help -h" ;;
+                "ring status" | "ring key") options="--help -h" ;;
+                "dev up") options="--nodes --dir --base-port --n --r --w --help -h" ;;
+                *) return ;;
+            esac
+            ;;
         *) return ;;
     esac
     if [[ $cur == -* ]]; then

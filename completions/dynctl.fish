@@ -3,7 +3,7 @@
 # Static on purpose: it never runs dynctl, so TAB is instant and never touches a node.
 # Keys, values and tokens are the user's own, so only commands, options and files complete.
 
-set -l dynctl_commands get put delete bench
+set -l dynctl_commands get put delete bench cluster ring dev
 
 complete -c dynctl -f
 
@@ -17,6 +17,9 @@ complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a get 
 complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a put -d 'Store a value, print the new context token'
 complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a delete -d 'Delete what a context token covers'
 complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a bench -d 'Measure throughput and latency'
+complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a cluster -d 'Change and inspect cluster membership'
+complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a ring -d 'Inspect the ring and where a key lives'
+complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a dev -d 'Run a local development cluster'
 
 complete -c dynctl -n "__fish_seen_subcommand_from get" -l context -d 'Print only the context token'
 complete -c dynctl -n "__fish_seen_subcommand_from get" -l r -x -d 'Replies to wait for'
@@ -33,3 +36,24 @@ complete -c dynctl -n "__fish_seen_subcommand_from bench" -l seconds -x -d 'Leng
 complete -c dynctl -n "__fish_seen_subcommand_from bench" -l keys -x -d 'Distinct keys'
 complete -c dynctl -n "__fish_seen_subcommand_from bench" -l connections -x -d 'Client connections'
 complete -c dynctl -n "__fish_seen_subcommand_from bench" -l ops -x -d 'Stop after this many operations'
+complete -c dynctl -n "__fish_seen_subcommand_from bench" -l routed -d 'Send each request to a primary, by the ring'
+
+# cluster, ring and dev are groups of subcommands; their arguments are node names, addresses and
+# keys only the user knows.
+set -l cluster_commands join leave remove status
+complete -c dynctl -n "__fish_seen_subcommand_from cluster; and not __fish_seen_subcommand_from $cluster_commands" -a join -d 'Join the cluster of a seed node'
+complete -c dynctl -n "__fish_seen_subcommand_from cluster; and not __fish_seen_subcommand_from $cluster_commands" -a leave -d 'Hand off partitions and leave'
+complete -c dynctl -n "__fish_seen_subcommand_from cluster; and not __fish_seen_subcommand_from $cluster_commands" -a remove -d 'Drop a dead member at once'
+complete -c dynctl -n "__fish_seen_subcommand_from cluster; and not __fish_seen_subcommand_from $cluster_commands" -a status -d 'Show every member'
+
+set -l ring_commands status key
+complete -c dynctl -n "__fish_seen_subcommand_from ring; and not __fish_seen_subcommand_from $ring_commands" -a status -d 'Show Q, N, R, W and partitions per node'
+complete -c dynctl -n "__fish_seen_subcommand_from ring; and not __fish_seen_subcommand_from $ring_commands" -a key -d "Show a key's partition and preference list"
+
+complete -c dynctl -n "__fish_seen_subcommand_from dev; and not __fish_seen_subcommand_from up" -a up -d 'Start a local cluster in the foreground'
+complete -c dynctl -n "__fish_seen_subcommand_from dev; and __fish_seen_subcommand_from up" -l nodes -x -d 'How many nodes'
+complete -c dynctl -n "__fish_seen_subcommand_from dev; and __fish_seen_subcommand_from up" -l dir -x -a '(__fish_complete_directories (commandline -ct))' -d 'Data and logs directory'
+complete -c dynctl -n "__fish_seen_subcommand_from dev; and __fish_seen_subcommand_from up" -l base-port -x -d 'Port of the first node'
+complete -c dynctl -n "__fish_seen_subcommand_from dev; and __fish_seen_subcommand_from up" -l n -x -d 'Replicas per key (new cluster)'
+complete -c dynctl -n "__fish_seen_subcommand_from dev; and __fish_seen_subcommand_from up" -l r -x -d 'Default read quorum (new cluster)'
+complete -c dynctl -n "__fish_seen_subcommand_from dev; and __fish_seen_subcommand_from up" -l w -x -d 'Default write quorum (new cluster)'

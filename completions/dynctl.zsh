@@ -24,6 +24,9 @@ _dynctl() {
         'put:store a value and print the new context token'
         'delete:delete what a context token covers'
         'bench:measure throughput and latency'
+        'cluster:change and inspect cluster membership'
+        'ring:inspect the ring and where a key lives'
+        'dev:run a local development cluster'
       )
       _describe -t commands 'dynctl command' commands && ret=0
       ;;
@@ -62,6 +65,92 @@ _dynctl() {
             '--keys=[distinct keys]:count: ' \
             '--connections=[client connections]:count: ' \
             '--ops=[stop after this many operations]:count: ' \
+            '--routed[send each request straight to a primary, by the ring]' \
+            '(- *)'{-h,--help}'[show help and exit]' && ret=0
+          ;;
+        cluster) _dynctl_cluster && ret=0 ;;
+        ring) _dynctl_ring && ret=0 ;;
+        dev) _dynctl_dev && ret=0 ;;
+      esac
+      ;;
+  esac
+  return ret
+}
+
+# The groups: a subcommand first, then its own arguments.
+_dynctl_cluster() {
+  local curcontext=$curcontext state line ret=1
+  _arguments -C \
+    '(- *)'{-h,--help}'[show help and exit]' \
+    '1:cluster command:->command' \
+    '*::argument:->argument' && ret=0
+  case $state in
+    command)
+      local -a commands=(
+        'join:join the cluster of a seed node'
+        'leave:hand off partitions and leave'
+        'remove:drop a dead member at once'
+        'status:show every member'
+      )
+      _describe -t commands 'cluster command' commands && ret=0
+      ;;
+    argument)
+      case $words[1] in
+        join) _arguments '(- *)'{-h,--help}'[show help and exit]' '1:seed (host\:port): ' && ret=0 ;;
+        leave) _arguments '(- *)'{-h,--help}'[show help and exit]' '1::node name (default: the --node): ' && ret=0 ;;
+        remove) _arguments '(- *)'{-h,--help}'[show help and exit]' '1:node name: ' && ret=0 ;;
+        status) _arguments '(- *)'{-h,--help}'[show help and exit]' && ret=0 ;;
+      esac
+      ;;
+  esac
+  return ret
+}
+
+_dynctl_ring() {
+  local curcontext=$curcontext state line ret=1
+  _arguments -C \
+    '(- *)'{-h,--help}'[show help and exit]' \
+    '1:ring command:->command' \
+    '*::argument:->argument' && ret=0
+  case $state in
+    command)
+      local -a commands=(
+        'status:show Q, N, R, W and partitions per node'
+        "key:show a key's partition and preference list"
+      )
+      _describe -t commands 'ring command' commands && ret=0
+      ;;
+    argument)
+      case $words[1] in
+        status) _arguments '(- *)'{-h,--help}'[show help and exit]' && ret=0 ;;
+        key) _arguments '(- *)'{-h,--help}'[show help and exit]' '1:key: ' && ret=0 ;;
+      esac
+      ;;
+  esac
+  return ret
+}
+
+_dynctl_dev() {
+  local curcontext=$curcontext state line ret=1
+  _arguments -C \
+    '(- *)'{-h,--help}'[show help and exit]' \
+    '1:dev command:->command' \
+    '*::argument:->argument' && ret=0
+  case $state in
+    command)
+      local -a commands=('up:start a local cluster in the foreground')
+      _describe -t commands 'dev command' commands && ret=0
+      ;;
+    argument)
+      case $words[1] in
+        up)
+          _arguments \
+            '--nodes=[how many nodes]:count: ' \
+            '--dir=[directory for data and logs]:directory:_directories' \
+            '--base-port=[port of the first node]:port: ' \
+            '--n=[replicas per key, for a new cluster]:count: ' \
+            '--r=[default read quorum, for a new cluster]:count: ' \
+            '--w=[default write quorum, for a new cluster]:count: ' \
             '(- *)'{-h,--help}'[show help and exit]' && ret=0
           ;;
       esac

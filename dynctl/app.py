@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from dynctl import bench, kv
+from dynctl import bench, cluster, dev, kv, ring
 from dynctl.node import Session
 from dynctl.output import EXIT_CODES_HELP, Output
 from dynd.protocol.address import DEFAULT_PORT, format_address, parse_address
@@ -16,7 +16,7 @@ DEFAULT_TIMEOUT_S = 5.0
 
 app = typer.Typer(
     name="dynctl",
-    help="Read, write and load-test a dynd key-value store.\n\n"
+    help="Read, write and load-test a dynd key-value store; manage its cluster.\n\n"
     "Keys are UTF-8 text; values are raw bytes. A context token (base64url) says which versions "
     "you have seen: pass the one from `get --context` to put or delete to supersede them.",
     epilog=EXIT_CODES_HELP,
@@ -63,6 +63,9 @@ app.command("get", epilog=EXIT_CODES_HELP)(kv.get)
 app.command("put", epilog=EXIT_CODES_HELP)(kv.put)
 app.command("delete", epilog=EXIT_CODES_HELP)(kv.delete)
 app.command("bench", epilog=EXIT_CODES_HELP)(bench.bench)
+app.add_typer(cluster.app, name="cluster")
+app.add_typer(ring.app, name="ring")
+app.add_typer(dev.app, name="dev")
 
 
 def main() -> None:

@@ -50,6 +50,8 @@ class Cluster:
         self.rng = rng
         self.membership = membership
         self._preflists: dict[int, PreferenceList] = {}
+        self._heard_at: dict[str, float] = {}  # member -> when a gossip exchange with it last succeeded
+        self.heard_within_s = 5.0
         self.on_change: list[Callable[[], None]] = []
         self._adopt(membership, force=True)
 
@@ -91,12 +93,19 @@ class Cluster:
                 address=m.address,
                 status=m.status,
                 partitions=counts.get(m.name, 0),
-                reachable=m.name == self.name or self.peers.reachable(m.name),
+                reachable=self.reachable(m.name),
                 transfers_pending=transfers_pending if m.name == self.name else 0,
             )
             for m in sorted(self.membership.members.values(), key=lambda m: m.name)
         ]
         return messages.ClusterStatusOk(id=request_id, node=self.name, members=members)
+
+    def reachable(self, name: str) -> bool:
+        """Connected now, or gossiped with lately (failure detection proper comes with SWIM)."""
+        if name == self.name or self.peers.reachable(name):
+            return True
+        heard = self._heard_at.get(name)
+        return heard is not None and trio.current_time() - heard < self.heard_within_s
 
     # ---- changes ----
 
@@ -189,6 +198,7 @@ class Cluster:
     # ---- gossip ----
 
     async def gossip_forever(self, interval_s: float, timeout_s: float) -> None:
+        self.heard_within_s = max(self.heard_within_s, 4 * interval_s)
         while True:
             await trio.sleep(interval_s * (0.5 + self.rng.random()))  # jitter keeps nodes out of step
             target = self._gossip_target()
@@ -208,6 +218,7 @@ class Cluster:
     async def _push_to(self, address: str, timeout_s: float) -> None:
         async with open_client(address, timeout_s=timeout_s, agent=f"gossip:{self.name}") as client:
             reply = await client.gossip(self.membership.encode())
+            self._heard_at[client.node_name] = trio.current_time()
         try:
             self._update(self.membership.merge(Membership.decode(reply)))
         except MembershipError as exc:

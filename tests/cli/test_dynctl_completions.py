@@ -16,16 +16,31 @@ MAN_PAGE = REPO / "man" / "dynctl.1"
 
 
 def app_options() -> dict[str, list[str]]:
-    """Every option string per command ("" for the global options), read from the app itself."""
+    """Every option string per command, read from the app itself: "" for the global options, and
+    a group's commands by their full path ("cluster join")."""
     group = typer.main.get_command(app)
     options = {"": [opt for param in group.params for opt in param.opts + param.secondary_opts if opt.startswith("-")]}
+
+    def collect(path: str, command: object) -> None:
+        subcommands = getattr(command, "commands", None)
+        if subcommands is None:
+            options[path] = [opt for param in command.params for opt in param.opts if opt.startswith("-")]  # type: ignore[attr-defined]
+            return
+        for name, subcommand in subcommands.items():
+            collect(f"{path} {name}", subcommand)
+
     for name, command in group.commands.items():  # type: ignore[attr-defined]
-        options[name] = [opt for param in command.params for opt in param.opts if opt.startswith("-")]
+        collect(name, command)
     return options
 
 
 def test_the_app_has_the_commands_the_completions_know() -> None:
-    assert set(app_options()) == {"", "get", "put", "delete", "bench"}
+    assert set(app_options()) == {
+        "", "get", "put", "delete", "bench",
+        "cluster join", "cluster leave", "cluster remove", "cluster status",
+        "ring status", "ring key",
+        "dev up",
+    }
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
@@ -33,8 +48,7 @@ def test_completions_name_every_command_and_option(shell: str) -> None:
     script = (COMPLETIONS / f"dynctl.{shell}").read_text()
     missing = []
     for command, options in app_options().items():
-        if command and command not in script:
-            missing.append(command)
+        missing += [word for word in command.split() if word not in script]
         for option in options:
             if shell == "fish":
                 form = f"-l {option[2:]}" if option.startswith("--") else f"-s {option[1:]}"
@@ -69,12 +83,18 @@ def bash_completions(line: str) -> list[str]:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("dynctl ", {"get", "put", "delete", "bench", "--node", "--timeout", "--json", "--help", "-h"}),
-        ("dynctl de", {"delete"}),
+        ("dynctl ", {"get", "put", "delete", "bench", "cluster", "ring", "dev", "--node", "--timeout", "--json", "--help", "-h"}),
+        ("dynctl de", {"delete", "dev"}),
         ("dynctl --node 127.0.0.1:7400 get --", {"--context", "--r", "--help"}),
         ("dynctl bench --workload m", {"mixed"}),
         ("dynctl --timeout 3 put key --w", {"--w"}),
         ("dynctl delete key --context ", set()),
+        ("dynctl cluster ", {"join", "leave", "remove", "status", "--help", "-h"}),
+        ("dynctl --json ring k", {"key"}),
+        ("dynctl --node 127.0.0.1:7400 cluster join --", {"--help"}),
+        ("dynctl dev up --", {"--nodes", "--dir", "--base-port", "--n", "--r", "--w", "--help"}),
+        ("dynctl dev up --nodes 3 --r", {"--r"}),
+        ("dynctl dev up --base-port ", set()),
     ],
 )
 def test_bash_completion(line: str, expected: set[str]) -> None:

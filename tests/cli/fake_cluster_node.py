@@ -1,0 +1,141 @@
+"""A stand-in node for dynctl's cluster and ring tests: dynd's real framing and codec, canned replies.
+
+    python tests/cli/fake_cluster_node.py --listen 127.0.0.1:PORT [--without-cluster]
+
+It answers hello, ping, ring_get, cluster_status and cluster_join/leave/remove from the constants
+below (the tests import them to know what to expect), so dynctl's tables, JSON and exit codes are
+tested over a real connection against known numbers, which a real cluster's claim does not fix.
+Every frame goes through `dynd.protocol.codec`, so a request dynctl gets wrong fails here as it
+would on a node. With --without-cluster it refuses every cluster and ring request with
+bad_request, as a node that does not serve them would, for the error paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from functools import partial
+
+import trio
+
+from dynd.protocol import PROTOCOL_VERSION, codec, messages
+from dynd.protocol.address import format_address, parse_address
+from dynd.protocol.errors import BadRequest, DynError
+from dynd.protocol.framing import FrameDecoder, encode_frame
+
+NODE_NAME = "fake1"
+FRAME_BYTES_MAX = 1024 * 1024
+RECEIVE_CHUNK_BYTES = 64 * 1024
+
+# Q = 8 over three nodes: fake1 and fake2 own 3 partitions each, fake3 owns 2.
+RING_OWNERS = ["fake1", "fake2", "fake3", "fake1", "fake2", "fake3", "fake1", "fake2"]
+RING_N, RING_R, RING_W = 2, 1, 2
+RING_VERSION = bytes.fromhex("0badcafe")
+NODE_ADDRESSES = {"fake1": "127.0.0.1:7501", "fake2": "127.0.0.1:7502", "fake3": "127.0.0.1:7503"}
+
+# fake4 has joined and owns nothing yet: its share is 0 and it is not on the ring.
+MEMBERS = [
+    messages.MemberView("fake1", "127.0.0.1:7501", "valid", 3, True, 0),
+    messages.MemberView("fake2", "127.0.0.1:7502", "valid", 3, True, 2),
+    messages.MemberView("fake3", "127.0.0.1:7503", "leaving", 2, False, 1),
+    messages.MemberView("fake4", "127.0.0.1:7504", "joining", 0, True, 0),
+]
+
+# A member name the fake refuses, as a node refuses to remove a node it does not know.
+UNKNOWN_MEMBER = "ghost"
+
+
+def join_message(seed: str) -> str:
+    return f"{NODE_NAME} is joining the cluster of {seed}"
+
+
+def leave_message(node: str | None) -> str:
+    return f"{node or NODE_NAME} is handing off its partitions and leaving"
+
+
+def remove_message(node: str) -> str:
+    return f"{node} removed; its partitions go to the other members"
+
+
+CLUSTER_REQUESTS = (messages.ClusterJoin, messages.ClusterLeave, messages.ClusterRemove, messages.ClusterStatus, messages.RingGet)
+
+
+def reply_to(request: messages.Message, *, with_cluster: bool) -> messages.Message:
+    """The canned reply; raises DynError for what a node would refuse."""
+    if isinstance(request, messages.Ping):
+        return messages.Pong(id=request.id, node=NODE_NAME)
+    if isinstance(request, CLUSTER_REQUESTS) and not with_cluster:
+        raise BadRequest(f"{request.OP!r} is not a request a node accepts")
+    if isinstance(request, messages.RingGet):
+        addresses = [messages.NodeAddress(node, address) for node, address in NODE_ADDRESSES.items()]
+        return messages.RingOk(request.id, RING_VERSION, RING_N, RING_R, RING_W, list(RING_OWNERS), addresses)
+    if isinstance(request, messages.ClusterStatus):
+        return messages.ClusterStatusOk(id=request.id, node=NODE_NAME, members=list(MEMBERS))
+    if isinstance(request, messages.ClusterJoin):
+        return messages.ClusterOk(id=request.id, message=join_message(request.seed))
+    if isinstance(request, messages.ClusterLeave | messages.ClusterRemove):
+        if request.node == UNKNOWN_MEMBER:
+            raise BadRequest(f"no member named {request.node!r}")
+        if isinstance(request, messages.ClusterLeave):
+            return messages.ClusterOk(id=request.id, message=leave_message(request.node))
+        return messages.ClusterOk(id=request.id, message=remove_message(request.node))
+    raise BadRequest(f"the fake node does not serve {request.OP!r}")
+
+
+def _error(request_id: int | None, error: DynError) -> messages.ErrorReply:
+    return messages.ErrorReply(id=request_id, code=error.code, message=error.message, retriable=error.retriable)
+
+
+def answer_frame(frame: bytes, *, greeted: bool, with_cluster: bool) -> tuple[messages.Message, bool]:
+    """(reply, whether the connection is now greeted) for one frame's payload."""
+    try:
+        request = codec.decode_message(frame)
+    except DynError as exc:
+        return _error(codec.request_id_of(exc), exc), greeted
+    if not greeted:
+        if isinstance(request, messages.Hello) and request.version == PROTOCOL_VERSION:
+            return messages.HelloOk(version=PROTOCOL_VERSION, node=NODE_NAME), True
+        return _error(None, BadRequest("the first frame must be a hello")), False
+    try:
+        return reply_to(request, with_cluster=with_cluster), True
+    except DynError as exc:
+        return _error(getattr(request, "id", None), exc), True
+
+
+async def serve_connection(with_cluster: bool, stream: trio.SocketStream) -> None:
+    decoder = FrameDecoder(FRAME_BYTES_MAX)
+    greeted = False
+    async with stream:
+        while True:
+            try:
+                chunk = await stream.receive_some(RECEIVE_CHUNK_BYTES)
+                if not chunk:
+                    return
+                replies = []
+                for frame in decoder.feed(chunk):
+                    reply, greeted = answer_frame(frame, greeted=greeted, with_cluster=with_cluster)
+                    replies.append(encode_frame(codec.encode_message(reply)))
+                await stream.send_all(b"".join(replies))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, DynError):
+                return
+
+
+async def serve(host: str, port: int, with_cluster: bool) -> None:
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    print(f"fake cluster node listening on {format_address(host, port)}", file=sys.stderr, flush=True)
+    await trio.serve_listeners(partial(serve_connection, with_cluster), listeners)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--listen", required=True, metavar="HOST:PORT")
+    parser.add_argument("--without-cluster", action="store_true", help="refuse cluster and ring requests")
+    args = parser.parse_args(argv)
+    host, port = parse_address(args.listen)
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(serve, host, port, not args.without_cluster)
+
+
+if __name__ == "__main__":
+    main()
