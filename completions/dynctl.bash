@@ -46,7 +46,7 @@ _dynctl() {
             return
             ;;
         --workload)
-            COMPREPLY=($(compgen -W "put get mixed" -- "$cur"))
+            COMPREPLY=($(compgen -W "put get mixed insert" -- "$cur"))
             return
             ;;
         --node | --timeout | --context | --r | --w | --concurrency | -c | --value-size | --seconds | --keys | --connections | --ops | --nodes | --base-port | --n)

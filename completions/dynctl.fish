@@ -29,7 +29,7 @@ complete -c dynctl -n "__fish_seen_subcommand_from put" -l context -x -d 'Token 
 complete -c dynctl -n "__fish_seen_subcommand_from delete" -l context -x -d 'Token from get --context (required)'
 complete -c dynctl -n "__fish_seen_subcommand_from put delete" -l w -x -d 'Stores to wait for'
 
-complete -c dynctl -n "__fish_seen_subcommand_from bench" -l workload -x -a 'put get mixed' -d 'Operations to run'
+complete -c dynctl -n "__fish_seen_subcommand_from bench" -l workload -x -a 'put get mixed insert' -d 'Operations to run'
 complete -c dynctl -n "__fish_seen_subcommand_from bench" -s c -l concurrency -x -d 'Requests in flight'
 complete -c dynctl -n "__fish_seen_subcommand_from bench" -l value-size -x -d 'Bytes per value'
 complete -c dynctl -n "__fish_seen_subcommand_from bench" -l seconds -x -d 'Length of the timed phase'

@@ -58,7 +58,7 @@ _dynctl() {
           ;;
         bench)
           _arguments \
-            '--workload=[operations to run]:workload:(put get mixed)' \
+            '--workload=[operations to run]:workload:(put get mixed insert)' \
             '(-c --concurrency)'{-c+,--concurrency=}'[requests in flight]:count: ' \
             '--value-size=[bytes per value]:bytes: ' \
             '--seconds=[length of the timed phase]:seconds: ' \

@@ -40,6 +40,7 @@ class Workload(enum.StrEnum):
     put = "put"
     get = "get"
     mixed = "mixed"
+    insert = "insert"  # every put writes a key never written before, without a context
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,11 @@ def bench_key(index: int) -> bytes:
     return b"bench:%08d" % index
 
 
+def fresh_key(run: bytes, worker_first_key: int, sequence: int) -> bytes:
+    """A key no earlier op of any run wrote: the run's random tag, the worker, its op count."""
+    return b"insert:%s:%08d:%010d" % (run, worker_first_key, sequence)
+
+
 def keys_of_worker(worker: int, concurrency: int, keys: int) -> range:
     return range(worker, keys, concurrency)
 
@@ -142,6 +148,8 @@ def _to_ms(seconds: float | None) -> float | None:
 async def _prepare_keys(
     client: Client | ClusterClient, plan: BenchPlan, key_indexes: range, contexts: dict[int, bytes | None], value: bytes
 ) -> None:
+    if plan.workload is Workload.insert:
+        return  # inserts need no existing keys
     for index in key_indexes:
         current = await client.get(bench_key(index))
         contexts[index] = current.context
@@ -159,6 +167,7 @@ async def _run_worker(
     rng: random.Random,
 ) -> None:
     position = 0
+    run_tag = os.urandom(4).hex().encode()  # not from the seeded rng: every run writes new keys
     while tally.may_start_another():
         index = key_indexes[position % len(key_indexes)]
         position += 1
@@ -166,7 +175,9 @@ async def _run_worker(
         tally.ops_started += 1
         started = time.perf_counter()
         try:
-            if writing:
+            if plan.workload is Workload.insert:
+                await client.put(fresh_key(run_tag, key_indexes[0], position), value)
+            elif writing:
                 contexts[index] = await client.put(bench_key(index), value, contexts[index])
             else:
                 contexts[index] = (await client.get(bench_key(index))).context
@@ -278,7 +289,10 @@ def _report(output: Output, result: BenchResult, address: str) -> None:
 
 def bench(
     ctx: typer.Context,
-    workload: Annotated[Workload, typer.Option("--workload", help="put, get, or mixed (half each).")] = Workload.put,
+    workload: Annotated[
+        Workload,
+        typer.Option("--workload", help="put (overwrite with context), get, mixed (half each), or insert (fresh keys)."),
+    ] = Workload.put,
     concurrency: Annotated[
         int, typer.Option("--concurrency", "-c", metavar="C", min=1, max=CONCURRENCY_MAX, help="Requests in flight.")
     ] = 32,

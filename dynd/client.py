@@ -21,6 +21,9 @@ from typing import Any, TypeVar
 
 import trio
 
+from dynd.core.partition import partition_of
+from dynd.core.preflist import preference_list
+from dynd.core.ring import Ring
 from dynd.protocol import PROTOCOL_VERSION, codec, messages
 from dynd.protocol.address import parse_address
 from dynd.protocol.errors import BadFrame, DynError, Internal, StaleRing, Timeout, Unreachable, error_from_code
@@ -509,14 +512,20 @@ class KeyPlacement:
 
 def key_placement(ring: messages.RingOk, key: KeyLike) -> KeyPlacement:
     """Where `key` lives under `ring`: its partition, its N primaries, then the fallbacks in order."""
-    from dynd.core.partition import partition_of
-    from dynd.core.preflist import preference_list
-    from dynd.core.ring import Ring
+    return _Placer(ring).place(key)
 
-    placed = Ring(partitions=len(ring.owners), owners=tuple(ring.owners))
-    partition = partition_of(_key_bytes(key), placed.partitions)
-    preferred = preference_list(placed, partition, ring.n)
-    return KeyPlacement(partition, preferred.primaries, preferred.fallbacks)
+
+class _Placer:
+    """A ring reply turned into the core's Ring once, so placing each key is a cached lookup."""
+
+    def __init__(self, ring: messages.RingOk) -> None:
+        self.ring = Ring(partitions=len(ring.owners), owners=tuple(ring.owners))
+        self.n = ring.n
+
+    def place(self, key: KeyLike) -> KeyPlacement:
+        partition = partition_of(_key_bytes(key), self.ring.partitions)
+        preferred = preference_list(self.ring, partition, self.n)
+        return KeyPlacement(partition, preferred.primaries, preferred.fallbacks)
 
 
 class ClusterClient:
@@ -533,6 +542,8 @@ class ClusterClient:
         self.timeout_s = timeout_s
         self.ring_refresh_s = ring_refresh_s
         self.ring: messages.RingOk | None = None
+        self._placer: _Placer | None = None
+        self._addresses: dict[str, str] = {}
         self._ring_fetched_at = 0.0
         self._nursery = nursery
         self._clients: dict[str, Client] = {}
@@ -554,9 +565,13 @@ class ClusterClient:
         for address in dict.fromkeys([*known, *self.seeds]):
             try:
                 client = await self._client_for(address)
-                self.ring = await client.ring()
+                ring = await client.ring()
+                if self.ring is None or ring.version != self.ring.version:
+                    self._placer = _Placer(ring)
+                    self._addresses = {a.node: a.address for a in ring.addresses}
+                self.ring = ring
                 self._ring_fetched_at = trio.current_time()
-                return self.ring
+                return ring
             except DynError as exc:
                 errors.append(f"{address}: {exc.message}")
         raise Unreachable("no node answered for the ring: " + "; ".join(errors))
@@ -565,13 +580,12 @@ class ClusterClient:
         if self.ring is None or trio.current_time() - self._ring_fetched_at > self.ring_refresh_s:
             await self.refresh_ring()
         for attempt in range(2):
-            ring = self.ring
-            assert ring is not None
-            addresses = {a.node: a.address for a in ring.addresses}
-            placement = key_placement(ring, key)
+            ring, placer = self.ring, self._placer
+            assert ring is not None and placer is not None
+            placement = placer.place(key)
             last: DynError | None = None
             for node in placement.primaries:
-                address = addresses.get(node)
+                address = self._addresses.get(node)
                 if address is None:
                     continue
                 try:

@@ -89,3 +89,17 @@ def test_bench_puts_overwrite_so_every_key_ends_with_one_value(dynd_node: DyndPr
         document = json.loads(got.stdout)
         assert len(document["siblings"]) == 1
         assert document["siblings"][0]["size"] == 16
+
+
+def test_bench_inserts_run_against_a_node(dynd_node: DyndProcess, dynctl: DynctlRunner) -> None:
+    result = dynctl("--node", dynd_node.address, "--json", "bench", "--workload", "insert", "--ops", "40", "--concurrency", "4", "--keys", "4")
+    assert result.returncode == 0, result.stderr
+    document = bench_document(result.stdout)
+    assert (document["workload"], document["ops"], document["errors"]) == ("insert", 40, 0)
+
+
+def test_insert_keys_differ_across_runs_workers_and_operations() -> None:
+    from dynctl.bench import fresh_key
+
+    keys = {fresh_key(run, worker, sequence) for run in (b"aa", b"bb") for worker in (0, 1) for sequence in (1, 2)}
+    assert len(keys) == 8
