@@ -90,6 +90,8 @@ def claim(previous: Ring | None, members: Sequence[str], *, partitions: int, n_r
     if len(nodes) >= n_replicas and n_replicas <= partitions:
         # With S < N every window repeats anyway and round-robin is already as spread as it gets.
         layout.spread(slack)
+        if previous is None:
+            layout.mix()
     return Ring(partitions, tuple(layout.owners))
 
 
@@ -448,3 +450,45 @@ class _Layout:
             self.repeats[r] = self._repeats_of(r)
         self.moved += moved_change
         assert self.moved == len(self.moved_set)
+
+    def mix(self) -> None:
+        """Swap owners at pseudo-random pairs of partitions wherever that repeats nothing.
+
+        Round-robin gives each node the same neighbours all round the ring; when that node leaves,
+        its partitions can go only to the nodes that are never its neighbours, and those may not
+        need them. Mixed neighbourhoods let a later leave keep windows distinct while moving
+        only the leaver's partitions. The sequence is fixed (splitmix64 from a constant seed), so
+        every node computes the same ring.
+        """
+        owners, q_count, offsets, held = self.owners, self.q, self.offsets, self.held
+        state = _MIX_SEED
+        for _ in range(_MIX_ROUNDS * q_count):
+            state, draw = _splitmix64(state)
+            p, q = draw % q_count, (draw >> 32) % q_count
+            a, b = owners[p], owners[q]
+            if a == b or self.repeats[p] or self.repeats[q]:
+                continue
+            # p and q may be neighbours: after the swap each sees the other's old owner, never its own
+            if any(owners[(p + off) % q_count] == b and (p + off) % q_count != q for off in offsets):
+                continue
+            if any(owners[(q + off) % q_count] == a and (q + off) % q_count != p for off in offsets):
+                continue
+            owners[p], owners[q] = b, a
+            held[a].remove(p)
+            held[a].add(q)
+            held[b].remove(q)
+            held[b].add(p)
+
+
+_MIX_SEED = 0x5EED_D1A5
+_MIX_ROUNDS = 2
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(state: int) -> tuple[int, int]:
+    """(next state, 64-bit output): Steele, Lea and Flood's SplitMix64."""
+    state = (state + 0x9E3779B97F4A7C15) & _MASK64
+    z = state
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return state, z ^ (z >> 31)

@@ -1,7 +1,7 @@
 """One node's local replica logic: validate a request, version it, and say what to store.
 
 Pure: the shell reads the stored bytes, calls in with `now_ms`, stores what comes back and replies
-when the store says the write is durable. Until the ring arrives, a node is its key's only replica.
+when the store says the write is durable; coordination across replicas is `coordinator.py`'s.
 
 A stored record holds the read view (the live siblings as clients see them, and the read context)
 already encoded as CBOR, built once per write, and the object's versions. A get answers by slicing
@@ -126,7 +126,6 @@ class LocalReplica:
         self.actor = actor
         self.limits = limits
         self.partitions = partitions
-        self.replicas = 1
 
     def partition(self, key: bytes) -> int:
         return partition_of(key, self.partitions)
@@ -136,11 +135,6 @@ class LocalReplica:
             raise BadRequest("the key is empty")
         if len(key) > self.limits.key_bytes_max:
             raise KeyTooLarge(f"key of {len(key)} bytes exceeds key_bytes_max={self.limits.key_bytes_max}")
-
-    def check_quorum(self, name: str, wanted: int | None) -> None:
-        """Per-request R or W must lie in 1..N; until the ring, a node is the only replica (N=1)."""
-        if wanted is not None and not 1 <= wanted <= self.replicas:
-            raise BadRequest(f"{name}={wanted} is outside 1..n={self.replicas}")
 
     def read(self, record: bytes | None) -> EncodedView:
         return EMPTY_VIEW if record is None else record_view(record)

@@ -71,16 +71,25 @@ class Node:
 
     # ---- client requests ----
 
-    def get(self, request: messages.Get, reply: Reply) -> None:
+    def _place(self, request: Any, quorum_name: str, quorum: int | None, reply: Reply) -> tuple[int, tuple[str, ...], int] | None:
+        """Check the request; return (partition, primaries, quorum), or None if it went elsewhere."""
         self.replica.check_key(request.key)
         params = self.cluster.params
-        r = params.r if request.r is None else request.r
-        _check_quorum("r", r, params.n)
+        wanted = getattr(params, quorum_name) if quorum is None else quorum
+        if not 1 <= wanted <= params.n:
+            raise BadRequest(f"{quorum_name}={wanted} is outside 1..n={params.n}")
         partition = self.replica.partition(request.key)
         primaries = self.cluster.preference_list(partition).primaries
         if self.name not in primaries and not request.forwarded:
             self._route_elsewhere(request, primaries, reply)
+            return None
+        return partition, primaries, wanted
+
+    def get(self, request: messages.Get, reply: Reply) -> None:
+        placed = self._place(request, "r", request.r, reply)
+        if placed is None:
             return
+        partition, primaries, r = placed
         local = self.committer.read_object(partition, request.key)
         others = tuple(p for p in primaries if p != self.name)
         if not others:
@@ -93,15 +102,10 @@ class Node:
 
     def put(self, request: messages.Put | messages.Delete, reply: Reply) -> None:
         """Version and store the write, then replicate; `reply` gets PutOk/DeleteOk or an error."""
-        self.replica.check_key(request.key)
-        params = self.cluster.params
-        w = params.w if request.w is None else request.w
-        _check_quorum("w", w, params.n)
-        partition = self.replica.partition(request.key)
-        primaries = self.cluster.preference_list(partition).primaries
-        if self.name not in primaries and not request.forwarded:
-            self._route_elsewhere(request, primaries, reply)
+        placed = self._place(request, "w", request.w, reply)
+        if placed is None:
             return
+        partition, primaries, w = placed
         value = request.value if isinstance(request, messages.Put) else None
         stored = self.committer.read_object(partition, request.key)
         plan = self.replica.write(request.key, value, request.context, stored, self.now_ms())
@@ -272,11 +276,6 @@ class Node:
         if pruned:
             self.pruned_entries_total += pruned
             log.info("pruned %d context entries of key %r (total %d)", pruned, key[:64], self.pruned_entries_total)
-
-
-def _check_quorum(name: str, wanted: int, n: int) -> None:
-    if not 1 <= wanted <= n:
-        raise BadRequest(f"{name}={wanted} is outside 1..n={n}")
 
 
 def _log_repair_failure(error: DynError | None) -> None:
