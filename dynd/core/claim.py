@@ -1,53 +1,82 @@
 """Claim: the ring a membership should have, given the ring it had (DESIGN.md section 3, strategy 3).
 
 Rules, in the order claim applies them:
-1. Deterministic. The inputs are the previous ring, the *set* of members, Q and N; members are
-   deduplicated and sorted (by code point), every loop runs over sorted names or partition numbers,
-   and there is no randomness. Every node given the same inputs computes an equal ring.
-2. Balance. With S members, every member owns floor(Q/S) or ceil(Q/S) partitions; exactly Q mod S
-   of them own the ceiling. The ceilings go to the members that already own the most (ties by
-   name), so as few partitions as possible change hands. When S > Q some members own nothing.
-3. Minimal movement. A partition moves only if its owner left, or its owner is above its share:
-   every departed node's partitions and each over-share member's excess are released, nothing else.
-   A join therefore moves the new node's share, at most ceil(Q/(S+1)) partitions, when the previous
-   ring was balanced; a leave moves exactly the leaver's partitions.
+1. Deterministic. The inputs are the previous ring, the *set* of members, Q and N. Members are
+   deduplicated and sorted by code point, every loop runs over sorted names or partition numbers,
+   and the one pseudo-random sequence (rule 6) has a constant seed. Every node given the same inputs
+   computes an equal ring, whatever order the members arrive in and whatever the hash seed.
+2. Balance. With S members every member owns floor(Q/S) or ceil(Q/S) partitions (when S > Q some
+   own none). Members already holding a ceiling share keep it, most first then by name, while
+   ceilings last; the other members end at the floor or the ceiling, whichever placement suits.
+3. Minimal movement. A partition moves only if its owner left or is above its share: the departed
+   nodes' partitions and each over-share member's excess are released, nothing else. From a
+   balanced ring a join moves the new node's share (at most ceil(Q/(S+1))), a leave moves exactly
+   the leaver's partitions, and a replacement moves exactly the leaver's partitions. A claim that
+   adds a member may move up to `join_slack(Q, N)` = 2N more, only to make windows distinct (rule 4).
 4. Distinct windows. Each window of N consecutive partitions (wrapping) should have N different
-   owners, so a key's N primaries are N nodes. Released partitions go to members that do not own a
-   partition within N-1 of them; then a local search swaps owners between two partitions, or hands a
-   partition from a member at the ceiling to one at the floor, to remove repeats:
-   - first only moves that move no more partitions than the minimum (choosing *which* partitions a
-     donor gives up, and which receiver gets which released partition, is free);
-   - then, only when the membership gained a node, moves that cost extra movement, cheapest first,
-     at most `join_slack(Q, N)` partitions beyond the minimum in one claim. A claim that only removes
-     members never moves more than rule 3 says, even if that leaves a repeat (the next join fixes it).
-   Distinct windows are possible only if S >= N and ceil(Q/S) * N <= Q (a node with ceil(Q/S)
-   partitions needs N-1 others between each two of them); `windows_can_be_distinct` says so. With
-   S < N every window repeats some node whatever claim does; the layout is round-robin, which keeps a
-   node's partitions as far apart as S allows.
-5. Fresh ring (no previous): round-robin over the sorted members, then the same search, where every
-   move is free because every partition is new.
+   owners, so that a key's N primaries are exactly its window. Possible only if S >= N and
+   ceil(Q/S) * N <= Q (a member with ceil(Q/S) partitions needs N-1 others between each two of them):
+   `windows_can_be_distinct`. Claim gets there in three steps:
+   - Donors give up partitions at least N apart from each other and from the departed nodes'
+     partitions: those that repeat within a window first, else where the next of the evenly
+     spaced releases is due, so that receivers' new partitions start far apart.
+   - Released partitions go to receivers by a maximum bipartite matching (a receiver may take p only
+     if it owns nothing within N-1 of p), within each receiver's floor and ceiling. From a ring
+     with no repeats, one leaver's partitions are N apart, so the matching alone decides whether
+     the leave can keep windows distinct; what it cannot place goes where it repeats least.
+   - A local search swaps the owners of two partitions, or hands a partition from a member at the
+     ceiling to one at the floor (both keep the balance), to remove repeats: first only moves that
+     move no extra partition (which partitions a donor gives up and which receiver gets which are
+     free choices); then, only if the membership gained a member, moves that cost extra movement,
+     cheapest first, at most `join_slack(Q, N)` = 2N partitions beyond the minimum. A claim that
+     only removes members never moves more than its minimum, even if a window then repeats.
+   The search examines a bounded number of candidate moves (a constant plus 16 per partition), so
+   a hopeless layout costs bounded time, the same on every node.
+5. With S < N every window repeats some node whatever claim does. Claim keeps the layout it has
+   (round-robin for a fresh ring, which keeps a node's partitions as far apart as S allows).
+6. A fresh ring (no previous) is laid out in laps over the sorted members, the members below the
+   ceiling each sitting out one lap, then mixed: owners of pseudo-random pairs of partitions are
+   swapped wherever that repeats nothing. Round-robin would give each node the same neighbours all
+   round the ring, so when one left only the nodes never beside it could take its partitions.
 
-Measured (tests/property/test_ring_claim.py, and the sweep in that module's docstring): fresh rings
-have no repeated window whenever `windows_can_be_distinct`; after generated histories of joins,
-leaves and replacements with Q in {8, 64, 256}, the rings of feasible memberships have no repeated
-window except after a pure leave, which may leave a few until the next join.
+A repeated window costs no replication: the preference list walks on until it has N distinct nodes
+(preflist.py). It only shifts a little load from the repeated node to the next one along.
+
+Measured (tests/property/test_ring_claim.py asserts the first three; Q in {8, 64, 256} and more):
+- Fresh rings have no repeated window whenever `windows_can_be_distinct`: every N <= 7, Q <= 512
+  and S up to 132 (two cases with N = 8 keep a few).
+- A join or a replacement on a ring with no repeated window leaves none, whenever possible.
+- A ring grown one join at a time from N nodes has none at every size where that is possible, for
+  N <= 4. (S = N is impossible when N does not divide Q; for N = 5 the second join clears what
+  the first could not.)
+- A leave from a ring with no repeated window (130,000 generated claims): with N = 3 it keeps none
+  in 99.5% of leaves once S - N >= 3 after the leave, and in every one once S - N >= 6; with
+  S - N <= 2 about half leave some (median 7 windows of Q). With N = 5 it takes S - N >= 5
+  (98.5%; 99.4% beyond). A join or replacement on a ring with repeats clears them two times
+  out of three.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, insort
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 from dynd.core.partition import check_partition_count
 from dynd.core.ring import Ring
 
+# The local search's budget, in candidate moves examined per claim.
+SEARCH_WORK_BASE = 200_000
+SEARCH_WORK_PER_PARTITION = 16
+# The fresh ring's mixing: swaps tried per partition, and the constant seed of their sequence.
+MIX_ROUNDS = 2
+MIX_SEED = 0x5EED_D1A5
 
 
 def join_slack(partitions: int, n_replicas: int) -> int:
-    """Most partitions a claim that adds a member moves beyond the minimum: 2N, and at least 2."""
+    """Most partitions a claim that adds a member moves beyond the minimum (rule 3), to fix windows: 2N."""
     check_partition_count(partitions)
-    return min(partitions, max(2, 2 * n_replicas))
+    return min(partitions, 2 * n_replicas)
 
 
 def windows_can_be_distinct(partitions: int, members: int, n_replicas: int) -> bool:
@@ -78,49 +107,38 @@ def claim(previous: Ring | None, members: Sequence[str], *, partitions: int, n_r
     if previous is not None and previous.partitions != partitions:
         raise ValueError(f"the partition count is fixed: previous ring has {previous.partitions}, asked for {partitions}")
 
-    targets = _targets(previous, nodes, partitions)
     if previous is None:
-        layout = _Layout(_fresh_layout(nodes, targets, partitions, n_replicas), None, nodes, n_replicas)
+        layout = _Layout(_fresh_layout(nodes, partitions, n_replicas), None, nodes, n_replicas)
         slack = 0  # every move is free: nothing was placed before
     else:
-        owners = _rebalance(previous, nodes, n_replicas)
-        layout = _Layout(owners, list(previous.owners), nodes, n_replicas)
-        gained = not set(nodes) <= set(previous.nodes)
-        slack = join_slack(partitions, n_replicas) if gained else 0
+        layout = _Layout(_rebalance(previous, nodes, n_replicas), list(previous.owners), nodes, n_replicas)
+        slack = join_slack(partitions, n_replicas) if not set(nodes) <= set(previous.nodes) else 0
     if len(nodes) >= n_replicas and n_replicas <= partitions:
-        # With S < N every window repeats anyway and round-robin is already as spread as it gets.
         layout.spread(slack)
         if previous is None:
             layout.mix()
     return Ring(partitions, tuple(layout.owners))
 
 
-def _targets(previous: Ring | None, nodes: list[str], partitions: int) -> dict[str, int]:
-    low, extra = divmod(partitions, len(nodes))
-    held = previous.counts() if previous is not None else {}
-    # The ceilings go to whoever holds most already: each one kept is one partition not moved.
-    by_holding = sorted(nodes, key=lambda node: (-held.get(node, 0), node))
-    return {node: low + (1 if rank < extra else 0) for rank, node in enumerate(by_holding)}
-
-
-def _fresh_layout(nodes: list[str], targets: dict[str, int], partitions: int, n_replicas: int) -> list[str]:
+def _fresh_layout(nodes: list[str], partitions: int, n_replicas: int) -> list[str]:
     """Laps over the sorted members; the members below the ceiling each sit out one lap.
 
     Plain round-robin puts the Q mod S extra partitions in one run at the end, so when that run is
     shorter than N the first members meet themselves across the wrap. Instead lay out ceil(Q/S) laps
     of S slots and leave out one slot of each floor-share member, the left-out slots spread evenly
-    over all laps: a member's consecutive partitions are then S slots apart less the few left-out
-    slots between them.
+    over all the laps: a member's consecutive partitions are then S slots apart less the few
+    left-out slots between them. The search after it fixes the rare tight case this misses.
     """
     members = len(nodes)
     low, extra = divmod(partitions, members)
+    # The first `extra` members by name own the ceiling.
     if extra == 0 or low == 0 or extra >= n_replicas:
         # Every gap between a member's partitions is S or the length of the last run: both >= N
         # when distinct windows are possible (and with S > Q each member has at most one partition).
-        return [nodes[slot % members] for slot in range(members * low)] + [nodes[i] for i in range(members) if targets[nodes[i]] > low]
+        return [nodes[slot % members] for slot in range(members * low + extra)]
     laps = low + 1
     slots = laps * members
-    sitting_out = [i for i, node in enumerate(nodes) if targets[node] == low]
+    sitting_out = range(extra, members)
     left_out: set[int] = set()
     for k, index in enumerate(sitting_out):
         # the lap whose slot for this member lies nearest the k-th evenly spaced point of all slots
@@ -143,7 +161,7 @@ def _rebalance(previous: Ring, nodes: list[str], n_replicas: int) -> list[str]:
     # Members holding a ceiling share or more keep the ceiling while ceilings last (most first, then
     # by name): each ceiling kept is a partition not moved. Everyone else ends at the floor or, when
     # ceilings are left over, at whichever of floor and ceiling the matching below finds best.
-    keep = {}
+    keep: dict[str, int] = {}
     for rank, node in enumerate(sorted((n for n in nodes if held[n] >= high), key=lambda n: (-held[n], n))):
         keep[node] = high if rank < ceilings else low
     excess = {node: held[node] - keep[node] for node in keep}
@@ -151,13 +169,7 @@ def _rebalance(previous: Ring, nodes: list[str], n_replicas: int) -> list[str]:
     def repeats_at(p: int, node: str | None) -> int:
         return sum(owners[(p + off) % q] == node for off in offsets)
 
-    # A donor gives up first the partitions that repeat within a window: releasing them fixes a repeat.
-    for node in sorted(excess):
-        for p in previous.partitions_of(node):
-            if excess[node] > 0 and repeats_at(p, node):
-                owners[p] = None
-                excess[node] -= 1
-    _release_spread(owners, excess, previous, n_replicas)
+    _release_excess(owners, excess, previous, n_replicas, repeats_at)
 
     receivers = [node for node in nodes if node not in keep]
     fewest = {node: max(0, low - held[node]) for node in receivers}
@@ -174,11 +186,20 @@ def _rebalance(previous: Ring, nodes: list[str], n_replicas: int) -> list[str]:
     return owners  # type: ignore[return-value]  # _settle_unmatched filled every None
 
 
-def _release_spread(owners: list[str | None], excess: dict[str, int], previous: Ring, n_replicas: int) -> None:
-    """Release each donor's remaining excess at partitions spread evenly round the ring, N apart if possible.
+def _release_excess(
+    owners: list[str | None],
+    excess: dict[str, int],
+    previous: Ring,
+    n_replicas: int,
+    repeats_at: Callable[[int, str | None], int],
+) -> None:
+    """Choose which partitions the donors give up: `excess[node]` of each donor's, set to None.
 
-    The receivers (often one new node) then get partitions far from each other, and far from the
-    departed nodes' partitions, which are released too.
+    One walk round the ring releases a donor's partition when it is at least N from every other
+    release (the departed nodes' partitions are released already) and either repeats within a
+    window, so releasing it fixes the repeat, or is where the next of the evenly spaced releases
+    is due. The receivers (often one new node) then get partitions N apart. Whatever the walk
+    leaves, a donor gives up next its repeating partitions, then those farthest from any release.
     """
     partitions = len(owners)
     total = sum(e for e in excess.values() if e > 0)
@@ -197,20 +218,27 @@ def _release_spread(owners: list[str | None], excess: dict[str, int], previous: 
         if owner is None or excess.get(owner, 0) <= 0:
             continue
         following = min(released[upcoming] if upcoming < len(released) else 2 * partitions, first + partitions)
-        # the k-th release ideally sits at (k + 1/2) * Q / total; never closer than N to another release
-        if 2 * p * total >= (2 * count + 1) * partitions and p - last >= n_replicas and following - p >= n_replicas:
+        if p - last < n_replicas or following - p < n_replicas:
+            continue
+        # the k-th release is due at (k + 1/2) * Q / total
+        if repeats_at(p, owner) or 2 * p * total >= (2 * count + 1) * partitions:
             owners[p] = None
             excess[owner] -= 1
             count += 1
             last = p
             first = min(first, p)
-    # Donors whose turn never came (their partitions sat too near others) give up their farthest ones.
+    for node in sorted(excess):
+        for p in previous.partitions_of(node):
+            if excess[node] > 0 and owners[p] == node and repeats_at(p, node):
+                owners[p] = None
+                excess[node] -= 1
+    taken = [p for p in range(partitions) if owners[p] is None]
     for node in sorted(excess):
         while excess[node] > 0:
-            taken = [p for p in range(partitions) if owners[p] is None]
             candidates = [p for p in previous.partitions_of(node) if owners[p] == node]
             best = max(candidates, key=lambda p: (_distance_to(p, taken, partitions), -p))
             owners[best] = None
+            insort(taken, best)
             excess[node] -= 1
 
 
@@ -241,19 +269,31 @@ def _match(
     holding: dict[str, list[int]] = {node: [] for node in receivers}
     assignment: dict[int, str] = {}
     for capacity in (fewest, most):
+        # Receivers a failed search explored stay hopeless until some search succeeds and changes
+        # the matching (Kuhn's visited marks), so a run of failures costs one pass over the graph.
+        hopeless: set[str] = set()
         for p in released:
             if p not in assignment:
-                _augment(p, allowed, capacity, holding, assignment)
+                if _augment(p, allowed, capacity, holding, assignment, hopeless):
+                    hopeless.clear()
     return assignment
 
 
-def _augment(p: int, allowed: dict[int, list[str]], capacity: dict[str, int], holding: dict[str, list[int]], assignment: dict[int, str]) -> bool:
+def _augment(
+    p: int,
+    allowed: dict[int, list[str]],
+    capacity: dict[str, int],
+    holding: dict[str, list[int]],
+    assignment: dict[int, str],
+    hopeless: set[str],
+) -> bool:
     # breadth first over receivers; via[node] = (partition node would take, receiver it comes from)
     via: dict[str, tuple[int, str | None]] = {}
     queue: deque[str] = deque()
     for node in allowed[p]:
-        via[node] = (p, None)
-        queue.append(node)
+        if node not in hopeless:
+            via[node] = (p, None)
+            queue.append(node)
     while queue:
         node = queue.popleft()
         if len(holding[node]) < capacity[node]:
@@ -267,9 +307,10 @@ def _augment(p: int, allowed: dict[int, list[str]], capacity: dict[str, int], ho
                 node = source
         for held in holding[node]:
             for other in allowed[held]:
-                if other not in via:
+                if other not in via and other not in hopeless:
                     via[other] = (held, node)
                     queue.append(other)
+    hopeless.update(via)
     return False
 
 
@@ -343,6 +384,10 @@ class _Layout:
             self.held[self.owners[p]].add(p)
             self.originally.setdefault(self.before[p], []).append(p)
         self.repeats = [self._repeats_of(p) for p in range(self.q)]
+        # Candidate moves examined so far: a fixed budget, so that a hopeless layout (S just above N
+        # after leaves) costs bounded time, and the same on every node.
+        self.work = 0
+        self.work_max = SEARCH_WORK_BASE + SEARCH_WORK_PER_PARTITION * self.q
 
     def _repeats_of(self, p: int) -> int:
         owners, q, node = self.owners, self.q, self.owners[p]
@@ -383,6 +428,8 @@ class _Layout:
 
     def _best_move(self, p: int, *, moved_at_most: int, cheapest: bool = False) -> _Move | None:
         """The move at `p` that removes most repeats (or, if `cheapest`, moves least), or None."""
+        if self.work >= self.work_max:
+            return None
         owners, before, q_count, offsets, repeats = self.owners, self.before, self.q, self.offsets, self.repeats
         a = owners[p]
         near_p = self.neighbours(p)
@@ -391,17 +438,15 @@ class _Layout:
             around_p[owners[r]] = around_p.get(owners[r], 0) + 1
         now_p = repeats[p]
         a_moved_at_p = a != before[p]
-        # near_a[q]: how many of a's partitions lie closer than N to q (p among them when q is near p)
-        near_a = [0] * q_count
-        for r in self.held[a]:
-            for off in offsets:
-                near_a[(r + off) % q_count] += 1
-        if moved_at_most <= 0 and self.before[p] is not None:
+        candidates: Sequence[int]
+        if moved_at_most <= 0 and before[p] is not None:
             # A swap moves nothing more only if q has already moved, or q was a's, or q returns p to
             # its first owner: a few partitions, not Q.
-            candidates: Iterable[int] = sorted(self.moved_set.union(self.originally.get(a, ()), self.held.get(before[p], ())))  # type: ignore[arg-type]
+            first_owner = before[p]
+            candidates = sorted(self.moved_set.union(self.originally.get(a, ()), self.held[first_owner] if first_owner in self.held else ()))
         else:
             candidates = range(q_count)
+        self.work += len(candidates)
         best: _Move | None = None
         best_key: tuple[int, int] | None = None
         for q in candidates:
@@ -412,10 +457,19 @@ class _Layout:
             if moved_change > moved_at_most:
                 continue
             q_near_p = q in near_p
-            # After the swap p holds b among p's other neighbours, q holds a among q's; the pair
-            # (p, q) itself repeats neither before nor after, as a != b.
-            change = (around_p.get(b, 0) - q_near_p - now_p) + (near_a[q] - q_near_p - repeats[q])
-            if change < 0:
+            # After the swap p holds b among p's other neighbours and q holds a among q's; the pair
+            # (p, q) itself repeats neither before nor after, as a != b. The change is
+            #   (b near p, q aside) - now_p + (a near q, p aside) - repeats[q],
+            # negative only if a appears near q fewer than `room` times.
+            room = repeats[q] + now_p - (around_p.get(b, 0) - q_near_p)
+            if room <= 0:
+                continue
+            a_near_q = -q_near_p  # p itself is one of a's partitions near q
+            for off in offsets:
+                if owners[(q + off) % q_count] == a:
+                    a_near_q += 1
+            if a_near_q < room:
+                change = a_near_q - room
                 key = (moved_change, change) if cheapest else (change, moved_change)
                 if best_key is None or key < best_key:
                     best, best_key = (change, moved_change, p, q, b), key
@@ -452,17 +506,18 @@ class _Layout:
         assert self.moved == len(self.moved_set)
 
     def mix(self) -> None:
-        """Swap owners at pseudo-random pairs of partitions wherever that repeats nothing.
+        """Swap owners at pseudo-random pairs of partitions wherever that repeats nothing (rule 6).
 
-        Round-robin gives each node the same neighbours all round the ring; when that node leaves,
-        its partitions can go only to the nodes that are never its neighbours, and those may not
-        need them. Mixed neighbourhoods let a later leave keep windows distinct while moving
-        only the leaver's partitions. The sequence is fixed (splitmix64 from a constant seed), so
-        every node computes the same ring.
+        Fresh rings only: it keeps no account of movement. Round-robin gives each node the same
+        neighbours all round the ring; when that node leaves, only the nodes never beside it can
+        take its partitions, and they may not need them. Mixed neighbourhoods let a later leave
+        keep windows distinct while moving only the leaver's partitions. The sequence is fixed
+        (SplitMix64 from a constant seed), so every node computes the same ring.
         """
+        assert all(before is None for before in self.before), "mix() is for fresh rings"
         owners, q_count, offsets, held = self.owners, self.q, self.offsets, self.held
-        state = _MIX_SEED
-        for _ in range(_MIX_ROUNDS * q_count):
+        state = MIX_SEED
+        for _ in range(MIX_ROUNDS * q_count):
             state, draw = _splitmix64(state)
             p, q = draw % q_count, (draw >> 32) % q_count
             a, b = owners[p], owners[q]
@@ -480,8 +535,6 @@ class _Layout:
             held[b].add(p)
 
 
-_MIX_SEED = 0x5EED_D1A5
-_MIX_ROUNDS = 2
 _MASK64 = (1 << 64) - 1
 
 

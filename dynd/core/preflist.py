@@ -1,9 +1,16 @@
-"""Preference lists: who holds a key.
+"""Preference lists: which nodes hold a key (DESIGN.md section 3; the paper's section 4.3).
 
-Walk the partitions clockwise from the key's own, collecting each owner the first time it is met.
-The first N distinct nodes are the key's primaries; the rest, in the order the walk meets them, are
-its fallbacks (used by sloppy quorum). Every node and the client compute the same list from the
-same ring.
+Rules:
+- Walk the partitions clockwise from the key's own: p, p+1, ..., Q-1, 0, ... Each node is counted
+  when the walk first meets one of its partitions.
+- The first N distinct nodes are the primaries; primaries[0] owns p, and coordinates the key's
+  requests. When the ring has fewer than N nodes, every node is a primary.
+- Every other node of the ring is a fallback, in the order the walk meets it. A sloppy quorum sends
+  to the first healthy fallbacks in place of unreachable primaries.
+- Every node and the client compute the same lists from the same ring.
+
+The lists of a ring are built lazily, one partition at a time, and kept per (ring, N) for the few
+most recent rings, because a request asks for one on every call.
 """
 
 from __future__ import annotations
@@ -14,8 +21,8 @@ from functools import lru_cache
 from dynd.core.partition import partition_of
 from dynd.core.ring import Ring
 
-# Lists are computed once per (ring, N) and partition; a ring changes rarely.
-RINGS_CACHED_MAX = 4
+# Rings whose lists are kept: the current ring and a few older ones still in use during a change.
+CACHED_RINGS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,29 +33,40 @@ class PreferenceList:
 
     @property
     def all(self) -> tuple[str, ...]:
+        """Primaries then fallbacks: every node of the ring, each once."""
         return self.primaries + self.fallbacks
-
-
-def _walk(ring: Ring, partition: int, n_replicas: int) -> PreferenceList:
-    seen: dict[str, None] = {}
-    owners = ring.owners
-    count = len(owners)
-    for step in range(count):
-        seen.setdefault(owners[(partition + step) % count], None)
-    order = tuple(seen)
-    return PreferenceList(partition, order[:n_replicas], order[n_replicas:])
-
-
-@lru_cache(maxsize=RINGS_CACHED_MAX)
-def _all_lists(ring: Ring, n_replicas: int) -> tuple[PreferenceList, ...]:
-    return tuple(_walk(ring, partition, n_replicas) for partition in range(ring.partitions))
 
 
 def preference_list(ring: Ring, partition: int, n_replicas: int) -> PreferenceList:
     if not 0 <= partition < ring.partitions:
-        raise ValueError(f"partition {partition} outside 0..{ring.partitions - 1}")
-    return _all_lists(ring, n_replicas)[partition]
+        raise ValueError(f"partition {partition} is outside 0..{ring.partitions - 1}")
+    if n_replicas < 1:
+        raise ValueError(f"n_replicas must be at least 1, got {n_replicas}")
+    lists = _lists_of(ring, n_replicas)
+    found = lists[partition]
+    if found is None:
+        # A race between two threads filling the same slot builds two equal lists; either is fine.
+        found = lists[partition] = _walk(ring, partition, n_replicas)
+    return found
 
 
 def preference_list_for_key(ring: Ring, key: bytes, n_replicas: int) -> PreferenceList:
     return preference_list(ring, partition_of(key, ring.partitions), n_replicas)
+
+
+@lru_cache(maxsize=CACHED_RINGS)
+def _lists_of(ring: Ring, n_replicas: int) -> list[PreferenceList | None]:
+    # Ring caches its hash, so this lookup costs O(1), not O(Q).
+    return [None] * ring.partitions
+
+
+def _walk(ring: Ring, partition: int, n_replicas: int) -> PreferenceList:
+    owners, partitions = ring.owners, ring.partitions
+    everyone = len(ring.nodes)
+    met: dict[str, None] = {}  # insertion-ordered set
+    for step in range(partitions):
+        met.setdefault(owners[(partition + step) % partitions])
+        if len(met) == everyone:
+            break
+    order = tuple(met)
+    return PreferenceList(partition=partition, primaries=order[:n_replicas], fallbacks=order[n_replicas:])
