@@ -208,4 +208,7 @@ async def _tick_forever(node: Node, interval_s: float) -> None:
     """The node's clock for request deadlines (DESIGN: timeouts are objects the node ticks)."""
     while True:
         await trio.sleep(interval_s)
-        node.tick()
+        try:
+            node.tick()
+        except Exception:  # a failing coordination must not stop every other one
+            log.exception("tick failed")

@@ -13,6 +13,7 @@ the connection drops, `Timeout` when no reply comes in time, and the node's own 
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -28,6 +29,8 @@ from dynd.protocol import PROTOCOL_VERSION, codec, messages
 from dynd.protocol.address import parse_address
 from dynd.protocol.errors import BadFrame, DynError, Internal, StaleRing, Timeout, Unreachable, error_from_code
 from dynd.protocol.framing import FrameDecoder, encode_frame
+
+log = logging.getLogger("dynd.client")
 
 DEFAULT_TIMEOUT_S = 5.0
 REPLY_FRAME_BYTES_MAX = 64 * 1024 * 1024
@@ -77,7 +80,10 @@ class _Waiter:
             callback, self.callback = self.callback, None
             if isinstance(reply, messages.ErrorReply):
                 reply = error_from_code(reply.code, reply.message)
-            callback(reply)
+            try:
+                callback(reply)
+            except Exception:  # the callback's bug must not break the connection for everyone else
+                log.exception("a reply callback failed")
         else:
             self.event.set()
 

@@ -209,6 +209,8 @@ class Cluster:
                     await self._push_to(target, timeout_s)
                 except DynError as exc:
                     log.debug("gossip with %s failed: %s", target, exc)
+                except Exception:  # never let one bad exchange stop gossip
+                    log.exception("gossip with %s failed", target)
 
     def _gossip_target(self) -> str | None:
         addresses = sorted({m.address for m in self.membership.active() if m.name != self.name} | set(self.seeds))

@@ -40,6 +40,8 @@ class Handoff:
                 await self.pass_once()
             except DynError as exc:
                 log.warning("handoff pass stopped: %s", exc)
+            except Exception:  # a bug here must not stop the node; the next pass tries again
+                log.exception("handoff pass failed")
 
     def partitions_to_move(self) -> list[int]:
         node = self.node
