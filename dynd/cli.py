@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--advertise", help="HOST:PORT other nodes use to reach this one (default: --listen)")
     parser.add_argument("--join", metavar="SEED", help="on first start, join the cluster of the node at SEED (HOST:PORT)")
     parser.add_argument("--seed", dest="seeds", action="append", metavar="HOST:PORT", help="a node to gossip with (repeatable)")
-    parser.add_argument("--partitions", type=int, help="Q when creating a cluster (power of two; default 256)")
+    parser.add_argument("--partitions", type=int, help="Q when creating a cluster (power of two; default 256); a joining node takes the cluster's")
     parser.add_argument("--replicas", type=int, help="N when creating a cluster (default 3)")
     parser.add_argument("--r", type=int, help="default R when creating a cluster (default 2)")
     parser.add_argument("--w", type=int, help="default W when creating a cluster (default 2)")
@@ -104,14 +104,15 @@ def open_store(config: Config) -> LmdbStore:
         raise StartupError(f"cannot open storage in {config.data_dir}: {exc}") from None
     owner = store.get_meta(NODE_NAME_META)
     partitions = store.get_meta(PARTITIONS_META)
+    explicit = config.partitions
     if owner is not None and owner.decode() != config.name:
         store.close()
         raise StartupError(f"{config.data_dir} belongs to node {owner.decode()!r}, not {config.name!r}")
-    if partitions is not None and int(partitions) != config.partitions:
+    if partitions is not None and explicit is not None and int(partitions) != explicit:
         store.close()
-        raise StartupError(f"{config.data_dir} was created with {int(partitions)} partitions, not {config.partitions}")
+        raise StartupError(f"{config.data_dir} was created with {int(partitions)} partitions, not {explicit}")
     if owner is None:
-        store.write([PutMeta(NODE_NAME_META, config.name.encode()), PutMeta(PARTITIONS_META, str(config.partitions).encode())])
+        store.write([PutMeta(NODE_NAME_META, config.name.encode())])
     return store
 
 
@@ -136,7 +137,7 @@ async def initial_membership(config: Config, store: LmdbStore) -> Membership:
                     raise StartupError(f"cannot join through {config.join}: {exc.message}") from None
                 log.info("waiting for seed %s: %s", config.join, exc.message)
                 await trio.sleep(JOIN_RETRY_S)
-        if theirs.params.partitions != config.partitions:
+        if config.partitions is not None and theirs.params.partitions != config.partitions:
             raise StartupError(
                 f"the cluster at {config.join} uses {theirs.params.partitions} partitions; "
                 f"start this node with --partitions {theirs.params.partitions} on an empty data directory"
@@ -145,11 +146,11 @@ async def initial_membership(config: Config, store: LmdbStore) -> Membership:
         log.info("joining cluster %s through %s", theirs.params.cluster_id, config.join)
     else:
         try:
-            membership = new_cluster(config.name, address, config.replicas, config.r, config.w, config.partitions)
+            membership = new_cluster(config.name, address, config.replicas, config.r, config.w, config.partitions_for_new_cluster)
         except DynError as exc:
             raise StartupError(exc.message) from None
-        log.info("created cluster %s (N=%d R=%d W=%d Q=%d)", membership.params.cluster_id, config.replicas, config.r, config.w, config.partitions)
-    store.write([PutMeta(MEMBERSHIP_META, membership.encode())])
+        log.info("created cluster %s (N=%d R=%d W=%d Q=%d)", membership.params.cluster_id, config.replicas, config.r, config.w, membership.params.partitions)
+    store.write([PutMeta(MEMBERSHIP_META, membership.encode()), PutMeta(PARTITIONS_META, str(membership.params.partitions).encode())])
     return membership
 
 

@@ -35,6 +35,7 @@ from dynd.protocol.address import DEFAULT_PORT, parse_address
 
 NODE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_PARTITIONS = 256
 
 
 class ConfigError(ValueError):
@@ -50,11 +51,15 @@ class Config:
     advertise: str = ""
     seeds: tuple[str, ...] = ()
     join: str = ""
-    partitions: int = 256
+    partitions: int | None = None  # None: the cluster's (when joining or restarting), else DEFAULT_PARTITIONS
     replicas: int = 3
     r: int = 2
     w: int = 2
     limits: Limits = field(default_factory=Limits)
+
+    @property
+    def partitions_for_new_cluster(self) -> int:
+        return self.partitions if self.partitions is not None else DEFAULT_PARTITIONS
 
     @property
     def advertised_address(self) -> str:
@@ -132,7 +137,7 @@ def _validate(config: Config) -> None:
     if config.log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
     try:
-        check_partition_count(config.partitions)
+        check_partition_count(config.partitions_for_new_cluster)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     for label, address in [("advertise", config.advertise), ("join", config.join), *(("seed", s) for s in config.seeds)]:

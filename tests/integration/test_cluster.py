@@ -59,9 +59,8 @@ def settled(nodes: list[DyndProcess], members: set[str]) -> bool:
 
 
 def start_node(tmp_path: Path, name: str, seed: DyndProcess | None = None, extra: tuple[str, ...] = ()) -> DyndProcess:
+    # A joining node takes the cluster's Q (64 here, not the default 256) without being told.
     args = ("--join", seed.address) if seed is not None else ("--replicas", "3", "--r", "2", "--w", "2", "--partitions", "64")
-    if seed is not None:
-        args += ("--partitions", "64")
     return DyndProcess(tmp_path / name, name=name, config_text=FAST_TIMERS, extra_args=args + extra).start()
 
 
@@ -231,6 +230,7 @@ def _routing_follows_the_ring(nodes: list[DyndProcess]) -> None:
 def test_a_running_node_with_data_joins_and_its_keys_move_to_their_owners(tmp_path: Path) -> None:
     seed = start_node(tmp_path, "s1")
     loner = DyndProcess(tmp_path / "s2", name="s2", config_text=FAST_TIMERS, extra_args=("--partitions", "64")).start()
+    # (a running node joining through dynctl keeps its own Q, so it must already match the cluster's)
     nodes = [seed, loner]
     try:
         with BlockingClient(loner.address) as client:
