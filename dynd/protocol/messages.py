@@ -253,8 +253,12 @@ class MemberView:
 
 @dataclass(frozen=True, slots=True)
 class ClusterStatus:
+    """The cluster as one node sees it, with every member's own count of pending transfers
+    (gathered from the members; `local_only` asks for this node's view alone)."""
+
     OP: ClassVar[str] = "cluster_status"
     id: int
+    local_only: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,7 +85,8 @@ class Cluster:
             addresses=[messages.NodeAddress(m.name, m.address) for m in self.membership.active()],
         )
 
-    def status(self, request_id: int, transfers_pending: int) -> messages.ClusterStatusOk:
+    def status(self, request_id: int, transfers_pending: dict[str, int]) -> messages.ClusterStatusOk:
+        """`transfers_pending`: each member's own count, as far as it is known (0 otherwise)."""
         counts = self.ring.counts()
         members = [
             messages.MemberView(
@@ -94,7 +95,7 @@ class Cluster:
                 status=m.status,
                 partitions=counts.get(m.name, 0),
                 reachable=self.reachable(m.name),
-                transfers_pending=transfers_pending if m.name == self.name else 0,
+                transfers_pending=transfers_pending.get(m.name, 0),
             )
             for m in sorted(self.membership.members.values(), key=lambda m: m.name)
         ]

@@ -35,6 +35,7 @@ log = logging.getLogger("dynd.node")
 
 Reply = Callable[[Any], None]  # a message, or pre-encoded payload bytes
 
+STATUS_GATHER_S = 1.0  # how long cluster status waits for members' own transfer counts
 _FAILURES: dict[str, type[DynError]] = {"quorum": QuorumFailed, "timeout": Timeout}
 
 
@@ -177,6 +178,41 @@ class Node:
         if self.nursery is None:
             raise BadRequest("the node is not running")
         self.nursery.start_soon(join)
+
+    def cluster_status(self, request: messages.ClusterStatus, reply: Reply) -> None:
+        """This node's view, with each reachable member's own count of pending transfers."""
+        pending = {self.name: self.transfers_pending}
+        others = [m.name for m in self.cluster.membership.active() if m.name != self.name]
+        if request.local_only or not others:
+            reply(self.cluster.status(request.id, pending))
+            return
+        waiting = set(others)
+        replied = False
+
+        def answer_now() -> None:
+            nonlocal replied
+            if not replied:
+                replied = True
+                reply(self.cluster.status(request.id, pending))
+
+        def answered(node: str) -> Callable[[Any], None]:
+            def record(answer: Any) -> None:
+                if isinstance(answer, messages.ClusterStatusOk):
+                    pending[node] = next((m.transfers_pending for m in answer.members if m.name == node), 0)
+                waiting.discard(node)
+                if not waiting:
+                    answer_now()
+
+            return record
+
+        async def answer_at_deadline() -> None:  # a dead member must not hold the operator's view back
+            await trio.sleep(STATUS_GATHER_S)
+            answer_now()
+
+        if self.nursery is not None:
+            self.nursery.start_soon(answer_at_deadline)
+        for node in others:
+            self.peers.send(node, lambda rid: messages.ClusterStatus(id=rid, local_only=True), answered(node))
 
     def gossip(self, request: messages.Gossip, reply: Reply) -> None:
         reply(messages.GossipOk(id=request.id, membership=self.cluster.merge_from_peer(request.membership)))

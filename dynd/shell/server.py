@@ -59,7 +59,7 @@ class Connection:
             messages.Handoff: node.handoff,
             messages.Gossip: node.gossip,
             messages.RingGet: lambda request, reply: reply(node.cluster.ring_reply(request.id)),
-            messages.ClusterStatus: lambda request, reply: reply(node.cluster.status(request.id, node.transfers_pending)),
+            messages.ClusterStatus: node.cluster_status,
             messages.ClusterLeave: lambda request, reply: reply(messages.ClusterOk(id=request.id, message=node.cluster.leave(request.node))),
             messages.ClusterRemove: lambda request, reply: reply(messages.ClusterOk(id=request.id, message=node.cluster.remove(request.node))),
             messages.ClusterJoin: node.cluster_join,

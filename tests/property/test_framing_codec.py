@@ -89,7 +89,7 @@ BUILDERS: dict[type, st.SearchStrategy[messages.Message]] = {
     messages.ClusterLeave: st.builds(messages.ClusterLeave, ids, st.none() | text),
     messages.ClusterRemove: st.builds(messages.ClusterRemove, ids, text),
     messages.ClusterOk: st.builds(messages.ClusterOk, ids, text),
-    messages.ClusterStatus: st.builds(messages.ClusterStatus, ids),
+    messages.ClusterStatus: st.builds(messages.ClusterStatus, ids, st.none() | st.booleans()),
     messages.ClusterStatusOk: st.builds(
         messages.ClusterStatusOk,
         ids,
