@@ -264,7 +264,7 @@ async def _wait_for_membership(
         except DynError as exc:
             problem = str(exc)
         else:
-            members = {member.name for member in status.members}
+            members = {member.name for member in status.members if member.status == "joined"}
             missing = [name for name in names if name not in members]
             if not missing:
                 return status, None
@@ -342,7 +342,12 @@ async def _run(
         supervision.failed = failure
         scope.cancel()
         return False
-    status, problem = await _wait_for_membership(specs[0].address, [spec.name for spec in specs], session.timeout_s)
+    # Every node must see every member (gossip converges within a few rounds), not just the first.
+    names = [spec.name for spec in specs]
+    for spec in reversed(specs):
+        status, problem = await _wait_for_membership(spec.address, names, session.timeout_s)
+        if problem is not None:
+            break
     supervision.ready = True
     _announce(output, supervision.running, directory, status, problem)
     return True
