@@ -31,7 +31,6 @@ class Handoff:
         self.store = store
         self.interval_s = interval_s
         self.batch_keys = batch_keys
-        self.moved_keys = 0
 
     async def run(self) -> None:
         while True:
@@ -85,16 +84,19 @@ class Handoff:
 
     async def _move(self, partition: int) -> bool:
         """Move one partition; True when nothing of it is left here."""
+        moved = 0
         for _ in range(BATCHES_PER_PARTITION_MAX):
             targets = self.node.cluster.preference_list(partition).primaries
             if self.node.name in targets:
                 return True  # the ring changed back: we own it again
             items = self._next_batch(partition)
             if not items:
+                if moved:
+                    log.info("handed off partition %d (%d keys) to %s", partition, moved, ", ".join(targets))
                 return True
             if not await self._send_to_all(targets, partition, items):
                 return False
-            await self._delete_unchanged(partition, items)
+            moved += await self._delete_unchanged(partition, items)
         return False
 
     async def _send_to_all(self, targets: tuple[str, ...], partition: int, items: list[messages.HandoffItem]) -> bool:
@@ -119,15 +121,16 @@ class Handoff:
             return False
         return True
 
-    async def _delete_unchanged(self, partition: int, items: list[messages.HandoffItem]) -> None:
+    async def _delete_unchanged(self, partition: int, items: list[messages.HandoffItem]) -> int:
+        """Delete the sent keys that did not change meanwhile; return how many went."""
         ops = [
             DeleteObject(partition, item.key)
             for item in items
             if self.node.committer.read_object(partition, item.key) == item.record
         ]
         if not ops:
-            return
+            return 0
         done = trio.Event()
         self.node.committer.submit(ops, lambda error: done.set())
         await done.wait()
-        self.moved_keys += len(ops)
+        return len(ops)
