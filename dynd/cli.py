@@ -9,22 +9,23 @@ import os
 import random
 import signal
 import sys
+import time
 
 import trio
 
 from dynd import __version__
 from dynd.config import Config, ConfigError, load_config
-from dynd.core.replica import LocalReplica
 from dynd.protocol.address import format_address
 from dynd.protocol.errors import DynError
 from dynd.shell.commit_engines import WriterProcessEngine
 from dynd.shell.committer import GroupCommitter
+from dynd.core.cluster import MEMBERSHIP_META
 from dynd.core.membership import JOIN, Membership
-from dynd.shell.cluster import MEMBERSHIP_META, Cluster, fetch_membership, new_cluster
-from dynd.shell.handoff import Handoff
-from dynd.shell.node import Node
+from dynd.core.node import Node
+from dynd.shell.bootstrap import fetch_membership, new_cluster
 from dynd.shell.peers import Peers
 from dynd.shell.server import Server
+from dynd.shell.storage_port import CommitterStorage
 from dynd.storage.base import PutMeta
 from dynd.storage.lmdb_store import LmdbStore
 
@@ -166,7 +167,6 @@ async def serve(config: Config) -> None:
         except DynError as exc:
             raise StartupError(f"cannot start the storage writer: {exc}") from None
         committer = GroupCommitter(store, engine, pending_writes_max=limits.pending_writes_max)
-        replica = LocalReplica(config.name, limits, membership.params.partitions)
         try:
             listeners = await trio.open_tcp_listeners(port, host=host)
         except OSError as exc:
@@ -175,17 +175,22 @@ async def serve(config: Config) -> None:
         async with trio.open_nursery() as background:
             await background.start(committer.run)
             peers = Peers(config.name, background, request_timeout_s=limits.request_timeout_ms / 1000, retry_s=limits.peer_retry_ms / 1000)
-            cluster = Cluster(config.name, config.advertised_address, membership, committer, peers, seeds=list(config.seeds), rng=random.Random())
-            node = Node(config.name, replica, committer, cluster, peers, request_timeout_ms=limits.request_timeout_ms)
-            node.nursery = background
-            handoff = Handoff(node, store, interval_s=limits.handoff_interval_ms / 1000, batch_keys=limits.handoff_batch_keys)
+            node = Node(
+                config.name,
+                config.advertised_address,
+                membership,
+                CommitterStorage(committer, store),
+                peers,
+                limits=limits,
+                now_ms=wall_clock_ms,
+                rng=random.Random(),
+                seeds=list(config.seeds),
+            )
             server = Server(node, limits)
             async with trio.open_nursery() as front:
                 front.start_soon(_tick_forever, node, limits.tick_interval_ms / 1000)
-                front.start_soon(cluster.gossip_forever, limits.gossip_interval_ms / 1000, limits.request_timeout_ms / 1000)
-                front.start_soon(handoff.run)
                 if config.join:  # tell the seed at once rather than at the next gossip round
-                    front.start_soon(cluster.announce, config.join, limits.request_timeout_ms / 1000)
+                    node.cluster.announce(config.join)
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     await front.start(trio.serve_listeners, server.handle, listeners)
                     log.info("node %s serving on %s (data in %s)", config.name, format_address(host, port), config.data_dir)
@@ -205,8 +210,13 @@ async def serve(config: Config) -> None:
         store.close()
 
 
+def wall_clock_ms() -> int:
+    # Timestamps order context entries for pruning, so a wall clock is the right source.
+    return time.time_ns() // 1_000_000
+
+
 async def _tick_forever(node: Node, interval_s: float) -> None:
-    """The node's clock for request deadlines (DESIGN: timeouts are objects the node ticks)."""
+    """The node's clock: request deadlines, gossip and handoff are deadlines the node ticks."""
     while True:
         await trio.sleep(interval_s)
         try:

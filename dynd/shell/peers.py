@@ -1,5 +1,7 @@
 """Connections to the other nodes: one multiplexed connection per peer, opened on demand.
 
+This is the daemon's implementation of the core's Network port (`dynd.core.ports`).
+
 `send(node, build, on_reply)` never awaits: it queues the request for that peer's connection and
 calls `on_reply(reply_or_error)` later from the event loop. A peer that cannot be reached fails
 its queued requests with `Unreachable` and is not dialled again for `peer_retry_ms`, so callers
@@ -9,20 +11,17 @@ learn fast; the coordinators decide what a failure means.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
 from dynd.client import Client, open_client
-from dynd.protocol import messages
+from dynd.core.ports import Builder, ReplyCallback
 from dynd.protocol.errors import DynError, Unreachable
 
 log = logging.getLogger("dynd.peers")
 
-ReplyCallback = Callable[[messages.Message | DynError], None]
-Builder = Callable[[int], Any]  # request id -> request message
 
 
 @dataclass
@@ -58,7 +57,7 @@ class Peers:
             if name not in addresses:
                 self._peers.pop(name).closed.set()
 
-    def reachable(self, name: str) -> bool:
+    def connected(self, name: str) -> bool:
         peer = self._peers.get(name)
         return peer is not None and peer.client is not None
 
@@ -77,6 +76,28 @@ class Peers:
         if not peer.connecting:
             peer.connecting = True
             self._nursery.start_soon(self._connect, peer)
+
+    def send_to_address(self, address: str, build: Builder, on_reply: ReplyCallback) -> None:
+        """One request over a connection of its own (seeds are not members yet: no cached peer)."""
+        self._nursery.start_soon(self._call_address, address, build, on_reply)
+
+    async def _call_address(self, address: str, build: Builder, on_reply: ReplyCallback) -> None:
+        answer: Any = None
+        answered = trio.Event()
+
+        def record(reply: Any) -> None:
+            nonlocal answer
+            answer = reply
+            answered.set()
+
+        try:
+            async with open_client(address, timeout_s=self._timeout_s, agent=f"peer:{self.self_name}") as client:
+                client.call_with_callback(build, record, self._timeout_s)
+                await answered.wait()
+        except DynError as exc:
+            if not answered.is_set():
+                answer = exc
+        on_reply(answer)
 
     async def _connect(self, peer: _Peer) -> None:
         try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -25,7 +24,7 @@ from dynd.protocol import PROTOCOL_VERSION, codec, messages
 from dynd.protocol.messages import error_reply
 from dynd.protocol.errors import BadFrame, BadRequest, DynError, Overloaded, ProtocolMismatch, UnknownOp
 from dynd.protocol.framing import FrameDecoder, FrameTooLarge, encode_frame
-from dynd.shell.node import Node
+from dynd.core.node import Node
 
 log = logging.getLogger("dynd.server")
 
@@ -49,21 +48,6 @@ class Connection:
         self._wake_writer = trio.Event()
         self._drained = trio.Event()
         self._drained.set()
-        self._handlers: dict[type, Callable[[Any, Callable[[Any], None]], None]] = {
-            messages.Get: node.get,
-            messages.Put: node.put,
-            messages.Delete: node.put,
-            messages.Ping: lambda request, reply: reply(messages.Pong(id=request.id, node=node.name)),
-            messages.Replicate: node.replicate,
-            messages.Fetch: node.fetch,
-            messages.Handoff: node.handoff,
-            messages.Gossip: node.gossip,
-            messages.RingGet: lambda request, reply: reply(node.cluster.ring_reply(request.id)),
-            messages.ClusterStatus: node.cluster_status,
-            messages.ClusterLeave: lambda request, reply: reply(messages.ClusterOk(id=request.id, message=node.cluster.leave(request.node))),
-            messages.ClusterRemove: lambda request, reply: reply(messages.ClusterOk(id=request.id, message=node.cluster.remove(request.node))),
-            messages.ClusterJoin: node.cluster_join,
-        }
 
     # ---- replies ----
 
@@ -163,15 +147,9 @@ class Connection:
         if not self.greeted:
             return self._hello(message)
         request_id: int | None = getattr(message, "id", None)
-        handler = self._handlers.get(type(message))
-        if handler is None:
-            self.send(error_reply(request_id, BadRequest(f"{message.OP!r} is not a request a node accepts")))
-            return True
         self.inflight += 1
         try:
-            handler(message, self._complete)
-        except DynError as exc:
-            self._complete(error_reply(request_id, exc))
+            self.node.handle(message, self._complete)
         except Exception as exc:
             log.exception("request %s from %s failed", request_id, self.peer)
             self._complete(error_reply(request_id, DynError(f"internal error: {exc!r}")))

@@ -9,50 +9,22 @@ it returns, the batch survives a crash; when it raises, nothing of it was applie
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Protocol
 
 from dynd.core.limits import LMDB_KEY_BYTES_MAX, PARTITION_PREFIX_BYTES
+from dynd.core.ops import DeleteHint, DeleteObject, PutHint, PutMeta, PutObject, WriteOp
 from dynd.protocol.errors import KeyTooLarge
+
+# The write operations live in the core (the pure node decides what to write); they are named
+# here too because every storage engine applies them.
+__all__ = [
+    "DeleteHint", "DeleteObject", "PutHint", "PutMeta", "PutObject", "Store", "WriteOp",
+    "hint_key", "hint_prefix", "meta_key", "object_key", "split_hint_key", "split_object_key",
+]
 
 TARGET_NAME_BYTES_MAX = 255
 
 
-@dataclass(frozen=True, slots=True)
-class PutObject:
-    partition: int
-    key: bytes
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class DeleteObject:
-    partition: int
-    key: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class PutHint:
-    target: str
-    partition: int
-    key: bytes
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class DeleteHint:
-    target: str
-    partition: int
-    key: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class PutMeta:
-    name: str
-    data: bytes
-
-
-WriteOp = PutObject | DeleteObject | PutHint | DeleteHint | PutMeta
 
 
 class Store(Protocol):

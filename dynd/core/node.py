@@ -1,4 +1,9 @@
-"""The node's request handlers: plain calls from the connection reader, replies through callbacks.
+"""The node: every request a node accepts, as plain calls that reply through callbacks. Pure.
+
+The daemon's connection readers (`dynd.shell.server`) and the simulator (`dynd.sim`) call
+`handle(message, reply)` and `tick()`; the node calls back only through its ports
+(`dynd.core.ports`: the Network and the Storage) and `reply`. It never awaits and never reads a
+clock: `now_ms` is passed in, and randomness comes from `rng`.
 
 Client requests: a node that is not a primary of the key forwards the request to one (the first
 that answers, in preference-list order). A primary coordinates: for a put it versions the write,
@@ -6,69 +11,106 @@ stores it durably, then lets `PutCoordination` replicate it and decide when to a
 reads its own replica and lets `GetCoordination` gather the others, answer and repair.
 
 Peer requests: replicate (merge a record, answer once durable), fetch (read a record), handoff
-(merge a batch of records of one partition), gossip.
+(merge a batch of records of one partition), gossip. Admin requests: ring, cluster status, join,
+leave, remove.
 
-Coordinations live in `self.coordinations` until finished; `tick` runs their deadlines.
+Timers are named deadlines that `tick` runs: each coordination's request deadline, the cluster
+status gather, the gossip round (`ClusterView.tick`) and the handoff pass (`Handoff.tick`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import trio
-
 from dynd.core import coordinator as co
+from dynd.core.cluster import ClusterView, RandomSource
+from dynd.core.handoff import Handoff
+from dynd.core.limits import Limits
+from dynd.core.membership import Membership
+from dynd.core.ops import PutObject
+from dynd.core.ports import Network, Storage
 from dynd.core.replica import LocalReplica, merge_records
 from dynd.protocol import codec, messages
-from dynd.protocol.messages import error_reply
 from dynd.protocol.errors import BadRequest, DynError, QuorumFailed, StaleRing, Timeout, Unreachable
-from dynd.shell.cluster import Cluster
-from dynd.shell.committer import GroupCommitter
-from dynd.shell.peers import Peers
-from dynd.storage.base import PutObject
+from dynd.protocol.messages import error_reply
 
 log = logging.getLogger("dynd.node")
 
 Reply = Callable[[Any], None]  # a message, or pre-encoded payload bytes
 
-STATUS_GATHER_S = 1.0  # how long cluster status waits for members' own transfer counts
+STATUS_GATHER_MS = 1_000  # how long cluster status waits for members' own transfer counts
 _FAILURES: dict[str, type[DynError]] = {"quorum": QuorumFailed, "timeout": Timeout}
-
-
-def wall_clock_ms() -> int:
-    # Timestamps only order context entries for pruning, so a wall clock is the right source.
-    return time.time_ns() // 1_000_000
-
 
 
 class Node:
     def __init__(
         self,
         name: str,
-        replica: LocalReplica,
-        committer: GroupCommitter,
-        cluster: Cluster,
-        peers: Peers,
+        address: str,
+        membership: Membership,
+        storage: Storage,
+        network: Network,
         *,
-        request_timeout_ms: int,
-        now_ms: Callable[[], int] = wall_clock_ms,
+        limits: Limits,
+        now_ms: Callable[[], int],
+        rng: RandomSource,
+        seeds: Sequence[str] = (),
     ) -> None:
         self.name = name
-        self.replica = replica
-        self.committer = committer
-        self.cluster = cluster
-        self.peers = peers
-        self.request_timeout_ms = request_timeout_ms
+        self.storage = storage
+        self.network = network
+        self.limits = limits
         self.now_ms = now_ms
+        self.request_timeout_ms = limits.request_timeout_ms
+        self.replica = LocalReplica(name, limits, membership.params.partitions)
+        self.cluster = ClusterView(name, address, membership, storage, network, limits=limits, now_ms=now_ms, rng=rng, seeds=seeds)
+        self.handoff = Handoff(
+            name,
+            membership.params.partitions,
+            self.cluster,
+            storage,
+            network,
+            interval_ms=limits.handoff_interval_ms,
+            batch_keys=limits.handoff_batch_keys,
+            now_ms=now_ms,
+        )
         # coordination -> (request, reply, the success reply of a put)
         self.coordinations: dict[Any, tuple[Any, Reply, Any]] = {}
+        self._status_gathers: list[tuple[int, Callable[[], None]]] = []  # (deadline, answer now)
         self.pruned_entries_total = 0
-        self.transfers_pending = 0
-        self.nursery: trio.Nursery | None = None  # set by the daemon; runs joins
+        self.handlers: dict[type, Callable[[Any, Reply], None]] = {
+            messages.Get: self.get,
+            messages.Put: self.put,
+            messages.Delete: self.put,
+            messages.Ping: lambda request, reply: reply(messages.Pong(id=request.id, node=name)),
+            messages.Replicate: self.replicate,
+            messages.Fetch: self.fetch,
+            messages.Handoff: self.receive_handoff,
+            messages.Gossip: self.gossip,
+            messages.RingGet: lambda request, reply: reply(self.cluster.ring_reply(request.id)),
+            messages.ClusterStatus: self.cluster_status,
+            messages.ClusterLeave: lambda request, reply: reply(messages.ClusterOk(id=request.id, message=self.cluster.leave(request.node))),
+            messages.ClusterRemove: lambda request, reply: reply(messages.ClusterOk(id=request.id, message=self.cluster.remove(request.node))),
+            messages.ClusterJoin: self.cluster_join,
+        }
+
+    def handle(self, message: Any, reply: Reply) -> None:
+        """Serve one request. A request the node refuses gets an error reply; bugs propagate."""
+        handler = self.handlers.get(type(message))
+        if handler is None:
+            reply(error_reply(getattr(message, "id", None), BadRequest(f"{message.OP!r} is not a request a node accepts")))
+            return
+        try:
+            handler(message, reply)
+        except DynError as exc:
+            reply(error_reply(getattr(message, "id", None), exc))
+
+    @property
+    def transfers_pending(self) -> int:
+        return self.handoff.transfers_pending
 
     # ---- client requests ----
 
@@ -91,7 +133,7 @@ class Node:
         if placed is None:
             return
         partition, primaries, r = placed
-        local = self.committer.read_object(partition, request.key)
+        local = self.storage.read_object(partition, request.key)
         others = tuple(p for p in primaries if p != self.name)
         if not others:
             reply(self._get_payload(request.id, local))
@@ -108,7 +150,7 @@ class Node:
             return
         partition, primaries, w = placed
         value = request.value if isinstance(request, messages.Put) else None
-        stored = self.committer.read_object(partition, request.key)
+        stored = self.storage.read_object(partition, request.key)
         plan = self.replica.write(request.key, value, request.context, stored, self.now_ms())
         self._note(plan.key, plan.sibling_count, plan.object_bytes, plan.pruned_entries)
         ok: messages.Message
@@ -128,7 +170,7 @@ class Node:
             coordination = co.PutCoordination(request.key, plan.record, others, w, self.now_ms() + self.request_timeout_ms)
             self._run(coordination, coordination.start(), request, reply, ok)
 
-        self.committer.submit([PutObject(plan.partition, plan.key, plan.record)], stored_locally)
+        self.storage.submit([PutObject(plan.partition, plan.key, plan.record)], stored_locally)
 
     # ---- peer requests ----
 
@@ -140,10 +182,10 @@ class Node:
 
     def fetch(self, request: messages.Fetch, reply: Reply) -> None:
         self.replica.check_key(request.key)
-        record = self.committer.read_object(self.replica.partition(request.key), request.key)
+        record = self.storage.read_object(self.replica.partition(request.key), request.key)
         reply(messages.FetchOk(id=request.id, record=record))
 
-    def handoff(self, request: messages.Handoff, reply: Reply) -> None:
+    def receive_handoff(self, request: messages.Handoff, reply: Reply) -> None:
         if not 0 <= request.partition < self.replica.partitions:
             raise BadRequest(f"partition {request.partition} out of range")
         for item in request.items:
@@ -166,18 +208,15 @@ class Node:
             self._merge_in(item.key, item.record, one_done)
 
     def cluster_join(self, request: messages.ClusterJoin, reply: Reply) -> None:
-        """Joining talks to the seed, so it runs as its own task; the reply comes when it is done."""
+        """Joining talks to the seed; the reply comes when that exchange is done."""
 
-        async def join() -> None:
-            try:
-                message = await self.cluster.join(request.seed, self.request_timeout_ms / 1000)
-                reply(messages.ClusterOk(id=request.id, message=message))
-            except DynError as exc:
-                reply(error_reply(request.id, exc))
+        def done(outcome: str | DynError) -> None:
+            if isinstance(outcome, DynError):
+                reply(error_reply(request.id, outcome))
+            else:
+                reply(messages.ClusterOk(id=request.id, message=outcome))
 
-        if self.nursery is None:
-            raise BadRequest("the node is not running")
-        self.nursery.start_soon(join)
+        self.cluster.join(request.seed, done)
 
     def cluster_status(self, request: messages.ClusterStatus, reply: Reply) -> None:
         """This node's view, with each reachable member's own count of pending transfers."""
@@ -205,14 +244,10 @@ class Node:
 
             return record
 
-        async def answer_at_deadline() -> None:  # a dead member must not hold the operator's view back
-            await trio.sleep(STATUS_GATHER_S)
-            answer_now()
-
-        if self.nursery is not None:
-            self.nursery.start_soon(answer_at_deadline)
+        # A dead member must not hold the operator's view back.
+        self._status_gathers.append((self.now_ms() + STATUS_GATHER_MS, answer_now))
         for node in others:
-            self.peers.send(node, lambda rid: messages.ClusterStatus(id=rid, local_only=True), answered(node))
+            self.network.send(node, lambda rid: messages.ClusterStatus(id=rid, local_only=True), answered(node))
 
     def gossip(self, request: messages.Gossip, reply: Reply) -> None:
         reply(messages.GossipOk(id=request.id, membership=self.cluster.merge_from_peer(request.membership)))
@@ -220,10 +255,10 @@ class Node:
     def _merge_in(self, key: bytes, record: bytes, done: Callable[[DynError | None], None]) -> None:
         """Merge a record from another replica into ours; `done` runs once the result is durable."""
         partition = self.replica.partition(key)
-        stored = self.committer.read_object(partition, key)
+        stored = self.storage.read_object(partition, key)
         merged = merge_records(stored, record, self.replica.limits.context_prune_threshold)
         # Even with nothing new to store, wait for the commit queue: what we hold may not be durable yet.
-        self.committer.submit([] if merged is None else [PutObject(partition, key, merged)], done)
+        self.storage.submit([] if merged is None else [PutObject(partition, key, merged)], done)
 
     # ---- coordination ----
 
@@ -255,7 +290,7 @@ class Node:
             elif isinstance(answer, DynError):
                 log.debug("read repair of %s on %s failed: %s", effect.key[:64], effect.node, answer)
 
-        self.peers.send(effect.node, lambda rid: messages.Replicate(id=rid, key=effect.key, record=effect.record), on_reply)
+        self.network.send(effect.node, lambda rid: messages.Replicate(id=rid, key=effect.key, record=effect.record), on_reply)
 
     def _send_fetch(self, coordination: Any, effect: co.SendFetch, request: Any, reply: Reply, ok: Any) -> None:
         def on_reply(answer: Any) -> None:
@@ -265,17 +300,23 @@ class Node:
                 effects = coordination.on_failure(effect.node)
             self._apply(coordination, effects, request, reply, ok)
 
-        self.peers.send(effect.node, lambda rid: messages.Fetch(id=rid, key=effect.key), on_reply)
+        self.network.send(effect.node, lambda rid: messages.Fetch(id=rid, key=effect.key), on_reply)
 
     def tick(self) -> None:
-        """Run the deadlines of every coordination in flight."""
-        if not self.coordinations:
-            return
+        """Run every deadline that is due: coordinations, status gathers, gossip, handoff."""
         now = self.now_ms()
-        for coordination, (request, reply, ok) in list(self.coordinations.items()):
-            effects = coordination.on_tick(now)
-            if effects or coordination.finished:
-                self._apply(coordination, effects, request, reply, ok)
+        if self.coordinations:
+            for coordination, (request, reply, ok) in list(self.coordinations.items()):
+                effects = coordination.on_tick(now)
+                if effects or coordination.finished:
+                    self._apply(coordination, effects, request, reply, ok)
+        if self._status_gathers:
+            due = [answer for deadline, answer in self._status_gathers if deadline <= now]
+            self._status_gathers = [(deadline, answer) for deadline, answer in self._status_gathers if deadline > now]
+            for answer in due:
+                answer()
+        self.cluster.tick()
+        self.handoff.tick()
 
     def _route_elsewhere(self, request: Any, primaries: tuple[str, ...], reply: Reply) -> None:
         if request.ring is not None and request.ring != self.cluster.membership.digest:
@@ -297,7 +338,7 @@ class Node:
             else:
                 reply(dataclasses.replace(answer, id=request.id))
 
-        self.peers.send(node, lambda rid: dataclasses.replace(request, id=rid, forwarded=True, ring=None), on_reply)
+        self.network.send(node, lambda rid: dataclasses.replace(request, id=rid, forwarded=True, ring=None), on_reply)
 
     def _get_payload(self, request_id: int, record: bytes | None) -> bytes:
         view = self.replica.read(record)

@@ -1,0 +1,284 @@
+"""A node's view of its cluster: membership kept durable, spread by gossip, changed by admin acts.
+
+Membership itself is a pure lattice (`dynd.core.membership`); this module holds the node's current
+copy, persists every change through the Storage port (meta record "membership"), gossips it
+push-pull with one random member or seed per `gossip_interval_ms`, and applies the admin acts
+(join through a seed, leave, remove). Every change updates the peer addresses on the Network port
+and the preference lists the request handlers use.
+
+Rules:
+- A change is adopted in memory at once and persisted in the background; gossip may spread it
+  before it is durable, which is safe because membership only grows (a restarted node learns it
+  back from its peers).
+- A node alone in its own one-node cluster may join another cluster: it adopts theirs, adds its
+  JOIN event and pushes the result to the seed. A joined member joining again is a no-op.
+- `reachable(member)`: connected now, or a gossip exchange with it succeeded within
+  `4 * gossip_interval_ms` (SWIM failure detection replaces this with issue 5).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from dynd.core.limits import Limits
+from dynd.core.membership import JOIN, JOINED, LEAVE, LEAVING, REMOVE, REMOVED, ClusterParams, Membership, MembershipError
+from dynd.core.ops import PutMeta
+from dynd.core.ports import Network, Storage
+from dynd.core.preflist import PreferenceList, preference_list
+from dynd.core.ring import Ring
+from dynd.protocol import messages
+from dynd.protocol.errors import BadRequest, DynError
+
+log = logging.getLogger("dynd.cluster")
+
+MEMBERSHIP_META = "membership"
+HEARD_WITHIN_GOSSIP_INTERVALS = 4
+
+
+class RandomSource(Protocol):
+    def random(self) -> float: ...
+
+    def choice(self, seq: Sequence[Any]) -> Any: ...
+
+
+class ClusterView:
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        membership: Membership,
+        storage: Storage,
+        network: Network,
+        *,
+        limits: Limits,
+        now_ms: Callable[[], int],
+        rng: RandomSource,
+        seeds: Sequence[str] = (),
+    ) -> None:
+        self.name = name
+        self.address = address
+        self.storage = storage
+        self.network = network
+        self.limits = limits
+        self.now_ms = now_ms
+        self.rng = rng
+        self.seeds = tuple(seeds)
+        self.membership = membership
+        self._preflists: dict[int, PreferenceList] = {}
+        self._heard_at_ms: dict[str, int] = {}
+        self._next_gossip_ms = now_ms()
+        self.on_change: list[Callable[[], None]] = []
+        self._adopt(membership, force=True)
+
+    # ---- what the request handlers ask ----
+
+    @property
+    def params(self) -> ClusterParams:
+        return self.membership.params
+
+    @property
+    def ring(self) -> Ring:
+        ring = self.membership.ring
+        if ring is None:  # no joined member at all: keep serving as the only owner
+            return Ring(self.params.partitions, (self.name,) * self.params.partitions)
+        return ring
+
+    def preference_list(self, partition: int) -> PreferenceList:
+        cached = self._preflists.get(partition)
+        if cached is None:
+            cached = self._preflists[partition] = preference_list(self.ring, partition, self.params.n)
+        return cached
+
+    def ring_reply(self, request_id: int) -> messages.RingOk:
+        return messages.RingOk(
+            id=request_id,
+            version=self.membership.digest,
+            n=self.params.n,
+            r=self.params.r,
+            w=self.params.w,
+            owners=list(self.ring.owners),
+            addresses=[messages.NodeAddress(m.name, m.address) for m in self.membership.active()],
+        )
+
+    def status(self, request_id: int, transfers_pending: dict[str, int]) -> messages.ClusterStatusOk:
+        """`transfers_pending`: each member's own count, as far as it is known (0 otherwise)."""
+        counts = self.ring.counts()
+        members = [
+            messages.MemberView(
+                name=m.name,
+                address=m.address,
+                status=m.status,
+                partitions=counts.get(m.name, 0),
+                reachable=self.reachable(m.name),
+                transfers_pending=transfers_pending.get(m.name, 0),
+            )
+            for m in sorted(self.membership.members.values(), key=lambda m: m.name)
+        ]
+        return messages.ClusterStatusOk(id=request_id, node=self.name, members=members)
+
+    def reachable(self, name: str) -> bool:
+        if name == self.name or self.network.connected(name):
+            return True
+        heard = self._heard_at_ms.get(name)
+        return heard is not None and self.now_ms() - heard < HEARD_WITHIN_GOSSIP_INTERVALS * self.limits.gossip_interval_ms
+
+    def other_members(self) -> list[str]:
+        return [m.name for m in self.membership.active() if m.name != self.name]
+
+    # ---- changes ----
+
+    def _adopt(self, membership: Membership, force: bool = False) -> bool:
+        changed = force or membership.events != self.membership.events
+        self.membership = membership
+        if changed:
+            self._preflists = {}
+            self.network.set_addresses({m.name: m.address for m in membership.active()})
+            for callback in self.on_change:
+                callback()
+        return changed
+
+    def _update(self, membership: Membership, force: bool = False) -> None:
+        if self._adopt(membership, force):
+            self.storage.submit([PutMeta(MEMBERSHIP_META, membership.encode())], _log_persist_failure)
+            log.info("membership now %s", ", ".join(f"{m.name}={m.status}" for m in sorted(membership.members.values(), key=lambda m: m.name)))
+
+    def merge_from_peer(self, data: bytes) -> bytes:
+        """Gossip receive: merge what a peer sent (empty: it has nothing yet) and answer with ours."""
+        if data:
+            try:
+                incoming = Membership.decode(data)
+                self._update(self.membership.merge(incoming))
+            except MembershipError as exc:
+                raise BadRequest(str(exc)) from None
+        return self.membership.encode()
+
+    def leave(self, node: str | None) -> str:
+        target = node or self.name
+        member = self.membership.members.get(target)
+        if member is None or member.status == REMOVED:
+            raise BadRequest(f"{target!r} is not a member")
+        if member.status == LEAVING:
+            return f"{target} is already leaving"
+        if len([m for m in self.membership.members.values() if m.status == JOINED]) <= 1:
+            raise BadRequest(f"{target} is the last member; it cannot leave")
+        self._update(self.membership.with_event(LEAVE, target, origin=self.name))
+        return f"{target} is leaving: its partitions move to the other members, then it is removed"
+
+    def remove(self, node: str) -> str:
+        member = self.membership.members.get(node)
+        if member is None or member.status == REMOVED:
+            raise BadRequest(f"{node!r} is not a member")
+        if node == self.name:
+            raise BadRequest("a node cannot remove itself; use leave")
+        self._update(self.membership.with_event(REMOVE, node, origin=self.name))
+        return f"{node} removed; its partitions were reassigned"
+
+    def finish_leaving(self) -> None:
+        """Called once a leaving node has handed everything off."""
+        me = self.membership.members.get(self.name)
+        if me is not None and me.status == LEAVING:
+            self._update(self.membership.with_event(REMOVE, self.name, origin=self.name))
+
+    @property
+    def is_leaving(self) -> bool:
+        me = self.membership.members.get(self.name)
+        return me is not None and me.status == LEAVING
+
+    @property
+    def is_sole_member(self) -> bool:
+        active = self.membership.active()
+        return len(active) == 1 and active[0].name == self.name
+
+    def join(self, seed: str, done: Callable[[str | DynError], None]) -> None:
+        """Join the cluster `seed` belongs to; `done` gets a message or an error.
+
+        Allowed while this node is alone in its own cluster (or already a member: a no-op).
+        """
+        if not self.is_sole_member:
+            member = self.membership.members.get(self.name)
+            if member is not None and member.status == JOINED:
+                done(f"{self.name} is already a member of cluster {self.params.cluster_id}")
+                return
+
+        def fetched(answer: Any) -> None:
+            if isinstance(answer, DynError):
+                done(type(answer)(f"cannot reach seed {seed}: {answer.message}"))
+                return
+            try:
+                theirs = Membership.decode(answer.membership)
+            except MembershipError as exc:
+                done(BadRequest(f"seed {seed} sent a bad membership: {exc}"))
+                return
+            if theirs.params.partitions != self.params.partitions:
+                done(
+                    BadRequest(
+                        f"the cluster at {seed} uses {theirs.params.partitions} partitions and this node {self.params.partitions}; "
+                        "restart this node on an empty data directory with the cluster's --partitions"
+                    )
+                )
+                return
+            if self.name in theirs.members and theirs.members[self.name].status == JOINED and theirs.address_of(self.name) == self.address:
+                self._update(theirs, force=True)
+                done(f"{self.name} is already a member of cluster {theirs.params.cluster_id}")
+                return
+            self._update(theirs.with_event(JOIN, self.name, origin=self.name, address=self.address), force=True)
+
+            def pushed(answer: Any) -> None:
+                if isinstance(answer, DynError):
+                    done(type(answer)(f"joined, but could not tell {seed} yet (gossip will): {answer.message}"))
+                    return
+                self._merge_reply(seed, answer)
+                done(f"{self.name} joined cluster {theirs.params.cluster_id} through {seed}")
+
+            self.network.send_to_address(seed, self._gossip_request, pushed)
+
+        self.network.send_to_address(seed, lambda rid: messages.Gossip(id=rid, membership=b""), fetched)
+
+    def announce(self, address: str) -> None:
+        """Push our membership to `address` once (after joining through it at start)."""
+        self.network.send_to_address(address, self._gossip_request, lambda answer: self._merge_reply(address, answer))
+
+    # ---- gossip ----
+
+    def tick(self) -> None:
+        now = self.now_ms()
+        if now < self._next_gossip_ms:
+            return
+        # Jitter keeps nodes out of step.
+        self._next_gossip_ms = now + int(self.limits.gossip_interval_ms * (0.5 + self.rng.random()))
+        self.gossip_once()
+
+    def gossip_once(self) -> None:
+        """Push-pull with one member (by name, over its open connection) or one seed (by address)."""
+        members = sorted(self.other_members())
+        member_addresses = {self.membership.address_of(name) for name in members}
+        seeds = sorted(a for a in self.seeds if a not in member_addresses and a != self.address)
+        targets = [("member", name) for name in members] + [("seed", address) for address in seeds]
+        if not targets:
+            return
+        kind, target = self.rng.choice(targets)
+        if kind == "member":
+            self.network.send(target, self._gossip_request, lambda answer: self._merge_reply(target, answer, member=target))
+        else:
+            self.network.send_to_address(target, self._gossip_request, lambda answer: self._merge_reply(target, answer))
+
+    def _gossip_request(self, request_id: int) -> messages.Gossip:
+        return messages.Gossip(id=request_id, membership=self.membership.encode())
+
+    def _merge_reply(self, source: str, answer: Any, member: str | None = None) -> None:
+        if not isinstance(answer, messages.GossipOk):
+            log.debug("gossip with %s failed: %s", source, answer)
+            return
+        if member is not None:
+            self._heard_at_ms[member] = self.now_ms()
+        try:
+            self._update(self.membership.merge(Membership.decode(answer.membership)))
+        except MembershipError as exc:
+            log.warning("gossip from %s refused: %s", source, exc)
+
+
+def _log_persist_failure(error: DynError | None) -> None:
+    if error is not None:
+        log.error("could not persist the membership: %s", error)

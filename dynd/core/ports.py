@@ -1,0 +1,58 @@
+"""What the pure node needs from the world, as two small interfaces the shell and the simulator implement.
+
+The node (`dynd.core.node`) never awaits and never reads a clock: it calls these ports and is
+called back later, from the same single thread, with the outcome. The daemon implements them over
+TCP and LMDB (`dynd.shell.peers`, `dynd.shell.committer`); the simulator over a virtual network
+and an in-memory disk (`dynd.sim`).
+
+Contracts the node relies on:
+- Every `send` calls its callback exactly once, later or at once, never raising into the caller:
+  a peer that cannot be reached yields `Unreachable`, a reply that does not come in time `Timeout`.
+- `submit` either raises a `DynError` (`Overloaded`, `ShuttingDown`) having queued nothing, or
+  calls its completion exactly once.
+- `read_object` sees every write submitted so far, committed or not (a queued write stays
+  visible to reads and merges until its commit lands or fails).
+- `partition_keys` lists keys in key order, as committed or queued.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from dynd.protocol.errors import DynError
+from dynd.core.ops import WriteOp
+
+ReplyCallback = Callable[[Any], None]  # gets the reply message, or a DynError
+Builder = Callable[[int], Any]  # request id -> request message
+Completion = Callable[[DynError | None], None]
+
+
+class Network(Protocol):
+    def send(self, node: str, build: Builder, on_reply: ReplyCallback) -> None:
+        """Send a request to a member by name."""
+        ...
+
+    def send_to_address(self, address: str, build: Builder, on_reply: ReplyCallback) -> None:
+        """Send a request to whatever node listens at `address` (a seed, before joining)."""
+        ...
+
+    def set_addresses(self, addresses: dict[str, str]) -> None:
+        """The members' addresses changed (membership follows gossip)."""
+        ...
+
+    def connected(self, node: str) -> bool:
+        """Whether a connection to the member is open now (local evidence of liveness)."""
+        ...
+
+
+class Storage(Protocol):
+    def read_object(self, partition: int, key: bytes) -> bytes | None: ...
+
+    def submit(self, ops: Sequence[WriteOp], on_done: Completion) -> None:
+        """Queue writes for the next durable commit; `on_done(None)` once they are durable."""
+        ...
+
+    def partition_keys(self, partition: int, limit: int) -> list[bytes]:
+        """Up to `limit` keys this node holds in `partition`, in key order."""
+        ...
