@@ -157,7 +157,10 @@ def status_document(status: ClusterStatusOk) -> dict[str, Any]:
                 "partitions": member.partitions,
                 "share": round(shares[member.name], 6),
                 "reachable": member.reachable,
+                "liveness": member.liveness,
+                "incarnation": member.incarnation,
                 "transfers_pending": member.transfers_pending,
+                "hints_pending": member.hints_pending,
             }
             for member in _sorted_members(status)
         ],
@@ -166,15 +169,16 @@ def status_document(status: ClusterStatusOk) -> dict[str, Any]:
 
 def status_table(status: ClusterStatusOk) -> Table:
     shares = ring_shares(status.members)
-    # No box: seven columns of full names and addresses still fit 80 columns (a pipe's width).
+    # No box: eight columns of full names and addresses still fit 80 columns (a pipe's width).
     table = Table(title=f"cluster as seen by {status.node}", title_justify="left", box=None, pad_edge=False)
     table.add_column("node", no_wrap=True)
     table.add_column("address", no_wrap=True)
     table.add_column("status")
     table.add_column("partitions", justify="right")
     table.add_column("share", justify="right")
-    table.add_column("reachable")
-    table.add_column("transfers pending", justify="right")
+    table.add_column("liveness")
+    table.add_column("transfers", justify="right")
+    table.add_column("hints", justify="right")
     for member in _sorted_members(status):
         table.add_row(
             Text(member.name + (" *" if member.name == status.node else "")),
@@ -182,12 +186,20 @@ def status_table(status: ClusterStatusOk) -> Table:
             Text(member.status),
             str(member.partitions),
             f"{shares[member.name] * 100:.1f}%",
-            Text("yes") if member.reachable else Text("no", style="bold red"),
+            _liveness(member),
             str(member.transfers_pending),
+            str(member.hints_pending),
         )
-    table.caption = "* the node that answered"
+    table.caption = "* the node that answered; liveness (incarnation) as its failure detector sees it; hints it holds for each"
     table.caption_justify = "left"
     return table
+
+
+LIVENESS_STYLES = {"alive": "", "suspect": "bold yellow", "dead": "bold red"}
+
+
+def _liveness(member: MemberView) -> Text:
+    return Text(f"{member.liveness} ({member.incarnation})", style=LIVENESS_STYLES.get(member.liveness, ""))
 
 
 def print_status(output: Output, status: ClusterStatusOk) -> None:
@@ -202,7 +214,9 @@ def status(ctx: typer.Context) -> None:
     """Show every member as the --node sees it.
 
     Columns: node, address, status, partitions owned, share of the ring (partitions / all
-    partitions owned), reachable from the --node, and partition transfers still pending.
+    partitions owned), liveness as the --node's failure detector sees it (alive, suspect or
+    dead, with the member's incarnation), partition transfers still pending, and the hints the
+    --node holds for the member.
     """
     session: Session = ctx.obj
 

@@ -31,6 +31,10 @@ W_HELP = "Stores to wait for before answering (default: the cluster's W)."
 KeyArgument = Annotated[str, typer.Argument(metavar="KEY", help=KEY_HELP, show_default=False)]
 ReadQuorumOption = Annotated[int | None, typer.Option("--r", min=1, metavar="N", help=R_HELP)]
 WriteQuorumOption = Annotated[int | None, typer.Option("--w", min=1, metavar="N", help=W_HELP)]
+PR_HELP = "How many of the replies must come from primaries, not fallbacks standing in (default: none)."
+PW_HELP = "How many of the stores must be on primaries, not fallbacks standing in (default: none)."
+PrimaryReadOption = Annotated[int | None, typer.Option("--pr", min=1, metavar="N", help=PR_HELP)]
+PrimaryWriteOption = Annotated[int | None, typer.Option("--pw", min=1, metavar="N", help=PW_HELP)]
 
 
 def key_bytes(key: str) -> bytes:
@@ -127,6 +131,7 @@ def get(
         bool, typer.Option("--context", help="Print only the context token (exit 0 even if not found or siblings).")
     ] = False,
     r: ReadQuorumOption = None,
+    pr: PrimaryReadOption = None,
 ) -> None:
     """Write the key's value to stdout as raw bytes.
 
@@ -138,7 +143,7 @@ def get(
     raw_key = key_bytes(key)
 
     async def fetch(client: Client) -> GetResult:
-        return await client.get(raw_key, r=r)
+        return await client.get(raw_key, r=r, pr=pr)
 
     result = run_with_client(session, fetch)
     if context_only:
@@ -198,6 +203,7 @@ def put(
         ),
     ] = None,
     w: WriteQuorumOption = None,
+    pw: PrimaryWriteOption = None,
 ) -> None:
     """Store a value and print the new context token.
 
@@ -211,7 +217,7 @@ def put(
     payload = _read_value(value, file)
 
     async def store(client: Client) -> bytes:
-        return await client.put(raw_key, payload, seen, w=w)
+        return await client.put(raw_key, payload, seen, w=w, pw=pw)
 
     new_context = run_with_client(session, store)
     _print_context(session.output, key, new_context)
@@ -224,6 +230,7 @@ def delete(
         str, typer.Option("--context", metavar="TOKEN", help="Token from `get --context`: the versions to delete.")
     ],
     w: WriteQuorumOption = None,
+    pw: PrimaryWriteOption = None,
 ) -> None:
     """Delete what the context token covers and print the tombstone's context token.
 
@@ -234,7 +241,7 @@ def delete(
     seen = context_bytes(context)
 
     async def remove(client: Client) -> bytes:
-        return await client.delete(raw_key, seen, w=w)
+        return await client.delete(raw_key, seen, w=w, pw=pw)
 
     new_context = run_with_client(session, remove)
     _print_context(session.output, key, new_context)

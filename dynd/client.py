@@ -111,10 +111,17 @@ class Client:
     # ---- requests ----
 
     async def get(
-        self, key: KeyLike, *, r: int | None = None, timeout_s: float | None = None, ring: bytes | None = None
+        self,
+        key: KeyLike,
+        *,
+        r: int | None = None,
+        pr: int | None = None,
+        timeout_s: float | None = None,
+        ring: bytes | None = None,
     ) -> GetResult:
+        """`r` replies (the cluster's default when None), `pr` of them from primaries themselves."""
         request_id = next(self._ids)
-        reply = await self._call(messages.Get(id=request_id, key=_key_bytes(key), r=r, ring=ring), timeout_s)
+        reply = await self._call(messages.Get(id=request_id, key=_key_bytes(key), r=r, ring=ring, pr=pr), timeout_s)
         if not isinstance(reply, messages.GetOk):
             raise Internal(f"unexpected reply {type(reply).__name__} to get")
         siblings = [
@@ -130,12 +137,14 @@ class Client:
         context: bytes | None = None,
         *,
         w: int | None = None,
+        pw: int | None = None,
         timeout_s: float | None = None,
         ring: bytes | None = None,
     ) -> bytes:
-        """Store `value`, superseding what `context` covers; return the context covering the new write."""
+        """Store `value`, superseding what `context` covers; return the context covering the new write.
+        `w` stores must succeed (the cluster's default when None), `pw` of them on primaries."""
         request_id = next(self._ids)
-        message = messages.Put(id=request_id, key=_key_bytes(key), value=bytes(value), context=context, w=w, ring=ring)
+        message = messages.Put(id=request_id, key=_key_bytes(key), value=bytes(value), context=context, w=w, ring=ring, pw=pw)
         reply = await self._call(message, timeout_s)
         if not isinstance(reply, messages.PutOk):
             raise Internal(f"unexpected reply {type(reply).__name__} to put")
@@ -147,12 +156,13 @@ class Client:
         context: bytes,
         *,
         w: int | None = None,
+        pw: int | None = None,
         timeout_s: float | None = None,
         ring: bytes | None = None,
     ) -> bytes:
         """Write a tombstone over what `context` covers; return the tombstone's context."""
         request_id = next(self._ids)
-        message = messages.Delete(id=request_id, key=_key_bytes(key), context=context, w=w, ring=ring)
+        message = messages.Delete(id=request_id, key=_key_bytes(key), context=context, w=w, ring=ring, pw=pw)
         reply = await self._call(message, timeout_s)
         if not isinstance(reply, messages.DeleteOk):
             raise Internal(f"unexpected reply {type(reply).__name__} to delete")
@@ -457,17 +467,17 @@ class BlockingClient:
 
         return trio.from_thread.run(call, trio_token=self._token)
 
-    def get(self, key: KeyLike, *, r: int | None = None) -> GetResult:
+    def get(self, key: KeyLike, *, r: int | None = None, pr: int | None = None) -> GetResult:
         assert self._client is not None
-        return self._call(self._client.get, key, r=r)
+        return self._call(self._client.get, key, r=r, pr=pr)
 
-    def put(self, key: KeyLike, value: bytes, context: bytes | None = None, *, w: int | None = None) -> bytes:
+    def put(self, key: KeyLike, value: bytes, context: bytes | None = None, *, w: int | None = None, pw: int | None = None) -> bytes:
         assert self._client is not None
-        return self._call(self._client.put, key, value, context, w=w)
+        return self._call(self._client.put, key, value, context, w=w, pw=pw)
 
-    def delete(self, key: KeyLike, context: bytes, *, w: int | None = None) -> bytes:
+    def delete(self, key: KeyLike, context: bytes, *, w: int | None = None, pw: int | None = None) -> bytes:
         assert self._client is not None
-        return self._call(self._client.delete, key, context, w=w)
+        return self._call(self._client.delete, key, context, w=w, pw=pw)
 
     def ping(self) -> str:
         assert self._client is not None
@@ -556,14 +566,16 @@ class ClusterClient:
         self._closers: dict[str, trio.Event] = {}
         self._connecting: dict[str, trio.Event] = {}
 
-    async def get(self, key: KeyLike, *, r: int | None = None) -> GetResult:
-        return await self._routed(key, lambda client, ring: client.get(key, r=r, ring=ring))
+    async def get(self, key: KeyLike, *, r: int | None = None, pr: int | None = None) -> GetResult:
+        return await self._routed(key, lambda client, ring: client.get(key, r=r, pr=pr, ring=ring))
 
-    async def put(self, key: KeyLike, value: bytes, context: bytes | None = None, *, w: int | None = None) -> bytes:
-        return await self._routed(key, lambda client, ring: client.put(key, value, context, w=w, ring=ring))
+    async def put(
+        self, key: KeyLike, value: bytes, context: bytes | None = None, *, w: int | None = None, pw: int | None = None
+    ) -> bytes:
+        return await self._routed(key, lambda client, ring: client.put(key, value, context, w=w, pw=pw, ring=ring))
 
-    async def delete(self, key: KeyLike, context: bytes, *, w: int | None = None) -> bytes:
-        return await self._routed(key, lambda client, ring: client.delete(key, context, w=w, ring=ring))
+    async def delete(self, key: KeyLike, context: bytes, *, w: int | None = None, pw: int | None = None) -> bytes:
+        return await self._routed(key, lambda client, ring: client.delete(key, context, w=w, pw=pw, ring=ring))
 
     async def refresh_ring(self) -> messages.RingOk:
         errors: list[str] = []
@@ -590,7 +602,8 @@ class ClusterClient:
             assert ring is not None and placer is not None
             placement = placer.place(key)
             last: DynError | None = None
-            for node in placement.primaries:
+            # Primaries first; when none can be reached, a fallback coordinates (sloppy quorum).
+            for node in placement.primaries + placement.fallbacks:
                 address = self._addresses.get(node)
                 if address is None:
                     continue

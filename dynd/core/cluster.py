@@ -43,6 +43,12 @@ class RandomSource(Protocol):
     def choice(self, seq: Sequence[Any]) -> Any: ...
 
 
+class Liveness(Protocol):
+    def status(self, name: str) -> str: ...
+
+    def incarnation(self, name: str) -> int: ...
+
+
 class ClusterView:
     def __init__(
         self,
@@ -102,8 +108,9 @@ class ClusterView:
             addresses=[messages.NodeAddress(m.name, m.address) for m in self.membership.active()],
         )
 
-    def status(self, request_id: int, transfers_pending: dict[str, int]) -> messages.ClusterStatusOk:
-        """`transfers_pending`: each member's own count, as far as it is known (0 otherwise)."""
+    def status(self, request_id: int, transfers_pending: dict[str, int], health: Liveness, hints: dict[str, int]) -> messages.ClusterStatusOk:
+        """`transfers_pending`: each member's own count, as far as it is known (0 otherwise);
+        `hints`: how many hints this node holds per member."""
         counts = self.ring.counts()
         members = [
             messages.MemberView(
@@ -113,6 +120,9 @@ class ClusterView:
                 partitions=counts.get(m.name, 0),
                 reachable=self.reachable(m.name),
                 transfers_pending=transfers_pending.get(m.name, 0),
+                liveness=health.status(m.name),
+                incarnation=health.incarnation(m.name),
+                hints_pending=hints.get(m.name, 0),
             )
             for m in sorted(self.membership.members.values(), key=lambda m: m.name)
         ]

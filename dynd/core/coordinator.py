@@ -1,15 +1,21 @@
 """Put and get coordination as state machines: replies and deadlines in, effects out.
 
-A coordinator is a primary of the key (DESIGN.md section 4). The shell has already applied the
-write to its own replica durably (a coordinator stores before it sends, so a dot it issued can
-never reach another replica without being in its own store), or read its own replica; these
-machines decide whom to ask, when to answer the client, and what to repair.
+A coordinator is one of the first N healthy nodes of the key's preference list (DESIGN.md section
+4). The node has already applied the write to its own replica durably (a coordinator stores before
+it sends, so a dot it issued can never reach another replica without being in its own store), or
+read its own replica; these machines decide whom to ask, when to answer the client, and what to
+repair. Whom to ask comes from `dynd.core.placement` (sloppy quorum): the healthy primaries, and a
+healthy fallback with a hint for each primary that is down.
 
 While the cluster has fewer members than N, a key has fewer distinct replicas, and R and W count
-among those that exist (a one-node cluster answers at once).
+among those that exist (a one-node cluster answers at once). Replicas that are down do not lower
+R or W: a request that cannot reach them fails, saying how many answered.
 
-Put: send the new record to the other primaries; answer after W stores, the coordinator's own
-included; answer with a clear error once W can no longer be reached or the deadline passes.
+Put: send the new record to the targets; answer after W stores, the coordinator's own included;
+answer with a clear error once W can no longer be reached or the deadline passes. A target that
+fails is replaced by the next spare healthy fallback, carrying a hint for the primary it stands in
+for; with no spare left, the coordinator keeps that hint itself (`StoreHint`). `pw` counts only
+stores on primaries themselves.
 
 Get: ask the other primaries; answer after R replies (the coordinator's own read included) with
 the merge of what came back; keep listening until every replica answered or the deadline passed,
@@ -28,21 +34,34 @@ from dynd.core.replica import decode_record, encode_record
 
 @dataclass(frozen=True, slots=True)
 class SendReplicate:
+    """Store `record` on `node`; with `hint`, `node` is a fallback holding it for that primary."""
+
     node: str
     key: bytes
     record: bytes
+    hint: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SendFetch:
     node: str
     key: bytes
+    hint: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class StoreLocal:
     """Read repair of the coordinator's own replica."""
 
+    key: bytes
+    record: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoreHint:
+    """The coordinator keeps a hint for `target`: it failed and no fallback is left to stand in."""
+
+    target: str
     key: bytes
     record: bytes
 
@@ -65,35 +84,64 @@ class Fail:
     message: str
 
 
-Effect = SendReplicate | SendFetch | StoreLocal | AnswerPut | AnswerGet | Fail
+Effect = SendReplicate | SendFetch | StoreLocal | StoreHint | AnswerPut | AnswerGet | Fail
+
+
+def _primary_tally(needed: int, voters: int) -> Tally | None:
+    """The primaries-only tally of pr/pw, or None when the request asks for none."""
+    return Tally(needed, voters) if needed > 0 else None
 
 
 @dataclass(eq=False)  # identity: the node keeps coordinations in a dict
 class PutCoordination:
+    """`targets`: the other replicas as (node, hint); `spares`: healthy fallbacks not used yet;
+    `replicas`: how many distinct replicas the key has (W counts among those); `pw`: how many
+    stores must be on primaries themselves; `coordinator_is_primary`: whether our own counts."""
+
     key: bytes
     record: bytes
-    others: tuple[str, ...]
+    targets: tuple[tuple[str, str | None], ...]
     w: int
     deadline_ms: int
+    spares: tuple[str, ...] = ()
+    replicas: int | None = None
+    pw: int = 0
+    coordinator_is_primary: bool = True
     tally: Tally = field(init=False)
     done: bool = False
 
     def __post_init__(self) -> None:
-        # A cluster smaller than N has fewer distinct replicas than N; W counts among those.
-        voters = len(self.others) + 1
-        self.tally = Tally(min(self.w, voters), voters)
-        self._waiting = set(self.others)
+        voters = len(self.targets) + 1
+        # A cluster smaller than N has fewer distinct replicas than N; W counts among those. Fewer
+        # reachable ones than W is a loss, not a smaller W.
+        self.tally = Tally(min(self.w, voters if self.replicas is None else self.replicas), voters)
+        primaries = sum(1 for _, hint in self.targets if hint is None) + self.coordinator_is_primary
+        self.primary_tally = _primary_tally(min(self.pw, self.replicas or voters), primaries)
+        self._roles = {node: hint for node, hint in self.targets}
+        self._spares = list(self.spares)
 
     def start(self) -> list[Effect]:
-        effects: list[Effect] = [SendReplicate(node, self.key, self.record) for node in self.others]
-        effects += self._vote(True)  # the coordinator's own durable store
+        effects: list[Effect] = [SendReplicate(node, self.key, self.record, hint) for node, hint in self.targets]
+        effects += self._vote(True, self.coordinator_is_primary)  # the coordinator's own durable store
         return effects
 
     def on_reply(self, node: str, ok: bool) -> list[Effect]:
-        if node not in self._waiting:
+        if node not in self._roles:
             return []
-        self._waiting.discard(node)
-        return self._vote(ok)
+        hint = self._roles.pop(node)
+        if ok:
+            return self._vote(True, hint is None)
+        primary = hint or node
+        if self._spares and not self.done:
+            # Sloppy quorum: the next healthy fallback stands in for the primary that failed.
+            spare = self._spares.pop(0)
+            self._roles[spare] = primary
+            effects: list[Effect] = [SendReplicate(spare, self.key, self.record, primary)]
+            if hint is None and self.primary_tally is not None:
+                effects += self._primary_vote(False)
+            return effects
+        # Nobody left to stand in: keep a hint ourselves, so the primary gets the write later.
+        return [StoreHint(primary, self.key, self.record), *self._vote(False, hint is None)]
 
     def on_tick(self, now_ms: int) -> list[Effect]:
         if self.done or now_ms < self.deadline_ms:
@@ -101,50 +149,76 @@ class PutCoordination:
         self.done = True
         return [Fail("timeout", f"timed out: {self.tally.yes} of {self.tally.voters} replicas stored the write, w={self.w}")]
 
-    def _vote(self, ok: bool) -> list[Effect]:
+    def _vote(self, ok: bool, by_primary: bool) -> list[Effect]:
         if self.done:
             return []
-        result = self.tally.record(ok)
-        if result is Vote.WON:
+        self.tally.record(ok)
+        if self.primary_tally is not None and by_primary:
+            self.primary_tally.record(ok)
+        return self._decide()
+
+    def _primary_vote(self, ok: bool) -> list[Effect]:
+        if self.done or self.primary_tally is None:
+            return []
+        self.primary_tally.record(ok)
+        return self._decide()
+
+    def _decide(self) -> list[Effect]:
+        result = self.tally.result
+        primary = self.primary_tally.result if self.primary_tally is not None else Vote.WON
+        if result is Vote.WON and primary is Vote.WON:
             self.done = True
             return [AnswerPut()]
-        if result is Vote.LOST:
+        if result is Vote.LOST or primary is Vote.LOST:
             self.done = True
-            return [
-                Fail(
-                    "quorum",
-                    f"w={self.w} cannot be met: {self.tally.no} of {self.tally.voters} replicas failed, "
-                    f"{self.tally.yes} stored the write so far",
-                )
-            ]
+            if result is Vote.LOST:
+                return [
+                    Fail(
+                        "quorum",
+                        f"w={self.w} cannot be met: {self.tally.no} of {self.tally.voters} replicas failed or are unreachable, "
+                        f"{self.tally.yes} stored the write so far",
+                    )
+                ]
+            assert self.primary_tally is not None
+            return [Fail("quorum", f"pw={self.pw} cannot be met: {self.primary_tally.yes} primaries stored the write, the others failed or are down")]
         return []
 
     @property
     def finished(self) -> bool:
-        return self.done and not self._waiting
+        return self.done and not self._roles
 
 
 @dataclass(eq=False)
 class GetCoordination:
+    """`targets`: the other replicas as (node, hint), a fallback answering for the primary its
+    hint names; `replicas`: how many distinct replicas the key has (R counts among those); `pr`:
+    how many replies must come from primaries themselves."""
+
     key: bytes
     local_record: bytes | None
-    others: tuple[str, ...]
+    targets: tuple[tuple[str, str | None], ...]
     r: int
     deadline_ms: int
     prune_threshold: int
+    replicas: int | None = None
+    pr: int = 0
+    coordinator_is_primary: bool = True
     tally: Tally = field(init=False)
     answered: bool = False
     repaired: bool = False
 
     def __post_init__(self) -> None:
-        voters = len(self.others) + 1  # as for puts, R counts among the replicas that exist
-        self.tally = Tally(min(self.r, voters), voters)
-        self._waiting = set(self.others)
+        voters = len(self.targets) + 1  # as for puts, R counts among the replicas that exist
+        self.tally = Tally(min(self.r, voters if self.replicas is None else self.replicas), voters)
+        primaries = sum(1 for _, hint in self.targets if hint is None) + self.coordinator_is_primary
+        self.primary_tally = _primary_tally(min(self.pr, self.replicas or voters), primaries)
+        self._roles = {node: hint for node, hint in self.targets}
+        self._waiting = set(self._roles)
         self._records: dict[str, bytes | None] = {}
         self._failed: set[str] = set()
 
     def start(self) -> list[Effect]:
-        effects: list[Effect] = [SendFetch(node, self.key) for node in self.others]
+        effects: list[Effect] = [SendFetch(node, self.key, hint) for node, hint in self.targets]
         return effects + self._vote("", self.local_record, ok=True)
 
     def on_reply(self, node: str, record: bytes | None) -> list[Effect]:
@@ -178,9 +252,14 @@ class GetCoordination:
         if ok:
             self._records[node] = record
         effects: list[Effect] = []
-        result = self.tally.record(ok)
+        self.tally.record(ok)
+        by_primary = self.coordinator_is_primary if node == "" else self._roles.get(node) is None
+        if self.primary_tally is not None and by_primary:
+            self.primary_tally.record(ok)
         if not self.answered:
-            if result is Vote.WON:
+            result = self.tally.result
+            primary = self.primary_tally.result if self.primary_tally is not None else Vote.WON
+            if result is Vote.WON and primary is Vote.WON:
                 self.answered = True
                 effects.append(AnswerGet(self._merged_record()))
             elif result is Vote.LOST:
@@ -188,10 +267,14 @@ class GetCoordination:
                 effects.append(
                     Fail(
                         "quorum",
-                        f"r={self.r} cannot be met: {self.tally.no} of {self.tally.voters} replicas failed, "
+                        f"r={self.r} cannot be met: {self.tally.no} of {self.tally.voters} replicas failed or are unreachable, "
                         f"{self.tally.yes} answered",
                     )
                 )
+            elif primary is Vote.LOST:
+                self.answered = True
+                assert self.primary_tally is not None
+                effects.append(Fail("quorum", f"pr={self.pr} cannot be met: {self.primary_tally.yes} primaries answered, the others failed or are down"))
         if not self._waiting:
             effects += self._repairs()
         return effects
@@ -226,5 +309,5 @@ class GetCoordination:
             if node == "":
                 effects.append(StoreLocal(self.key, merged_record))
             else:
-                effects.append(SendReplicate(node, self.key, merged_record))
+                effects.append(SendReplicate(node, self.key, merged_record, self._roles.get(node)))
         return effects

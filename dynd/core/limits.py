@@ -43,6 +43,18 @@ class Limits:
     gossip_interval_ms: int = 1_000
     handoff_interval_ms: int = 2_000
     handoff_batch_keys: int = 128
+    # hinted handoff
+    hint_delivery_interval_ms: int = 1_000
+    hint_batch_keys: int = 64
+    hints_max: int = 1_000_000
+    # failure detection (SWIM over UDP)
+    swim_period_ms: int = 1_000
+    swim_ping_timeout_ms: int = 400
+    swim_indirect_probes: int = 3
+    swim_suspicion_timeout_ms: int = 4_000
+    swim_retransmit_mult: int = 3
+    swim_piggyback_max: int = 8
+    datagram_bytes_max: int = 1_400
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -65,3 +77,8 @@ class Limits:
         put_frame_bytes = self.key_bytes_max + self.value_bytes_max + self.context_entries_max * (self.actor_bytes_max + 32) + 1024
         if self.frame_bytes_max < put_frame_bytes:
             raise ValueError(f"frame_bytes_max must be at least {put_frame_bytes} to carry the largest put")
+        # a probe must leave room in its period for the indirect probes; a datagram must hold a ping
+        if not self.tick_interval_ms < self.swim_ping_timeout_ms < self.swim_period_ms:
+            raise ValueError("need tick_interval_ms < swim_ping_timeout_ms < swim_period_ms")
+        if not 512 <= self.datagram_bytes_max <= 65_507:
+            raise ValueError("datagram_bytes_max must be 512..65507 (the largest UDP payload)")

@@ -30,11 +30,15 @@ from dynd.core.cluster import ClusterView, RandomSource
 from dynd.core.handoff import Handoff
 from dynd.core.limits import Limits
 from dynd.core.membership import Membership
-from dynd.core.ops import PutObject
+from dynd.core.health import Health
+from dynd.core.hints import HintDelivery
+from dynd.core.ops import PutObject, WriteOp
+from dynd.core.placement import Placement, coordinators, place
+from dynd.core.preflist import PreferenceList
 from dynd.core.ports import Network, Storage
 from dynd.core.replica import LocalReplica, merge_records
 from dynd.protocol import codec, messages
-from dynd.protocol.errors import BadRequest, DynError, QuorumFailed, StaleRing, Timeout, Unreachable
+from dynd.protocol.errors import BadRequest, DynError, Overloaded, QuorumFailed, StaleRing, Timeout, Unreachable
 from dynd.protocol.messages import error_reply
 
 log = logging.getLogger("dynd.node")
@@ -77,6 +81,17 @@ class Node:
             batch_keys=limits.handoff_batch_keys,
             now_ms=now_ms,
         )
+        self.health = Health(name, now_ms=now_ms, down_for_ms=limits.peer_retry_ms)
+        self.hints = HintDelivery(
+            name,
+            self.cluster,
+            storage,
+            network,
+            self.health,
+            interval_ms=limits.hint_delivery_interval_ms,
+            batch_keys=limits.hint_batch_keys,
+            now_ms=now_ms,
+        )
         # coordination -> (request, reply, the success reply of a put)
         self.coordinations: dict[Any, tuple[Any, Reply, Any]] = {}
         self._status_gathers: list[tuple[int, Callable[[], None]]] = []  # (deadline, answer now)
@@ -114,41 +129,61 @@ class Node:
 
     # ---- client requests ----
 
-    def _place(self, request: Any, quorum_name: str, quorum: int | None, reply: Reply) -> tuple[int, tuple[str, ...], int] | None:
-        """Check the request; return (partition, primaries, quorum), or None if it went elsewhere."""
+    def _quorum(self, name: str, asked: int | None, default: int) -> int:
+        if asked is None:
+            return default
+        n = self.cluster.params.n
+        if not 1 <= asked <= n:
+            raise BadRequest(f"{name}={asked} is outside 1..n={n}")
+        return asked
+
+    def _place(self, request: Any, reply: Reply) -> tuple[int, Placement] | None:
+        """Check the request; return (partition, placement), or None if it went elsewhere."""
         self.replica.check_key(request.key)
-        params = self.cluster.params
-        wanted = getattr(params, quorum_name) if quorum is None else quorum
-        if not 1 <= wanted <= params.n:
-            raise BadRequest(f"{quorum_name}={wanted} is outside 1..n={params.n}")
         partition = self.replica.partition(request.key)
-        primaries = self.cluster.preference_list(partition).primaries
-        if self.name not in primaries and not request.forwarded:
-            self._route_elsewhere(request, primaries, reply)
-            return None
-        return partition, primaries, wanted
+        preference = self.cluster.preference_list(partition)
+        usable = self.health.usable
+        if self.name not in preference.primaries and not request.forwarded:
+            # Coordinate only while a primary is down and this node is among the first N healthy.
+            if self.name not in coordinators(preference, self.name, usable):
+                self._route_elsewhere(request, preference, reply)
+                return None
+        return partition, place(preference, self.name, usable)
 
     def get(self, request: messages.Get, reply: Reply) -> None:
-        placed = self._place(request, "r", request.r, reply)
+        params = self.cluster.params
+        r = self._quorum("r", request.r, params.r)
+        pr = self._quorum("pr", request.pr, 0)
+        placed = self._place(request, reply)
         if placed is None:
             return
-        partition, primaries, r = placed
+        partition, placement = placed
         local = self.storage.read_object(partition, request.key)
-        others = tuple(p for p in primaries if p != self.name)
-        if not others:
+        if not placement.targets and placement.replicas == 1:
             reply(self._get_payload(request.id, local))
             return
         coordination = co.GetCoordination(
-            request.key, local, others, r, self.now_ms() + self.request_timeout_ms, self.replica.limits.context_prune_threshold
+            request.key,
+            local,
+            placement.targets,
+            r,
+            self.now_ms() + self.request_timeout_ms,
+            self.replica.limits.context_prune_threshold,
+            replicas=placement.replicas,
+            pr=pr,
+            coordinator_is_primary=placement.coordinator_is_primary,
         )
         self._run(coordination, coordination.start(), request, reply)
 
     def put(self, request: messages.Put | messages.Delete, reply: Reply) -> None:
         """Version and store the write, then replicate; `reply` gets PutOk/DeleteOk or an error."""
-        placed = self._place(request, "w", request.w, reply)
+        params = self.cluster.params
+        w = self._quorum("w", request.w, params.w)
+        pw = self._quorum("pw", request.pw, 0)
+        placed = self._place(request, reply)
         if placed is None:
             return
-        partition, primaries, w = placed
+        partition, placement = placed
         value = request.value if isinstance(request, messages.Put) else None
         stored = self.storage.read_object(partition, request.key)
         plan = self.replica.write(request.key, value, request.context, stored, self.now_ms())
@@ -158,32 +193,65 @@ class Node:
             ok = messages.PutOk(id=request.id, context=plan.reply_context)
         else:
             ok = messages.DeleteOk(id=request.id, context=plan.reply_context)
-        others = tuple(p for p in primaries if p != self.name)
+        ops: list[WriteOp] = [PutObject(plan.partition, plan.key, plan.record)]
+        for primary in placement.unplaced:  # down, and no fallback to stand in: we keep the hint
+            ops += self.hints.hint_ops(primary, partition, plan.key, plan.record, self._merge_hint)
 
         def stored_locally(error: DynError | None) -> None:
             if error is not None:
                 reply(error_reply(request.id, error))
                 return
-            if not others:
+            if not placement.targets and placement.replicas == 1:
                 reply(ok)
                 return
-            coordination = co.PutCoordination(request.key, plan.record, others, w, self.now_ms() + self.request_timeout_ms)
+            coordination = co.PutCoordination(
+                request.key,
+                plan.record,
+                placement.targets,
+                w,
+                self.now_ms() + self.request_timeout_ms,
+                spares=placement.spares,
+                replicas=placement.replicas,
+                pw=pw,
+                coordinator_is_primary=placement.coordinator_is_primary,
+            )
             self._run(coordination, coordination.start(), request, reply, ok)
 
-        self.storage.submit([PutObject(plan.partition, plan.key, plan.record)], stored_locally)
+        self.storage.submit(ops, stored_locally)
+
+    def _merge_hint(self, held: bytes | None, record: bytes) -> bytes | None:
+        return merge_records(held, record, self.replica.limits.context_prune_threshold)
 
     # ---- peer requests ----
 
     def replicate(self, request: messages.Replicate, reply: Reply) -> None:
         self.replica.check_key(request.key)
-        self._merge_in(request.key, request.record, lambda error: reply(
-            messages.ReplicateOk(id=request.id) if error is None else error_reply(request.id, error)
-        ))
+
+        def done(error: DynError | None) -> None:
+            reply(messages.ReplicateOk(id=request.id) if error is None else error_reply(request.id, error))
+
+        if request.hint is not None and request.hint != self.name:
+            self._keep_hint(request.hint, request.key, request.record, done)
+        else:
+            self._merge_in(request.key, request.record, done)
 
     def fetch(self, request: messages.Fetch, reply: Reply) -> None:
         self.replica.check_key(request.key)
-        record = self.storage.read_object(self.replica.partition(request.key), request.key)
+        partition = self.replica.partition(request.key)
+        record = self.storage.read_object(partition, request.key)
+        if request.hint is not None and request.hint != self.name:
+            # Standing in for that primary: what it would hold is what we hold for it, and ours.
+            hinted = self.storage.read_hint(request.hint, partition, request.key)
+            if hinted is not None:
+                record = merge_records(record, hinted, self.replica.limits.context_prune_threshold) or record
         reply(messages.FetchOk(id=request.id, record=record))
+
+    def _keep_hint(self, target: str, key: bytes, record: bytes, done: Callable[[DynError | None], None]) -> None:
+        """As a fallback for `target`: keep `record` as a hint for it; `done` once durable."""
+        if self.hints.pending >= self.limits.hints_max:
+            raise Overloaded(f"this node already holds {self.limits.hints_max} hints (hints_max)")
+        partition = self.replica.partition(key)
+        self.storage.submit(self.hints.hint_ops(target, partition, key, record, self._merge_hint), done)
 
     def receive_handoff(self, request: messages.Handoff, reply: Reply) -> None:
         if not 0 <= request.partition < self.replica.partitions:
@@ -223,7 +291,7 @@ class Node:
         pending = {self.name: self.transfers_pending}
         others = [m.name for m in self.cluster.membership.active() if m.name != self.name]
         if request.local_only or not others:
-            reply(self.cluster.status(request.id, pending))
+            reply(self._status(request.id, pending))
             return
         waiting = set(others)
         replied = False
@@ -232,7 +300,7 @@ class Node:
             nonlocal replied
             if not replied:
                 replied = True
-                reply(self.cluster.status(request.id, pending))
+                reply(self._status(request.id, pending))
 
         def answered(node: str) -> Callable[[Any], None]:
             def record(answer: Any) -> None:
@@ -248,6 +316,9 @@ class Node:
         self._status_gathers.append((self.now_ms() + STATUS_GATHER_MS, answer_now))
         for node in others:
             self.network.send(node, lambda rid: messages.ClusterStatus(id=rid, local_only=True), answered(node))
+
+    def _status(self, request_id: int, pending: dict[str, int]) -> messages.ClusterStatusOk:
+        return self.cluster.status(request_id, pending, self.health, self.hints.counts)
 
     def gossip(self, request: messages.Gossip, reply: Reply) -> None:
         reply(messages.GossipOk(id=request.id, membership=self.cluster.merge_from_peer(request.membership)))
@@ -274,6 +345,11 @@ class Node:
                 self._send_fetch(coordination, effect, request, reply, ok)
             elif isinstance(effect, co.StoreLocal):
                 self._merge_in(effect.key, effect.record, _log_repair_failure)
+            elif isinstance(effect, co.StoreHint):
+                try:
+                    self._keep_hint(effect.target, effect.key, effect.record, _log_hint_failure)
+                except DynError as exc:
+                    _log_hint_failure(exc)
             elif isinstance(effect, co.AnswerPut):
                 reply(ok)
             elif isinstance(effect, co.AnswerGet):
@@ -285,22 +361,31 @@ class Node:
 
     def _send_replicate(self, coordination: Any, effect: co.SendReplicate, request: Any, reply: Reply, ok: Any) -> None:
         def on_reply(answer: Any) -> None:
+            self._evidence(effect.node, answer)
             if isinstance(coordination, co.PutCoordination):
                 self._apply(coordination, coordination.on_reply(effect.node, isinstance(answer, messages.ReplicateOk)), request, reply, ok)
             elif isinstance(answer, DynError):
                 log.debug("read repair of %s on %s failed: %s", effect.key[:64], effect.node, answer)
 
-        self.network.send(effect.node, lambda rid: messages.Replicate(id=rid, key=effect.key, record=effect.record), on_reply)
+        self.network.send(effect.node, lambda rid: messages.Replicate(id=rid, key=effect.key, record=effect.record, hint=effect.hint), on_reply)
 
     def _send_fetch(self, coordination: Any, effect: co.SendFetch, request: Any, reply: Reply, ok: Any) -> None:
         def on_reply(answer: Any) -> None:
+            self._evidence(effect.node, answer)
             if isinstance(answer, messages.FetchOk):
                 effects = coordination.on_reply(effect.node, answer.record)
             else:
                 effects = coordination.on_failure(effect.node)
             self._apply(coordination, effects, request, reply, ok)
 
-        self.network.send(effect.node, lambda rid: messages.Fetch(id=rid, key=effect.key), on_reply)
+        self.network.send(effect.node, lambda rid: messages.Fetch(id=rid, key=effect.key, hint=effect.hint), on_reply)
+
+    def _evidence(self, node: str, answer: Any) -> None:
+        """What a reply says about the peer's health: no connection at all is local evidence."""
+        if isinstance(answer, Unreachable):
+            self.health.report_failure(node)
+        elif not isinstance(answer, DynError):
+            self.health.report_success(node)
 
     def tick(self) -> None:
         """Run every deadline that is due: coordinations, status gathers, gossip, handoff."""
@@ -317,11 +402,15 @@ class Node:
                 answer()
         self.cluster.tick()
         self.handoff.tick()
+        self.hints.tick()
 
-    def _route_elsewhere(self, request: Any, primaries: tuple[str, ...], reply: Reply) -> None:
+    def _route_elsewhere(self, request: Any, preference: PreferenceList, reply: Reply) -> None:
         if request.ring is not None and request.ring != self.cluster.membership.digest:
             raise StaleRing(f"{self.name} is not a primary of this key under the current ring")
-        self._forward(request, list(primaries), reply)
+        usable = self.health.usable
+        # Healthy primaries first, then healthy fallbacks (sloppy quorum), then the rest.
+        healthy = [node for node in preference.all if node != self.name and usable(node)]
+        self._forward(request, healthy + [node for node in preference.primaries if node not in healthy and node != self.name], reply)
 
     def _forward(self, request: Any, candidates: list[str], reply: Reply) -> None:
         """Pass a request to the first primary that answers; relay its reply under the client's id."""
@@ -331,6 +420,7 @@ class Node:
         node, rest = candidates[0], candidates[1:]
 
         def on_reply(answer: Any) -> None:
+            self._evidence(node, answer)
             if isinstance(answer, Unreachable):
                 self._forward(request, rest, reply)
             elif isinstance(answer, DynError):
@@ -353,6 +443,11 @@ class Node:
         if pruned:
             self.pruned_entries_total += pruned
             log.info("pruned %d context entries of key %r (total %d)", pruned, key[:64], self.pruned_entries_total)
+
+
+def _log_hint_failure(error: DynError | None) -> None:
+    if error is not None:
+        log.warning("could not keep a hint: %s", error)
 
 
 def _log_repair_failure(error: DynError | None) -> None:

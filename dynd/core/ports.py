@@ -12,7 +12,8 @@ Contracts the node relies on:
   calls its completion exactly once.
 - `read_object` sees every write submitted so far, committed or not (a queued write stays
   visible to reads and merges until its commit lands or fails).
-- `partition_keys` lists keys in key order, as committed or queued.
+- `partition_keys` and `hint_batch` list committed keys in key order (a key still queued may be
+  missing until its commit lands); `read_object` and `read_hint` see queued writes.
 """
 
 from __future__ import annotations
@@ -55,4 +56,16 @@ class Storage(Protocol):
 
     def partition_keys(self, partition: int, limit: int) -> list[bytes]:
         """Up to `limit` keys this node holds in `partition`, in key order."""
+        ...
+
+    def read_hint(self, target: str, partition: int, key: bytes) -> bytes | None:
+        """The hinted record held for `target`, queued writes included."""
+        ...
+
+    def hint_batch(self, target: str, limit: int) -> list[tuple[int, bytes]]:
+        """Up to `limit` (partition, key) of hints held for `target`, in key order."""
+        ...
+
+    def hint_counts(self) -> dict[str, int]:
+        """How many hints are held per target (a full scan: called once, at start)."""
         ...

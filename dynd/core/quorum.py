@@ -14,7 +14,8 @@ class Vote(enum.Enum):
 
 @dataclass
 class Tally:
-    """`needed` yes votes out of `voters`; each voter votes once."""
+    """`needed` yes votes out of `voters`; each voter votes once. With fewer voters than needed
+    (replicas down before the request began) the tally is lost from the start."""
 
     needed: int
     voters: int
@@ -22,8 +23,8 @@ class Tally:
     no: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 < self.needed <= self.voters:
-            raise ValueError(f"need 0 < needed <= voters, got {self.needed} of {self.voters}")
+        if self.needed <= 0 or self.voters < 0:
+            raise ValueError(f"need needed > 0 and voters >= 0, got {self.needed} of {self.voters}")
 
     def record(self, ok: bool) -> Vote:
         if ok:

@@ -61,7 +61,8 @@ class Pong:
 class Get:
     """`forwarded` is set by a node passing the request to a primary, which then coordinates it.
     `ring` is the ring version a routing client used: a node that is not a primary of the key then
-    answers `stale_ring` instead of forwarding, so the client refreshes its ring."""
+    answers `stale_ring` instead of forwarding, so the client refreshes its ring. `pr` is how many
+    of the R replies must come from primaries (not fallbacks standing in for them)."""
 
     OP: ClassVar[str] = "get"
     id: int
@@ -69,6 +70,7 @@ class Get:
     r: int | None = None
     forwarded: bool | None = None
     ring: bytes | None = None
+    pr: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,8 @@ class GetOk:
 
 @dataclass(frozen=True, slots=True)
 class Put:
+    """`pw` is how many of the W stores must be on primaries (not fallbacks standing in for them)."""
+
     OP: ClassVar[str] = "put"
     id: int
     key: bytes
@@ -91,6 +95,7 @@ class Put:
     w: int | None = None
     forwarded: bool | None = None
     ring: bytes | None = None
+    pw: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +116,7 @@ class Delete:
     w: int | None = None
     forwarded: bool | None = None
     ring: bytes | None = None
+    pw: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,12 +142,15 @@ class ErrorReply:
 
 @dataclass(frozen=True, slots=True)
 class Replicate:
-    """Merge this stored record of `key` into yours; answer once it is durable."""
+    """Merge this stored record of `key` into yours; answer once it is durable. With `hint`, the
+    receiver is a fallback standing in for the primary `hint` names: it keeps the record as a hint
+    for that primary and delivers it once the primary is reachable again."""
 
     OP: ClassVar[str] = "replicate"
     id: int
     key: bytes
     record: bytes
+    hint: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,11 +161,13 @@ class ReplicateOk:
 
 @dataclass(frozen=True, slots=True)
 class Fetch:
-    """A replica read for a coordinator: the stored record of `key`, if any."""
+    """A replica read for a coordinator: the stored record of `key`, if any. With `hint`, the
+    receiver answers as a fallback for that primary: its own record merged with the hint it holds."""
 
     OP: ClassVar[str] = "fetch"
     id: int
     key: bytes
+    hint: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +260,9 @@ class MemberView:
     partitions: int
     reachable: bool
     transfers_pending: int
+    liveness: str = "alive"  # the failure detector's verdict: alive, suspect or dead
+    incarnation: int = 0
+    hints_pending: int = 0  # hints this node holds for the member
 
 
 @dataclass(frozen=True, slots=True)

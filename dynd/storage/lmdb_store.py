@@ -90,6 +90,18 @@ class LmdbStore:
                 _, partition, key = base.split_hint_key(encoded)
                 yield partition, key, data
 
+    def get_hint(self, target: str, partition: int, key: bytes) -> bytes | None:
+        with self._env.begin(db=self._hints, buffers=False) as txn:
+            return txn.get(base.hint_key(target, partition, key))  # type: ignore[no-any-return]
+
+    def hint_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        with self._env.begin(db=self._hints) as txn:
+            for encoded in txn.cursor().iternext(keys=True, values=False):
+                target = base.split_hint_key(bytes(encoded))[0]
+                counts[target] = counts.get(target, 0) + 1
+        return counts
+
     def get_meta(self, name: str) -> bytes | None:
         with self._env.begin(db=self._meta) as txn:
             return txn.get(base.meta_key(name))  # type: ignore[no-any-return]

@@ -34,6 +34,16 @@ class MemoryStore:
             _, partition, key = base.split_hint_key(encoded)
             yield partition, key, self._hints[encoded]
 
+    def get_hint(self, target: str, partition: int, key: bytes) -> bytes | None:
+        return self._hints.get(base.hint_key(target, partition, key))
+
+    def hint_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for encoded in self._hints:
+            target = base.split_hint_key(encoded)[0]
+            counts[target] = counts.get(target, 0) + 1
+        return counts
+
     def get_meta(self, name: str) -> bytes | None:
         return self._meta.get(base.meta_key(name))
 

@@ -38,7 +38,7 @@ NODE_ADDRESSES = {"fake1": "127.0.0.1:7501", "fake2": "127.0.0.1:7502", "fake3":
 MEMBERS = [
     messages.MemberView("fake1", "127.0.0.1:7501", "valid", 3, True, 0),
     messages.MemberView("fake2", "127.0.0.1:7502", "valid", 3, True, 2),
-    messages.MemberView("fake3", "127.0.0.1:7503", "leaving", 2, False, 1),
+    messages.MemberView("fake3", "127.0.0.1:7503", "leaving", 2, False, 1, liveness="dead", incarnation=4, hints_pending=7),
     messages.MemberView("fake4", "127.0.0.1:7504", "joining", 0, True, 0),
 ]
 

@@ -170,19 +170,19 @@ def test_cluster_status_json_lists_every_member_with_its_share(on_fake: DynctlRu
     document = json_of(on_fake("--json", "cluster", "status"))
     assert document["node"] == fake.NODE_NAME
     assert document["members"] == [
-        {"name": "fake1", "address": "127.0.0.1:7501", "status": "valid", "partitions": 3, "share": 0.375, "reachable": True, "transfers_pending": 0},
-        {"name": "fake2", "address": "127.0.0.1:7502", "status": "valid", "partitions": 3, "share": 0.375, "reachable": True, "transfers_pending": 2},
-        {"name": "fake3", "address": "127.0.0.1:7503", "status": "leaving", "partitions": 2, "share": 0.25, "reachable": False, "transfers_pending": 1},
-        {"name": "fake4", "address": "127.0.0.1:7504", "status": "joining", "partitions": 0, "share": 0.0, "reachable": True, "transfers_pending": 0},
+        {"name": "fake1", "address": "127.0.0.1:7501", "status": "valid", "partitions": 3, "share": 0.375, "reachable": True, "liveness": "alive", "incarnation": 0, "transfers_pending": 0, "hints_pending": 0},
+        {"name": "fake2", "address": "127.0.0.1:7502", "status": "valid", "partitions": 3, "share": 0.375, "reachable": True, "liveness": "alive", "incarnation": 0, "transfers_pending": 2, "hints_pending": 0},
+        {"name": "fake3", "address": "127.0.0.1:7503", "status": "leaving", "partitions": 2, "share": 0.25, "reachable": False, "liveness": "dead", "incarnation": 4, "transfers_pending": 1, "hints_pending": 7},
+        {"name": "fake4", "address": "127.0.0.1:7504", "status": "joining", "partitions": 0, "share": 0.0, "reachable": True, "liveness": "alive", "incarnation": 0, "transfers_pending": 0, "hints_pending": 0},
     ]
 
 
 def test_cluster_status_table_shows_shares_as_percentages(on_fake: DynctlRunner) -> None:
     table = text_of(on_fake("cluster", "status"))
-    for expected in ["cluster as seen by fake1", "transfers", "37.5%", "25.0%", "0.0%", "leaving", "127.0.0.1:7504"]:
+    for expected in ["cluster as seen by fake1", "transfers", "37.5%", "25.0%", "0.0%", "leaving", "127.0.0.1:7504", "dead (4)", "hints"]:
         assert expected in table
     fake3_row = next(line for line in table.splitlines() if "fake3" in line)
-    assert fake3_row.split()[:6] == ["fake3", "127.0.0.1:7503", "leaving", "2", "25.0%", "no"]
+    assert fake3_row.split()[:9] == ["fake3", "127.0.0.1:7503", "leaving", "2", "25.0%", "dead", "(4)", "1", "7"]
 
 
 def test_join_sends_the_seed_as_host_port_and_prints_the_answer(on_fake: DynctlRunner) -> None:

@@ -35,7 +35,7 @@ def test_tally_is_won_lost_or_pending() -> None:
 
 
 def test_put_answers_after_w_stores_counting_its_own() -> None:
-    put = co.PutCoordination(b"k", b"rec", ("b", "c"), w=2, deadline_ms=100)
+    put = co.PutCoordination(b"k", b"rec", (("b", None), ("c", None)), w=2, deadline_ms=100)
     effects = put.start()
     assert kinds(effects) == ["SendReplicate", "SendReplicate"]
     assert put.on_reply("b", True) == [co.AnswerPut()]
@@ -45,15 +45,16 @@ def test_put_answers_after_w_stores_counting_its_own() -> None:
 
 
 def test_put_fails_clearly_when_w_cannot_be_reached() -> None:
-    put = co.PutCoordination(b"k", b"rec", ("b", "c"), w=3, deadline_ms=100)
+    put = co.PutCoordination(b"k", b"rec", (("b", None), ("c", None)), w=3, deadline_ms=100)
     put.start()
-    [failure] = put.on_reply("b", False)
-    assert isinstance(failure, co.Fail) and "1 of 3 replicas failed, 1 stored" in failure.message
+    keep_hint, failure = put.on_reply("b", False)
+    assert keep_hint == co.StoreHint("b", b"k", b"rec"), "no fallback left: the coordinator keeps b's hint"
+    assert isinstance(failure, co.Fail) and "1 of 3 replicas failed or are unreachable, 1 stored" in failure.message
     assert put.on_reply("c", True) == [], "no second answer"
 
 
 def test_put_times_out_with_the_count() -> None:
-    put = co.PutCoordination(b"k", b"rec", ("b", "c"), w=3, deadline_ms=100)
+    put = co.PutCoordination(b"k", b"rec", (("b", None), ("c", None)), w=3, deadline_ms=100)
     put.start()
     put.on_reply("b", True)
     assert put.on_tick(99) == []
@@ -69,7 +70,7 @@ def test_w_counts_among_the_replicas_that_exist() -> None:
 def test_get_answers_after_r_with_the_merge_and_repairs_the_stale() -> None:
     fresh = record(b"v1", b"v2")  # two siblings
     stale = record(b"v1")
-    get = co.GetCoordination(b"k", stale, ("b", "c"), r=2, deadline_ms=100, prune_threshold=10)
+    get = co.GetCoordination(b"k", stale, (("b", None), ("c", None)), r=2, deadline_ms=100, prune_threshold=10)
     assert kinds(get.start()) == ["SendFetch", "SendFetch"]
     [answer] = get.on_reply("b", fresh)
     assert isinstance(answer, co.AnswerGet) and answer.record is not None
@@ -82,7 +83,7 @@ def test_get_answers_after_r_with_the_merge_and_repairs_the_stale() -> None:
 
 def test_get_with_agreeing_replicas_repairs_nothing() -> None:
     same = record(b"v")
-    get = co.GetCoordination(b"k", same, ("b",), r=1, deadline_ms=100, prune_threshold=10)
+    get = co.GetCoordination(b"k", same, (("b", None),), r=1, deadline_ms=100, prune_threshold=10)
     effects = get.start()
     assert kinds(effects) == ["SendFetch", "AnswerGet"]
     assert get.on_reply("b", same) == []
@@ -90,7 +91,7 @@ def test_get_with_agreeing_replicas_repairs_nothing() -> None:
 
 
 def test_get_fails_when_too_few_answer_and_still_repairs_after_the_deadline() -> None:
-    get = co.GetCoordination(b"k", None, ("b", "c"), r=3, deadline_ms=100, prune_threshold=10)
+    get = co.GetCoordination(b"k", None, (("b", None), ("c", None)), r=3, deadline_ms=100, prune_threshold=10)
     get.start()
     [failure] = get.on_failure("b")
     assert isinstance(failure, co.Fail) and "r=3 cannot be met: 1 of 3 replicas failed" in failure.message
@@ -101,8 +102,61 @@ def test_get_fails_when_too_few_answer_and_still_repairs_after_the_deadline() ->
 
 def test_merged_reply_is_a_lattice_join_of_what_came_back() -> None:
     a, b = record(b"x", actor="a"), record(b"y", actor="b")
-    get = co.GetCoordination(b"k", a, ("b",), r=2, deadline_ms=100, prune_threshold=10)
+    get = co.GetCoordination(b"k", a, (("b", None),), r=2, deadline_ms=100, prune_threshold=10)
     get.start()
     [answer, *_] = get.on_reply("b", b)
     assert isinstance(answer, co.AnswerGet) and answer.record is not None
     assert decode_record(answer.record) == versions.merge(decode_record(a), decode_record(b))
+
+
+# ---- sloppy quorum ----
+
+
+def test_a_failed_target_is_replaced_by_a_spare_fallback_carrying_its_hint() -> None:
+    put = co.PutCoordination(b"k", b"rec", (("b", None), ("c", None)), w=3, deadline_ms=100, spares=("d", "e"))
+    put.start()
+    assert put.on_reply("b", False) == [co.SendReplicate("d", b"k", b"rec", "b")]
+    # d, standing in for b, fails too: e stands in for b next.
+    assert put.on_reply("d", False) == [co.SendReplicate("e", b"k", b"rec", "b")]
+    assert put.on_reply("c", True) == []
+    assert put.on_reply("e", True) == [co.AnswerPut()]
+    assert put.finished
+
+
+def test_down_replicas_do_not_lower_w() -> None:
+    # Three replicas exist, two are down with no fallback: W=2 cannot be met, at once.
+    put = co.PutCoordination(b"k", b"rec", (), w=2, deadline_ms=100, replicas=3)
+    [failure] = put.start()
+    assert isinstance(failure, co.Fail) and failure.code == "quorum"
+
+
+def test_pw_counts_only_primaries() -> None:
+    put = co.PutCoordination(b"k", b"rec", (("b", None), ("d", "c")), w=2, deadline_ms=100, replicas=3, pw=3)
+    *_sends, failure = put.start()
+    assert isinstance(failure, co.Fail) and "pw=3" in failure.message, "c is down: three primaries cannot store it"
+    relaxed = co.PutCoordination(b"k", b"rec", (("b", None), ("d", "c")), w=3, deadline_ms=100, replicas=3, pw=2)
+    relaxed.start()
+    assert relaxed.on_reply("d", True) == [], "a fallback's store counts for w but not for pw"
+    assert relaxed.on_reply("b", True) == [co.AnswerPut()]
+
+
+def test_get_asks_fallbacks_with_their_hint_and_pr_counts_primaries() -> None:
+    get = co.GetCoordination(b"k", None, (("b", None), ("d", "c")), r=2, deadline_ms=100, prune_threshold=10, replicas=3, pr=2)
+    assert get.start() == [co.SendFetch("b", b"k", None), co.SendFetch("d", b"k", "c")]
+    assert get.on_reply("d", None) == [], "r=2 is met but only one primary answered"
+    [answer] = get.on_reply("b", None)
+    assert isinstance(answer, co.AnswerGet)
+
+
+def test_placement_puts_a_fallback_in_for_each_primary_that_is_down() -> None:
+    from dynd.core.placement import coordinators, place
+    from dynd.core.preflist import PreferenceList
+
+    preference = PreferenceList(0, ("a", "b", "c"), ("d", "e"))
+    down = {"b", "d"}
+    placement = place(preference, "a", lambda node: node not in down)
+    assert placement.targets == (("e", "b"), ("c", None))
+    assert placement.spares == () and placement.unplaced == () and placement.replicas == 3
+    alone = place(PreferenceList(0, ("a", "b", "c"), ()), "a", lambda node: node == "a")
+    assert alone.targets == () and alone.unplaced == ("b", "c")
+    assert coordinators(preference, "e", lambda node: node not in {"a", "b"}) == ["c", "d", "e"]

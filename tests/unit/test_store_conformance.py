@@ -55,6 +55,10 @@ def test_hints_are_kept_per_target(store: Store) -> None:
     store.write([DeleteHint("n2", 1, b"k2")])
     assert list(store.iter_hints("n2")) == [(5, b"k1", b"h1")]
     assert list(store.iter_hints("nobody")) == []
+    assert store.get_hint("n2", 5, b"k1") == b"h1"
+    assert store.get_hint("n2", 1, b"k2") is None
+    assert store.get_hint("n22", 5, b"k1") is None
+    assert store.hint_counts() == {"n2": 1, "n22": 1}
 
 
 def test_meta_round_trips(store: Store) -> None:

@@ -1,0 +1,66 @@
+"""Whether a member is worth sending to: the failure detector's verdict plus local evidence.
+
+Rules:
+- A member the detector (SWIM, `dynd.core.swim`) says is dead is not usable; alive and suspect
+  members are (a suspect may only be slow, and a request to it fails over to a spare fallback).
+- Local evidence: a request that found the member unreachable (no connection) makes it unusable
+  for `down_for_ms`, or until a request to it succeeds; the detector is told as well.
+- This node is always usable to itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+
+class Detector(Protocol):
+    def status(self, name: str) -> str: ...
+
+    def incarnation(self, name: str) -> int: ...
+
+    def usable(self, name: str) -> bool: ...
+
+    def report_failure(self, name: str) -> None: ...
+
+    def report_success(self, name: str) -> None: ...
+
+
+class Health:
+    def __init__(self, name: str, *, now_ms: Callable[[], int], down_for_ms: int, detector: Detector | None = None) -> None:
+        self.name = name
+        self.now_ms = now_ms
+        self.down_for_ms = down_for_ms
+        self.detector = detector
+        self._down_until_ms: dict[str, int] = {}
+
+    def usable(self, name: str) -> bool:
+        if name == self.name:
+            return True
+        if self.detector is not None and not self.detector.usable(name):
+            return False
+        until = self._down_until_ms.get(name)
+        if until is None:
+            return True
+        if self.now_ms() >= until:
+            del self._down_until_ms[name]
+            return True
+        return False
+
+    def report_failure(self, name: str) -> None:
+        self._down_until_ms[name] = self.now_ms() + self.down_for_ms
+        if self.detector is not None:
+            self.detector.report_failure(name)
+
+    def report_success(self, name: str) -> None:
+        if self._down_until_ms.pop(name, None) is not None and self.detector is not None:
+            self.detector.report_success(name)
+
+    def status(self, name: str) -> str:
+        """alive, suspect or dead, as the detector says (local evidence alone: alive or dead)."""
+        if self.detector is not None and name != self.name:
+            return self.detector.status(name)
+        return "alive" if self.usable(name) else "dead"
+
+    def incarnation(self, name: str) -> int:
+        return self.detector.incarnation(name) if self.detector is not None else 0

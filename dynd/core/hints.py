@@ -1,0 +1,164 @@
+"""Hinted handoff: writes held for a primary that was down go to it once it is back.
+
+A fallback that stood in for a primary (or a coordinator that found no fallback) keeps the record
+in the `hints` keyspace under (primary, partition, key). Delivery:
+
+    every hint_delivery_interval_ms, pick the next target (round robin) holding hints that is
+    usable again  ->  Replicate up to hint_batch_keys of its hinted records to it
+    every one answered                 ->  delete each hint whose record is still the one sent
+                                            (a newer hinted write stays for the next batch)
+    a full batch went through          ->  the next batch at the next tick (so at most one batch
+                                            is in flight and delivery yields to foreground work)
+
+A hint for a node that is no longer an active member goes to the key's current primaries
+instead, and is deleted once all of them have it. `counts` (hints per target) is read from storage
+once at start and kept up to date as hints are stored and deleted; it feeds `cluster status`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from dynd.core.cluster import ClusterView
+from dynd.core.health import Health
+from dynd.core.ops import DeleteHint, PutHint
+from dynd.core.ports import Network, Storage
+from dynd.protocol import messages
+from dynd.protocol.errors import DynError
+
+log = logging.getLogger("dynd.hints")
+
+
+class HintDelivery:
+    def __init__(
+        self,
+        name: str,
+        cluster: ClusterView,
+        storage: Storage,
+        network: Network,
+        health: Health,
+        *,
+        interval_ms: int,
+        batch_keys: int,
+        now_ms: Callable[[], int],
+    ) -> None:
+        self.name = name
+        self.cluster = cluster
+        self.storage = storage
+        self.network = network
+        self.health = health
+        self.interval_ms = interval_ms
+        self.batch_keys = batch_keys
+        self.now_ms = now_ms
+        self.counts: dict[str, int] = {target: n for target, n in storage.hint_counts().items() if n}
+        self.delivered_total = 0
+        self.in_flight = False
+        self._next_ms = now_ms() + interval_ms
+        self._last_target = ""
+
+    @property
+    def pending(self) -> int:
+        return sum(self.counts.values())
+
+    def stored(self, target: str, existed: bool) -> None:
+        """A hint for `target` was queued; `existed`: it replaced one for the same key."""
+        if not existed:
+            self.counts[target] = self.counts.get(target, 0) + 1
+
+    def hint_ops(self, target: str, partition: int, key: bytes, record: bytes, merge: Callable[[bytes | None, bytes], bytes | None]) -> list[PutHint]:
+        """The op that keeps `record` for `target`, merged into any hint already held; counts it."""
+        held = self.storage.read_hint(target, partition, key)
+        merged = merge(held, record)
+        if merged is None:  # what we hold already covers it
+            return []
+        self.stored(target, held is not None)
+        return [PutHint(target, partition, key, merged)]
+
+    def tick(self) -> None:
+        if self.in_flight or not self.counts or self.now_ms() < self._next_ms:
+            return
+        target = self._next_target()
+        if target is None:
+            self._next_ms = self.now_ms() + self.interval_ms
+            return
+        self._deliver(target)
+
+    def _next_target(self) -> str | None:
+        ready = sorted(t for t in self.counts if self.health.usable(t) or not self._is_member(t))
+        if not ready:
+            return None
+        later = [t for t in ready if t > self._last_target]
+        self._last_target = (later or ready)[0]
+        return self._last_target
+
+    def _is_member(self, name: str) -> bool:
+        return name in {m.name for m in self.cluster.membership.active()}
+
+    def _deliver(self, target: str) -> None:
+        batch = self.storage.hint_batch(target, self.batch_keys)
+        if not batch:
+            self.counts.pop(target, None)  # the count drifted (a failed commit): nothing is held
+            return
+        items = [(partition, key, self.storage.read_hint(target, partition, key)) for partition, key in batch]
+        sends: list[tuple[str, int, bytes, bytes]] = []
+        for partition, key, record in items:
+            if record is None:
+                continue
+            receivers = [target] if self._is_member(target) else list(self.cluster.preference_list(partition).primaries)
+            sends += [(receiver, partition, key, record) for receiver in receivers]
+        if not sends:
+            self._next_ms = self.now_ms()
+            return
+        self.in_flight = True
+        failed: set[tuple[int, bytes]] = set()
+        remaining = len(sends)
+
+        def answered(partition: int, key: bytes) -> Callable[[Any], None]:
+            def record_answer(answer: Any) -> None:
+                nonlocal remaining
+                remaining -= 1
+                if not isinstance(answer, messages.ReplicateOk):
+                    failed.add((partition, key))
+                if remaining == 0:
+                    self._delivered(target, items, failed, full=len(batch) == self.batch_keys)
+
+            return record_answer
+
+        for receiver, partition, key, record in sends:
+            self.network.send(receiver, _replicate(key, record), answered(partition, key))
+
+    def _delivered(self, target: str, items: list[tuple[int, bytes, bytes | None]], failed: set[tuple[int, bytes]], full: bool) -> None:
+        deletes = [
+            DeleteHint(target, partition, key)
+            for partition, key, record in items
+            if record is not None and (partition, key) not in failed and self.storage.read_hint(target, partition, key) == record
+        ]
+
+        def done(error: DynError | None) -> None:
+            self.in_flight = False
+            if error is not None:
+                log.warning("could not delete delivered hints for %s: %s", target, error)
+            else:
+                self.delivered_total += len(deletes)
+                left = self.counts.get(target, 0) - len(deletes)
+                if left > 0:
+                    self.counts[target] = left
+                else:
+                    self.counts.pop(target, None)
+                    log.info("delivered every hint held for %s", target)
+            # A full batch that went through: more may wait, so go on at the next tick.
+            self._next_ms = self.now_ms() if full and not failed else self.now_ms() + self.interval_ms
+
+        if not deletes:
+            done(None)
+            return
+        try:
+            self.storage.submit(deletes, done)
+        except DynError as exc:
+            done(exc)
+
+
+def _replicate(key: bytes, record: bytes) -> Callable[[int], messages.Replicate]:
+    return lambda request_id: messages.Replicate(id=request_id, key=key, record=record)
