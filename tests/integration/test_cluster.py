@@ -3,66 +3,16 @@ coordinators, read repair, and ownership moving when nodes join and leave."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
 
 from dynd.client import BlockingClient, key_placement, open_client, open_cluster_client
 from dynd.protocol.errors import DynError, StaleRing
+from tests.support.cluster import FAST_TIMERS, POLL_S, poll_until, settled, start_node, status
 from tests.support.procs import DyndProcess
-
-FAST_TIMERS = """
-[limits]
-gossip_interval_ms = 150
-handoff_interval_ms = 200
-tick_interval_ms = 20
-request_timeout_ms = 3000
-peer_retry_ms = 200
-"""
-CONVERGE_DEADLINE_S = 30.0
-POLL_S = 0.05
-
-
-def poll_until(what: str, check: Callable[[], Any], deadline_s: float = CONVERGE_DEADLINE_S) -> Any:
-    """Call `check` until it returns something truthy; fail with `what` at the deadline."""
-    deadline = time.monotonic() + deadline_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except DynError as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(POLL_S)
-    raise AssertionError(f"{what} did not happen within {deadline_s:g} s (last: {last!r})")
-
-
-def status(node: DyndProcess) -> Any:
-    with BlockingClient(node.address) as client:
-        return client.cluster_status()
-
-
-def settled(nodes: list[DyndProcess], members: set[str]) -> bool:
-    """Every node sees exactly `members` joined, and none has partitions left to hand off."""
-    for node in nodes:
-        view = status(node)
-        joined = {m.name for m in view.members if m.status == "joined"}
-        if joined != members or any(m.transfers_pending for m in view.members):
-            return False
-    return True
-
-
-def start_node(tmp_path: Path, name: str, seed: DyndProcess | None = None, extra: tuple[str, ...] = ()) -> DyndProcess:
-    # A joining node takes the cluster's Q (64 here, not the default 256) without being told.
-    args = ("--join", seed.address) if seed is not None else ("--replicas", "3", "--r", "2", "--w", "2", "--partitions", "64")
-    return DyndProcess(tmp_path / name, name=name, config_text=FAST_TIMERS, extra_args=args + extra).start()
-
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[DyndProcess]]:
