@@ -13,6 +13,7 @@ the connection drops, `Timeout` when no reply comes in time, and the node's own 
 from __future__ import annotations
 
 import itertools
+import math
 import logging
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -35,6 +36,7 @@ log = logging.getLogger("dynd.client")
 DEFAULT_TIMEOUT_S = 5.0
 REPLY_FRAME_BYTES_MAX = 64 * 1024 * 1024
 RECEIVE_CHUNK_BYTES = 256 * 1024
+AVOID_FAILED_S = 5.0  # a routing client tries a node that just failed only after the others
 
 KeyLike = bytes | str
 
@@ -565,6 +567,7 @@ class ClusterClient:
         self._clients: dict[str, Client] = {}
         self._closers: dict[str, trio.Event] = {}
         self._connecting: dict[str, trio.Event] = {}
+        self._failed_at: dict[str, float] = {}  # node -> when a request to it last failed
 
     async def get(self, key: KeyLike, *, r: int | None = None, pr: int | None = None) -> GetResult:
         return await self._routed(key, lambda client, ring: client.get(key, r=r, pr=pr, ring=ring))
@@ -603,14 +606,25 @@ class ClusterClient:
             placement = placer.place(key)
             last: DynError | None = None
             # Primaries first; when none can be reached, a fallback coordinates (sloppy quorum).
-            for node in placement.primaries + placement.fallbacks:
+            # Nodes that failed lately go last, so one dead or paused node costs one timeout.
+            now = trio.current_time()
+            candidates = placement.primaries + placement.fallbacks
+            order = sorted(candidates, key=lambda node: now - self._failed_at.get(node, -math.inf) < AVOID_FAILED_S)
+            for node in order:
                 address = self._addresses.get(node)
                 if address is None:
                     continue
                 try:
                     client = await self._client_for(address)
-                    return await call(client, ring.version)
-                except (Unreachable, StaleRing) as exc:
+                    result = await call(client, ring.version)
+                    self._failed_at.pop(node, None)
+                    return result
+                except (Unreachable, StaleRing, Timeout) as exc:
+                    # A node that is down, paused or cut off: the next one coordinates. A put that
+                    # timed out may still land, so a retried put can leave a duplicate sibling,
+                    # never a lost write.
+                    if not isinstance(exc, StaleRing):
+                        self._failed_at[node] = trio.current_time()
                     last = exc
             if attempt == 0:
                 await self.refresh_ring()
