@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 import random
+import secrets
 import signal
 import sys
 import time
@@ -34,6 +35,8 @@ log = logging.getLogger("dynd")
 EXIT_CONFIG = 2
 EXIT_STARTUP = 1
 NODE_NAME_META = "node_name"
+ACTOR_META = "actor"  # the node's name plus the epoch of this data directory
+ACTOR_EPOCH_BYTES = 4
 PARTITIONS_META = "partitions"
 
 
@@ -113,8 +116,16 @@ def open_store(config: Config) -> LmdbStore:
         store.close()
         raise StartupError(f"{config.data_dir} was created with {int(partitions)} partitions, not {explicit}")
     if owner is None:
-        store.write([PutMeta(NODE_NAME_META, config.name.encode())])
+        # A new data directory is a new actor epoch: were this node's data wiped, the counters it
+        # issues afresh can never be mistaken for the ones it issued before (Riak's kv679).
+        actor = f"{config.name}.{secrets.token_hex(ACTOR_EPOCH_BYTES)}"
+        store.write([PutMeta(NODE_NAME_META, config.name.encode()), PutMeta(ACTOR_META, actor.encode())])
     return store
+
+
+def actor_of(store: LmdbStore, name: str) -> str:
+    stored = store.get_meta(ACTOR_META)
+    return name if stored is None else stored.decode()  # None: a data directory from before epochs
 
 
 JOIN_DEADLINE_S = 60.0
@@ -185,6 +196,7 @@ async def serve(config: Config) -> None:
                 now_ms=wall_clock_ms,
                 rng=random.Random(),
                 seeds=list(config.seeds),
+                actor=actor_of(store, config.name),
             )
             server = Server(node, limits)
             async with trio.open_nursery() as front:

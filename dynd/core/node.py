@@ -62,14 +62,17 @@ class Node:
         now_ms: Callable[[], int],
         rng: RandomSource,
         seeds: Sequence[str] = (),
+        actor: str | None = None,
     ) -> None:
+        """`actor`: the id this node's versions carry (its name plus the epoch of its data
+        directory, so a node whose data was wiped can never reissue a dot it issued before)."""
         self.name = name
         self.storage = storage
         self.network = network
         self.limits = limits
         self.now_ms = now_ms
         self.request_timeout_ms = limits.request_timeout_ms
-        self.replica = LocalReplica(name, limits, membership.params.partitions)
+        self.replica = LocalReplica(actor or name, limits, membership.params.partitions)
         self.cluster = ClusterView(name, address, membership, storage, network, limits=limits, now_ms=now_ms, rng=rng, seeds=seeds)
         self.handoff = Handoff(
             name,
