@@ -160,12 +160,17 @@ class DyndProcess:
         port: int | None = None,
         data_dir: Path | str | None = None,
         extra_args: tuple[str, ...] = (),
+        host: str = LOOPBACK,
+        wrapper: tuple[str, ...] = (),
     ) -> None:
+        """`host` and `wrapper` place the node elsewhere than loopback: an address in a network
+        namespace, and the command that runs it there (`ip netns exec NS`)."""
         self._owns_directory = directory is None
         self.directory = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix=f"dynd-{name}-"))
         self.directory.mkdir(parents=True, exist_ok=True)
         self.name = name
-        self.host = LOOPBACK
+        self.host = host
+        self.wrapper = tuple(wrapper)
         self._port_fixed = port is not None
         self.port = port if port is not None else free_port()
         self.data_dir = Path(data_dir) if data_dir is not None else self.directory / "data"
@@ -198,7 +203,7 @@ class DyndProcess:
         args = ["--name", self.name, "--listen", self.address, "--data-dir", str(self.data_dir)]
         if self.config_path is not None:
             args += ["--config", str(self.config_path)]
-        return dynd_command(*args, *self.extra_args)
+        return [*self.wrapper, *dynd_command(*args, *self.extra_args)]
 
     # ---- logs ----
 
