@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import errno
 import logging
 import os
@@ -27,6 +28,7 @@ from dynd.shell.bootstrap import fetch_membership, new_cluster
 from dynd.shell.peers import Peers
 from dynd.shell.server import Server
 from dynd.shell.storage_port import CommitterStorage
+from dynd.shell.udp import UdpEndpoint
 from dynd.storage.base import PutMeta
 from dynd.storage.lmdb_store import LmdbStore
 
@@ -89,11 +91,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         trio.run(serve, config)
-    except StartupError as exc:
-        log.error("%s", exc)
+    except* StartupError as group:  # raised at start, possibly from inside the node's nursery
+        for exc in _leaves(group):
+            log.error("%s", exc)
         sys.exit(EXIT_STARTUP)
-    except KeyboardInterrupt:
+    except* KeyboardInterrupt:
         pass
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:  # type: ignore[type-arg]
+    return [leaf for exc in group.exceptions for leaf in (_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])]
 
 
 class StartupError(Exception):
@@ -199,7 +206,13 @@ async def serve(config: Config) -> None:
                 actor=actor_of(store, config.name),
             )
             server = Server(node, limits)
+            udp = UdpEndpoint(datagram_bytes_max=limits.datagram_bytes_max)
             async with trio.open_nursery() as front:
+                try:
+                    await front.start(functools.partial(udp.run, node.swim, host, port))
+                except OSError as exc:
+                    raise StartupError(f"cannot open the failure detector's UDP port {format_address(host, port)}: {exc}") from None
+                peers.datagram_sink = udp.flush
                 front.start_soon(_tick_forever, node, limits.tick_interval_ms / 1000)
                 if config.join:  # tell the seed at once rather than at the next gossip round
                     node.cluster.announce(config.join)

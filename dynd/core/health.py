@@ -4,7 +4,8 @@ Rules:
 - A member the detector (SWIM, `dynd.core.swim`) says is dead is not usable; alive and suspect
   members are (a suspect may only be slow, and a request to it fails over to a spare fallback).
 - Local evidence: a request that found the member unreachable (no connection) makes it unusable
-  for `down_for_ms`, or until a request to it succeeds; the detector is told as well.
+  for `down_for_ms`, or until a request to it succeeds. The detector hears of every failure (it
+  probes the member at once) and every success (an answer counts as a probe answered).
 - This node is always usable to itself.
 """
 
@@ -52,8 +53,14 @@ class Health:
         if self.detector is not None:
             self.detector.report_failure(name)
 
+    def report_timeout(self, name: str) -> None:
+        """A request got no answer in time: slow or gone; only the detector can tell which."""
+        if self.detector is not None:
+            self.detector.report_failure(name)
+
     def report_success(self, name: str) -> None:
-        if self._down_until_ms.pop(name, None) is not None and self.detector is not None:
+        self._down_until_ms.pop(name, None)
+        if self.detector is not None:
             self.detector.report_success(name)
 
     def status(self, name: str) -> str:

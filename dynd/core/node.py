@@ -15,7 +15,9 @@ Peer requests: replicate (merge a record, answer once durable), fetch (read a re
 leave, remove.
 
 Timers are named deadlines that `tick` runs: each coordination's request deadline, the cluster
-status gather, the gossip round (`ClusterView.tick`) and the handoff pass (`Handoff.tick`).
+status gather, the failure detector's probes (`Swim.tick`), the gossip round (`ClusterView.tick`),
+the handoff pass (`Handoff.tick`) and hint delivery (`HintDelivery.tick`). Failure-detector
+datagrams arrive through `receive_datagram`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from dynd.core.placement import Placement, coordinators, place
 from dynd.core.preflist import PreferenceList
 from dynd.core.ports import Network, Storage
 from dynd.core.replica import LocalReplica, merge_records
+from dynd.core.swim import Swim
 from dynd.protocol import codec, messages
 from dynd.protocol.errors import BadRequest, DynError, Overloaded, QuorumFailed, StaleRing, Timeout, Unreachable
 from dynd.protocol.messages import error_reply
@@ -84,7 +87,11 @@ class Node:
             batch_keys=limits.handoff_batch_keys,
             now_ms=now_ms,
         )
-        self.health = Health(name, now_ms=now_ms, down_for_ms=limits.peer_retry_ms)
+        self.swim = Swim(name, limits=limits, now_ms=now_ms, rng=rng)
+        self.swim.on_change.append(lambda member, status: log.info("%s is %s", member, status))
+        self.health = Health(name, now_ms=now_ms, down_for_ms=limits.peer_retry_ms, detector=self.swim)
+        self.cluster.on_change.append(self._follow_membership)
+        self._follow_membership()
         self.hints = HintDelivery(
             name,
             self.cluster,
@@ -114,6 +121,13 @@ class Node:
             messages.ClusterRemove: lambda request, reply: reply(messages.ClusterOk(id=request.id, message=self.cluster.remove(request.node))),
             messages.ClusterJoin: self.cluster_join,
         }
+
+    def _follow_membership(self) -> None:
+        self.swim.set_members({m.name: m.address for m in self.cluster.membership.active()})
+
+    def receive_datagram(self, source: str, payload: bytes) -> None:
+        """A failure-detector datagram; answers go out through the Network port."""
+        self.network.send_datagrams(self.swim.receive(source, payload))
 
     def handle(self, message: Any, reply: Reply) -> None:
         """Serve one request. A request the node refuses gets an error reply; bugs propagate."""
@@ -387,6 +401,8 @@ class Node:
         """What a reply says about the peer's health: no connection at all is local evidence."""
         if isinstance(answer, Unreachable):
             self.health.report_failure(node)
+        elif isinstance(answer, Timeout):
+            self.health.report_timeout(node)
         elif not isinstance(answer, DynError):
             self.health.report_success(node)
 
@@ -403,6 +419,7 @@ class Node:
             self._status_gathers = [(deadline, answer) for deadline, answer in self._status_gathers if deadline > now]
             for answer in due:
                 answer()
+        self.network.send_datagrams(self.swim.tick())
         self.cluster.tick()
         self.handoff.tick()
         self.hints.tick()

@@ -46,6 +46,10 @@ class Network(Protocol):
         """Whether a connection to the member is open now (local evidence of liveness)."""
         ...
 
+    def send_datagrams(self, datagrams: list[tuple[str, bytes]]) -> None:
+        """Send the failure detector's datagrams, (address, payload) each; never blocks, may drop."""
+        ...
+
 
 class Storage(Protocol):
     def read_object(self, partition: int, key: bytes) -> bytes | None: ...

@@ -11,6 +11,7 @@ learn fast; the coordinators decide what a failure means.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,12 @@ class Peers:
         self._timeout_s = request_timeout_s
         self._retry_s = retry_s
         self._peers: dict[str, _Peer] = {}
+        # Set once the UDP endpoint is up; until then the detector's datagrams are dropped.
+        self.datagram_sink: Callable[[list[tuple[str, bytes]]], None] | None = None
+
+    def send_datagrams(self, datagrams: list[tuple[str, bytes]]) -> None:
+        if datagrams and self.datagram_sink is not None:
+            self.datagram_sink(datagrams)
 
     def set_addresses(self, addresses: dict[str, str]) -> None:
         """Follow membership: new peers get an entry, changed addresses reconnect, gone ones close."""

@@ -190,11 +190,14 @@ def context_token(*vector: Any, cloud: tuple[Any, ...] = ()) -> bytes:
     return cbor2.dumps([1, [list(entry) for entry in vector], [list(entry) for entry in cloud]])
 
 
-def own_counter(context: bytes) -> int:
-    """The highest counter of this node in a context token."""
+def own_counter(context: bytes) -> tuple[str, int]:
+    """This node's actor (its name plus the epoch of its data directory) and its highest counter
+    in a context token."""
     version, vector, cloud = cbor2.loads(context)
     assert version == 1
-    return max(counter for actor, counter, _ in [*vector, *cloud] if actor == NODE_NAME)
+    ours = [(actor, counter) for actor, counter, _ in [*vector, *cloud] if actor.startswith(NODE_NAME + ".")]
+    assert ours, f"no entry of {NODE_NAME} in {vector + cloud}"
+    return max(ours, key=lambda entry: entry[1])
 
 
 # ---- length prefixes ----
@@ -770,16 +773,16 @@ def test_context_claiming_a_counter_this_node_never_issued(node: DyndProcess, gr
     issued counter is fine."""
     key = b"bad:future-counter"
     with BlockingClient(node.address) as client:
-        issued = own_counter(client.put(key, b"original"))
+        actor, issued = own_counter(client.put(key, b"original"))
         for claimed in (issued + 1, issued + 1000, COUNTER_LIMIT - 1):
             greeted.next_id += 1
             request_id = greeted.next_id
-            greeted.send_frame(put_frame(request_id, key, b"forged", context=context_token([NODE_NAME, claimed, 0])))
+            greeted.send_frame(put_frame(request_id, key, b"forged", context=context_token([actor, claimed, 0])))
             reply = greeted.expect_error("bad_request", request_id)
             assert "context" in reply.message, reply
             assert client.get(key).values == [b"original"]
         # the counter it did issue is a real context: the put supersedes the original
-        greeted.send_frame(put_frame(31, key, b"replaced", context=context_token([NODE_NAME, issued, 0])))
+        greeted.send_frame(put_frame(31, key, b"replaced", context=context_token([actor, issued, 0])))
         reply = greeted.read()
         assert isinstance(reply, messages.PutOk) and reply.id == 31, reply
         assert client.get(key).values == [b"replaced"]
@@ -791,8 +794,8 @@ def test_forged_own_counter_cannot_make_a_key_unwritable(node: DyndProcess, gree
     must stay writable afterwards: an honest read-then-write and a blind put both succeed."""
     key = b"bad:poison"
     with BlockingClient(node.address) as client:
-        client.put(key, b"original")
-        greeted.send_frame(put_frame(32, key, b"forged", context=context_token([NODE_NAME, COUNTER_LIMIT - 1, 0])))
+        actor, _ = own_counter(client.put(key, b"original"))
+        greeted.send_frame(put_frame(32, key, b"forged", context=context_token([actor, COUNTER_LIMIT - 1, 0])))
         reply = greeted.read()
         assert isinstance(reply, messages.PutOk | messages.ErrorReply) and reply.id == 32, reply
         read = client.get(key)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,7 +64,8 @@ async def test_put_get_round_trip(node: DyndProcess) -> None:
     assert isinstance(context, bytes) and context
     assert result.values == [value]
     (sibling,) = result.siblings
-    assert sibling.dot[0] == NODE_NAME and sibling.dot[1] >= 1
+    assert sibling.dot[0].startswith(NODE_NAME + "."), "the actor is the node name plus its data directory's epoch"
+    assert sibling.dot[1] >= 1
 
 
 async def test_puts_without_context_become_siblings(node: DyndProcess) -> None:
@@ -418,3 +420,13 @@ def test_data_dir_in_use_by_a_running_node_refuses_to_start(dynd_factory: DyndFa
     assert first.running
     with BlockingClient(first.address) as client:
         assert client.ping() == "busy1"
+
+
+def test_a_taken_udp_port_stops_start_up_with_a_clear_error(tmp_path: Path) -> None:
+    """The failure detector shares the TCP port number; a node that cannot hear it must not run."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        result = run_dynd("--name", "udp1", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 1
+    assert f"failure detector's UDP port 127.0.0.1:{port}" in result.stderr and "in use" in result.stderr

@@ -55,7 +55,9 @@ def settled(nodes: list[DyndProcess], members: set[str]) -> bool:
     return True
 
 
-def start_node(tmp_path: Path, name: str, seed: DyndProcess | None = None, extra: tuple[str, ...] = ()) -> DyndProcess:
+def start_node(
+    tmp_path: Path, name: str, seed: DyndProcess | None = None, extra: tuple[str, ...] = (), config_text: str = FAST_TIMERS
+) -> DyndProcess:
     # A joining node takes the cluster's Q (64 here, not the default 256) without being told.
     args = ("--join", seed.address) if seed is not None else ("--replicas", "3", "--r", "2", "--w", "2", "--partitions", "64")
-    return DyndProcess(tmp_path / name, name=name, config_text=FAST_TIMERS, extra_args=args + extra).start()
+    return DyndProcess(tmp_path / name, name=name, config_text=config_text, extra_args=args + extra).start()

@@ -1,0 +1,137 @@
+"""The failure detector's datagrams: one UDP socket on the node's listen host and TCP port number.
+
+`run` binds the socket, then reads datagrams and hands each to `swim.receive`; what the detector
+returns, and what the node's tick passes to `flush(swim.tick())`, goes through a bounded queue to
+one sender task. `flush` never blocks: with the queue full, datagrams are dropped and counted (the
+detector copes with loss). Addresses are "host:port"; host names are resolved off the event loop
+and cached for `RESOLVE_TTL_S`.
+
+Nothing stops the loops but cancellation: a socket error, an unresolvable address, a bad datagram
+or even a bug in the detector is logged at debug (the bug with its traceback) and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket as stdlib_socket
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
+
+import trio
+
+from dynd.protocol.address import format_address, parse_address
+
+log = logging.getLogger("dynd.udp")
+
+SEND_QUEUE_MAX = 1024  # datagrams waiting for the sender task
+RESOLVE_TTL_S = 60.0
+ERROR_BACKOFF_S = 0.01  # after a receive error, so a persistent one cannot spin the loop
+
+
+class Detector(Protocol):
+    def receive(self, source_address: str, payload: bytes) -> list[tuple[str, bytes]]: ...
+
+
+@dataclass(slots=True)
+class UdpStats:
+    datagrams_in: int = 0
+    datagrams_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    receive_errors: int = 0
+    send_errors: int = 0
+    dropped_queue_full: int = 0
+    unresolved: int = 0
+    detector_errors: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class UdpEndpoint:
+    def __init__(self, *, datagram_bytes_max: int) -> None:
+        self.datagram_bytes_max = datagram_bytes_max
+        self.stats = UdpStats()
+        self.bound: tuple[str, int] | None = None
+        self._family = stdlib_socket.AF_INET
+        self._queue_in, self._queue_out = trio.open_memory_channel[tuple[str, bytes]](SEND_QUEUE_MAX)
+        self._resolved: dict[str, tuple[Any, float]] = {}  # "host:port" -> (sockaddr, expires)
+
+    def flush(self, datagrams: list[tuple[str, bytes]]) -> None:
+        """Queue datagrams for sending; never blocks, drops (and counts) when the queue is full."""
+        for datagram in datagrams:
+            try:
+                self._queue_in.send_nowait(datagram)
+            except trio.WouldBlock:
+                self.stats.dropped_queue_full += 1
+
+    async def run(self, swim: Detector, host: str, port: int, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind host:port (UDP), then serve until cancelled. `task_status.started(bound port)`."""
+        infos = await trio.socket.getaddrinfo(host or None, port, type=stdlib_socket.SOCK_DGRAM, flags=stdlib_socket.AI_PASSIVE)
+        if not infos:
+            raise OSError(f"cannot resolve {host!r} for UDP")
+        family, kind, proto, _, sockaddr = infos[0]
+        sock = trio.socket.socket(family, kind, proto)
+        with sock:
+            await sock.bind(sockaddr)
+            self._family = family
+            bound = sock.getsockname()
+            self.bound = (bound[0], bound[1])
+            log.info("failure detector listening on udp %s", format_address(*self.bound))
+            task_status.started(self.bound[1])
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._send_loop, sock)
+                await self._receive_loop(sock, swim)
+
+    async def _receive_loop(self, sock: trio.socket.SocketType, swim: Detector) -> None:
+        # one byte more than the limit, so an oversized datagram shows as such and is refused
+        buffer_bytes = self.datagram_bytes_max + 1
+        while True:
+            try:
+                payload, source = await sock.recvfrom(buffer_bytes)
+            except OSError as exc:  # e.g. an ICMP error reported on the socket
+                self.stats.receive_errors += 1
+                log.debug("udp receive error: %s", exc)
+                await trio.sleep(ERROR_BACKOFF_S)
+                continue
+            self.stats.datagrams_in += 1
+            self.stats.bytes_in += len(payload)
+            source_address = format_address(source[0], source[1])
+            try:
+                answers = swim.receive(source_address, payload)
+            except Exception:  # a bug, not bad input (the detector counts and drops that)
+                self.stats.detector_errors += 1
+                log.debug("failure detector failed on a datagram from %s", source_address, exc_info=True)
+                continue
+            self.flush(answers)
+
+    async def _send_loop(self, sock: trio.socket.SocketType) -> None:
+        async for address, payload in self._queue_out:
+            sockaddr = await self._resolve(address)
+            if sockaddr is None:
+                continue
+            try:
+                await sock.sendto(payload, sockaddr)
+            except OSError as exc:
+                self.stats.send_errors += 1
+                log.debug("udp send to %s failed: %s", address, exc)
+                continue
+            self.stats.datagrams_out += 1
+            self.stats.bytes_out += len(payload)
+
+    async def _resolve(self, address: str) -> Any:
+        cached = self._resolved.get(address)
+        if cached is not None and cached[1] > trio.current_time():
+            return cached[0]
+        try:
+            host, port = parse_address(address)
+            # an IPv6 socket reaches IPv4 members through mapped addresses
+            flags = stdlib_socket.AI_V4MAPPED if self._family == stdlib_socket.AF_INET6 else 0
+            infos = await trio.socket.getaddrinfo(host, port, family=self._family, type=stdlib_socket.SOCK_DGRAM, flags=flags)
+            sockaddr = infos[0][4]
+        except (OSError, ValueError, IndexError) as exc:
+            self.stats.unresolved += 1
+            log.debug("cannot resolve %s for udp: %s", address, exc)
+            return None
+        self._resolved[address] = (sockaddr, trio.current_time() + RESOLVE_TTL_S)
+        return sockaddr
