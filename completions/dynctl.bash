@@ -17,7 +17,7 @@ _dynctl() {
     local prev=${words[${#words[@]}-1]}
 
     local global_options="--node --timeout --json --help -h"
-    local commands="get put delete bench cluster ring dev"
+    local commands="get put delete bench repair cluster ring dev"
     local command="" subcommand="" i
     for ((i = 1; i < ${#words[@]}; i++)); do
         case ${words[i]} in
@@ -61,9 +61,10 @@ _dynctl() {
             COMPREPLY=($(compgen -W "$commands $global_options" -- "$cur"))
             return
             ;;
-        get) options="--context --r --help -h" ;;
-        put) options="--file -f --context --w --help -h" ;;
-        delete) options="--context --w --help -h" ;;
+        get) options="--context --r --pr --help -h" ;;
+        put) options="--file -f --context --w --pw --help -h" ;;
+        delete) options="--context --w --pw --help -h" ;;
+        repair) options="--partition --help -h" ;;
         bench) options="--workload --concurrency -c --value-size --seconds --keys --connections --ops --routed --help -h" ;;
         cluster | ring | dev)
             if [[ -z $subcommand ]]; then

@@ -3,7 +3,7 @@
 # Static on purpose: it never runs dynctl, so TAB is instant and never touches a node.
 # Keys, values and tokens are the user's own, so only commands, options and files complete.
 
-set -l dynctl_commands get put delete bench cluster ring dev
+set -l dynctl_commands get put delete bench repair cluster ring dev
 
 complete -c dynctl -f
 
@@ -17,17 +17,21 @@ complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a get 
 complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a put -d 'Store a value, print the new context token'
 complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a delete -d 'Delete what a context token covers'
 complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a bench -d 'Measure throughput and latency'
+complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a repair -d 'Run an anti-entropy exchange now'
 complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a cluster -d 'Change and inspect cluster membership'
 complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a ring -d 'Inspect the ring and where a key lives'
 complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a dev -d 'Run a local development cluster'
 
 complete -c dynctl -n "__fish_seen_subcommand_from get" -l context -d 'Print only the context token'
 complete -c dynctl -n "__fish_seen_subcommand_from get" -l r -x -d 'Replies to wait for'
+complete -c dynctl -n "__fish_seen_subcommand_from get" -l pr -x -d 'Replies that must come from primaries'
 
 complete -c dynctl -n "__fish_seen_subcommand_from put" -s f -l file -r -F -d 'Read the value from a file'
 complete -c dynctl -n "__fish_seen_subcommand_from put" -l context -x -d 'Token from get --context'
 complete -c dynctl -n "__fish_seen_subcommand_from delete" -l context -x -d 'Token from get --context (required)'
 complete -c dynctl -n "__fish_seen_subcommand_from put delete" -l w -x -d 'Stores to wait for'
+complete -c dynctl -n "__fish_seen_subcommand_from put delete" -l pw -x -d 'Stores that must be on primaries'
+complete -c dynctl -n "__fish_seen_subcommand_from repair" -l partition -x -d 'Only this partition'
 
 complete -c dynctl -n "__fish_seen_subcommand_from bench" -l workload -x -a 'put get mixed insert' -d 'Operations to run'
 complete -c dynctl -n "__fish_seen_subcommand_from bench" -s c -l concurrency -x -d 'Requests in flight'

@@ -24,6 +24,7 @@ _dynctl() {
         'put:store a value and print the new context token'
         'delete:delete what a context token covers'
         'bench:measure throughput and latency'
+        'repair:run an anti-entropy exchange now and show its progress'
         'cluster:change and inspect cluster membership'
         'ring:inspect the ring and where a key lives'
         'dev:run a local development cluster'
@@ -37,6 +38,7 @@ _dynctl() {
           _arguments \
             '--context[print only the context token]' \
             '--r=[replies to wait for]:count: ' \
+            '--pr=[replies that must come from primaries]:count: ' \
             '(- *)'{-h,--help}'[show help and exit]' \
             '1:key: ' && ret=0
           ;;
@@ -45,6 +47,7 @@ _dynctl() {
             '(-f --file 2)'{-f+,--file=}'[read the value from a file]:file:_files' \
             '--context=[token from get --context: the versions this write supersedes]:token: ' \
             '--w=[stores to wait for]:count: ' \
+            '--pw=[stores that must be on primaries]:count: ' \
             '(- *)'{-h,--help}'[show help and exit]' \
             '1:key: ' \
             '2:value (- reads stdin): ' && ret=0
@@ -53,6 +56,7 @@ _dynctl() {
           _arguments \
             '--context=[token from get --context: the versions to delete]:token: ' \
             '--w=[stores to wait for]:count: ' \
+            '--pw=[stores that must be on primaries]:count: ' \
             '(- *)'{-h,--help}'[show help and exit]' \
             '1:key: ' && ret=0
           ;;
@@ -66,6 +70,11 @@ _dynctl() {
             '--connections=[client connections]:count: ' \
             '--ops=[stop after this many operations]:count: ' \
             '--routed[send each request straight to a primary, by the ring]' \
+            '(- *)'{-h,--help}'[show help and exit]' && ret=0
+          ;;
+        repair)
+          _arguments \
+            '--partition=[only this partition]:partition: ' \
             '(- *)'{-h,--help}'[show help and exit]' && ret=0
           ;;
         cluster) _dynctl_cluster && ret=0 ;;

@@ -8,6 +8,7 @@ it, and the partition transfers it still has pending.
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 import typer
@@ -164,6 +165,7 @@ def status_document(status: ClusterStatusOk) -> dict[str, Any]:
             }
             for member in _sorted_members(status)
         ],
+        "last_exchange_ms": status.last_exchange_ms,
     }
 
 
@@ -191,8 +193,23 @@ def status_table(status: ClusterStatusOk) -> Table:
             str(member.hints_pending),
         )
     table.caption = "* the node that answered; liveness (incarnation) as its failure detector sees it; hints it holds for each"
+    exchanges = exchange_summary(status)
+    if exchanges:
+        table.caption += "\n" + exchanges
     table.caption_justify = "left"
     return table
+
+
+def exchange_summary(status: ClusterStatusOk, now_ms: int | None = None) -> str:
+    """One line on the answering node's anti-entropy: how long ago its partitions were compared."""
+    if status.last_exchange_ms is None:
+        return ""
+    done = [ms for ms in status.last_exchange_ms if ms]
+    if not done:
+        return "anti-entropy: no exchange finished yet"
+    now = time.time() * 1000 if now_ms is None else now_ms
+    newest, oldest = (now - max(done)) / 1000, (now - min(done)) / 1000
+    return f"anti-entropy: {len(done)} partitions exchanged, newest {newest:.0f} s ago, oldest {oldest:.0f} s ago"
 
 
 LIVENESS_STYLES = {"alive": "", "suspect": "bold yellow", "dead": "bold red"}

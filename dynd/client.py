@@ -5,7 +5,8 @@
         context = await client.put(b"cart:42", b"...", context=result.context)
 
 One connection carries many requests at once: each request gets an id, one task reads replies and
-wakes the caller waiting for that id, and one task flushes queued frames in batches. Failures raise
+wakes the caller waiting for that id, and one task flushes queued frames in batches (a request
+sent while no other is in flight goes out at once instead). Failures raise
 `DynError` subclasses from `dynd.protocol.errors`: `Unreachable` when the node cannot be reached or
 the connection drops, `Timeout` when no reply comes in time, and the node's own error otherwise.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -104,6 +106,7 @@ class Client:
         self._ids = itertools.count(1)
         self._waiting: dict[int, _Waiter] = {}
         self._outgoing: list[bytes] = []
+        self._writer_sending = False  # the writer task owns the send side until its send completes
         self._wake_writer = trio.Event()
         self._broken: DynError | None = None
         self._broken_event = trio.Event()
@@ -184,10 +187,25 @@ class Client:
         """Drop a dead node at once; its partitions are reassigned to the others."""
         return await self._cluster_call(messages.ClusterRemove(id=next(self._ids), node=node), timeout_s)
 
-    async def cluster_status(self, *, timeout_s: float | None = None) -> messages.ClusterStatusOk:
-        reply = await self._call(messages.ClusterStatus(id=next(self._ids)), timeout_s)
+    async def cluster_status(self, *, local_only: bool = False, timeout_s: float | None = None) -> messages.ClusterStatusOk:
+        """The cluster as this node sees it; `local_only` skips gathering each member's own
+        count of pending transfers (which waits up to a second for members that do not answer)."""
+        reply = await self._call(messages.ClusterStatus(id=next(self._ids), local_only=local_only or None), timeout_s)
         if not isinstance(reply, messages.ClusterStatusOk):
             raise Internal(f"unexpected reply {type(reply).__name__} to cluster_status")
+        return reply
+
+    async def repair_start(self, partition: int | None = None, *, timeout_s: float | None = None) -> messages.RepairProgressOk:
+        """Start an anti-entropy exchange now on this node (every partition it holds when None)."""
+        reply = await self._call(messages.RepairStart(id=next(self._ids), partition=partition), timeout_s)
+        if not isinstance(reply, messages.RepairProgressOk):
+            raise Internal(f"unexpected reply {type(reply).__name__} to repair_start")
+        return reply
+
+    async def repair_status(self, run: int, *, timeout_s: float | None = None) -> messages.RepairProgressOk:
+        reply = await self._call(messages.RepairStatus(id=next(self._ids), run=run), timeout_s)
+        if not isinstance(reply, messages.RepairProgressOk):
+            raise Internal(f"unexpected reply {type(reply).__name__} to repair_status")
         return reply
 
     async def ring(self, *, timeout_s: float | None = None) -> messages.RingOk:
@@ -286,7 +304,21 @@ class Client:
 
     def _send(self, message: messages.Message) -> None:
         self._outgoing.append(encode_frame(codec.encode_message(message)))
-        self._wake_writer.set()
+        if len(self._waiting) > 1 or self._writer_sending or len(self._outgoing) > 1:
+            # Other requests are in flight (a pipelining caller such as a node's peer link): the
+            # writer task gathers what this turn of the event loop queues into one send.
+            self._wake_writer.set()
+            return
+        # The only request in flight: a plain write on the non-blocking socket costs less than
+        # waking the writer task. What the socket does not take, and any error, goes to the writer.
+        data = self._outgoing.pop()
+        try:
+            sent = os.write(self._stream.socket.fileno(), data)  # fileno() is -1 once closed: OSError
+        except OSError:
+            sent = 0
+        if sent < len(data):
+            self._outgoing.append(data[sent:])
+            self._wake_writer.set()
 
     async def _handshake(self, agent: str, deadline: float) -> None:
         self._send(messages.Hello(version=PROTOCOL_VERSION, agent=agent))
@@ -314,17 +346,35 @@ class Client:
                 continue
             data = b"".join(self._outgoing)
             self._outgoing.clear()
+            self._writer_sending = True
             try:
-                await self._stream.send_all(data)
+                await self._send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 self._fail_all(Unreachable(f"connection to {self.address} lost: {exc}"))
                 return
+            self._writer_sending = False
+
+    async def _send_all(self, data: bytes) -> None:
+        """The stream's send_all, after trying a plain write first (which usually takes it all
+        without the scheduler pass send_all makes)."""
+        try:
+            sent = os.write(self._stream.socket.fileno(), data)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            await self._stream.send_all(memoryview(data)[sent:])
 
     async def _reader(self) -> None:
         decoder = FrameDecoder(REPLY_FRAME_BYTES_MAX)
+        fd = self._stream.socket.fileno()  # the stream closes only after this task has ended
         while True:
             try:
-                chunk = await self._stream.receive_some(RECEIVE_CHUNK_BYTES)
+                # Wait, then read what is there: one pass through the scheduler per chunk, where
+                # the stream's receive_some makes another after each successful read.
+                await trio.lowlevel.wait_readable(fd)
+                chunk = os.read(fd, RECEIVE_CHUNK_BYTES)
+            except BlockingIOError:
+                continue
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 self._fail_all(Unreachable(f"connection to {self.address} lost: {exc}"))
                 return
@@ -485,9 +535,17 @@ class BlockingClient:
         assert self._client is not None
         return self._call(self._client.ping)
 
-    def cluster_status(self) -> messages.ClusterStatusOk:
+    def cluster_status(self, *, local_only: bool = False) -> messages.ClusterStatusOk:
         assert self._client is not None
-        return self._call(self._client.cluster_status)
+        return self._call(self._client.cluster_status, local_only=local_only)
+
+    def repair_start(self, partition: int | None = None) -> messages.RepairProgressOk:
+        assert self._client is not None
+        return self._call(self._client.repair_start, partition)
+
+    def repair_status(self, run: int) -> messages.RepairProgressOk:
+        assert self._client is not None
+        return self._call(self._client.repair_status, run)
 
     def cluster_join(self, seed: str) -> str:
         assert self._client is not None

@@ -12,7 +12,9 @@ remove, or writes it took for a partition it never owned) and moves them one at 
     a primary failed or the ring gave it back       ->  leave the partition for the next pass
 
 A leaving node that holds nothing more records its own removal. Only one batch is in flight, so
-handoff never takes more than one batch's worth of the network and disk at a time.
+handoff never takes more than one batch's worth of the network and disk at a time; the pacer
+(admission control, `dynd.core.admission`) holds batches back and shrinks them while foreground
+latency is high.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from dynd.core.admission import Pacer, Unlimited
 from dynd.core.cluster import ClusterView
 from dynd.core.ops import DeleteObject
 from dynd.core.ports import Network, Storage
@@ -42,8 +45,11 @@ class Handoff:
         interval_ms: int,
         batch_keys: int,
         now_ms: Callable[[], int],
+        pacer: Pacer | None = None,
     ) -> None:
         self.name = name
+        self.pacer: Pacer = pacer or Unlimited()
+        self._parked: int | None = None  # a partition whose next batch waits for the pacer
         self.partitions = partitions
         self.cluster = cluster
         self.storage = storage
@@ -69,6 +75,10 @@ class Handoff:
 
     def tick(self) -> None:
         now = self.now_ms()
+        if self._parked is not None and self.pacer.allow(now):
+            partition, self._parked = self._parked, None
+            self._next_batch(partition)
+            return
         if self.running or now < self._next_pass_ms:
             return
         self._next_pass_ms = now + self.interval_ms
@@ -97,12 +107,15 @@ class Handoff:
         self._next_partition()
 
     def _next_batch(self, partition: int) -> None:
+        if not self.pacer.allow(self.now_ms()):
+            self._parked = partition  # foreground latency is high: the next tick tries again
+            return
         targets = self.cluster.preference_list(partition).primaries
         if self.name in targets:
             self._partition_done(partition, True)  # the ring changed back: we own it again
             return
         items = []
-        for key in self.storage.partition_keys(partition, self.batch_keys):
+        for key in self.storage.partition_keys(partition, min(self.batch_keys, self.pacer.slice_keys())):
             record = self.storage.read_object(partition, key)
             if record is not None:
                 items.append(messages.HandoffItem(key, record))

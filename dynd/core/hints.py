@@ -10,6 +10,9 @@ in the `hints` keyspace under (primary, partition, key). Delivery:
     a full batch went through          ->  the next batch at the next tick (so at most one batch
                                             is in flight and delivery yields to foreground work)
 
+The pacer (admission control) holds delivery back and shrinks batches while foreground latency
+is high.
+
 A hint for a node that is no longer an active member goes to the key's current primaries
 instead, and is deleted once all of them have it. `counts` (hints per target) is read from storage
 once at start and kept up to date as hints are stored and deleted; it feeds `cluster status`.
@@ -21,6 +24,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from dynd.core.admission import Pacer, Unlimited
 from dynd.core.cluster import ClusterView
 from dynd.core.health import Health
 from dynd.core.ops import DeleteHint, PutHint
@@ -43,8 +47,10 @@ class HintDelivery:
         interval_ms: int,
         batch_keys: int,
         now_ms: Callable[[], int],
+        pacer: Pacer | None = None,
     ) -> None:
         self.name = name
+        self.pacer: Pacer = pacer or Unlimited()
         self.cluster = cluster
         self.storage = storage
         self.network = network
@@ -77,7 +83,7 @@ class HintDelivery:
         return [PutHint(target, partition, key, merged)]
 
     def tick(self) -> None:
-        if self.in_flight or not self.counts or self.now_ms() < self._next_ms:
+        if self.in_flight or not self.counts or self.now_ms() < self._next_ms or not self.pacer.allow(self.now_ms()):
             return
         target = self._next_target()
         if target is None:
@@ -97,7 +103,8 @@ class HintDelivery:
         return name in {m.name for m in self.cluster.membership.active()}
 
     def _deliver(self, target: str) -> None:
-        batch = self.storage.hint_batch(target, self.batch_keys)
+        limit = min(self.batch_keys, self.pacer.slice_keys())
+        batch = self.storage.hint_batch(target, limit)
         if not batch:
             self.counts.pop(target, None)  # the count drifted (a failed commit): nothing is held
             return
@@ -122,7 +129,7 @@ class HintDelivery:
                 if not isinstance(answer, messages.ReplicateOk):
                     failed.add((partition, key))
                 if remaining == 0:
-                    self._delivered(target, items, failed, full=len(batch) == self.batch_keys)
+                    self._delivered(target, items, failed, full=len(batch) == limit)
 
             return record_answer
 

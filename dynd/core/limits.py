@@ -43,6 +43,16 @@ class Limits:
     gossip_interval_ms: int = 1_000
     handoff_interval_ms: int = 2_000
     handoff_batch_keys: int = 128
+    # anti-entropy (Merkle trees; segments and fanout must match across the cluster)
+    ae_interval_ms: int = 10_000
+    ae_indexes_max: int = 1_024
+    ae_batch_keys: int = 512
+    ae_repairs_inflight: int = 8
+    ae_concurrency: int = 1
+    ae_tree_segments: int = 256
+    ae_tree_fanout: int = 16
+    # admission control: background work backs off while foreground p99 is above this
+    background_p99_target_ms: int = 30
     # hinted handoff
     hint_delivery_interval_ms: int = 1_000
     hint_batch_keys: int = 64

@@ -32,6 +32,9 @@ from dynd.core.cluster import ClusterView, RandomSource
 from dynd.core.handoff import Handoff
 from dynd.core.limits import Limits
 from dynd.core.membership import Membership
+from dynd.core.merkle import Forest
+from dynd.core.admission import BackgroundBudget
+from dynd.core.anti_entropy import AntiEntropy, ExchangeLimits, RepairProgress, TrackedStorage, co_primary_pairs, responders
 from dynd.core.health import Health
 from dynd.core.hints import HintDelivery
 from dynd.core.ops import PutObject, WriteOp
@@ -48,7 +51,9 @@ log = logging.getLogger("dynd.node")
 
 Reply = Callable[[Any], None]  # a message, or pre-encoded payload bytes
 
-STATUS_GATHER_MS = 1_000  # how long cluster status waits for members' own transfer counts
+STATUS_GATHER_MS = 1_000
+REPAIR_RUNS_KEPT = 16  # repair runs whose progress can still be asked for
+REPAIR_ERRORS_SHOWN = 5  # how long cluster status waits for members' own transfer counts
 _FAILURES: dict[str, type[DynError]] = {"quorum": QuorumFailed, "timeout": Timeout}
 
 
@@ -70,12 +75,20 @@ class Node:
         """`actor`: the id this node's versions carry (its name plus the epoch of its data
         directory, so a node whose data was wiped can never reissue a dot it issued before)."""
         self.name = name
-        self.storage = storage
         self.network = network
         self.limits = limits
         self.now_ms = now_ms
         self.request_timeout_ms = limits.request_timeout_ms
-        self.replica = LocalReplica(actor or name, limits, membership.params.partitions)
+        partitions = membership.params.partitions
+        self.replica = LocalReplica(actor or name, limits, partitions)
+        # Merkle trees of every partition, built once from the store, then kept current by
+        # every object write (TrackedStorage), so an exchange never rescans.
+        self.forest = Forest(partitions, segments=limits.ae_tree_segments, fanout=limits.ae_tree_fanout)
+        for partition in range(partitions):
+            self.forest.build(partition, storage.partition_items(partition))
+        self.forest.mark_ready()
+        self.storage = storage = TrackedStorage(storage, self.forest)
+        self.budget = BackgroundBudget(target_p99_ms=limits.background_p99_target_ms, now_ms=now_ms())
         self.cluster = ClusterView(name, address, membership, storage, network, limits=limits, now_ms=now_ms, rng=rng, seeds=seeds)
         self.handoff = Handoff(
             name,
@@ -86,6 +99,7 @@ class Node:
             interval_ms=limits.handoff_interval_ms,
             batch_keys=limits.handoff_batch_keys,
             now_ms=now_ms,
+            pacer=self.budget,
         )
         self.swim = Swim(name, limits=limits, now_ms=now_ms, rng=rng)
         self.swim.on_change.append(lambda member, status: log.info("%s is %s", member, status))
@@ -101,7 +115,26 @@ class Node:
             interval_ms=limits.hint_delivery_interval_ms,
             batch_keys=limits.hint_batch_keys,
             now_ms=now_ms,
+            pacer=self.budget,
         )
+        self.ae_limits = ExchangeLimits(
+            indexes_max=limits.ae_indexes_max, keys_max=limits.ae_batch_keys, repairs_inflight_max=limits.ae_repairs_inflight
+        )
+        self.anti_entropy = AntiEntropy(
+            self.forest,
+            network,
+            pairs=lambda: co_primary_pairs(name, partitions, lambda p: self.cluster.preference_list(p).primaries),
+            read_local=storage.read_object,
+            store_local=self._store_repair,
+            limits=self.ae_limits,
+            prune_threshold=limits.context_prune_threshold,
+            interval_ms=limits.ae_interval_ms,
+            now_ms=now_ms,
+            pacer=self.budget,
+            concurrency=limits.ae_concurrency,
+        )
+        self._repair_runs: dict[int, RepairProgress] = {}
+        self._next_repair_run = 1
         # coordination -> (request, reply, the success reply of a put)
         self.coordinations: dict[Any, tuple[Any, Reply, Any]] = {}
         self._status_gathers: list[tuple[int, Callable[[], None]]] = []  # (deadline, answer now)
@@ -120,7 +153,11 @@ class Node:
             messages.ClusterLeave: lambda request, reply: reply(messages.ClusterOk(id=request.id, message=self.cluster.leave(request.node))),
             messages.ClusterRemove: lambda request, reply: reply(messages.ClusterOk(id=request.id, message=self.cluster.remove(request.node))),
             messages.ClusterJoin: self.cluster_join,
+            messages.RepairStart: self.repair_start,
+            messages.RepairStatus: self.repair_status,
+            **responders(self.forest, self.ae_limits),
         }
+        self._timed = (messages.Get, messages.Put, messages.Delete)
 
     def _follow_membership(self) -> None:
         self.swim.set_members({m.name: m.address for m in self.cluster.membership.active()})
@@ -135,10 +172,65 @@ class Node:
         if handler is None:
             reply(error_reply(getattr(message, "id", None), BadRequest(f"{message.OP!r} is not a request a node accepts")))
             return
+        if type(message) in self._timed:
+            reply = self._timing(reply)
         try:
             handler(message, reply)
         except DynError as exc:
             reply(error_reply(getattr(message, "id", None), exc))
+
+    def _timing(self, reply: Reply) -> Reply:
+        """Feed the foreground latency to admission control as the reply goes out."""
+        started = self.now_ms()
+
+        def timed(answer: Any) -> None:
+            now = self.now_ms()
+            self.budget.record_ms(now - started, now)
+            reply(answer)
+
+        return timed
+
+    def _store_repair(self, partition: int, key: bytes, record: bytes, done: Callable[[DynError | None], None]) -> None:
+        self.storage.submit([PutObject(partition, key, record)], done)
+
+    # ---- repair on demand ----
+
+    def repair_start(self, request: messages.RepairStart, reply: Reply) -> None:
+        if request.partition is not None and not 0 <= request.partition < self.replica.partitions:
+            raise BadRequest(f"partition {request.partition} is outside 0..{self.replica.partitions - 1}")
+        run = self._next_repair_run
+        self._next_repair_run += 1
+        while len(self._repair_runs) >= REPAIR_RUNS_KEPT:
+            del self._repair_runs[min(self._repair_runs)]
+
+        def progress(report: RepairProgress) -> None:
+            self._repair_runs[run] = report
+
+        total = self.anti_entropy.run_now(request.partition, progress)
+        self._repair_runs.setdefault(run, RepairProgress(pairs_total=total, finished=total == 0))
+        reply(self._repair_reply(request.id, run))
+
+    def repair_status(self, request: messages.RepairStatus, reply: Reply) -> None:
+        if request.run not in self._repair_runs:
+            raise BadRequest(f"no repair run {request.run} on {self.name} (only the last {REPAIR_RUNS_KEPT} are kept)")
+        reply(self._repair_reply(request.id, request.run))
+
+    def _repair_reply(self, request_id: int, run: int) -> messages.RepairProgressOk:
+        report = self._repair_runs[run]
+        stats = report.stats
+        return messages.RepairProgressOk(
+            id=request_id,
+            run=run,
+            pairs_total=report.pairs_total,
+            pairs_done=report.pairs_done,
+            pairs_failed=report.pairs_failed,
+            keys_compared=stats.keys_compared,
+            keys_differing=stats.keys_differing,
+            repaired_local=stats.repaired_local,
+            repaired_remote=stats.repaired_remote,
+            finished=report.finished,
+            errors=list(report.errors[-REPAIR_ERRORS_SHOWN:]),
+        )
 
     @property
     def transfers_pending(self) -> int:
@@ -335,7 +427,9 @@ class Node:
             self.network.send(node, lambda rid: messages.ClusterStatus(id=rid, local_only=True), answered(node))
 
     def _status(self, request_id: int, pending: dict[str, int]) -> messages.ClusterStatusOk:
-        return self.cluster.status(request_id, pending, self.health, self.hints.counts)
+        status = self.cluster.status(request_id, pending, self.health, self.hints.counts)
+        exchanged = self.anti_entropy.last_exchange_ms
+        return dataclasses.replace(status, last_exchange_ms=[exchanged.get(p, 0) for p in range(self.replica.partitions)])
 
     def gossip(self, request: messages.Gossip, reply: Reply) -> None:
         reply(messages.GossipOk(id=request.id, membership=self.cluster.merge_from_peer(request.membership)))
@@ -423,6 +517,7 @@ class Node:
         self.cluster.tick()
         self.handoff.tick()
         self.hints.tick()
+        self.anti_entropy.tick()
 
     def _route_elsewhere(self, request: Any, preference: PreferenceList, reply: Reply) -> None:
         if request.ring is not None and request.ring != self.cluster.membership.digest:

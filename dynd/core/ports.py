@@ -18,7 +18,7 @@ Contracts the node relies on:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from dynd.protocol.errors import DynError
@@ -60,6 +60,10 @@ class Storage(Protocol):
 
     def partition_keys(self, partition: int, limit: int) -> list[bytes]:
         """Up to `limit` keys this node holds in `partition`, in key order."""
+        ...
+
+    def partition_items(self, partition: int) -> Iterable[tuple[bytes, bytes]]:
+        """Every committed (key, record) of `partition` in key order (the start-up scan)."""
         ...
 
     def read_hint(self, target: str, partition: int, key: bytes) -> bytes | None:

@@ -215,6 +215,83 @@ class GossipOk:
     membership: bytes
 
 
+# ---- anti-entropy between the replicas of a partition (dynd.core.anti_entropy) ----
+#
+# Hashes travel as 16 bytes, or b"" for an empty range. `tree_segments` and `tree_fanout` name the
+# tree shape the asker uses; a receiver whose trees have another shape refuses with bad_request.
+
+
+@dataclass(frozen=True, slots=True)
+class TreeRoots:
+    """The Merkle roots of `partitions`, in the same order."""
+
+    OP: ClassVar[str] = "tree_roots"
+    id: int
+    partitions: list[int]
+    tree_segments: int
+    tree_fanout: int
+
+
+@dataclass(frozen=True, slots=True)
+class TreeRootsOk:
+    OP: ClassVar[str] = "tree_roots_ok"
+    id: int
+    hashes: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class TreeLevel:
+    """The hashes of nodes `indexes` at `depth` of one partition's tree (depth 0: the root)."""
+
+    OP: ClassVar[str] = "tree_level"
+    id: int
+    partition: int
+    depth: int
+    indexes: list[int]
+    tree_segments: int
+    tree_fanout: int
+
+
+@dataclass(frozen=True, slots=True)
+class TreeLevelOk:
+    OP: ClassVar[str] = "tree_level_ok"
+    id: int
+    hashes: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyHash:
+    key: bytes
+    hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentKeys:
+    """The (key, hash) entries of leaf `segments` of one partition's tree, each segment's keys in
+    key order, at most `limit` of them; with `after`, the first segment's keys start after it."""
+
+    OP: ClassVar[str] = "segment_keys"
+    id: int
+    partition: int
+    segments: list[int]
+    limit: int
+    tree_segments: int
+    tree_fanout: int
+    after: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentKeysOk:
+    """`complete`: how many of the asked segments are listed in full. When the page filled up inside
+    segment number `complete`, `after` is the last key listed of it: ask again from there."""
+
+    OP: ClassVar[str] = "segment_keys_ok"
+    id: int
+    entries: list[KeyHash]
+    complete: int
+    after: bytes | None = None
+
+
 # ---- cluster administration and ring queries ----
 
 
@@ -277,10 +354,14 @@ class ClusterStatus:
 
 @dataclass(frozen=True, slots=True)
 class ClusterStatusOk:
+    """`last_exchange_ms`: per partition, when this node last finished an anti-entropy exchange
+    of it (wall-clock ms; 0: never, or a partition it does not hold)."""
+
     OP: ClassVar[str] = "cluster_status_ok"
     id: int
     node: str
     members: list[MemberView]
+    last_exchange_ms: list[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,22 +390,64 @@ class RingOk:
     addresses: list[NodeAddress]
 
 
+# ---- repair (anti-entropy on demand) ----
+
+
+@dataclass(frozen=True, slots=True)
+class RepairStart:
+    """Run an anti-entropy exchange now for `partition` (every partition this node holds when
+    None) with each other primary; the reply names the run to poll with RepairStatus."""
+
+    OP: ClassVar[str] = "repair_start"
+    id: int
+    partition: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RepairStatus:
+    OP: ClassVar[str] = "repair_status"
+    id: int
+    run: int
+
+
+@dataclass(frozen=True, slots=True)
+class RepairProgressOk:
+    """Progress of a repair run: (partition, peer) pairs compared so far and what they found."""
+
+    OP: ClassVar[str] = "repair_progress_ok"
+    id: int
+    run: int
+    pairs_total: int
+    pairs_done: int
+    pairs_failed: int
+    keys_compared: int
+    keys_differing: int
+    repaired_local: int
+    repaired_remote: int
+    finished: bool
+    errors: list[str]
+
+
 Request = (
     Hello | Ping | Get | Put | Delete | Replicate | Fetch | Handoff | Gossip
-    | ClusterJoin | ClusterLeave | ClusterRemove | ClusterStatus | RingGet
+    | TreeRoots | TreeLevel | SegmentKeys
+    | ClusterJoin | ClusterLeave | ClusterRemove | ClusterStatus | RingGet | RepairStart | RepairStatus
 )
 Reply = (
     HelloOk | Pong | GetOk | PutOk | DeleteOk | ErrorReply | ReplicateOk | FetchOk | HandoffOk | GossipOk
-    | ClusterOk | ClusterStatusOk | RingOk
+    | TreeRootsOk | TreeLevelOk | SegmentKeysOk
+    | ClusterOk | ClusterStatusOk | RingOk | RepairProgressOk
 )
 Message = Request | Reply
 
 MESSAGE_TYPES: tuple[type, ...] = (
     Hello, HelloOk, Ping, Pong, Get, GetOk, Put, PutOk, Delete, DeleteOk, ErrorReply,
     Replicate, ReplicateOk, Fetch, FetchOk, Handoff, HandoffOk, Gossip, GossipOk,
+    TreeRoots, TreeRootsOk, TreeLevel, TreeLevelOk, SegmentKeys, SegmentKeysOk,
     ClusterJoin, ClusterLeave, ClusterRemove, ClusterOk, ClusterStatus, ClusterStatusOk, RingGet, RingOk,
+    RepairStart, RepairStatus, RepairProgressOk,
 )
-RECORD_TYPES: tuple[type, ...] = (ClockEntry, SiblingView, HandoffItem, MemberView, NodeAddress)
+RECORD_TYPES: tuple[type, ...] = (ClockEntry, SiblingView, HandoffItem, MemberView, NodeAddress, KeyHash)
 
 
 def error_reply(request_id: int | None, error: DynError) -> ErrorReply:

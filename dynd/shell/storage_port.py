@@ -6,7 +6,7 @@ second hinted write for one key merges into the first even before that one's com
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from dynd.core.ops import DeleteHint, PutHint, WriteOp
 from dynd.core.ports import Completion
@@ -55,6 +55,9 @@ class CommitterStorage:
             return [key for (key, _stored), _ in zip(keys, range(limit))]
         finally:
             keys.close()  # type: ignore[attr-defined]
+
+    def partition_items(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
+        return self.store.iter_partition(partition)
 
     def hint_batch(self, target: str, limit: int) -> list[tuple[int, bytes]]:
         hints = self.store.iter_hints(target)

@@ -36,7 +36,7 @@ def app_options() -> dict[str, list[str]]:
 
 def test_the_app_has_the_commands_the_completions_know() -> None:
     assert set(app_options()) == {
-        "", "get", "put", "delete", "bench",
+        "", "get", "put", "delete", "bench", "repair",
         "cluster join", "cluster leave", "cluster remove", "cluster status",
         "ring status", "ring key",
         "dev up",
@@ -83,9 +83,9 @@ def bash_completions(line: str) -> list[str]:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("dynctl ", {"get", "put", "delete", "bench", "cluster", "ring", "dev", "--node", "--timeout", "--json", "--help", "-h"}),
+        ("dynctl ", {"get", "put", "delete", "bench", "repair", "cluster", "ring", "dev", "--node", "--timeout", "--json", "--help", "-h"}),
         ("dynctl de", {"delete", "dev"}),
-        ("dynctl --node 127.0.0.1:7400 get --", {"--context", "--r", "--help"}),
+        ("dynctl --node 127.0.0.1:7400 get --", {"--context", "--r", "--pr", "--help"}),
         ("dynctl bench --workload m", {"mixed"}),
         ("dynctl --timeout 3 put key --w", {"--w"}),
         ("dynctl delete key --context ", set()),

@@ -70,16 +70,16 @@ BUILDERS: dict[type, st.SearchStrategy[messages.Message]] = {
     messages.HelloOk: st.builds(messages.HelloOk, ids, text),
     messages.Ping: st.builds(messages.Ping, ids),
     messages.Pong: st.builds(messages.Pong, ids, text),
-    messages.Get: st.builds(messages.Get, ids, blobs, small, st.none() | st.booleans(), st.none() | blobs),
+    messages.Get: st.builds(messages.Get, ids, blobs, small, st.none() | st.booleans(), st.none() | blobs, small),
     messages.GetOk: st.builds(messages.GetOk, ids, sibling_views, blobs),
-    messages.Put: st.builds(messages.Put, ids, blobs, blobs, st.none() | blobs, small, st.none() | st.booleans(), st.none() | blobs),
+    messages.Put: st.builds(messages.Put, ids, blobs, blobs, st.none() | blobs, small, st.none() | st.booleans(), st.none() | blobs, small),
     messages.PutOk: st.builds(messages.PutOk, ids, blobs),
-    messages.Delete: st.builds(messages.Delete, ids, blobs, blobs, small, st.none() | st.booleans(), st.none() | blobs),
+    messages.Delete: st.builds(messages.Delete, ids, blobs, blobs, small, st.none() | st.booleans(), st.none() | blobs, small),
     messages.DeleteOk: st.builds(messages.DeleteOk, ids, blobs),
     messages.ErrorReply: st.builds(messages.ErrorReply, st.none() | ids, text, text, st.booleans()),
-    messages.Replicate: st.builds(messages.Replicate, ids, blobs, blobs),
+    messages.Replicate: st.builds(messages.Replicate, ids, blobs, blobs, st.none() | text),
     messages.ReplicateOk: st.builds(messages.ReplicateOk, ids),
-    messages.Fetch: st.builds(messages.Fetch, ids, blobs),
+    messages.Fetch: st.builds(messages.Fetch, ids, blobs, st.none() | text),
     messages.FetchOk: st.builds(messages.FetchOk, ids, st.none() | blobs),
     messages.Handoff: st.builds(messages.Handoff, ids, ids, st.lists(st.builds(messages.HandoffItem, blobs, blobs), max_size=3)),
     messages.HandoffOk: st.builds(messages.HandoffOk, ids),
@@ -94,11 +94,25 @@ BUILDERS: dict[type, st.SearchStrategy[messages.Message]] = {
         messages.ClusterStatusOk,
         ids,
         text,
-        st.lists(st.builds(messages.MemberView, text, text, text, ids, st.booleans(), ids), max_size=3),
+        st.lists(st.builds(messages.MemberView, text, text, text, ids, st.booleans(), ids, text, ids, ids), max_size=3),
+        st.none() | st.lists(ids, max_size=4),
     ),
     messages.RingGet: st.builds(messages.RingGet, ids),
     messages.RingOk: st.builds(
         messages.RingOk, ids, blobs, ids, ids, ids, st.lists(text, max_size=4), st.lists(st.builds(messages.NodeAddress, text, text), max_size=3)
+    ),
+    messages.TreeRoots: st.builds(messages.TreeRoots, ids, st.lists(ids, max_size=4), ids, ids),
+    messages.TreeRootsOk: st.builds(messages.TreeRootsOk, ids, st.lists(blobs, max_size=4)),
+    messages.TreeLevel: st.builds(messages.TreeLevel, ids, ids, ids, st.lists(ids, max_size=4), ids, ids),
+    messages.TreeLevelOk: st.builds(messages.TreeLevelOk, ids, st.lists(blobs, max_size=4)),
+    messages.SegmentKeys: st.builds(messages.SegmentKeys, ids, ids, st.lists(ids, max_size=4), ids, ids, ids, st.none() | blobs),
+    messages.SegmentKeysOk: st.builds(
+        messages.SegmentKeysOk, ids, st.lists(st.builds(messages.KeyHash, blobs, blobs), max_size=3), ids, st.none() | blobs
+    ),
+    messages.RepairStart: st.builds(messages.RepairStart, ids, st.none() | ids),
+    messages.RepairStatus: st.builds(messages.RepairStatus, ids, ids),
+    messages.RepairProgressOk: st.builds(
+        messages.RepairProgressOk, ids, ids, ids, ids, ids, ids, ids, ids, ids, st.booleans(), st.lists(text, max_size=3)
     ),
 }
 every_message = st.one_of(*BUILDERS.values())

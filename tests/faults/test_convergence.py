@@ -1,0 +1,127 @@
+"""Anti-entropy with real processes: replicas that missed writes converge without anyone reading.
+
+Hints and read repair are kept out of the way (no hint delivery, no reads until the end), so only
+the Merkle exchanges can bring the replicas together. Two ways to make a replica differ, as issue
+6 asks: one node's copy of a partition wiped, and keys written to one replica alone (both done to
+the stopped node's LMDB directly). Within one exchange period every replica matches, and the
+next exchanges find nothing to repair.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dynd.client import BlockingClient, key_placement
+from dynd.core.limits import Limits
+from dynd.core.ops import DeleteObject, PutObject
+from dynd.core.partition import partition_of
+from dynd.core.replica import LocalReplica, decode_record
+from dynd.storage.lmdb_store import LmdbStore
+from tests.support.cluster import FAST_TIMERS, poll_until, settled, start_node
+from tests.support.procs import DyndProcess
+
+AE_PERIOD_MS = 1000
+CONFIG = FAST_TIMERS.replace("hint_delivery_interval_ms = 200", "hint_delivery_interval_ms = 3600000") + f"ae_interval_ms = {AE_PERIOD_MS}\n"
+KEYS = 300
+
+
+@pytest.fixture
+def three(tmp_path: Path) -> Iterator[list[DyndProcess]]:
+    first = start_node(tmp_path, "e1", config_text=CONFIG)
+    nodes = [first, start_node(tmp_path, "e2", first, config_text=CONFIG), start_node(tmp_path, "e3", first, config_text=CONFIG)]
+    try:
+        poll_until("three members everywhere", lambda: settled(nodes, {"e1", "e2", "e3"}))
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+            node.cleanup()
+
+
+def store_of(node: DyndProcess) -> LmdbStore:
+    return LmdbStore(str(node.data_dir / "lmdb"), map_bytes=Limits().lmdb_map_bytes)
+
+
+def repair_now(node: DyndProcess) -> int:
+    """Run an exchange of everything the node holds now; return how many keys differed."""
+    with BlockingClient(node.address) as client:
+        report = client.repair_start()
+        while not report.finished:
+            time.sleep(0.05)  # poll interval; the loop ends on the node's own "finished"
+            report = client.repair_status(report.run)
+    assert report.pairs_failed == 0, report.errors
+    return report.keys_differing
+
+
+def exchanged_since(nodes: list[DyndProcess], partitions: set[int], since_ms: float) -> bool:
+    for node in nodes:
+        with BlockingClient(node.address) as client:
+            last = client.cluster_status(local_only=True).last_exchange_ms or []
+        if any(last[p] < since_ms for p in partitions):
+            return False
+    return True
+
+
+def restart_changed(node: DyndProcess, change: object) -> float:
+    node.stop()
+    store = store_of(node)
+    try:
+        change(store)  # type: ignore[operator]
+    finally:
+        store.close()
+    node.start()
+    return time.time() * 1000
+
+
+def replicas_agree(nodes: list[DyndProcess], keys: dict[str, bytes]) -> None:
+    """Every node's own store holds every key's value (read after the nodes stop)."""
+    for node in nodes:
+        node.stop()
+        store = store_of(node)
+        try:
+            missing = [k for k, v in keys.items() if v not in _values(store.get_object(partition_of(k.encode(), 64), k.encode()))]
+        finally:
+            store.close()
+        assert missing == [], f"{node.name} lacks {len(missing)} keys"
+
+
+def _values(record: bytes | None) -> list[bytes]:
+    return [] if record is None else [s.value for s in decode_record(record).siblings if s.value is not None]
+
+
+def test_a_wiped_partition_and_keys_on_one_replica_converge_in_one_period(three: list[DyndProcess]) -> None:
+    writer = three[0]
+    keys = {f"ae-{i}": f"v{i}".encode() for i in range(KEYS)}
+    with BlockingClient(writer.address) as client:
+        for key, value in keys.items():
+            client.put(key, value, w=3)
+        ring = client.ring()
+    victim = three[2]
+    wiped = partition_of(b"ae-0", 64)
+    assert victim.name in key_placement(ring, "ae-0").primaries  # N=3 of 3 nodes: all hold all
+    wiped_keys = [k for k in keys if partition_of(k.encode(), 64) == wiped]
+
+    def wipe(store: LmdbStore) -> None:
+        store.write([DeleteObject(wiped, key) for key, _ in store.iter_partition(wiped)])
+
+    lonely = {f"lonely-{i}": f"only-here-{i}".encode() for i in range(100)}
+
+    def write_alone(store: LmdbStore) -> None:
+        replica = LocalReplica("injected", Limits(), 64)
+        store.write(
+            [PutObject(partition_of(k.encode(), 64), k.encode(), replica.write(k.encode(), v, None, None, 1).record) for k, v in lonely.items()]
+        )
+
+    restarted_ms = restart_changed(victim, wipe)
+    restart_changed(three[1], write_alone)
+    touched = {wiped} | {partition_of(k.encode(), 64) for k in lonely}
+    # One exchange period (plus the time to run it) after the restart, every touched partition
+    # has been compared on every node; then a fresh exchange of everything finds no difference.
+    poll_until("an exchange of every touched partition", lambda: exchanged_since(three, touched, restarted_ms), deadline_s=3 * AE_PERIOD_MS / 1000 + 10)
+    assert [repair_now(node) for node in three] == [0, 0, 0], "the next exchanges repair nothing"
+    assert len(wiped_keys) > 0
+    replicas_agree(three, {**keys, **lonely})
