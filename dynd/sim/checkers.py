@@ -1,0 +1,120 @@
+"""Checkers: what must hold once every fault has healed and the cluster has quiesced.
+
+They are separate from the workload (FoundationDB's setup/start/check): the workload only records
+what clients did; these read the final state and the history and say what is wrong.
+
+    lost_write     every acknowledged add is in the final read of its key (the union of siblings)
+    phantom        every element in a final read was attempted by some client put
+    convergence    every primary of a key holds the same sibling set (compared decoded)
+    dominated      no stored sibling is covered by another sibling's context (or by the
+                   object's `seen`, which is that rule made durable)
+    membership     every running node has the same membership (digest), hence the same ring
+
+The final reads and the replica contents come from `final_state` (see run.py): a read of every key
+at R=N through every node, which also read-repairs it, then a direct look at each primary's store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dynd.core.replica import decode_record
+from dynd.core.versions import SiblingSet
+from dynd.sim.workload import History, decode_set
+from dynd.sim.world import Failure
+
+CHECKERS = ("lost_write", "phantom", "convergence", "dominated", "membership")
+
+
+@dataclass
+class FinalState:
+    """What the checkers look at."""
+
+    # key -> the union of elements over the siblings of the last successful final read
+    reads: dict[bytes, set[str]] = field(default_factory=dict)
+    # key -> keys whose final reads all failed
+    unread: set[bytes] = field(default_factory=set)
+    # key -> primary name -> stored record (None: the primary holds nothing)
+    replicas: dict[bytes, dict[str, bytes | None]] = field(default_factory=dict)
+    # node name -> membership digest
+    digests: dict[str, bytes] = field(default_factory=dict)
+
+
+def check(history: History, state: FinalState, keys: list[bytes]) -> list[Failure]:
+    failures: list[Failure] = []
+    for key in keys:
+        failures += check_lost_writes(history, state, key)
+        failures += check_phantoms(history, state, key)
+        failures += check_convergence(state, key)
+        failures += check_dominated(state, key)
+    failures += check_membership(state)
+    return failures
+
+
+def check_lost_writes(history: History, state: FinalState, key: bytes) -> list[Failure]:
+    if key in state.unread:
+        acked = history.acknowledged(key)
+        if acked:
+            return [Failure("lost_write", f"no final read of {key!r} succeeded; {len(acked)} acknowledged adds unverified", key)]
+        return []
+    final = state.reads.get(key, set())
+    missing = sorted(e for e in history.acknowledged(key) if e not in final)
+    if not missing:
+        return []
+    return [Failure("lost_write", f"{len(missing)} acknowledged add(s) of {key!r} missing from the final read: {', '.join(missing[:10])}", key)]
+
+
+def check_phantoms(history: History, state: FinalState, key: bytes) -> list[Failure]:
+    attempted = history.attempted(key)
+    extra = sorted(e for e in state.reads.get(key, set()) if e not in attempted)
+    for records in [state.replicas.get(key, {})]:
+        for record in records.values():
+            if record is not None:
+                for sibling in decode_record(record).live:
+                    extra += sorted(e for e in decode_set(sibling.value or b"") if e not in attempted and e not in extra)
+    if not extra:
+        return []
+    return [Failure("phantom", f"{key!r} holds element(s) no client ever wrote: {', '.join(extra[:10])}", key)]
+
+
+def _describe(obj: SiblingSet) -> str:
+    parts = [f"{s.dot.actor}:{s.dot.counter}{'' if s.value is not None else '(tombstone)'}" for s in obj.siblings]
+    return f"[{' '.join(parts)}] seen={obj.seen!r}"
+
+
+def check_convergence(state: FinalState, key: bytes) -> list[Failure]:
+    replicas = state.replicas.get(key)
+    if not replicas:
+        return []
+    decoded = {name: (decode_record(record) if record is not None else SiblingSet()) for name, record in sorted(replicas.items())}
+    first_name, first = next(iter(decoded.items()))
+    differ = [name for name, obj in decoded.items() if obj != first]
+    if not differ:
+        return []
+    lines = "; ".join(f"{name}: {_describe(obj)}" for name, obj in decoded.items())
+    return [Failure("convergence", f"primaries of {key!r} disagree ({', '.join(differ)} differ from {first_name}): {lines}", key)]
+
+
+def check_dominated(state: FinalState, key: bytes) -> list[Failure]:
+    failures: list[Failure] = []
+    for name, record in sorted(state.replicas.get(key, {}).items()):
+        if record is None:
+            continue
+        obj = decode_record(record)
+        for sibling in obj.siblings:
+            if obj.seen.covers(sibling.dot):
+                failures.append(Failure("dominated", f"{name}'s copy of {key!r} keeps sibling {sibling.dot} that its seen clock covers", key))
+            for other in obj.siblings:
+                if other is not sibling and other.context.covers(sibling.dot):
+                    failures.append(
+                        Failure("dominated", f"{name}'s copy of {key!r} keeps sibling {sibling.dot} covered by sibling {other.dot}'s context", key)
+                    )
+    return failures
+
+
+def check_membership(state: FinalState) -> list[Failure]:
+    distinct = sorted(set(state.digests.values()))
+    if len(distinct) <= 1:
+        return []
+    groups = {d.hex()[:8]: sorted(n for n, x in state.digests.items() if x == d) for d in distinct}
+    return [Failure("membership", f"nodes disagree on membership: {groups}")]

@@ -1,0 +1,234 @@
+"""The simulated cluster: hosts, their node processes, the network and the disks, on one clock.
+
+A host is a machine: a name, an address and a MemoryStore that survives crashes. A host runs at
+most one node process at a time; each start builds a new `dynd.core.node.Node` from what the store
+committed (its membership comes from the meta record "membership"), with its own disk (overlay and
+commit queue) and its own network endpoint, so nothing of a crashed incarnation leaks into the next.
+
+Every random choice comes from one `random.Random(seed)`: the world draws a sub-stream for each
+concern (network, each disk, each node, the workload) in a fixed order, so adding a draw in one
+concern does not reshuffle the others.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dynd.core.limits import Limits
+from dynd.core.membership import JOIN, ClusterParams, Membership, create
+from dynd.core.node import Node
+from dynd.core.ops import PutMeta
+from dynd.core.ports import Storage
+from dynd.sim.disk import SimDisk
+from dynd.sim.loop import Loop
+from dynd.sim.network import Endpoint, NetConfig, SimNetwork
+from dynd.sim.process import Process
+from dynd.storage.memory import MemoryStore
+
+MEMBERSHIP_META = "membership"
+ACTOR_META = "actor"  # the node's name plus the epoch of its data directory, as the daemon keeps it
+# Node clocks read like wall clocks (timestamps order context entries for pruning), and a clock
+# set back at a restart must not go below zero.
+EPOCH_MS = 1_700_000_000_000
+
+# Short intervals: more gossip, handoff and timeouts per simulated second.
+SIM_LIMITS = Limits(
+    request_timeout_ms=1_000,
+    tick_interval_ms=50,
+    peer_retry_ms=500,
+    gossip_interval_ms=300,
+    handoff_interval_ms=600,
+    handoff_batch_keys=4,
+)
+
+
+@dataclass(frozen=True)
+class Failure:
+    checker: str
+    message: str
+    key: bytes | None = None
+    at_ms: int = 0
+
+
+@dataclass
+class Host:
+    name: str
+    address: str
+    store: MemoryStore = field(default_factory=MemoryStore)
+    seeds: tuple[str, ...] = ()
+    process: Process | None = None
+    node: Node | None = None
+    disk: SimDisk | None = None
+    endpoint: Endpoint | None = None
+    incarnations: int = 0
+    skew_ms: int = 0
+    rng: random.Random = field(default_factory=random.Random)
+
+    @property
+    def up(self) -> bool:
+        return self.process is not None and self.process.alive
+
+    @property
+    def running(self) -> bool:
+        """Up and not paused: serving requests now."""
+        return self.up and not self.process.paused  # type: ignore[union-attr]
+
+
+StorageWrapper = Callable[["Host", SimDisk], Storage]
+
+
+class World:
+    def __init__(
+        self,
+        seed: int,
+        *,
+        nodes: int,
+        params: tuple[int, int, int, int],  # n, r, w, partitions
+        limits: Limits = SIM_LIMITS,
+        net: NetConfig | None = None,
+        commit_delay_ms: tuple[int, int] = (1, 6),
+        wrap_storage: StorageWrapper | None = None,
+    ) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.loop = Loop()
+        self.limits = limits
+        self.commit_delay_ms = commit_delay_ms
+        self.wrap_storage = wrap_storage
+        self.failures: list[Failure] = []
+        self.net = SimNetwork(self.loop, self._substream(), net or NetConfig(), self.report)
+        self.workload_rng = self._substream()
+        n, r, w, partitions = params
+        self.params = ClusterParams(f"sim-{seed}", n, r, w, partitions)
+        self.hosts: dict[str, Host] = {}
+        names = [f"n{i}" for i in range(1, nodes + 1)]
+        membership = Membership(self.params)
+        for name in names:
+            membership = membership.with_event(JOIN, name, origin=names[0], address=self._address(name))
+        for name in names:
+            host = self._new_host(name)
+            host.store.write([PutMeta(MEMBERSHIP_META, membership.encode())])
+            self.start(host)
+
+    # ---- hosts ----
+
+    def _substream(self) -> random.Random:
+        return random.Random(self.rng.getrandbits(64))
+
+    @staticmethod
+    def _address(name: str) -> str:
+        return f"{name}.sim:7400"
+
+    def _new_host(self, name: str) -> Host:
+        host = Host(name, self._address(name), seeds=(self._address("n1"),), rng=self._substream())
+        host.store.write([PutMeta(ACTOR_META, f"{name}.{host.rng.getrandbits(32):08x}".encode())])
+        self.hosts[name] = host
+        self.net.register(name, host.address)
+        return host
+
+    def add_host(self) -> Host:
+        """A new machine with a fresh one-node cluster of its own (it joins through a seed later)."""
+        name = f"n{len(self.hosts) + 1}"
+        host = self._new_host(name)
+        alone = create(ClusterParams(f"sim-{self.seed}-{name}", *self._params_tuple()), name, host.address)
+        host.store.write([PutMeta(MEMBERSHIP_META, alone.encode())])
+        self.start(host)
+        return host
+
+    def _params_tuple(self) -> tuple[int, int, int, int]:
+        p = self.params
+        return p.n, p.r, p.w, p.partitions
+
+    def now_of(self, host: Host) -> Callable[[], int]:
+        loop = self.loop
+        return lambda: EPOCH_MS + loop.now_ms + host.skew_ms
+
+    def start(self, host: Host) -> None:
+        assert not host.up
+        host.incarnations += 1
+        process = Process(host.name, host.incarnations, self._exception)
+        disk = SimDisk(host.store, process, self.loop, random.Random(host.rng.getrandbits(64)), self.commit_delay_ms)
+        storage: Storage = self.wrap_storage(host, disk) if self.wrap_storage is not None else disk
+        endpoint = Endpoint(self.net, host.name, process, self.limits.request_timeout_ms, host.address)
+        meta = host.store.get_meta(MEMBERSHIP_META)
+        actor = host.store.get_meta(ACTOR_META)
+        assert meta is not None, "a host's store always holds a membership"
+        host.process, host.disk, host.endpoint = process, disk, endpoint
+        node_rng = random.Random(host.rng.getrandbits(64))
+
+        def build() -> None:
+            host.node = Node(
+                host.name,
+                host.address,
+                Membership.decode(meta),
+                storage,
+                endpoint,
+                limits=self.limits,
+                now_ms=self.now_of(host),
+                rng=node_rng,
+                seeds=host.seeds,
+                actor=actor.decode() if actor is not None else None,
+            )
+
+        process.run(build)
+        if host.node is None:
+            process.crash()
+            return
+        node = host.node
+        self.net.listen(host.address, process, node.handle, getattr(node, "receive_datagram", None))
+        self.loop.trace("start", host.name, host.incarnations)
+        self.loop.after(host.rng.randint(1, self.limits.tick_interval_ms), lambda: self._tick(process, node))
+
+    def _tick(self, process: Process, node: Node) -> None:
+        if not process.alive:
+            return
+        if not process.paused:  # a stopped process does not tick; it catches up when resumed
+            process.run(node.tick)
+        self.loop.after(self.limits.tick_interval_ms, lambda: self._tick(process, node))
+
+    def crash(self, host: Host) -> None:
+        if host.process is None:
+            return
+        host.process.crash()
+        self.net.unlisten(host.address)
+        host.process = host.node = host.disk = host.endpoint = None
+        self.loop.trace("crash", host.name)
+
+    def restart(self, host: Host, skew_ms: int | None = None) -> None:
+        if host.up:
+            return
+        if skew_ms is not None:
+            host.skew_ms = skew_ms  # a clock may be set back across a restart
+        self.start(host)
+
+    def pause(self, host: Host) -> None:
+        if host.process is not None:
+            host.process.pause()
+            self.loop.trace("pause", host.name)
+
+    def resume(self, host: Host) -> None:
+        if host.process is not None and host.process.paused:
+            self.loop.trace("resume", host.name)
+            host.process.resume()
+
+    def up_hosts(self) -> list[Host]:
+        return [h for h in self.hosts.values() if h.up]
+
+    # ---- failures ----
+
+    def report(self, checker: str, message: str, key: bytes | None = None) -> None:
+        self.failures.append(Failure(checker, message, key, self.loop.now_ms))
+
+    def _exception(self, process: str, formatted: str) -> None:
+        self.report("exception", f"{process} raised:\n{formatted}")
+
+    def run_for(self, ms: int, stop: Callable[[], bool] | None = None) -> None:
+        self.loop.run_until(self.loop.now_ms + ms, stop)
+
+    def inside(self, host: Host, fn: Callable[[], Any]) -> None:
+        """Run `fn` inside the host's current process (as if the node did it itself)."""
+        if host.process is not None:
+            host.process.run(fn)
