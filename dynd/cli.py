@@ -23,7 +23,7 @@ from dynd.shell.commit_engines import WriterProcessEngine
 from dynd.shell.committer import GroupCommitter
 from dynd.core.cluster import MEMBERSHIP_META
 from dynd.core.membership import JOIN, Membership
-from dynd.core.node import Node
+from dynd.core.node import ACTOR_META, Node
 from dynd.shell.bootstrap import fetch_membership, new_cluster
 from dynd.shell.peers import Peers
 from dynd.shell.server import Server
@@ -37,7 +37,6 @@ log = logging.getLogger("dynd")
 EXIT_CONFIG = 2
 EXIT_STARTUP = 1
 NODE_NAME_META = "node_name"
-ACTOR_META = "actor"  # the node's name plus the epoch of this data directory
 ACTOR_EPOCH_BYTES = 4
 PARTITIONS_META = "partitions"
 

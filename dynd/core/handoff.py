@@ -7,7 +7,9 @@ remove, or writes it took for a partition it never owned) and moves them one at 
     next batch of up to `handoff_batch_keys` keys  ->  Handoff to every primary
     every primary confirmed (merged and durable)   ->  delete the keys whose record is still the
                                                         one sent (a write that arrived meanwhile
-                                                        stays, and goes out with the next batch)
+                                                        stays, and goes out with the next batch),
+                                                        and take a new actor epoch in the same
+                                                        commit (see Node._renew_actor)
     deletes durable                                 ->  next batch; none left: next partition
     a primary failed or the ring gave it back       ->  leave the partition for the next pass
 
@@ -25,7 +27,7 @@ from typing import Any
 
 from dynd.core.admission import Pacer, Unlimited
 from dynd.core.cluster import ClusterView
-from dynd.core.ops import DeleteObject
+from dynd.core.ops import DeleteObject, WriteOp
 from dynd.core.ports import Network, Storage
 from dynd.protocol import messages
 from dynd.protocol.errors import DynError
@@ -46,8 +48,12 @@ class Handoff:
         batch_keys: int,
         now_ms: Callable[[], int],
         pacer: Pacer | None = None,
+        renew_actor: Callable[[], list[WriteOp]] = list,
     ) -> None:
+        """`renew_actor`: ops that give the node a new actor epoch, committed with each batch
+        of deletes (the node forgets the counters it issued for the deleted keys)."""
         self.name = name
+        self.renew_actor = renew_actor
         self.pacer: Pacer = pacer or Unlimited()
         self._parked: int | None = None  # a partition whose next batch waits for the pacer
         self.partitions = partitions
@@ -157,6 +163,6 @@ class Handoff:
             self._partition_done(partition, False)
             return
         try:
-            self.storage.submit(deletes, deleted)
+            self.storage.submit([*deletes, *self.renew_actor()], deleted)
         except DynError as exc:
             deleted(exc)

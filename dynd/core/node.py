@@ -37,7 +37,7 @@ from dynd.core.admission import BackgroundBudget
 from dynd.core.anti_entropy import AntiEntropy, ExchangeLimits, RepairProgress, TrackedStorage, co_primary_pairs, responders
 from dynd.core.health import Health
 from dynd.core.hints import HintDelivery
-from dynd.core.ops import PutObject, WriteOp
+from dynd.core.ops import PutMeta, PutObject, WriteOp
 from dynd.core.placement import Placement, coordinators, place
 from dynd.core.preflist import PreferenceList
 from dynd.core.ports import Network, Storage
@@ -51,6 +51,8 @@ log = logging.getLogger("dynd.node")
 
 Reply = Callable[[Any], None]  # a message, or pre-encoded payload bytes
 
+ACTOR_META = "actor"  # the actor this node's dots carry now: its name plus an epoch
+ACTOR_EPOCH_BITS = 32
 STATUS_GATHER_MS = 1_000
 REPAIR_RUNS_KEPT = 16  # repair runs whose progress can still be asked for
 REPAIR_ERRORS_SHOWN = 5  # how long cluster status waits for members' own transfer counts
@@ -75,6 +77,7 @@ class Node:
         """`actor`: the id this node's versions carry (its name plus the epoch of its data
         directory, so a node whose data was wiped can never reissue a dot it issued before)."""
         self.name = name
+        self.rng = rng
         self.network = network
         self.limits = limits
         self.now_ms = now_ms
@@ -100,6 +103,7 @@ class Node:
             batch_keys=limits.handoff_batch_keys,
             now_ms=now_ms,
             pacer=self.budget,
+            renew_actor=self._renew_actor,
         )
         self.swim = Swim(name, limits=limits, now_ms=now_ms, rng=rng)
         self.swim.on_change.append(lambda member, status: log.info("%s is %s", member, status))
@@ -178,6 +182,15 @@ class Node:
             handler(message, reply)
         except DynError as exc:
             reply(error_reply(getattr(message, "id", None), exc))
+
+    def _renew_actor(self) -> list[WriteOp]:
+        """Handoff is about to delete keys, and with them the only record of the counters this
+        node issued for them: were it to coordinate one of those keys again, it would reissue a
+        counter the other replicas have seen and one of the two writes would be lost. So every
+        deletion takes a new actor epoch, persisted in the same commit as the deletes."""
+        actor = f"{self.name}.{int(self.rng.random() * 2**ACTOR_EPOCH_BITS):08x}"
+        self.replica.actor = actor
+        return [PutMeta(ACTOR_META, actor.encode())]
 
     def _timing(self, reply: Reply) -> Reply:
         """Feed the foreground latency to admission control as the reply goes out."""

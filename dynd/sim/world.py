@@ -19,7 +19,7 @@ from typing import Any
 
 from dynd.core.limits import Limits
 from dynd.core.membership import JOIN, ClusterParams, Membership, create
-from dynd.core.node import Node
+from dynd.core.node import ACTOR_META, Node
 from dynd.core.ops import PutMeta
 from dynd.core.ports import Storage
 from dynd.sim.disk import SimDisk
@@ -29,7 +29,6 @@ from dynd.sim.process import Process
 from dynd.storage.memory import MemoryStore
 
 MEMBERSHIP_META = "membership"
-ACTOR_META = "actor"  # the node's name plus the epoch of its data directory, as the daemon keeps it
 # Node clocks read like wall clocks (timestamps order context entries for pruning), and a clock
 # set back at a restart must not go below zero.
 EPOCH_MS = 1_700_000_000_000
