@@ -53,6 +53,10 @@ class Limits:
     ae_tree_fanout: int = 16
     # admission control: background work backs off while foreground p99 is above this
     background_p99_target_ms: int = 30
+    # tombstone reaping: a tombstone goes once every primary holds it and this long has passed
+    tombstone_grace_ms: int = 864_000_000  # 10 days: a node down longer must be wiped to rejoin
+    reap_interval_ms: int = 10_000
+    reap_batch_keys: int = 64
     # hinted handoff
     hint_delivery_interval_ms: int = 1_000
     hint_batch_keys: int = 64

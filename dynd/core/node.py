@@ -16,7 +16,8 @@ leave, remove.
 
 Timers are named deadlines that `tick` runs: each coordination's request deadline, the cluster
 status gather, the failure detector's probes (`Swim.tick`), the gossip round (`ClusterView.tick`),
-the handoff pass (`Handoff.tick`) and hint delivery (`HintDelivery.tick`). Failure-detector
+the handoff pass (`Handoff.tick`), hint delivery (`HintDelivery.tick`), anti-entropy rounds
+(`AntiEntropy.tick`) and tombstone reaping (`Reaper.tick`). Failure-detector
 datagrams arrive through `receive_datagram`.
 """
 
@@ -41,6 +42,7 @@ from dynd.core.ops import PutMeta, PutObject, WriteOp
 from dynd.core.placement import Placement, coordinators, place
 from dynd.core.preflist import PreferenceList
 from dynd.core.ports import Network, Storage
+from dynd.core.reaper import Reaper, is_expired_tombstone
 from dynd.core.replica import LocalReplica, merge_records
 from dynd.core.swim import Swim
 from dynd.protocol import codec, messages
@@ -137,6 +139,20 @@ class Node:
             pacer=self.budget,
             concurrency=limits.ae_concurrency,
         )
+        self.reaper = Reaper(
+            name,
+            self.cluster,
+            storage,
+            network,
+            self.forest,
+            self.health,
+            interval_ms=limits.reap_interval_ms,
+            batch_keys=limits.reap_batch_keys,
+            grace_ms=limits.tombstone_grace_ms,
+            now_ms=now_ms,
+            pacer=self.budget,
+            renew_actor=self._renew_actor,
+        )
         self._repair_runs: dict[int, RepairProgress] = {}
         self._next_repair_run = 1
         # coordination -> (request, reply, the success reply of a put)
@@ -204,6 +220,9 @@ class Node:
         return timed
 
     def _store_repair(self, partition: int, key: bytes, record: bytes, done: Callable[[DynError | None], None]) -> None:
+        if self.storage.read_object(partition, key) is None and self._reaped_already(record):
+            done(None)
+            return
         self.storage.submit([PutObject(partition, key, record)], done)
 
     # ---- repair on demand ----
@@ -451,9 +470,16 @@ class Node:
         """Merge a record from another replica into ours; `done` runs once the result is durable."""
         partition = self.replica.partition(key)
         stored = self.storage.read_object(partition, key)
-        merged = merge_records(stored, record, self.replica.limits.context_prune_threshold)
+        if stored is None and self._reaped_already(record):
+            merged = None
+        else:
+            merged = merge_records(stored, record, self.replica.limits.context_prune_threshold)
         # Even with nothing new to store, wait for the commit queue: what we hold may not be durable yet.
         self.storage.submit([] if merged is None else [PutObject(partition, key, merged)], done)
+
+    def _reaped_already(self, record: bytes) -> bool:
+        """An expired tombstone where nothing is stored: it was reaped here; do not bring it back."""
+        return is_expired_tombstone(record, self.now_ms(), self.limits.tombstone_grace_ms)
 
     # ---- coordination ----
 
@@ -531,6 +557,7 @@ class Node:
         self.handoff.tick()
         self.hints.tick()
         self.anti_entropy.tick()
+        self.reaper.tick()
 
     def _route_elsewhere(self, request: Any, preference: PreferenceList, reply: Reply) -> None:
         if request.ring is not None and request.ring != self.cluster.membership.digest:

@@ -41,6 +41,9 @@ SIM_LIMITS = Limits(
     gossip_interval_ms=300,
     handoff_interval_ms=600,
     handoff_batch_keys=4,
+    ae_interval_ms=1_000,
+    reap_interval_ms=500,
+    tombstone_grace_ms=3_000,
 )
 
 

@@ -21,7 +21,7 @@ from dynd.core.ops import DeleteObject, PutObject
 from dynd.core.partition import partition_of
 from dynd.core.replica import LocalReplica, decode_record
 from dynd.storage.lmdb_store import LmdbStore
-from tests.support.cluster import FAST_TIMERS, poll_until, settled, start_node
+from tests.support.cluster import FAST_TIMERS, poll_until, repair_now, settled, start_node
 from tests.support.procs import DyndProcess
 
 AE_PERIOD_MS = 1000
@@ -44,17 +44,6 @@ def three(tmp_path: Path) -> Iterator[list[DyndProcess]]:
 
 def store_of(node: DyndProcess) -> LmdbStore:
     return LmdbStore(str(node.data_dir / "lmdb"), map_bytes=Limits().lmdb_map_bytes)
-
-
-def repair_now(node: DyndProcess) -> int:
-    """Run an exchange of everything the node holds now; return how many keys differed."""
-    with BlockingClient(node.address) as client:
-        report = client.repair_start()
-        while not report.finished:
-            time.sleep(0.05)  # poll interval; the loop ends on the node's own "finished"
-            report = client.repair_status(report.run)
-    assert report.pairs_failed == 0, report.errors
-    return report.keys_differing
 
 
 def exchanged_since(nodes: list[DyndProcess], partitions: set[int], since_ms: float) -> bool:

@@ -61,3 +61,15 @@ def start_node(
     # A joining node takes the cluster's Q (64 here, not the default 256) without being told.
     args = ("--join", seed.address) if seed is not None else ("--replicas", "3", "--r", "2", "--w", "2", "--partitions", "64")
     return DyndProcess(tmp_path / name, name=name, config_text=config_text, extra_args=args + extra).start()
+
+
+def repair_now(node: DyndProcess) -> int:
+    """Run an anti-entropy exchange of everything the node holds, to the end; return how many
+    keys differed."""
+    with BlockingClient(node.address) as client:
+        report = client.repair_start()
+        while not report.finished:
+            time.sleep(POLL_S)  # poll interval; the loop ends on the node's own "finished"
+            report = client.repair_status(report.run)
+    assert report.pairs_failed == 0, report.errors
+    return report.keys_differing

@@ -1,0 +1,111 @@
+"""Tombstone reaping, driven synchronously over fakes: when a tombstone may go, and when not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dynd.core.limits import Limits
+from dynd.core.merkle import Forest
+from dynd.core.ops import DeleteObject, PutMeta
+from dynd.core.preflist import PreferenceList
+from dynd.core.reaper import Reaper, is_expired_tombstone
+from dynd.core.replica import LocalReplica
+from dynd.protocol import messages
+from dynd.protocol.errors import Timeout
+
+GRACE_MS = 1000
+Q = 4
+
+
+class FakeStorage:
+    def __init__(self) -> None:
+        self.objects: dict[tuple[int, bytes], bytes] = {}
+        self.commits: list[list[Any]] = []
+
+    def read_object(self, partition: int, key: bytes) -> bytes | None:
+        return self.objects.get((partition, key))
+
+    def submit(self, ops: list[Any], on_done: Any) -> None:
+        self.commits.append(list(ops))
+        for op in ops:
+            if isinstance(op, DeleteObject):
+                self.objects.pop((op.partition, op.key), None)
+        on_done(None)
+
+
+class FakeNetwork:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Any, Any]] = []
+
+    def send(self, node: str, build: Any, on_reply: Any) -> None:
+        self.sent.append((node, build(1), on_reply))
+
+
+class Cluster:
+    def preference_list(self, partition: int) -> PreferenceList:
+        return PreferenceList(partition, ("a", "b", "c"), ())
+
+
+class Healthy:
+    def usable(self, name: str) -> bool:
+        return True
+
+
+def setup(records: dict[bytes, bytes]) -> tuple[Reaper, FakeStorage, FakeNetwork, list[int]]:
+    clock = [5_000]
+    storage, network, forest = FakeStorage(), FakeNetwork(), Forest(Q, segments=16, fanout=4)
+    for key, record in records.items():
+        storage.objects[(0, key)] = record
+    forest.build(0, [(k, r) for (p, k), r in storage.objects.items() if p == 0])
+    forest.mark_ready()
+    reaper = Reaper(
+        "a", Cluster(), storage, network, forest, Healthy(),  # type: ignore[arg-type]
+        interval_ms=100, batch_keys=10, grace_ms=GRACE_MS, now_ms=lambda: clock[0],
+        renew_actor=lambda: [PutMeta("actor", b"a.new")],
+    )
+    return reaper, storage, network, clock
+
+
+def tombstone(at_ms: int) -> bytes:
+    replica = LocalReplica("a.1", Limits(), Q)
+    written = replica.write(b"k", b"v", None, None, now_ms=at_ms - 10)
+    return replica.write(b"k", None, written.reply_context, written.record, now_ms=at_ms).record
+
+
+def test_only_old_tombstones_count_as_expired() -> None:
+    record = tombstone(1_000)
+    assert is_expired_tombstone(record, 1_000 + GRACE_MS, GRACE_MS)
+    assert not is_expired_tombstone(record, 1_000 + GRACE_MS - 1, GRACE_MS)
+    live = LocalReplica("a.1", Limits(), Q).write(b"k", b"v", None, None, now_ms=1).record
+    assert not is_expired_tombstone(live, 10**9, GRACE_MS)
+
+
+def test_a_tombstone_goes_when_every_other_primary_holds_it_or_nothing() -> None:
+    record = tombstone(1_000)
+    reaper, storage, network, _ = setup({b"k": record})
+    reaper.reap(0)
+    assert sorted(node for node, _, _ in network.sent) == ["b", "c"]
+    (_, _, b_reply), (_, _, c_reply) = network.sent
+    b_reply(messages.FetchOk(id=1, record=record))
+    assert storage.objects, "c has not answered yet"
+    c_reply(messages.FetchOk(id=1, record=None))  # c reaped already
+    assert storage.objects == {}
+    assert [type(op) for op in storage.commits[-1]] == [DeleteObject, PutMeta], "a new actor epoch with the deletes"
+
+
+def test_a_tombstone_stays_when_a_primary_differs_or_does_not_answer() -> None:
+    record = tombstone(1_000)
+    other = LocalReplica("b.1", Limits(), Q).write(b"k", b"older", None, None, now_ms=1).record
+    for b_answer in (messages.FetchOk(id=1, record=other), Timeout("no reply")):
+        reaper, storage, network, _ = setup({b"k": record})
+        reaper.reap(0)
+        (_, _, b_reply), (_, _, c_reply) = network.sent
+        b_reply(b_answer)
+        c_reply(messages.FetchOk(id=1, record=record))
+        assert storage.objects == {(0, b"k"): record}, b_answer
+
+
+def test_a_young_tombstone_is_not_even_asked_about() -> None:
+    reaper, storage, network, clock = setup({b"k": tombstone(4_500)})
+    reaper.reap(0)
+    assert network.sent == [] and storage.objects
