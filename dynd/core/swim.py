@@ -409,6 +409,11 @@ class Swim:
             log.info("refuting %s@%d about this node with incarnation %d", STATUS_NAMES[update.status], update.incarnation, self.own_incarnation)
             self._broadcast(Update(self.name, ALIVE, self.own_incarnation))
             self._probe_some_soon()
+        else:
+            # A verdict about an older incarnation: we already refuted it, but whoever still
+            # holds it (a member that restarted and never heard our refutation, say) must hear
+            # our current one, or it keeps us suspect, then dead, for good.
+            self._broadcast(Update(self.name, ALIVE, self.own_incarnation))
 
     def _set_state(self, member: _Member, status: int, incarnation: int, now: int) -> None:
         old_status = member.status

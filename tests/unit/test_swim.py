@@ -160,6 +160,27 @@ def test_a_restarted_member_at_incarnation_0_refutes_a_higher_one() -> None:
     assert all(net.swim(name).incarnation("n5") == 4 for name in NAMES)
 
 
+def test_a_member_that_restarted_learns_a_paused_members_newer_incarnation() -> None:
+    """Found on real processes: every other member restarted since n1 refuted a suspicion, so
+    they know n1 at incarnation 0 while n1 is at 1. Paused long enough, n1 is declared dead@0;
+    once back it must answer that old verdict with its current incarnation, or it stays dead."""
+    net = SimNet(NAMES, seed=3)
+    net.run_for(2_000)
+    net.swim("n3").receive("x", ping("n4", "n3", (Update("n1", SUSPECT, 0),)))
+    net.run_for(8_000)
+    assert net.swim("n1").own_incarnation == 1
+    for name in NAMES[1:]:
+        net.kill(name)
+        net.restart(name, incarnation=0)
+    net.run_for(3_000)
+    assert all(net.swim(name).incarnation("n1") == 0 for name in NAMES[1:]), "none has heard of the refutation"
+    net.pause("n1", 9_000)
+    net.run_for(9_000, stop=lambda: net.all_say("n1", "dead"))
+    assert net.all_say("n1", "dead")
+    net.run_for(20_000, stop=lambda: net.all_say("n1", "alive"))
+    assert net.all_say("n1", "alive")
+
+
 def test_same_seed_same_run_and_another_seed_another() -> None:
     def trace(seed: int) -> list[tuple[int, str, str, str]]:
         net = SimNet(NAMES, seed=seed, delay_ms=(0, 50))
