@@ -17,7 +17,7 @@ import trio
 
 from dynd.client import BlockingClient, open_client
 from dynd.protocol import messages
-from tests.support.cluster import FAST_TIMERS, poll_until, repair_now, settled, start_node
+from tests.support.cluster import FAST_TIMERS, poll_until, run_repair, settled, start_node
 from tests.support.procs import DyndProcess
 
 GRACE_MS = 3000
@@ -71,8 +71,8 @@ def test_a_deleted_key_stays_deleted_and_is_reaped_everywhere(three: list[DyndPr
         node.stop()
         node.start()
     poll_until("three members again", lambda: settled(three, {"t1", "t2", "t3"}))
-    for node in three:
-        repair_now(node)  # an exchange now: were anything left to resurrect it, it would show
+    for node in three:  # an exchange now: were anything left to resurrect it, it would show
+        poll_until(f"a complete exchange through {node.name}", lambda: run_repair(node).pairs_failed == 0)
     for node in three:
         with BlockingClient(node.address) as client:
             assert client.get("doomed", r=3).values == [], f"{node.name} brought the value back"

@@ -33,7 +33,9 @@ def test_a_wiped_node_loses_no_write_it_coordinates_after_rejoining(tmp_path: Pa
             client.put("kv679", b"after-wipe", w=3)  # no context: a blind write, acknowledged by all three
         for node in nodes:
             with BlockingClient(node.address) as reader:
-                assert b"after-wipe" in reader.get("kv679", r=3).values, f"{node.name} lost the write"
+                # poll: a replica just restarted may still count as down for a moment
+                values = poll_until(f"a read of all three replicas through {node.name}", lambda: reader.get("kv679", r=3).values)
+                assert b"after-wipe" in values, f"{node.name} lost the write"
     finally:
         for node in nodes:
             node.stop()

@@ -46,11 +46,14 @@ def status(node: DyndProcess) -> Any:
 
 
 def settled(nodes: list[DyndProcess], members: set[str]) -> bool:
-    """Every node sees exactly `members` joined, and none has partitions left to hand off."""
+    """Every node sees exactly `members` joined and alive, and none has partitions left to hand
+    off (a node just restarted counts as settled only once the others' detectors see it again)."""
     for node in nodes:
         view = status(node)
         joined = {m.name for m in view.members if m.status == "joined"}
         if joined != members or any(m.transfers_pending for m in view.members):
+            return False
+        if any(m.liveness != "alive" for m in view.members if m.name in members):
             return False
     return True
 
@@ -63,13 +66,18 @@ def start_node(
     return DyndProcess(tmp_path / name, name=name, config_text=config_text, extra_args=args + extra).start()
 
 
-def repair_now(node: DyndProcess) -> int:
-    """Run an anti-entropy exchange of everything the node holds, to the end; return how many
-    keys differed."""
+def run_repair(node: DyndProcess) -> Any:
+    """Run an anti-entropy exchange of everything the node holds, to the end; its final report."""
     with BlockingClient(node.address) as client:
         report = client.repair_start()
         while not report.finished:
             time.sleep(POLL_S)  # poll interval; the loop ends on the node's own "finished"
             report = client.repair_status(report.run)
+    return report
+
+
+def repair_now(node: DyndProcess) -> int:
+    """Run an exchange to the end, every pair completing; return how many keys differed."""
+    report = run_repair(node)
     assert report.pairs_failed == 0, report.errors
-    return report.keys_differing
+    return int(report.keys_differing)
