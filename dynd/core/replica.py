@@ -23,7 +23,7 @@ import cbor2
 from dynd.core import versions
 from dynd.core.limits import Limits
 from dynd.core.partition import partition_of
-from dynd.protocol.codec import to_plain
+from dynd.protocol.codec import MAJOR_ARRAY, MAJOR_BYTES, MAJOR_MAP, cbor_head, cbor_text, cbor_uint
 from dynd.protocol.errors import BadRequest, KeyTooLarge, ValueTooLarge
 from dynd.protocol.messages import ClockEntry, SiblingView
 
@@ -65,33 +65,50 @@ def sibling_views(obj: versions.SiblingSet) -> list[SiblingView]:
     ]
 
 
-def _plain_views(obj: versions.SiblingSet) -> list[dict[str, object]]:
-    """`to_plain(sibling_views(obj))` built directly: this runs on every write."""
-    return [
-        {
-            "value": s.value,
-            "actor": s.dot.actor,
-            "counter": s.dot.counter,
-            "clock": [{"actor": a, "counter": c} for a, c, _ in s.context.vector_entries()]
-            + [{"actor": d.actor, "counter": d.counter} for d, _ in s.context.cloud_entries()],
-        }
-        for s in obj.siblings
-        if s.value is not None
-    ]
+_VIEW_HEAD = cbor_head(MAJOR_MAP, 4) + cbor_text("value")
+_VIEW_ACTOR = cbor_text("actor")
+_VIEW_COUNTER = cbor_text("counter")
+_VIEW_CLOCK = cbor_text("clock")
+_CLOCK_ENTRY_HEAD = cbor_head(MAJOR_MAP, 2) + _VIEW_ACTOR
 
 
-def encode_record(obj: versions.SiblingSet, prune_threshold: int) -> bytes:
-    siblings_cbor = cbor2.dumps(_plain_views(obj))
-    context_cbor = cbor2.dumps(versions.encode_context(obj.read_context(prune_threshold)))
+def _encode_views(obj: versions.SiblingSet) -> bytes:
+    """cbor2.dumps(to_plain(sibling_views(obj))), written by hand: this runs on every write."""
+    live = obj.live
+    out = [cbor_head(MAJOR_ARRAY, len(live))]
+    for s in live:
+        assert s.value is not None
+        vector = s.context.vector_entries()
+        cloud = s.context.cloud_entries()
+        out += (
+            _VIEW_HEAD, cbor_head(MAJOR_BYTES, len(s.value)), s.value,
+            _VIEW_ACTOR, cbor_text(s.dot.actor), _VIEW_COUNTER, cbor_uint(s.dot.counter),
+            _VIEW_CLOCK, cbor_head(MAJOR_ARRAY, len(vector) + len(cloud)),
+        )  # fmt: skip
+        for actor, counter, _ in vector:
+            out += (_CLOCK_ENTRY_HEAD, cbor_text(actor), _VIEW_COUNTER, cbor_uint(counter))
+        for dot, _ in cloud:
+            out += (_CLOCK_ENTRY_HEAD, cbor_text(dot.actor), _VIEW_COUNTER, cbor_uint(dot.counter))
+    return b"".join(out)
+
+
+def _encode_record(obj: versions.SiblingSet, context_token: bytes) -> bytes:
+    siblings_cbor = _encode_views(obj)
+    token_head = cbor_head(MAJOR_BYTES, len(context_token))  # the context CBOR is the token as a byte string
     return b"".join(
         (
             _FORMAT_AND_LENGTH.pack(RECORD_FORMAT, len(siblings_cbor)),
             siblings_cbor,
-            _LENGTH.pack(len(context_cbor)),
-            context_cbor,
+            _LENGTH.pack(len(token_head) + len(context_token)),
+            token_head,
+            context_token,
             versions.encode_object(obj, values=False),
         )
     )
+
+
+def encode_record(obj: versions.SiblingSet, prune_threshold: int) -> bytes:
+    return _encode_record(obj, versions.encode_context(obj.read_context(prune_threshold)))
 
 
 def _split_record(record: bytes) -> tuple[int, int, int]:
@@ -158,11 +175,15 @@ class LocalReplica:
             siblings_max=self.limits.siblings_max,
             object_bytes_max=self.limits.object_bytes_max,
         )
+        read_context = outcome.object.read_context(self.limits.context_prune_threshold)
+        read_token = versions.encode_context(read_context)
+        # Usually the writer's new context is exactly what a read would now return: encode it once.
+        reply_token = read_token if outcome.client_context == read_context else versions.encode_context(outcome.client_context)
         return WritePlan(
             partition=self.partition(key),
             key=key,
-            record=encode_record(outcome.object, self.limits.context_prune_threshold),
-            reply_context=versions.encode_context(outcome.client_context),
+            record=_encode_record(outcome.object, read_token),
+            reply_context=reply_token,
             sibling_count=len(outcome.object.siblings),
             object_bytes=outcome.object.value_bytes,
             pruned_entries=outcome.pruned_entries,

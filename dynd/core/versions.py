@@ -38,7 +38,17 @@ from typing import Any, NamedTuple
 
 import cbor2
 
-from dynd.protocol.codec import INT_MAX, loads_strict
+from dynd.protocol.codec import (
+    CBOR_NULL,
+    CBOR_TRUE,
+    INT_MAX,
+    MAJOR_ARRAY,
+    MAJOR_BYTES,
+    cbor_head,
+    cbor_text,
+    cbor_uint,
+    loads_strict,
+)
 from dynd.protocol.errors import BadFrame, BadRequest, ObjectTooLarge, TooManySiblings
 
 CONTEXT_FORMAT = 1
@@ -72,6 +82,15 @@ class Clock:
         self._hash: int | None = None
         if cloud:
             self._absorb_cloud(cloud)
+
+    @classmethod
+    def _of(cls, vector: dict[str, tuple[int, int]]) -> Clock:
+        """A clock with no cloud that takes ownership of `vector`: no copy, nothing to fold."""
+        clock = cls.__new__(cls)
+        clock._vector = vector
+        clock._cloud = {}
+        clock._hash = None
+        return clock
 
     def _absorb_cloud(self, cloud: dict[Dot, int]) -> None:
         """Add cloud dots, folding every run contiguous with the vector into it."""
@@ -151,6 +170,8 @@ class Clock:
             mine = vector.get(actor)
             if mine is None or entry > mine:
                 vector[actor] = entry
+        if not self._cloud and not other._cloud:
+            return Clock._of(vector)
         cloud = dict(self._cloud)
         for dot, ts in other._cloud.items():
             cloud[dot] = max(ts, cloud.get(dot, ts))
@@ -162,9 +183,7 @@ class Clock:
         held = self._vector.get(dot.actor)
         if dot.counter == (held[0] if held else 0) + 1 and not self._cloud:
             # the common case: the next write of an actor extends the vector
-            clock = Clock()
-            clock._vector = {**self._vector, dot.actor: (dot.counter, timestamp_ms)}
-            return clock
+            return Clock._of({**self._vector, dot.actor: (dot.counter, timestamp_ms)})
         return Clock(self._vector, {**self._cloud, dot: timestamp_ms})
 
     def pruned(self, threshold: int, keep: Iterable[Dot] = (), keep_actor: str | None = None) -> tuple[Clock, int]:
@@ -324,22 +343,40 @@ def put(
 
 
 # ---- encodings ----
+#
+# Written with the hand-rolled CBOR pieces of `dynd.protocol.codec` (bytes identical to cbor2's
+# for the same plain lists): these run several times on every put. A clock is two arrays of
+# [actor, counter, timestamp_ms] entries, the vector sorted by actor and the cloud by dot.
+
+_ENTRY_HEAD = cbor_head(MAJOR_ARRAY, 3)
+_CONTEXT_HEAD = cbor_head(MAJOR_ARRAY, 3) + cbor_uint(CONTEXT_FORMAT)
+_OBJECT_HEAD = cbor_head(MAJOR_ARRAY, 4) + cbor_uint(OBJECT_FORMAT)
+_SIBLING_HEAD = cbor_head(MAJOR_ARRAY, 6)
 
 
-def _clock_to_plain(clock: Clock) -> list[Any]:
-    return [
-        [list(e) for e in clock.vector_entries()],
-        [[d.actor, d.counter, ts] for d, ts in clock.cloud_entries()],
-    ]
+def _append_clock(clock: Clock, out: list[bytes]) -> None:
+    vector = clock._vector
+    out.append(cbor_head(MAJOR_ARRAY, len(vector)))
+    for actor in sorted(vector) if len(vector) > 1 else vector:
+        counter, timestamp_ms = vector[actor]
+        out += (_ENTRY_HEAD, cbor_text(actor), cbor_uint(counter), cbor_uint(timestamp_ms))
+    cloud = clock._cloud
+    out.append(cbor_head(MAJOR_ARRAY, len(cloud)))
+    for dot in sorted(cloud) if len(cloud) > 1 else cloud:
+        out += (_ENTRY_HEAD, cbor_text(dot.actor), cbor_uint(dot.counter), cbor_uint(cloud[dot]))
 
 
 def _clock_from_plain(vector: Any, cloud: Any) -> Clock:
+    if not cloud:
+        return Clock._of({a: (c, t) for a, c, t in vector}) if vector else EMPTY_CLOCK
     return Clock({a: (c, t) for a, c, t in vector}, {Dot(a, c): t for a, c, t in cloud})
 
 
 def encode_context(clock: Clock) -> bytes:
-    """The opaque context token handed to clients."""
-    return cbor2.dumps([CONTEXT_FORMAT, *_clock_to_plain(clock)])
+    """The opaque context token handed to clients: [CONTEXT_FORMAT, vector, cloud]."""
+    out = [_CONTEXT_HEAD]
+    _append_clock(clock, out)
+    return b"".join(out)
 
 
 def decode_context(token: bytes | None, *, entries_max: int, actor_bytes_max: int) -> Clock:
@@ -364,7 +401,7 @@ def decode_context(token: bytes | None, *, entries_max: int, actor_bytes_max: in
         raise BadRequest(f"invalid context: {len(item[1]) + len(item[2])} entries exceed context_entries_max={entries_max}")
     vector = _parse_entries(item[1], actor_bytes_max)
     cloud = _parse_entries(item[2], actor_bytes_max, unique_actors=False)
-    return Clock({a: (c, t) for a, c, t in vector}, {Dot(a, c): t for a, c, t in cloud})
+    return _clock_from_plain(vector, cloud)
 
 
 def _parse_entries(raw: list[Any], actor_bytes_max: int, unique_actors: bool = True) -> list[tuple[str, int, int]]:
@@ -393,18 +430,21 @@ def _parse_entries(raw: list[Any], actor_bytes_max: int, unique_actors: bool = T
 
 
 def encode_object(obj: SiblingSet, *, values: bool = True) -> bytes:
-    """The object as CBOR. With values=False each live value is replaced by True (a tombstone
-    stays None), for a caller that keeps the live values elsewhere, in sibling order."""
-    return cbor2.dumps(
-        [
-            OBJECT_FORMAT,
-            [
-                [s.dot.actor, s.dot.counter, s.timestamp_ms, s.value if values or s.value is None else True, *_clock_to_plain(s.context)]
-                for s in obj.siblings
-            ],
-            *_clock_to_plain(obj.seen),
-        ]
-    )
+    """The object as CBOR: [OBJECT_FORMAT, [[actor, counter, timestamp_ms, value, vector, cloud],
+    ...], seen vector, seen cloud]. With values=False each live value is replaced by True (a
+    tombstone stays None), for a caller that keeps the live values elsewhere, in sibling order."""
+    out = [_OBJECT_HEAD, cbor_head(MAJOR_ARRAY, len(obj.siblings))]
+    for s in obj.siblings:
+        out += (_SIBLING_HEAD, cbor_text(s.dot.actor), cbor_uint(s.dot.counter), cbor_uint(s.timestamp_ms))
+        if s.value is None:
+            out.append(CBOR_NULL)
+        elif values:
+            out += (cbor_head(MAJOR_BYTES, len(s.value)), s.value)
+        else:
+            out.append(CBOR_TRUE)
+        _append_clock(s.context, out)
+    _append_clock(obj.seen, out)
+    return b"".join(out)
 
 
 def decode_object(data: bytes, live_values: Iterable[bytes] | None = None) -> SiblingSet:
@@ -416,13 +456,9 @@ def decode_object(data: bytes, live_values: Iterable[bytes] | None = None) -> Si
     if fmt != OBJECT_FORMAT:
         raise ValueError(f"unknown stored object format {fmt!r}")
     supply = iter(live_values) if live_values is not None else None
-    siblings = tuple(
-        Sibling(
-            Dot(actor, counter),
-            _clock_from_plain(vector, cloud),
-            next(supply) if supply is not None and value is True else value,  # type: ignore[arg-type]
-            ts,
-        )
-        for actor, counter, ts, value, vector, cloud in raw_siblings
-    )
-    return SiblingSet(siblings, _clock_from_plain(seen_vector, seen_cloud))
+    siblings = []
+    for actor, counter, ts, value, vector, cloud in raw_siblings:
+        if value is True and supply is not None:
+            value = next(supply)
+        siblings.append(Sibling(Dot(actor, counter), _clock_from_plain(vector, cloud), value, ts))
+    return SiblingSet(tuple(siblings), _clock_from_plain(seen_vector, seen_cloud))

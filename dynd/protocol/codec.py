@@ -10,7 +10,9 @@ between frames. Size limits on keys and values belong to the node's config and a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
+import struct
 import types
 import typing
 from collections.abc import Callable
@@ -60,6 +62,53 @@ def loads_strict(data: bytes) -> Any:
 
 def dumps(item: Any) -> bytes:
     return cbor2.dumps(item)
+
+
+# ---- CBOR written by hand, for the fixed shapes encoded on every write ----
+#
+# cbor2 (6.x) checks each list and tuple against the Mapping ABC before encoding it, about half a
+# microsecond apiece, and the records, context tokens and replies built on every put are mostly
+# small lists. Those encoders join these pieces instead. Each piece is exactly what cbor2 writes
+# for the same value (shortest heads, definite lengths), so the bytes are identical.
+
+MAJOR_UINT = 0
+MAJOR_BYTES = 2
+MAJOR_TEXT = 3
+MAJOR_ARRAY = 4
+MAJOR_MAP = 5
+CBOR_TRUE = b"\xf5"
+CBOR_NULL = b"\xf6"
+TEXT_CACHE_MAX = 4096  # distinct strings kept encoded by `cbor_text` (actor and field names)
+
+_SHORT_HEADS = tuple(tuple(bytes([major << 5 | n]) for n in range(24)) for major in range(8))
+_HEAD_1 = struct.Struct(">BB").pack
+_HEAD_2 = struct.Struct(">BH").pack
+_HEAD_4 = struct.Struct(">BI").pack
+_HEAD_8 = struct.Struct(">BQ").pack
+
+
+def cbor_head(major: int, n: int) -> bytes:
+    """The head of an item of `major` type with argument `n` (a uint's value, a length); a
+    negative `n` raises struct.error."""
+    if 0 <= n < 24:
+        return _SHORT_HEADS[major][n]
+    if n < 0x100:
+        return _HEAD_1(major << 5 | 24, n)
+    if n < 0x10000:
+        return _HEAD_2(major << 5 | 25, n)
+    if n < 0x100000000:
+        return _HEAD_4(major << 5 | 26, n)
+    return _HEAD_8(major << 5 | 27, n)
+
+
+def cbor_uint(n: int) -> bytes:
+    return _SHORT_HEADS[MAJOR_UINT][n] if 0 <= n < 24 else cbor_head(MAJOR_UINT, n)
+
+
+@functools.lru_cache(maxsize=TEXT_CACHE_MAX)
+def cbor_text(text: str) -> bytes:
+    encoded = text.encode("utf-8")
+    return cbor_head(MAJOR_TEXT, len(encoded)) + encoded
 
 
 # ---- field checking, built once per message type from its annotations ----
@@ -117,6 +166,21 @@ def _checker_for(annotation: Any) -> Checker:
     raise TypeError(f"unsupported field type {annotation}")
 
 
+_SCALARS = (int, bytes, str, bool)
+_OP_ONLY = frozenset({"op"})
+
+
+def _flat_field(field: dataclasses.Field[Any], annotation: Any) -> tuple[str, type, bool, bool] | None:
+    """(name, exact type, may be None, may be absent) for a scalar field, optional or not."""
+    if annotation in _SCALARS and field.default is dataclasses.MISSING:
+        return field.name, annotation, False, False
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and field.default in (None, dataclasses.MISSING):
+        args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        if len(args) == 1 and args[0] in _SCALARS:
+            return field.name, args[0], True, field.default is None
+    return None
+
+
 class _Spec:
     """How to check and build one dataclass from a decoded map."""
 
@@ -127,6 +191,28 @@ class _Spec:
         self.checkers = {f.name: _checker_for(hints[f.name]) for f in self.fields}
         self.required = {f.name for f in self.fields if f.default is dataclasses.MISSING}
         self.names = frozenset(self.checkers)
+        self.names_and_op = self.names | _OP_ONLY
+        # Messages whose fields are all scalars (the hot requests and replies among them) get a
+        # straight-line check that builds the message positionally; anything it does not accept
+        # goes through `build`, which accepts or explains exactly as before.
+        flat = [_flat_field(f, hints[f.name]) for f in self.fields]
+        self.flat: tuple[tuple[str, type, bool, bool], ...] | None = None if None in flat else tuple(flat)  # type: ignore[arg-type]
+
+    def build_message(self, mapping: dict[str, Any]) -> Any:
+        """`build` of a top-level message map (which also holds "op")."""
+        if self.flat is not None and mapping.keys() <= self.names_and_op:
+            args = []
+            for name, kind, may_be_none, may_be_absent in self.flat:
+                value = mapping.get(name)
+                if value is None:
+                    if not may_be_none or not (may_be_absent or name in mapping):
+                        break
+                elif type(value) is not kind or (kind is int and not 0 <= value <= INT_MAX):
+                    break
+                args.append(value)
+            else:
+                return self.cls(*args)
+        return self.build(mapping, ignore=_OP_ONLY)
 
     def build(self, mapping: dict[str, Any], ignore: frozenset[str] = frozenset()) -> Any:
         unknown = mapping.keys() - self.names - ignore
@@ -155,7 +241,6 @@ for _record in messages.RECORD_TYPES:
     _RECORD_SPECS[_record] = _Spec(_record)
 
 _SPECS: dict[str, _Spec] = {cls.OP: _Spec(cls) for cls in messages.MESSAGE_TYPES}  # type: ignore[attr-defined]
-_OP_ONLY = frozenset({"op"})
 
 
 # ---- public API ----
@@ -179,7 +264,7 @@ def decode_message(frame: bytes) -> messages.Message:
         spec = _SPECS.get(op)
         if spec is None:
             raise UnknownOp(f"unknown op {op[:64]!r}")
-        return spec.build(item, ignore=_OP_ONLY)  # type: ignore[no-any-return]
+        return spec.build_message(item)  # type: ignore[no-any-return]
     except (BadRequest, UnknownOp) as exc:
         exc.request_id = request_id  # type: ignore[attr-defined]
         raise
@@ -202,8 +287,50 @@ def to_plain(value: Any) -> Any:
     return {name: to_plain(getattr(value, name)) for name, _ in spec}
 
 
+def _text_piece(text: str) -> bytes:
+    encoded = text.encode("utf-8")
+    return cbor_head(MAJOR_TEXT, len(encoded)) + encoded
+
+
+# Messages of scalar fields only: (the "op" entry, then per field its name's CBOR and whether None
+# is omitted), for `encode_message` to write without building a dict for cbor2.
+_FLAT_ENCODINGS: dict[type, tuple[bytes, tuple[tuple[str, bytes, bool], ...]]] = {
+    cls: (
+        cbor_text("op") + _text_piece(cls.OP),  # type: ignore[attr-defined]
+        tuple((name, _text_piece(name), omit_none) for name, omit_none in _ENCODE_FIELDS[cls]),
+    )
+    for cls in messages.MESSAGE_TYPES
+    if _SPECS[cls.OP].flat is not None  # type: ignore[attr-defined]
+}
+
+
+def _encode_flat(message: messages.Message, op_entry: bytes, fields: tuple[tuple[str, bytes, bool], ...]) -> bytes:
+    out = [b"", op_entry]
+    entries = 1
+    for name, name_cbor, omit_none in fields:
+        value = getattr(message, name)
+        if value is None:
+            if omit_none:
+                continue
+            out += (name_cbor, CBOR_NULL)
+        elif type(value) is bytes:
+            out += (name_cbor, cbor_head(MAJOR_BYTES, len(value)), value)
+        elif type(value) is int and value >= 0:
+            out += (name_cbor, cbor_uint(value))
+        elif type(value) is str:
+            out += (name_cbor, _text_piece(value))
+        else:  # a bool, or anything unusual: cbor2 writes it
+            out += (name_cbor, cbor2.dumps(value))
+        entries += 1
+    out[0] = cbor_head(MAJOR_MAP, entries)
+    return b"".join(out)
+
+
 def encode_message(message: messages.Message) -> bytes:
     """The CBOR payload (no length prefix) for a message; optional fields left at None are omitted."""
+    flat = _FLAT_ENCODINGS.get(type(message))
+    if flat is not None:
+        return _encode_flat(message, *flat)
     out: dict[str, Any] = {"op": message.OP}
     for name, omit_none in _ENCODE_FIELDS[type(message)]:
         value = getattr(message, name)

@@ -1,11 +1,16 @@
 """The TCP front: one reader task and one writer task per connection.
 
 The reader decodes every complete frame in each chunk and calls the handlers directly (no task per
-request); replies are appended to the connection's outgoing buffer and the writer flushes them in
-one send per batch. Limits: a frame must arrive whole within `frame_timeout_ms` of its first byte;
-an idle connection closes after `idle_timeout_ms`; the reader stops reading while
-`connection_inflight_max` requests await their replies or `connection_outbuf_bytes_max` bytes await
-sending; connections beyond `connections_max` are told so and closed.
+request); replies are appended to the connection's outgoing buffer and sent without waking another
+task: once per chunk by the reader, or at once by a reply that arrives later (a commit or a peer
+answering) when nothing else is owed on the connection. The writer task only gathers replies for a
+connection that pipelines requests, and takes over whatever the socket would not accept at once.
+
+Limits: a frame must arrive whole within `frame_timeout_ms` of its first byte; an idle connection
+closes after `idle_timeout_ms` (either may act up to 1/64 of the timeout late, see
+`DEADLINE_SLACK_DIVISOR`); the reader stops reading while `connection_inflight_max` requests await
+their replies or `connection_outbuf_bytes_max` bytes await sending; connections beyond
+`connections_max` are told so and closed.
 
 Errors never escape a connection: a bad frame gets an error reply (and, when the stream cannot be
 resynchronised, a close); an unexpected exception in a handler is logged and answered `internal`.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Any
 
 import trio
@@ -29,6 +35,9 @@ from dynd.core.node import Node
 log = logging.getLogger("dynd.server")
 
 RECEIVE_CHUNK_BYTES = 256 * 1024
+# A read deadline lands at most 1/DEADLINE_SLACK_DIVISOR of its timeout late, so that most reads
+# leave it where it is (moving a trio deadline costs event-loop work).
+DEADLINE_SLACK_DIVISOR = 64
 CLOSE_LINGER_S = 2.0
 
 
@@ -45,6 +54,9 @@ class Connection:
         self.inflight = 0
         self._outgoing: list[bytes] = []
         self._outgoing_bytes = 0
+        self._fd = stream.socket.fileno()  # the stream closes only after `closed` is set
+        self._holding = False  # the reader is dispatching a chunk and flushes once after it
+        self._writer_sending = False  # the writer task owns the send side until its send completes
         self._wake_writer = trio.Event()
         self._drained = trio.Event()
         self._drained.set()
@@ -60,7 +72,13 @@ class Connection:
         frame = encode_frame(payload)
         self._outgoing.append(frame)
         self._outgoing_bytes += len(frame)
-        self._wake_writer.set()
+        if self._holding:
+            return
+        if self.inflight or self._writer_sending:
+            # More replies are owed here (a pipelining peer): the writer gathers them into one send.
+            self._wake_writer.set()
+        else:
+            self._flush()
 
     def _complete(self, reply: messages.Message | bytes) -> None:
         """A request's answer, now or later: a message, or a payload already encoded."""
@@ -75,6 +93,24 @@ class Connection:
         if self.inflight < self.limits.connection_inflight_max and self._outgoing_bytes < self.limits.connection_outbuf_bytes_max:
             self._drained.set()
 
+    def _flush(self) -> None:
+        """Send what is queued without waiting (a plain write on the non-blocking socket): waking the
+        writer task costs more event-loop time than the send. What the socket does not take now,
+        and any error, is left to the writer task."""
+        data = self._outgoing[0] if len(self._outgoing) == 1 else b"".join(self._outgoing)
+        try:
+            sent = os.write(self._fd, data)
+        except OSError:  # it would block, or the peer is gone (the writer's send then ends the connection)
+            sent = 0
+        if sent == len(data):
+            self._outgoing.clear()
+            self._outgoing_bytes = 0
+            self._maybe_drained()
+            return
+        self._outgoing[:] = [data[sent:]]
+        self._outgoing_bytes = len(data) - sent
+        self._wake_writer.set()
+
     async def writer(self) -> None:
         while True:
             if not self._outgoing:
@@ -86,11 +122,14 @@ class Connection:
             data = b"".join(self._outgoing)
             self._outgoing.clear()
             self._outgoing_bytes = 0
+            self._writer_sending = True
             await self.stream.send_all(data)
+            self._writer_sending = False
             self._maybe_drained()
 
     def finish_reading(self) -> None:
         self.closing = True
+        self._holding = False
         self._wake_writer.set()
 
     # ---- requests ----
@@ -98,18 +137,28 @@ class Connection:
     async def reader(self) -> None:
         decoder = FrameDecoder(self.limits.frame_bytes_max)
         frame_started: float | None = None
-        # One cancel scope for the connection's life, its deadline moved before each read: cheaper
-        # than a new scope per read, and it never covers the wait for replies to drain.
+        # One cancel scope for the connection's life, its deadline moved before each read when it
+        # falls outside [due, due + slack]: cheaper than a new scope per read. Reads are its only
+        # checkpoints besides the wait for replies to drain, which it must not cover, so the
+        # deadline is lifted before that wait.
         with trio.CancelScope() as read_deadline:
             while True:
                 if frame_started is not None:
-                    read_deadline.deadline = frame_started + self.limits.frame_timeout_ms / 1000
-                elif not self.greeted:
-                    read_deadline.deadline = trio.current_time() + self.limits.handshake_timeout_ms / 1000
+                    timeout_s = self.limits.frame_timeout_ms / 1000
+                    due = frame_started + timeout_s
                 else:
-                    read_deadline.deadline = trio.current_time() + self.limits.idle_timeout_ms / 1000
-                chunk = await self.stream.receive_some(RECEIVE_CHUNK_BYTES)
-                read_deadline.deadline = math.inf
+                    timeout_s = (self.limits.idle_timeout_ms if self.greeted else self.limits.handshake_timeout_ms) / 1000
+                    due = trio.current_time() + timeout_s
+                slack_s = timeout_s / DEADLINE_SLACK_DIVISOR
+                if not due <= read_deadline.deadline <= due + slack_s:
+                    read_deadline.deadline = due + slack_s
+                # One pass through the scheduler per chunk: wait, then read what is there. (A trio
+                # stream's receive would also pass through it after every successful read.)
+                await trio.lowlevel.wait_readable(self._fd)
+                try:
+                    chunk = os.read(self._fd, RECEIVE_CHUNK_BYTES)
+                except BlockingIOError:
+                    continue
                 if not chunk:
                     return
                 try:
@@ -123,10 +172,15 @@ class Connection:
                         frame_started = trio.current_time()
                 else:
                     frame_started = None
+                self._holding = True
                 for frame in frames:
                     if not self.dispatch(frame):
                         return
+                self._holding = False
+                if self._outgoing and not self._writer_sending:
+                    self._flush()
                 if self.inflight >= self.limits.connection_inflight_max or self._outgoing_bytes >= self.limits.connection_outbuf_bytes_max:
+                    read_deadline.deadline = math.inf
                     self._drained = trio.Event()
                     await self._drained.wait()
         if read_deadline.cancelled_caught:
