@@ -3,8 +3,8 @@ and the foreground cost of anti-entropy, in one run.
 
     python tests/bench/availability.py [--seconds 10] [--concurrency 32] [--value-size 1024]
 
-Cluster A (anti-entropy every second, far more often than the 10 s default): inserts of fresh
-keys and gets, then the same inserts with one of the three nodes killed (N=3 R=2 W=2: the
+Cluster A (anti-entropy at its default period, or --ae-interval-ms): inserts of fresh keys and
+gets, then the same inserts with one of the three nodes killed (N=3 R=2 W=2: the
 coordinator and the one other live primary make W, hints keep the third's copy). Cluster B: the
 same inserts and gets with anti-entropy off. The p99.9 of A against B is the foreground price of
 anti-entropy (issue 6: under 20% worse). Compare within one run: the load generator shares the
@@ -25,7 +25,8 @@ from cluster import cpu_seconds, dynd, wait_for_members
 from foundation import Server, StartupFailed, console, free_port, run_bench, start, stop, venv_command, wait_until_accepting
 from rich.table import Table
 
-AE_ON = "[limits]\nae_interval_ms = 1000\n"
+from dynd.core.limits import Limits
+
 AE_OFF = "[limits]\nae_interval_ms = 86400000\n"
 DEAD_DEADLINE_S = 30.0
 
@@ -73,16 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--value-size", type=int, default=1024, metavar="BYTES")
+    parser.add_argument("--ae-interval-ms", type=int, default=Limits().ae_interval_ms, help="anti-entropy period of cluster A")
     args = parser.parse_args(argv)
+    ae_on = f"[limits]\nae_interval_ms = {args.ae_interval_ms}\n"
     rows: list[tuple[str, str, dict[str, Any], float | None]] = []
     with tempfile.TemporaryDirectory(prefix="dynd-availability-bench-") as scratch_dir:
         scratch = Path(scratch_dir)
         started: list[Server] = []
         try:
-            for label, config in (("on", AE_ON), ("off", AE_OFF)):
+            for label, config in (("on", ae_on), ("off", AE_OFF)):
                 nodes = start_cluster(scratch, label, config)
                 started += nodes
-                name = "anti-entropy every 1 s" if label == "on" else "anti-entropy off"
+                name = f"anti-entropy every {args.ae_interval_ms / 1000:g} s" if label == "on" else "anti-entropy off"
                 for workload in ("insert", "get"):
                     result, cpu = measure(nodes, nodes[0], workload, args)
                     rows.append((name, workload, result, cpu))
