@@ -200,8 +200,8 @@ class Node:
             reply(error_reply(getattr(message, "id", None), exc))
 
     def _renew_actor(self) -> list[WriteOp]:
-        """Handoff is about to delete keys, and with them the only record of the counters this
-        node issued for them: were it to coordinate one of those keys again, it would reissue a
+        """Handoff or reaping is about to delete keys, and with them the only record of the
+        counters this node issued for them: were it to coordinate one of those keys again, it would reissue a
         counter the other replicas have seen and one of the two writes would be lost. So every
         deletion takes a new actor epoch, persisted in the same commit as the deletes."""
         actor = f"{self.name}.{int(self.rng.random() * 2**ACTOR_EPOCH_BITS):08x}"
