@@ -327,7 +327,7 @@ class Node:
         partition, placement = placed
         value = request.value if isinstance(request, messages.Put) else None
         stored = self.storage.read_object(partition, request.key)
-        plan = self.replica.write(request.key, value, request.context, stored, self.now_ms())
+        plan = self.replica.write(request.key, value, request.context, stored, self.now_ms(), partition)
         self._note(plan.key, plan.sibling_count, plan.object_bytes, plan.pruned_entries)
         ok: messages.Message
         if isinstance(request, messages.Put):

@@ -156,8 +156,11 @@ class LocalReplica:
     def read(self, record: bytes | None) -> EncodedView:
         return EMPTY_VIEW if record is None else record_view(record)
 
-    def write(self, key: bytes, value: bytes | None, context_token: bytes | None, record: bytes | None, now_ms: int) -> WritePlan:
-        """Version a put (or, with value None, a delete) against what is stored; raise if refused."""
+    def write(
+        self, key: bytes, value: bytes | None, context_token: bytes | None, record: bytes | None, now_ms: int, partition: int | None = None
+    ) -> WritePlan:
+        """Version a put (or, with value None, a delete) against what is stored; raise if refused.
+        `partition`: the key's, when the caller has it already (an MD5 per put saved)."""
         self.check_key(key)
         if value is not None and len(value) > self.limits.value_bytes_max:
             raise ValueTooLarge(f"value of {len(value)} bytes exceeds value_bytes_max={self.limits.value_bytes_max}")
@@ -180,7 +183,7 @@ class LocalReplica:
         # Usually the writer's new context is exactly what a read would now return: encode it once.
         reply_token = read_token if outcome.client_context == read_context else versions.encode_context(outcome.client_context)
         return WritePlan(
-            partition=self.partition(key),
+            partition=self.partition(key) if partition is None else partition,
             key=key,
             record=_encode_record(outcome.object, read_token),
             reply_context=reply_token,
