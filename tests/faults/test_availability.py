@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from dynd.client import open_cluster_client
-from tests.support.cluster import poll_until, settled, start_node
+from tests.support.cluster import running_cluster
 from tests.support.procs import DyndProcess
 
 WRITES = 300
@@ -28,17 +28,8 @@ RUN_DEADLINE_S = 120.0
 
 @pytest.fixture
 def five(tmp_path: Path) -> Iterator[list[DyndProcess]]:
-    first = start_node(tmp_path, "a1")
-    nodes = [first] + [start_node(tmp_path, f"a{i}", first) for i in range(2, 6)]
-    try:
-        poll_until("five members everywhere", lambda: settled(nodes, {n.name for n in nodes}))
+    with running_cluster(tmp_path, "a", 5) as nodes:
         yield nodes
-    finally:
-        for node in nodes:
-            if node.running:
-                node.signal(signal.SIGCONT)  # a paused node must be able to stop
-            node.stop()
-            node.cleanup()
 
 
 async def write_through_fault(seeds: list[str], fault: str, victim: DyndProcess) -> dict[str, bytes]:

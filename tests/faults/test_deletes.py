@@ -17,7 +17,7 @@ import trio
 
 from dynd.client import BlockingClient, open_client
 from dynd.protocol import messages
-from tests.support.cluster import FAST_TIMERS, poll_until, run_repair, settled, start_node
+from tests.support.cluster import FAST_TIMERS, poll_until, run_repair, running_cluster, settled
 from tests.support.procs import DyndProcess
 
 GRACE_MS = 3000
@@ -26,15 +26,8 @@ CONFIG = FAST_TIMERS + f"ae_interval_ms = 500\ntombstone_grace_ms = {GRACE_MS}\n
 
 @pytest.fixture
 def three(tmp_path: Path) -> Iterator[list[DyndProcess]]:
-    first = start_node(tmp_path, "t1", config_text=CONFIG)
-    nodes = [first, start_node(tmp_path, "t2", first, config_text=CONFIG), start_node(tmp_path, "t3", first, config_text=CONFIG)]
-    try:
-        poll_until("three members everywhere", lambda: settled(nodes, {"t1", "t2", "t3"}))
+    with running_cluster(tmp_path, "t", 3, config_text=CONFIG) as nodes:
         yield nodes
-    finally:
-        for node in nodes:
-            node.stop()
-            node.cleanup()
 
 
 def stored(node: DyndProcess, key: bytes) -> bytes | None:

@@ -3,33 +3,16 @@ reach it once it is back, so it alone can serve them afterwards (issue 5's accep
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from dynd.client import BlockingClient, key_placement
 from dynd.protocol.errors import DynError
-from tests.support.cluster import poll_until, settled, start_node, status
+from tests.support.cluster import poll_until, running_cluster, status
 from tests.support.procs import DyndProcess
 
 KEYS = 100
-
-
-@pytest.fixture
-def started() -> Iterator[list[DyndProcess]]:
-    nodes: list[DyndProcess] = []
-    yield nodes
-    for node in nodes:
-        node.stop()
-        node.cleanup()
-
-
-def start_cluster(tmp_path: Path, size: int, nodes: list[DyndProcess]) -> None:
-    first = start_node(tmp_path, "h1")
-    nodes.append(first)
-    nodes += [start_node(tmp_path, f"h{i}", first) for i in range(2, size + 1)]
-    poll_until(f"{size} members everywhere", lambda: settled(nodes, {n.name for n in nodes}))
 
 
 def hints_drained(nodes: list[DyndProcess]) -> bool:
@@ -61,8 +44,12 @@ def check_readable_from_alone(survivor: DyndProcess, others: list[DyndProcess], 
 
 
 @pytest.mark.parametrize("size", [3, 5])
-def test_a_node_that_was_down_gets_every_write_through_hints(tmp_path: Path, started: list[DyndProcess], size: int) -> None:
-    start_cluster(tmp_path, size, started)
+def test_a_node_that_was_down_gets_every_write_through_hints(tmp_path: Path, size: int) -> None:
+    with running_cluster(tmp_path, "h", size) as started:
+        check_hints_reach_a_node_that_was_down(started, size)
+
+
+def check_hints_reach_a_node_that_was_down(started: list[DyndProcess], size: int) -> None:
     down = started[-1]
     written = write_keys_with_one_node_down(started, down)
     others = [n for n in started if n is not down]
@@ -79,13 +66,13 @@ def test_a_node_that_was_down_gets_every_write_through_hints(tmp_path: Path, sta
     check_readable_from_alone(down, others, written)
 
 
-def test_a_write_that_cannot_reach_w_says_so(tmp_path: Path, started: list[DyndProcess]) -> None:
-    start_cluster(tmp_path, 3, started)
-    started[1].kill9()
-    started[2].kill9()
-    with BlockingClient(started[0].address) as client:
-        with pytest.raises(DynError, match="w=2 cannot be met"):
-            client.put("lonely", b"v", w=2)
-        client.put("lonely", b"v", w=1)  # one replica is enough when asked for
-        with pytest.raises(DynError, match="pw=2 cannot be met"):
-            client.put("lonely", b"v", w=1, pw=2)
+def test_a_write_that_cannot_reach_w_says_so(tmp_path: Path) -> None:
+    with running_cluster(tmp_path, "h", 3) as started:
+        started[1].kill9()
+        started[2].kill9()
+        with BlockingClient(started[0].address) as client:
+            with pytest.raises(DynError, match="w=2 cannot be met"):
+                client.put("lonely", b"v", w=2)
+            client.put("lonely", b"v", w=1)  # one replica is enough when asked for
+            with pytest.raises(DynError, match="pw=2 cannot be met"):
+                client.put("lonely", b"v", w=1, pw=2)

@@ -12,14 +12,11 @@ import shutil
 from pathlib import Path
 
 from dynd.client import BlockingClient
-from tests.support.cluster import poll_until, settled, start_node
+from tests.support.cluster import poll_until, running_cluster, settled
 
 
 def test_a_wiped_node_loses_no_write_it_coordinates_after_rejoining(tmp_path: Path) -> None:
-    first = start_node(tmp_path, "w1")
-    nodes = [first, start_node(tmp_path, "w2", first), start_node(tmp_path, "w3", first)]
-    try:
-        poll_until("three members everywhere", lambda: settled(nodes, {"w1", "w2", "w3"}))
+    with running_cluster(tmp_path, "w", 3) as nodes:
         wiped = nodes[2]
         with BlockingClient(wiped.address) as client:
             context = None
@@ -36,9 +33,3 @@ def test_a_wiped_node_loses_no_write_it_coordinates_after_rejoining(tmp_path: Pa
                 # poll: a replica just restarted may still count as down for a moment
                 values = poll_until(f"a read of all three replicas through {node.name}", lambda: reader.get("kv679", r=3).values)
                 assert b"after-wipe" in values, f"{node.name} lost the write"
-    finally:
-        for node in nodes:
-            node.stop()
-            node.cleanup()
-
-

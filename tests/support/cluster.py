@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,25 @@ def start_node(
     return DyndProcess(tmp_path / name, name=name, config_text=config_text, extra_args=args + extra).start()
 
 
+@contextlib.contextmanager
+def running_cluster(tmp_path: Path, prefix: str, size: int, config_text: str = FAST_TIMERS) -> Iterator[list[DyndProcess]]:
+    """`size` nodes named prefix1..prefixN (the first creates the cluster, the rest join it),
+    settled; every node is stopped (resumed first, were it paused) and cleaned up afterwards."""
+    nodes: list[DyndProcess] = []
+    try:
+        first = start_node(tmp_path, f"{prefix}1", config_text=config_text)
+        nodes.append(first)
+        nodes += [start_node(tmp_path, f"{prefix}{i}", first, config_text=config_text) for i in range(2, size + 1)]
+        poll_until(f"{size} members everywhere", lambda: settled(nodes, {n.name for n in nodes}))
+        yield nodes
+    finally:
+        for node in nodes:
+            if node.running:
+                node.signal(signal.SIGCONT)  # a paused node must be able to stop
+            node.stop()
+            node.cleanup()
+
+
 def run_repair(node: DyndProcess) -> Any:
     """Run an anti-entropy exchange of everything the node holds, to the end; its final report."""
     with BlockingClient(node.address) as client:
@@ -74,10 +95,3 @@ def run_repair(node: DyndProcess) -> Any:
             time.sleep(POLL_S)  # poll interval; the loop ends on the node's own "finished"
             report = client.repair_status(report.run)
     return report
-
-
-def repair_now(node: DyndProcess) -> int:
-    """Run an exchange to the end, every pair completing; return how many keys differed."""
-    report = run_repair(node)
-    assert report.pairs_failed == 0, report.errors
-    return int(report.keys_differing)
