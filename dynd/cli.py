@@ -8,7 +8,6 @@ import errno
 import logging
 import os
 import random
-import secrets
 import signal
 import sys
 import time
@@ -23,7 +22,8 @@ from dynd.shell.commit_engines import WriterProcessEngine
 from dynd.shell.committer import GroupCommitter
 from dynd.core.cluster import MEMBERSHIP_META
 from dynd.core.membership import JOIN, Membership
-from dynd.core.node import ACTOR_META, Node
+from dynd.core.actors import ACTOR_META, CLEAN_STOP_META, actor_at_start, clean_stop
+from dynd.core.node import Node
 from dynd.shell.bootstrap import fetch_membership, new_cluster
 from dynd.shell.peers import Peers
 from dynd.shell.server import Server
@@ -37,7 +37,6 @@ log = logging.getLogger("dynd")
 EXIT_CONFIG = 2
 EXIT_STARTUP = 1
 NODE_NAME_META = "node_name"
-ACTOR_EPOCH_BYTES = 4
 PARTITIONS_META = "partitions"
 
 
@@ -122,16 +121,16 @@ def open_store(config: Config) -> LmdbStore:
         store.close()
         raise StartupError(f"{config.data_dir} was created with {int(partitions)} partitions, not {explicit}")
     if owner is None:
-        # A new data directory is a new actor epoch: were this node's data wiped, the counters it
-        # issues afresh can never be mistaken for the ones it issued before (Riak's kv679).
-        actor = f"{config.name}.{secrets.token_hex(ACTOR_EPOCH_BYTES)}"
-        store.write([PutMeta(NODE_NAME_META, config.name.encode()), PutMeta(ACTOR_META, actor.encode())])
+        store.write([PutMeta(NODE_NAME_META, config.name.encode())])
     return store
 
 
-def actor_of(store: LmdbStore, name: str) -> str:
-    stored = store.get_meta(ACTOR_META)
-    return name if stored is None else stored.decode()  # None: a data directory from before epochs
+def start_actor(store: LmdbStore, name: str) -> str:
+    """The actor epoch to serve with, stored before serving (`dynd.core.actors`): the last one
+    after a clean stop, a new one after a crash or on a new data directory."""
+    actor, ops = actor_at_start(name, store.get_meta(ACTOR_META), store.get_meta(CLEAN_STOP_META), random.SystemRandom())
+    store.write(ops)
+    return actor
 
 
 JOIN_DEADLINE_S = 60.0
@@ -174,6 +173,7 @@ async def initial_membership(config: Config, store: LmdbStore) -> Membership:
 
 async def serve(config: Config) -> None:
     store = open_store(config)
+    actor = start_actor(store, config.name)
     host, port = config.listen_host_port
     engine = WriterProcessEngine(store.path, config.limits.lmdb_map_bytes)
     limits = config.limits
@@ -202,7 +202,7 @@ async def serve(config: Config) -> None:
                 now_ms=wall_clock_ms,
                 rng=random.Random(),
                 seeds=list(config.seeds),
-                actor=actor_of(store, config.name),
+                actor=actor,
             )
             server = Server(node, limits)
             udp = UdpEndpoint(datagram_bytes_max=limits.datagram_bytes_max)
@@ -223,9 +223,14 @@ async def serve(config: Config) -> None:
                         break
                     front.cancel_scope.cancel()
             peers.close()
-            # Writes already queued commit before the node exits; new ones are refused.
+            # Writes already queued commit before the node exits; new ones are refused. Then,
+            # and only if all of that committed, the epoch may be kept by the next start.
             with trio.CancelScope(shield=True):
                 await committer.aclose()
+                try:
+                    await engine.commit(clean_stop(node.replica.actor))
+                except DynError as exc:
+                    log.error("could not record the clean stop (the next start takes a new actor epoch): %s", exc)
             background.cancel_scope.cancel()
         log.info("stopped cleanly after %d commits", committer.stats.commits)
     finally:

@@ -1,18 +1,20 @@
 """Put and get coordination as state machines: replies and deadlines in, effects out.
 
 A coordinator is one of the first N healthy nodes of the key's preference list (DESIGN.md section
-4). The node has already applied the write to its own replica durably (a coordinator stores before
-it sends, so a dot it issued can never reach another replica without being in its own store), or
-read its own replica; these machines decide whom to ask, when to answer the client, and what to
-repair. Whom to ask comes from `dynd.core.placement` (sloppy quorum): the healthy primaries, and a
+4). For a put, the node has versioned the write and queued it for its own store; its commit and the
+other replicas' run at the same time, so a put costs one commit of latency, not two (why that is
+safe for dots: `dynd.core.actors`). For a get it has read its own replica. These machines decide
+whom to ask, when to answer the client, and what to repair. Whom to ask comes from `dynd.core.placement` (sloppy quorum): the healthy primaries, and a
 healthy fallback with a hint for each primary that is down.
 
 While the cluster has fewer members than N, a key has fewer distinct replicas, and R and W count
 among those that exist (a one-node cluster answers at once). Replicas that are down do not lower
 R or W: a request that cannot reach them fails, saying how many answered.
 
-Put: send the new record to the targets; answer after W stores, the coordinator's own included;
-answer with a clear error once W can no longer be reached or the deadline passes. A target that
+Put: send the new record to the targets; answer after W stores, the coordinator's own included
+(`on_local`), and never before the coordinator's own store when it carries hints no other node
+keeps (`local_required`); answer with a clear error once W can no longer be reached or the
+deadline passes. A target that
 fails is replaced by the next spare healthy fallback, carrying a hint for the primary it stands in
 for; with no spare left, the coordinator keeps that hint itself (`StoreHint`). `pw` counts only
 stores on primaries themselves.
@@ -96,7 +98,8 @@ def _primary_tally(needed: int, voters: int) -> Tally | None:
 class PutCoordination:
     """`targets`: the other replicas as (node, hint); `spares`: healthy fallbacks not used yet;
     `replicas`: how many distinct replicas the key has (W counts among those); `pw`: how many
-    stores must be on primaries themselves; `coordinator_is_primary`: whether our own counts."""
+    stores must be on primaries themselves; `coordinator_is_primary`: whether our own counts for
+    pw; `local_required`: answer only once our own store landed (it carries hints)."""
 
     key: bytes
     record: bytes
@@ -107,8 +110,11 @@ class PutCoordination:
     replicas: int | None = None
     pw: int = 0
     coordinator_is_primary: bool = True
+    local_required: bool = False
     tally: Tally = field(init=False)
     done: bool = False
+    local: bool | None = None  # our own store: None until its commit reports
+    local_error: str = ""
 
     def __post_init__(self) -> None:
         voters = len(self.targets) + 1
@@ -122,8 +128,14 @@ class PutCoordination:
 
     def start(self) -> list[Effect]:
         effects: list[Effect] = [SendReplicate(node, self.key, self.record, hint) for node, hint in self.targets]
-        effects += self._vote(True, self.coordinator_is_primary)  # the coordinator's own durable store
-        return effects
+        return effects + self._decide()  # too few replicas reachable: lost before anyone answers
+
+    def on_local(self, ok: bool, error: str = "") -> list[Effect]:
+        """The coordinator's own store committed (or failed with `error`)."""
+        if self.local is not None:
+            return []
+        self.local, self.local_error = ok, error
+        return self._vote(ok, self.coordinator_is_primary)
 
     def on_reply(self, node: str, ok: bool) -> list[Effect]:
         if node not in self._roles:
@@ -164,28 +176,36 @@ class PutCoordination:
         return self._decide()
 
     def _decide(self) -> list[Effect]:
+        if self.done:
+            return []
         result = self.tally.result
         primary = self.primary_tally.result if self.primary_tally is not None else Vote.WON
-        if result is Vote.WON and primary is Vote.WON:
+        local = Vote.PENDING if self.local is None else Vote.WON if self.local else Vote.LOST
+        if not self.local_required:
+            local = Vote.WON
+        if result is Vote.WON and primary is Vote.WON and local is Vote.WON:
             self.done = True
             return [AnswerPut()]
-        if result is Vote.LOST or primary is Vote.LOST:
+        if Vote.LOST in (result, primary, local):
             self.done = True
+            own = f"; this node's own store failed: {self.local_error}" if self.local is False else ""
             if result is Vote.LOST:
                 return [
                     Fail(
                         "quorum",
                         f"w={self.w} cannot be met: {self.tally.no} of {self.tally.voters} replicas failed or are unreachable, "
-                        f"{self.tally.yes} stored the write so far",
+                        f"{self.tally.yes} stored the write so far{own}",
                     )
                 ]
-            assert self.primary_tally is not None
-            return [Fail("quorum", f"pw={self.pw} cannot be met: {self.primary_tally.yes} primaries stored the write, the others failed or are down")]
+            if primary is Vote.LOST:
+                assert self.primary_tally is not None
+                return [Fail("quorum", f"pw={self.pw} cannot be met: {self.primary_tally.yes} primaries stored the write, the others failed or are down{own}")]
+            return [Fail("quorum", f"the hints this node keeps for replicas that are down were not stored{own}")]
         return []
 
     @property
     def finished(self) -> bool:
-        return self.done and not self._roles
+        return self.done and not self._roles and self.local is not None
 
 
 @dataclass(eq=False)

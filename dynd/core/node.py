@@ -7,7 +7,8 @@ clock: `now_ms` is passed in, and randomness comes from `rng`.
 
 Client requests: a node that is not a primary of the key forwards the request to one (the first
 that answers, in preference-list order). A primary coordinates: for a put it versions the write,
-stores it durably, then lets `PutCoordination` replicate it and decide when to answer; for a get it
+queues it for its own store and lets `PutCoordination` replicate it meanwhile and decide when to
+answer; for a get it
 reads its own replica and lets `GetCoordination` gather the others, answer and repair.
 
 Peer requests: replicate (merge a record, answer once durable), fetch (read a record), handoff
@@ -34,6 +35,7 @@ from dynd.core.handoff import Handoff
 from dynd.core.limits import Limits
 from dynd.core.membership import Membership
 from dynd.core.merkle import Forest
+from dynd.core.actors import ACTOR_META, new_actor
 from dynd.core.admission import BackgroundBudget
 from dynd.core.anti_entropy import AntiEntropy, ExchangeLimits, RepairProgress, TrackedStorage, co_primary_pairs, responders
 from dynd.core.health import Health
@@ -53,8 +55,6 @@ log = logging.getLogger("dynd.node")
 
 Reply = Callable[[Any], None]  # a message, or pre-encoded payload bytes
 
-ACTOR_META = "actor"  # the actor this node's dots carry now: its name plus an epoch
-ACTOR_EPOCH_BITS = 32
 STATUS_GATHER_MS = 1_000
 REPAIR_RUNS_KEPT = 16  # repair runs whose progress can still be asked for
 REPAIR_ERRORS_SHOWN = 5  # how long cluster status waits for members' own transfer counts
@@ -76,8 +76,8 @@ class Node:
         seeds: Sequence[str] = (),
         actor: str | None = None,
     ) -> None:
-        """`actor`: the id this node's versions carry (its name plus the epoch of its data
-        directory, so a node whose data was wiped can never reissue a dot it issued before)."""
+        """`actor`: the id this node's versions carry, its name plus an epoch (`dynd.core.actors`
+        says when a start must take a new one; the caller decides and stores it)."""
         self.name = name
         self.rng = rng
         self.network = network
@@ -204,7 +204,7 @@ class Node:
         counters this node issued for them: were it to coordinate one of those keys again, it would reissue a
         counter the other replicas have seen and one of the two writes would be lost. So every
         deletion takes a new actor epoch, persisted in the same commit as the deletes."""
-        actor = f"{self.name}.{int(self.rng.random() * 2**ACTOR_EPOCH_BITS):08x}"
+        actor = new_actor(self.name, self.rng)
         self.replica.actor = actor
         return [PutMeta(ACTOR_META, actor.encode())]
 
@@ -317,7 +317,7 @@ class Node:
         self._run(coordination, coordination.start(), request, reply)
 
     def put(self, request: messages.Put | messages.Delete, reply: Reply) -> None:
-        """Version and store the write, then replicate; `reply` gets PutOk/DeleteOk or an error."""
+        """Version the write, store and replicate it; `reply` gets PutOk/DeleteOk or an error."""
         params = self.cluster.params
         w = self._quorum("w", request.w, params.w)
         pw = self._quorum("pw", request.pw, 0)
@@ -337,28 +337,50 @@ class Node:
         ops: list[WriteOp] = [PutObject(plan.partition, plan.key, plan.record)]
         for primary in placement.unplaced:  # down, and no fallback to stand in: we keep the hint
             ops += self.hints.hint_ops(primary, partition, plan.key, plan.record, self._merge_hint)
+        actor = self.replica.actor
+        if not placement.targets and placement.replicas == 1:
+
+            def stored_alone(error: DynError | None) -> None:
+                if error is not None:
+                    self._own_store_failed(actor)
+                reply(ok if error is None else error_reply(request.id, error))
+
+            self.storage.submit(ops, stored_alone)
+            return
+        # Our own commit and the other replicas' run at once (see dynd.core.actors for why the
+        # dots stay unique); our store counts toward W when it lands.
+        coordination = co.PutCoordination(
+            request.key,
+            plan.record,
+            placement.targets,
+            w,
+            self.now_ms() + self.request_timeout_ms,
+            spares=placement.spares,
+            replicas=placement.replicas,
+            pw=pw,
+            coordinator_is_primary=placement.coordinator_is_primary,
+            local_required=bool(placement.unplaced),
+        )
 
         def stored_locally(error: DynError | None) -> None:
             if error is not None:
-                reply(error_reply(request.id, error))
-                return
-            if not placement.targets and placement.replicas == 1:
-                reply(ok)
-                return
-            coordination = co.PutCoordination(
-                request.key,
-                plan.record,
-                placement.targets,
-                w,
-                self.now_ms() + self.request_timeout_ms,
-                spares=placement.spares,
-                replicas=placement.replicas,
-                pw=pw,
-                coordinator_is_primary=placement.coordinator_is_primary,
-            )
-            self._run(coordination, coordination.start(), request, reply, ok)
+                self._own_store_failed(actor)
+            self._apply(coordination, coordination.on_local(error is None, "" if error is None else error.message), request, reply, ok)
 
-        self.storage.submit(ops, stored_locally)
+        self.storage.submit(ops, stored_locally)  # a refusal (overloaded, full) raises before anything is sent
+        self._run(coordination, coordination.start(), request, reply, ok)
+
+    def _own_store_failed(self, actor: str) -> None:
+        """Our commit of a write we versioned failed, but its dot may already be on other replicas
+        while our store forgot it: never issue that counter again (a new epoch, once per failure)."""
+        if self.replica.actor != actor:
+            return
+        ops = self._renew_actor()
+        log.warning("a write this node versioned failed to commit: its versions now carry the new epoch %s", self.replica.actor)
+        try:
+            self.storage.submit(ops, _log_epoch_failure)
+        except DynError as exc:
+            _log_epoch_failure(exc)
 
     def _merge_hint(self, held: bytes | None, record: bytes) -> bytes | None:
         return merge_records(held, record, self.replica.limits.context_prune_threshold)
@@ -608,3 +630,10 @@ def _log_hint_failure(error: DynError | None) -> None:
 def _log_repair_failure(error: DynError | None) -> None:
     if error is not None:
         log.warning("read repair of the local replica failed: %s", error)
+
+
+def _log_epoch_failure(error: DynError | None) -> None:
+    if error is not None:
+        # The epoch is in use from now on; if the node stops before it is stored, the next start
+        # takes a newer one anyway (it will not have stopped cleanly with this one).
+        log.warning("could not store the new actor epoch: %s", error)

@@ -19,7 +19,8 @@ from typing import Any
 
 from dynd.core.limits import Limits
 from dynd.core.membership import JOIN, ClusterParams, Membership, create
-from dynd.core.node import ACTOR_META, Node
+from dynd.core.actors import ACTOR_META, CLEAN_STOP_META, actor_at_start
+from dynd.core.node import Node
 from dynd.core.ops import PutMeta
 from dynd.core.ports import Storage
 from dynd.sim.disk import SimDisk
@@ -126,7 +127,6 @@ class World:
 
     def _new_host(self, name: str) -> Host:
         host = Host(name, self._address(name), seeds=(self._address("n1"),), rng=self._substream())
-        host.store.write([PutMeta(ACTOR_META, f"{name}.{host.rng.getrandbits(32):08x}".encode())])
         self.hosts[name] = host
         self.net.register(name, host.address)
         return host
@@ -156,7 +156,10 @@ class World:
         storage: Storage = self.wrap_storage(host, disk) if self.wrap_storage is not None else disk
         endpoint = Endpoint(self.net, host.name, process, self.limits.request_timeout_ms, host.address)
         meta = host.store.get_meta(MEMBERSHIP_META)
-        actor = host.store.get_meta(ACTOR_META)
+        # Simulated processes never stop cleanly: every start takes a new actor epoch, stored
+        # before the node serves, as the daemon does after a crash.
+        actor, actor_ops = actor_at_start(host.name, host.store.get_meta(ACTOR_META), host.store.get_meta(CLEAN_STOP_META), host.rng)
+        host.store.write(actor_ops)
         assert meta is not None, "a host's store always holds a membership"
         host.process, host.disk, host.endpoint = process, disk, endpoint
         node_rng = random.Random(host.rng.getrandbits(64))
@@ -172,7 +175,7 @@ class World:
                 now_ms=self.now_of(host),
                 rng=node_rng,
                 seeds=host.seeds,
-                actor=actor.decode() if actor is not None else None,
+                actor=actor,
             )
 
         process.run(build)

@@ -250,6 +250,30 @@ async def test_restart_keeps_all_data(dynd_factory: DyndFactory) -> None:
     await _check(proc.address, expected)
 
 
+async def _actor_of_a_new_write(address: str, key: bytes) -> str:
+    async with open_client(address) as client:
+        await client.put(key, b"v")
+        (sibling,) = (await client.get(key)).siblings
+    return str(sibling.dot[0])
+
+
+async def test_a_clean_stop_keeps_the_actor_epoch_and_a_crash_renews_it(dynd_factory: DyndFactory) -> None:
+    # A crashed coordinator may have sent dots its own store never committed, so its next start
+    # must not issue counters of that epoch again; a clean stop committed everything it issued.
+    proc = dynd_factory("epoch1")
+    first = await _actor_of_a_new_write(proc.address, b"epoch:a")
+    assert proc.stop() == 0
+    proc.start()
+    assert await _actor_of_a_new_write(proc.address, b"epoch:b") == first, "a clean stop keeps the epoch"
+    proc.kill9()
+    proc.start()
+    renewed = await _actor_of_a_new_write(proc.address, b"epoch:c")
+    assert renewed != first and renewed.startswith("epoch1."), "a crash takes a new epoch"
+    assert proc.stop() == 0
+    proc.start()
+    assert await _actor_of_a_new_write(proc.address, b"epoch:d") == renewed
+
+
 # ---- a full disk ----
 
 

@@ -12,20 +12,26 @@ def checkers_failing(result: object) -> set[str]:
     return {f.checker for f in result.failures}  # type: ignore[attr-defined]
 
 
+# Every node crashes at 3 s, while a slow disk still holds the last half second of writes. The
+# seeds are ones whose clients have writes acknowledged in that half second (in some seeds every
+# client is waiting out a lost request then, and there is nothing to lose).
+ALL_CRASH = tuple(Fault(3_000, "crash", 300, target=i) for i in range(5))
+ALL_CRASH_SEEDS = (10, 11)
+
+
 def test_the_real_node_passes_the_same_runs() -> None:
-    for config in (SimConfig(seed=11, seconds=4, faults=()), SimConfig(seed=12, seconds=4, faults=("crash",), schedule=ALL_CRASH)):
+    configs = [SimConfig(seed=11, seconds=4, faults=())]
+    configs += [SimConfig(seed=seed, seconds=4, faults=("crash",), schedule=ALL_CRASH) for seed in ALL_CRASH_SEEDS]
+    for config in configs:
         result = run_seed(config)
         assert result.ok, result.report()
 
 
-# Every node crashes at 3 s, while a slow disk still holds the last half second of writes.
-ALL_CRASH = tuple(Fault(3_000, "crash", 300, target=i) for i in range(5))
-
-
 def test_lost_write_catches_a_node_that_acknowledges_before_storing() -> None:
-    config = SimConfig(seed=12, seconds=4, faults=("crash",), schedule=ALL_CRASH, commit_delay_ms=(400, 600))
-    result = run_seed(config, wrap_storage=broken.everywhere(broken.AckBeforeStore))
-    assert "lost_write" in checkers_failing(result), result.report()
+    for seed in ALL_CRASH_SEEDS:
+        config = SimConfig(seed=seed, seconds=4, faults=("crash",), schedule=ALL_CRASH, commit_delay_ms=(400, 600))
+        result = run_seed(config, wrap_storage=broken.everywhere(broken.AckBeforeStore))
+        assert "lost_write" in checkers_failing(result), result.report()
 
 
 def test_lost_write_catches_a_node_that_drops_siblings() -> None:

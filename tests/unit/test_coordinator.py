@@ -37,16 +37,52 @@ def test_tally_is_won_lost_or_pending() -> None:
 def test_put_answers_after_w_stores_counting_its_own() -> None:
     put = co.PutCoordination(b"k", b"rec", (("b", None), ("c", None)), w=2, deadline_ms=100)
     effects = put.start()
-    assert kinds(effects) == ["SendReplicate", "SendReplicate"]
+    assert kinds(effects) == ["SendReplicate", "SendReplicate"], "sent at once, while our own store commits"
+    assert put.on_local(True) == []
     assert put.on_reply("b", True) == [co.AnswerPut()]
     assert not put.finished, "c has not answered yet"
     assert put.on_reply("c", True) == []
     assert put.finished
 
 
+def test_put_answers_on_two_replicas_before_its_own_commit_lands() -> None:
+    put = co.PutCoordination(b"k", b"rec", (("b", None), ("c", None)), w=2, deadline_ms=100)
+    put.start()
+    assert put.on_reply("b", True) == []
+    assert put.on_reply("c", True) == [co.AnswerPut()]
+    assert not put.finished, "our own commit has not reported yet"
+    assert put.on_local(True) == []
+    assert put.finished
+
+
+def test_a_failed_own_store_is_a_no_vote_and_named_in_the_failure() -> None:
+    put = co.PutCoordination(b"k", b"rec", (("b", None), ("c", None)), w=3, deadline_ms=100)
+    put.start()
+    [failure] = put.on_local(False, "the map is full")
+    assert isinstance(failure, co.Fail) and "1 of 3 replicas failed" in failure.message and "the map is full" in failure.message
+    enough = co.PutCoordination(b"k", b"rec", (("b", None), ("c", None)), w=2, deadline_ms=100)
+    enough.start()
+    assert enough.on_local(False, "disk error") == []
+    assert enough.on_reply("b", True) == []
+    assert enough.on_reply("c", True) == [co.AnswerPut()], "two other replicas stored it: w=2 is met"
+
+
+def test_with_hints_to_keep_the_answer_waits_for_the_own_store() -> None:
+    put = co.PutCoordination(b"k", b"rec", (("b", None),), w=1, deadline_ms=100, replicas=3, local_required=True)
+    put.start()
+    assert put.on_reply("b", True) == [], "w=1 is met, but the hints for the down replicas are not stored yet"
+    assert put.on_local(True) == [co.AnswerPut()]
+    failing = co.PutCoordination(b"k", b"rec", (("b", None),), w=1, deadline_ms=100, replicas=3, local_required=True)
+    failing.start()
+    failing.on_reply("b", True)
+    [failure] = failing.on_local(False, "disk error")
+    assert isinstance(failure, co.Fail) and "hints" in failure.message
+
+
 def test_put_fails_clearly_when_w_cannot_be_reached() -> None:
     put = co.PutCoordination(b"k", b"rec", (("b", None), ("c", None)), w=3, deadline_ms=100)
     put.start()
+    put.on_local(True)
     keep_hint, failure = put.on_reply("b", False)
     assert keep_hint == co.StoreHint("b", b"k", b"rec"), "no fallback left: the coordinator keeps b's hint"
     assert isinstance(failure, co.Fail) and "1 of 3 replicas failed or are unreachable, 1 stored" in failure.message
@@ -56,6 +92,7 @@ def test_put_fails_clearly_when_w_cannot_be_reached() -> None:
 def test_put_times_out_with_the_count() -> None:
     put = co.PutCoordination(b"k", b"rec", (("b", None), ("c", None)), w=3, deadline_ms=100)
     put.start()
+    put.on_local(True)
     put.on_reply("b", True)
     assert put.on_tick(99) == []
     [failure] = put.on_tick(100)
@@ -64,7 +101,8 @@ def test_put_times_out_with_the_count() -> None:
 
 def test_w_counts_among_the_replicas_that_exist() -> None:
     put = co.PutCoordination(b"k", b"rec", (), w=2, deadline_ms=100)
-    assert put.start() == [co.AnswerPut()]
+    assert put.start() == []
+    assert put.on_local(True) == [co.AnswerPut()]
 
 
 def test_get_answers_after_r_with_the_merge_and_repairs_the_stale() -> None:
@@ -115,6 +153,7 @@ def test_merged_reply_is_a_lattice_join_of_what_came_back() -> None:
 def test_a_failed_target_is_replaced_by_a_spare_fallback_carrying_its_hint() -> None:
     put = co.PutCoordination(b"k", b"rec", (("b", None), ("c", None)), w=3, deadline_ms=100, spares=("d", "e"))
     put.start()
+    put.on_local(True)
     assert put.on_reply("b", False) == [co.SendReplicate("d", b"k", b"rec", "b")]
     # d, standing in for b, fails too: e stands in for b next.
     assert put.on_reply("d", False) == [co.SendReplicate("e", b"k", b"rec", "b")]
@@ -136,6 +175,7 @@ def test_pw_counts_only_primaries() -> None:
     assert isinstance(failure, co.Fail) and "pw=3" in failure.message, "c is down: three primaries cannot store it"
     relaxed = co.PutCoordination(b"k", b"rec", (("b", None), ("d", "c")), w=3, deadline_ms=100, replicas=3, pw=2)
     relaxed.start()
+    relaxed.on_local(True)
     assert relaxed.on_reply("d", True) == [], "a fallback's store counts for w but not for pw"
     assert relaxed.on_reply("b", True) == [co.AnswerPut()]
 
