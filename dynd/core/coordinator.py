@@ -321,11 +321,16 @@ class GetCoordination:
         merged_record = self._merged_record()
         if merged_record is None:
             return []
-        merged = self._merged()
+        merged: versions.SiblingSet | None = None  # decoded only if some replica's bytes differ
         effects: list[Effect] = []
         for node, record in sorted(self._records.items()):
-            if record == merged_record or (record is not None and decode_record(record) == merged):
+            if record == merged_record:
                 continue
+            if record is not None:
+                if merged is None:
+                    merged = self._merged()
+                if decode_record(record) == merged:
+                    continue
             if node == "":
                 effects.append(StoreLocal(self.key, merged_record))
             else:
