@@ -597,11 +597,15 @@ class _Placer:
     def __init__(self, ring: messages.RingOk) -> None:
         self.ring = Ring(partitions=len(ring.owners), owners=tuple(ring.owners))
         self.n = ring.n
+        self._by_partition: dict[int, KeyPlacement] = {}
 
     def place(self, key: KeyLike) -> KeyPlacement:
         partition = partition_of(_key_bytes(key), self.ring.partitions)
-        preferred = preference_list(self.ring, partition, self.n)
-        return KeyPlacement(partition, preferred.primaries, preferred.fallbacks)
+        placement = self._by_partition.get(partition)
+        if placement is None:
+            preferred = preference_list(self.ring, partition, self.n)
+            placement = self._by_partition[partition] = KeyPlacement(partition, preferred.primaries, preferred.fallbacks)
+        return placement
 
 
 class ClusterClient:
@@ -665,9 +669,12 @@ class ClusterClient:
             last: DynError | None = None
             # Primaries first; when none can be reached, a fallback coordinates (sloppy quorum).
             # Nodes that failed lately go last, so one dead or paused node costs one timeout.
-            now = trio.current_time()
             candidates = placement.primaries + placement.fallbacks
-            order = sorted(candidates, key=lambda node: now - self._failed_at.get(node, -math.inf) < AVOID_FAILED_S)
+            if self._failed_at:
+                now = trio.current_time()
+                order = sorted(candidates, key=lambda node: now - self._failed_at.get(node, -math.inf) < AVOID_FAILED_S)
+            else:
+                order = candidates
             for node in order:
                 address = self._addresses.get(node)
                 if address is None:
