@@ -129,6 +129,13 @@ def decode_record(record: bytes) -> versions.SiblingSet:
     return versions.decode_object(record[object_start:], (view["value"] for view in views))
 
 
+def _decode_versions(record: bytes) -> versions.SiblingSet:
+    """The object without its live values (each is True, a placeholder): enough to see what a
+    write supersedes, without decoding the siblings view that holds the values."""
+    _, object_start, _ = _split_record(record)
+    return versions.decode_object(record[object_start:])
+
+
 def record_view(record: bytes) -> EncodedView:
     context_start, context_end, siblings_len = _split_record(record)
     siblings_start = _FORMAT_AND_LENGTH.size
@@ -167,7 +174,11 @@ class LocalReplica:
         context = versions.decode_context(
             context_token, entries_max=self.limits.context_entries_max, actor_bytes_max=self.limits.actor_bytes_max
         )
-        current = decode_record(record) if record is not None else versions.EMPTY
+        current = versions.EMPTY
+        if record is not None:
+            current = _decode_versions(record)
+            if not all(context.covers(s.dot) for s in current.siblings):
+                current = decode_record(record)  # some stored values survive this write: read them
         outcome = versions.put(
             current,
             context,
