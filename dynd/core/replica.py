@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import cbor2
 
@@ -146,10 +147,18 @@ EMPTY_VIEW = EncodedView(cbor2.dumps([]), cbor2.dumps(versions.encode_context(ve
 
 
 class LocalReplica:
+    """Versions writes for one node. It remembers the last `versions_cache_entries` objects it
+    wrote and context tokens it handed out, decoded: the usual next write of a key comes with the
+    token of the previous one and finds that object still stored, and decoding both was the
+    larger part of versioning it. A remembered object is used only while the stored bytes are
+    exactly the bytes it was encoded to."""
+
     def __init__(self, actor: str, limits: Limits, partitions: int) -> None:
         self.actor = actor
         self.limits = limits
         self.partitions = partitions
+        self._objects: dict[tuple[int, bytes], tuple[bytes, versions.SiblingSet]] = {}
+        self._contexts: dict[bytes, versions.Clock] = {}
 
     def partition(self, key: bytes) -> int:
         return partition_of(key, self.partitions)
@@ -159,6 +168,9 @@ class LocalReplica:
             raise BadRequest("the key is empty")
         if len(key) > self.limits.key_bytes_max:
             raise KeyTooLarge(f"key of {len(key)} bytes exceeds key_bytes_max={self.limits.key_bytes_max}")
+
+    def _remember(self, cache: dict[Any, Any], key: Any, item: Any) -> None:
+        _remember_in(cache, key, item, self.limits.versions_cache_entries)
 
     def read(self, record: bytes | None) -> EncodedView:
         return EMPTY_VIEW if record is None else record_view(record)
@@ -171,14 +183,22 @@ class LocalReplica:
         self.check_key(key)
         if value is not None and len(value) > self.limits.value_bytes_max:
             raise ValueTooLarge(f"value of {len(value)} bytes exceeds value_bytes_max={self.limits.value_bytes_max}")
-        context = versions.decode_context(
-            context_token, entries_max=self.limits.context_entries_max, actor_bytes_max=self.limits.actor_bytes_max
-        )
+        if partition is None:
+            partition = self.partition(key)
+        context = self._contexts.get(context_token) if context_token is not None else None
+        if context is None:
+            context = versions.decode_context(
+                context_token, entries_max=self.limits.context_entries_max, actor_bytes_max=self.limits.actor_bytes_max
+            )
         current = versions.EMPTY
         if record is not None:
-            current = _decode_versions(record)
-            if not all(context.covers(s.dot) for s in current.siblings):
-                current = decode_record(record)  # some stored values survive this write: read them
+            remembered = self._objects.get((partition, key))
+            if remembered is not None and remembered[0] == record:
+                current = remembered[1]
+            else:
+                current = _decode_versions(record)
+                if not all(context.covers(s.dot) for s in current.siblings):
+                    current = decode_record(record)  # some stored values survive this write: read them
         outcome = versions.put(
             current,
             context,
@@ -193,15 +213,28 @@ class LocalReplica:
         read_token = versions.encode_context(read_context)
         # Usually the writer's new context is exactly what a read would now return: encode it once.
         reply_token = read_token if outcome.client_context == read_context else versions.encode_context(outcome.client_context)
+        new_record = _encode_record(outcome.object, read_token)
+        self._remember(self._objects, (partition, key), (new_record, outcome.object))
+        self._remember(self._contexts, reply_token, outcome.client_context)
         return WritePlan(
-            partition=self.partition(key) if partition is None else partition,
+            partition=partition,
             key=key,
-            record=_encode_record(outcome.object, read_token),
+            record=new_record,
             reply_context=reply_token,
             sibling_count=len(outcome.object.siblings),
             object_bytes=outcome.object.value_bytes,
             pruned_entries=outcome.pruned_entries,
         )
+
+
+_Remembered = TypeVar("_Remembered")
+
+
+def _remember_in(cache: dict[Any, _Remembered], key: Any, item: _Remembered, entries_max: int) -> None:
+    cache.pop(key, None)
+    cache[key] = item
+    if len(cache) > entries_max:
+        del cache[next(iter(cache))]  # the oldest
 
 
 def merge_records(stored: bytes | None, incoming: bytes, prune_threshold: int) -> bytes | None:

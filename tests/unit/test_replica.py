@@ -68,3 +68,30 @@ def test_refused_writes_name_their_reason(key: bytes, value: bytes, context: byt
 def test_a_write_at_the_limits_is_accepted() -> None:
     plan = node().write(b"k" * 16, b"v" * 64, None, None, now_ms=0)
     assert [s.value for s in r.decode_record(plan.record).siblings] == [b"v" * 64]
+
+
+def _values(record: bytes) -> list[bytes | None]:
+    return sorted(s.value for s in r.decode_record(record).siblings if s.value is not None)
+
+
+def test_a_remembered_object_is_not_used_once_the_stored_bytes_changed() -> None:
+    replica, other = node(), r.LocalReplica("n2", LIMITS, partitions=256)
+    first = replica.write(b"key", b"mine", None, None, now_ms=1)
+    theirs = other.write(b"key", b"theirs", None, None, now_ms=2)
+    merged = r.merge_records(first.record, theirs.record, LIMITS.context_prune_threshold)
+    assert merged is not None
+    # Our context covers only our own write: theirs, merged in since, must survive this one.
+    second = replica.write(b"key", b"mine again", first.reply_context, merged, now_ms=3)
+    assert _values(second.record) == [b"mine again", b"theirs"]
+    # And with the bytes unchanged, the remembered object gives what decoding would.
+    third = replica.write(b"key", b"last", second.reply_context, second.record, now_ms=4)
+    fresh = node()
+    fresh.actor = replica.actor
+    assert third.record == fresh.write(b"key", b"last", second.reply_context, second.record, now_ms=4).record
+
+
+def test_the_remembered_objects_and_contexts_stay_bounded() -> None:
+    replica = r.LocalReplica("n1", Limits(key_bytes_max=16, value_bytes_max=64, versions_cache_entries=8), partitions=256)
+    for index in range(100):
+        replica.write(b"k%d" % index, b"v", None, None, now_ms=index)
+    assert len(replica._objects) == 8 and len(replica._contexts) == 8
