@@ -34,6 +34,7 @@ class Limits:
     context_prune_threshold: int = 10
     actor_bytes_max: int = 128
     versions_cache_entries: int = 4_096  # objects written and contexts handed out kept decoded
+    versions_cache_record_bytes_max: int = 16_384  # larger objects are decoded afresh each write
     # storage
     pending_writes_max: int = 20_000
     lmdb_map_bytes: int = 16 * 1024**3

@@ -203,6 +203,7 @@ def _xor_all(values: list[int]) -> int:
 
 
 PENDING_NOTES_MAX = 256  # writes noted but not yet hashed in (a batch takes ~2 ms of the loop)
+PENDING_NOTES_BYTES_MAX = 4 * 1024 * 1024  # and the records they hold on to
 
 
 class Forest:
@@ -213,9 +214,10 @@ class Forest:
     neither start nor answer.
 
     Writes are noted on the request path but hashed in later, in batches: before any query, and
-    whenever `PENDING_NOTES_MAX` keys are waiting. Hashing one write among a request's other
-    work cost several times what it costs in a run of them (measured: about a tenth of a 3-node
-    cluster's insert throughput), and a key written twice in between is hashed once.
+    whenever `PENDING_NOTES_MAX` keys or `PENDING_NOTES_BYTES_MAX` bytes of records are waiting.
+    Hashing one write among a request's other work cost several times what it costs in a run of
+    them (measured: about a tenth of a 3-node cluster's insert throughput), and a key written
+    twice in between is hashed once.
     """
 
     def __init__(self, partitions: int, *, segments: int = DEFAULT_SEGMENTS, fanout: int = DEFAULT_FANOUT) -> None:
@@ -227,6 +229,7 @@ class Forest:
         self._trees: dict[int, MerkleTree] = {}
         self._empty = MerkleTree(segments, fanout)  # answers for partitions without keys
         self._pending: dict[tuple[int, bytes], bytes | None] = {}  # the latest record noted, None: deleted
+        self._pending_bytes = 0
 
     def mark_ready(self) -> None:
         self.ready = True
@@ -251,7 +254,8 @@ class Forest:
     def note_put(self, partition: int, key: bytes, record: bytes) -> None:
         """The partition now stores `record` for `key` (call on every object write)."""
         self._pending[(partition, key)] = record
-        if len(self._pending) >= PENDING_NOTES_MAX:
+        self._pending_bytes += len(record)
+        if len(self._pending) >= PENDING_NOTES_MAX or self._pending_bytes >= PENDING_NOTES_BYTES_MAX:
             self.settle()
 
     def note_delete(self, partition: int, key: bytes) -> None:
@@ -271,6 +275,7 @@ class Forest:
         if not self._pending:
             return
         pending, self._pending = self._pending, {}
+        self._pending_bytes = 0
         trees = self._trees
         for (partition, key), record in pending.items():
             tree = trees.get(partition)

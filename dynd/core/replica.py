@@ -151,7 +151,8 @@ class LocalReplica:
     wrote and context tokens it handed out, decoded: the usual next write of a key comes with the
     token of the previous one and finds that object still stored, and decoding both was the
     larger part of versioning it. A remembered object is used only while the stored bytes are
-    exactly the bytes it was encoded to."""
+    exactly the bytes it was encoded to. Only records up to `versions_cache_record_bytes_max`
+    are remembered, which bounds the memory at about entries x that size."""
 
     def __init__(self, actor: str, limits: Limits, partitions: int) -> None:
         self.actor = actor
@@ -214,7 +215,10 @@ class LocalReplica:
         # Usually the writer's new context is exactly what a read would now return: encode it once.
         reply_token = read_token if outcome.client_context == read_context else versions.encode_context(outcome.client_context)
         new_record = _encode_record(outcome.object, read_token)
-        self._remember(self._objects, (partition, key), (new_record, outcome.object))
+        if len(new_record) <= self.limits.versions_cache_record_bytes_max:
+            self._remember(self._objects, (partition, key), (new_record, outcome.object))
+        else:
+            self._objects.pop((partition, key), None)
         self._remember(self._contexts, reply_token, outcome.client_context)
         return WritePlan(
             partition=partition,

@@ -95,3 +95,12 @@ def test_the_remembered_objects_and_contexts_stay_bounded() -> None:
     for index in range(100):
         replica.write(b"k%d" % index, b"v", None, None, now_ms=index)
     assert len(replica._objects) == 8 and len(replica._contexts) == 8
+
+
+def test_large_objects_are_not_remembered() -> None:
+    limits = Limits(key_bytes_max=16, value_bytes_max=64, versions_cache_record_bytes_max=100)
+    replica = r.LocalReplica("n1", limits, partitions=256)
+    small = replica.write(b"small", b"v", None, None, now_ms=1)
+    large = replica.write(b"large", b"x" * 64, None, None, now_ms=1)
+    assert len(small.record) <= 100 < len(large.record)
+    assert [key for _, key in replica._objects] == [b"small"]
