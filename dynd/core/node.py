@@ -8,8 +8,8 @@ clock: `now_ms` is passed in, and randomness comes from `rng`.
 Client requests: a node that is not a primary of the key forwards the request to one (the first
 that answers, in preference-list order). A primary coordinates: for a put it versions the write,
 queues it for its own store and lets `PutCoordination` replicate it meanwhile and decide when to
-answer; for a get it
-reads its own replica and lets `GetCoordination` gather the others, answer and repair.
+answer; for a get it reads its own replica and lets `GetCoordination` gather the others, answer
+and repair.
 
 Peer requests: replicate (merge a record, answer once durable), fetch (read a record), handoff
 (merge a batch of records of one partition), gossip. Admin requests: ring, cluster status, join,
