@@ -19,8 +19,7 @@ random, so a new one never repeats an earlier one in practice (32 bits per node 
 
 from __future__ import annotations
 
-from typing import Protocol
-
+from dynd.core.cluster import RandomSource
 from dynd.core.ops import PutMeta, WriteOp
 
 ACTOR_META = "actor"  # the actor this node's dots carry now: its name plus an epoch
@@ -28,15 +27,11 @@ CLEAN_STOP_META = "clean_stop"  # the actor a clean shutdown stopped with; empty
 ACTOR_EPOCH_BITS = 32
 
 
-class Random(Protocol):
-    def random(self) -> float: ...
-
-
-def new_actor(name: str, rng: Random) -> str:
+def new_actor(name: str, rng: RandomSource) -> str:
     return f"{name}.{int(rng.random() * 2**ACTOR_EPOCH_BITS):08x}"
 
 
-def actor_at_start(name: str, stored: bytes | None, clean_stop: bytes | None, rng: Random) -> tuple[str, list[WriteOp]]:
+def actor_at_start(name: str, stored: bytes | None, clean_stop: bytes | None, rng: RandomSource) -> tuple[str, list[WriteOp]]:
     """The actor to start with, and the meta writes to commit before serving: the stored actor
     only after a clean stop with it, otherwise a new epoch. Either way the clean-stop record is
     cleared, so a crash from here on is seen as one."""

@@ -280,7 +280,7 @@ class Forest:
         for (partition, key), record in pending.items():
             tree = trees.get(partition)
             if record is None:
-                if tree is not None and tree.hash_of(key) is not None:
+                if tree is not None:
                     tree.update(key, None)
                     if not len(tree):
                         del trees[partition]

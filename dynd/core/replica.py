@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import cbor2
 
@@ -171,7 +171,10 @@ class LocalReplica:
             raise KeyTooLarge(f"key of {len(key)} bytes exceeds key_bytes_max={self.limits.key_bytes_max}")
 
     def _remember(self, cache: dict[Any, Any], key: Any, item: Any) -> None:
-        _remember_in(cache, key, item, self.limits.versions_cache_entries)
+        cache.pop(key, None)
+        cache[key] = item
+        if len(cache) > self.limits.versions_cache_entries:
+            del cache[next(iter(cache))]  # the oldest
 
     def read(self, record: bytes | None) -> EncodedView:
         return EMPTY_VIEW if record is None else record_view(record)
@@ -229,16 +232,6 @@ class LocalReplica:
             object_bytes=outcome.object.value_bytes,
             pruned_entries=outcome.pruned_entries,
         )
-
-
-_Remembered = TypeVar("_Remembered")
-
-
-def _remember_in(cache: dict[Any, _Remembered], key: Any, item: _Remembered, entries_max: int) -> None:
-    cache.pop(key, None)
-    cache[key] = item
-    if len(cache) > entries_max:
-        del cache[next(iter(cache))]  # the oldest
 
 
 def merge_records(stored: bytes | None, incoming: bytes, prune_threshold: int) -> bytes | None:
