@@ -1,12 +1,17 @@
 """How close is one dynd node to the ceiling of its own stack?
 
-    python tests/bench/foundation.py [--seconds 10] [--concurrency 32] [--value-size 1024]
+    python tests/bench/foundation.py [--seconds 10] [--rounds 1] [--concurrency 32] [--value-size 1024]
 
 Starts the echo server (tests/bench/echo_server.py: same framing and client, no work) and a
 one-node dynd in a temporary data directory, waits until each accepts connections, runs
 `dynctl --json bench` for puts and gets against each, stops both by PID, and prints ops/s and p99.9
 for each with the ratio dynd/echo. The load generator shares the machine's cores with the server
 under test, so compare ratios from one machine, not absolute numbers across machines.
+
+A shared VM's speed drifts by tens of percent within minutes, so `--rounds N` runs each workload N
+times, echo and dynd back to back in each round (echo first in odd rounds, dynd first in even
+ones), and reports medians with their range; the ratio is each round's dynd over the same round's
+echo, its median over the rounds.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import os
 import shlex
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -119,20 +125,21 @@ def run_bench(command: list[str], seconds: float) -> dict[str, Any]:
     return result
 
 
-def ratio(numerator: float | None, denominator: float | None) -> str:
-    if not numerator or not denominator:
-        return "-"
-    return f"{numerator / denominator:.2f}"
+def order(labels: list[str], round_index: int) -> list[str]:
+    """Alternate which server goes first, so a drift in the machine's speed within a round does
+    not always favour the same one."""
+    return labels if round_index % 2 == 0 else labels[::-1]
 
 
-def report(results: dict[tuple[str, str], dict[str, Any]], commands: list[list[str]], args: argparse.Namespace) -> None:
+def report(results: dict[tuple[str, str], list[dict[str, Any]]], commands: list[list[str]], args: argparse.Namespace) -> None:
     out = Console(highlight=False)
     out.print("Commands used:")
     for command in commands:
         out.print(f"  {shlex.join(command)}", soft_wrap=True)
+    rounds = f", median of {args.rounds} interleaved rounds (range)" if args.rounds > 1 else ""
     table = Table(
         title=f"dynd vs the echo ceiling: {args.value_size} B values, concurrency {args.concurrency}, "
-        f"{args.seconds:g} s each; latency in ms; ratio = dynd/echo",
+        f"{args.seconds:g} s each{rounds}; latency in ms; ratio = dynd/echo",
         title_justify="left",
     )
     for column in ("workload", "echo ops/s", "dynd ops/s", "ratio", "echo p99.9", "dynd p99.9", "ratio"):
@@ -141,17 +148,33 @@ def report(results: dict[tuple[str, str], dict[str, Any]], commands: list[list[s
         echo, dynd = results[("echo", workload)], results[("dynd", workload)]
         table.add_row(
             workload,
-            f"{echo['ops_per_s']:,.0f}",
-            f"{dynd['ops_per_s']:,.0f}",
-            ratio(dynd["ops_per_s"], echo["ops_per_s"]),
-            f"{echo['p999_ms']:.2f}" if echo["p999_ms"] is not None else "-",
-            f"{dynd['p999_ms']:.2f}" if dynd["p999_ms"] is not None else "-",
-            ratio(dynd["p999_ms"], echo["p999_ms"]),
+            median_range([run["ops_per_s"] for run in echo], "{:,.0f}"),
+            median_range([run["ops_per_s"] for run in dynd], "{:,.0f}"),
+            median_range(ratios(dynd, echo, "ops_per_s"), "{:.2f}"),
+            median_range([run["p999_ms"] for run in echo], "{:.2f}"),
+            median_range([run["p999_ms"] for run in dynd], "{:.2f}"),
+            median_range(ratios(dynd, echo, "p999_ms"), "{:.2f}"),
         )
-    out.print(table)
-    errors = {f"{label} {workload}": r["errors"] for (label, workload), r in results.items() if r["errors"]}
+    Console(highlight=False, width=max(out.width, 130)).print(table)
+    errors = {f"{label} {workload}": sum(run["errors"] for run in runs) for (label, workload), runs in results.items()}
+    errors = {name: count for name, count in errors.items() if count}
     if errors:
         out.print(f"errors during the runs: {errors}")
+
+
+def ratios(numerators: list[dict[str, Any]], denominators: list[dict[str, Any]], field: str) -> list[float]:
+    """Round by round: each dynd figure over the echo figure of the same round."""
+    return [top[field] / bottom[field] for top, bottom in zip(numerators, denominators) if top[field] and bottom[field]]
+
+
+def median_range(values: list[float | None], form: str) -> str:
+    present = [value for value in values if value is not None]
+    if not present:
+        return "-"
+    middle = form.format(statistics.median(present))
+    if len(present) == 1:
+        return middle
+    return f"{middle} ({form.format(min(present))}-{form.format(max(present))})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="timed phase of each bench run (default 10)")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--value-size", type=int, default=1024, metavar="BYTES")
+    parser.add_argument("--rounds", type=int, default=1, metavar="N", help="run each workload N times, interleaved; report medians")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     with tempfile.TemporaryDirectory(prefix="dynd-foundation-") as scratch_dir:
         scratch = Path(scratch_dir)
@@ -194,21 +220,23 @@ def main(argv: list[str] | None = None) -> int:
             ),
         }
         commands = [server.argv for server in servers.values()]
-        results: dict[tuple[str, str], dict[str, Any]] = {}
+        results: dict[tuple[str, str], list[dict[str, Any]]] = {key: [] for key in ((label, w) for label in servers for w in WORKLOADS)}
         try:
             for server in servers.values():
                 start(server)
             for server in servers.values():
                 wait_until_accepting(server)
-            for label, server in servers.items():
-                for workload in WORKLOADS:
+            for round_index in range(args.rounds):
+                for workload, label in [(w, label) for w in WORKLOADS for label in order(list(servers), round_index)]:
+                    server = servers[label]
                     command = [
                         *venv_command("dynctl", "dynctl"), "--node", server.address, "--json", "bench",
                         "--workload", workload, "--concurrency", str(args.concurrency),
                         "--value-size", str(args.value_size), "--seconds", f"{args.seconds:g}",
                     ]  # fmt: skip
-                    commands.append(command)
-                    results[(label, workload)] = run_bench(command, args.seconds)
+                    if round_index == 0:
+                        commands.append(command)
+                    results[(label, workload)].append(run_bench(command, args.seconds))
         except (StartupFailed, RuntimeError, subprocess.TimeoutExpired) as exc:
             console.print(f"foundation: {exc}")
             return 1
