@@ -215,14 +215,19 @@ class LocalReplica:
         )
         read_context = outcome.object.read_context(self.limits.context_prune_threshold)
         read_token = versions.encode_context(read_context)
-        # Usually the writer's new context is exactly what a read would now return: encode it once.
-        reply_token = read_token if outcome.client_context == read_context else versions.encode_context(outcome.client_context)
+        # Usually the writer's new context is exactly what a read would now return: encode it once,
+        # and remember that clock (its encoding kept) for the next write made with the token.
+        client_context = outcome.client_context
+        if client_context == read_context:
+            reply_token, client_context = read_token, read_context
+        else:
+            reply_token = versions.encode_context(client_context)
         new_record = _encode_record(outcome.object, read_token)
         if len(new_record) <= self.limits.versions_cache_record_bytes_max:
             self._remember(self._objects, (partition, key), (new_record, outcome.object))
         else:
             self._objects.pop((partition, key), None)
-        self._remember(self._contexts, reply_token, outcome.client_context)
+        self._remember(self._contexts, reply_token, client_context)
         return WritePlan(
             partition=partition,
             key=key,

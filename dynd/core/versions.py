@@ -70,7 +70,7 @@ class Clock:
     Each vector entry and cloud dot carries the timestamp of its write, used only for pruning.
     """
 
-    __slots__ = ("_vector", "_cloud", "_hash")
+    __slots__ = ("_vector", "_cloud", "_hash", "_cbor")
 
     def __init__(
         self,
@@ -80,6 +80,7 @@ class Clock:
         self._vector: dict[str, tuple[int, int]] = dict(vector) if vector else {}
         self._cloud: dict[Dot, int] = {}
         self._hash: int | None = None
+        self._cbor: bytes | None = None  # its encoding, kept: one clock is often encoded several times
         if cloud:
             self._absorb_cloud(cloud)
 
@@ -90,6 +91,7 @@ class Clock:
         clock._vector = vector
         clock._cloud = {}
         clock._hash = None
+        clock._cbor = None
         return clock
 
     def _absorb_cloud(self, cloud: dict[Dot, int]) -> None:
@@ -165,6 +167,13 @@ class Clock:
             return self
         if not len(self):
             return other
+        if not self._cloud and not other._cloud:
+            # Often one side already holds every entry of the other (a write made with the latest
+            # context): then the join is that side itself, entry for entry, timestamps included.
+            if _vector_dominates(other._vector, self._vector):
+                return other
+            if _vector_dominates(self._vector, other._vector):
+                return self
         vector = dict(self._vector)
         for actor, entry in other._vector.items():
             mine = vector.get(actor)
@@ -207,6 +216,18 @@ class Clock:
         vector = {a: e for a, e in self._vector.items() if a not in drop_actors}
         cloud = {d: t for d, t in self._cloud.items() if d not in drop_dots}
         return Clock(vector, cloud), len(dropped)
+
+
+def _vector_dominates(big: dict[str, tuple[int, int]], small: dict[str, tuple[int, int]]) -> bool:
+    """Whether `big` has an entry at least as high, (counter, timestamp) compared, for every actor
+    of `small`: the join of the two vectors is then exactly `big`."""
+    if len(big) < len(small):
+        return False
+    for actor, entry in small.items():
+        held = big.get(actor)
+        if held is None or held < entry:
+            return False
+    return True
 
 
 EMPTY_CLOCK = Clock()
@@ -355,6 +376,15 @@ _SIBLING_HEAD = cbor_head(MAJOR_ARRAY, 6)
 
 
 def _append_clock(clock: Clock, out: list[bytes]) -> None:
+    encoded = clock._cbor
+    if encoded is None:
+        pieces: list[bytes] = []
+        _encode_clock(clock, pieces)
+        encoded = clock._cbor = b"".join(pieces)
+    out.append(encoded)
+
+
+def _encode_clock(clock: Clock, out: list[bytes]) -> None:
     vector = clock._vector
     out.append(cbor_head(MAJOR_ARRAY, len(vector)))
     for actor in sorted(vector) if len(vector) > 1 else vector:
