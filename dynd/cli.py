@@ -184,7 +184,9 @@ async def serve(config: Config) -> None:
             await engine.start()
         except DynError as exc:
             raise StartupError(f"cannot start the storage writer: {exc}") from None
-        committer = GroupCommitter(store, engine, pending_writes_max=limits.pending_writes_max)
+        committer = GroupCommitter(
+            store, engine, pending_writes_max=limits.pending_writes_max, object_cache_bytes_max=limits.object_cache_bytes_max
+        )
         try:
             listeners = await trio.open_tcp_listeners(port, host=host)
         except OSError as exc:

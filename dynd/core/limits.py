@@ -37,6 +37,7 @@ class Limits:
     versions_cache_record_bytes_max: int = 16_384  # larger objects are decoded afresh each write
     # storage
     pending_writes_max: int = 20_000
+    object_cache_bytes_max: int = 64 * 1024 * 1024  # recently committed or read objects, kept in memory
     lmdb_map_bytes: int = 16 * 1024**3
     # requests and background work
     request_timeout_ms: int = 5_000

@@ -6,6 +6,13 @@ transaction (one fsync for all of it), then runs the completions. Until its comm
 object stays visible through `read_object` (the overlay), so a read or a second write to the same
 key sees it.
 
+Every object write of a running node goes through here, so the committer also keeps the objects it
+committed or read most recently (up to `object_cache_bytes_max` bytes of keys and records): a
+put reads the object it replaces, usually one written moments ago, and the cache answers without
+an LMDB read transaction. It stays exact because nothing else writes objects while it runs: an
+entry is replaced when a write to its key commits, and dropped when a commit of its key fails
+(such a batch may or may not be durable, so the key is read from LMDB again).
+
 A failed commit (a full map, a disk error) fails every completion of that batch; its ops are dropped
 from the overlay. Engines (`dynd.shell.commit_engines`): a writer process for LMDB, whose disk
 waits and B-tree work never contend with the event loop for the GIL, and a worker thread for the
@@ -28,6 +35,9 @@ log = logging.getLogger("dynd.committer")
 
 Completion = Callable[[DynError | None], None]
 OverlayKey = tuple[int, bytes]
+# What one cached entry costs besides its key and record: the dict slot, the tuple and two objects.
+CACHE_ENTRY_OVERHEAD_BYTES = 128
+_ABSENT = object()
 
 
 class CommitEngine(Protocol):
@@ -63,12 +73,16 @@ class CommitStats:
 class GroupCommitter:
     """Run `run()` in a nursery; `submit` from the trio thread; `aclose()` drains and stops."""
 
-    def __init__(self, reader: Reader, engine: CommitEngine, *, pending_writes_max: int) -> None:
+    def __init__(self, reader: Reader, engine: CommitEngine, *, pending_writes_max: int, object_cache_bytes_max: int = 0) -> None:
         self.reader = reader
         self.engine = engine
         self.stats = CommitStats()
         self._pending_writes_max = pending_writes_max
         self._overlay: dict[OverlayKey, bytes | None] = {}
+        # Committed objects (None: known absent), oldest first; see the module docstring.
+        self._cache: dict[OverlayKey, bytes | None] = {}
+        self._cache_bytes = 0
+        self._cache_bytes_max = object_cache_bytes_max
         self._queued = _Batch()
         self._in_flight = 0
         self._wake = trio.Event()
@@ -80,7 +94,34 @@ class GroupCommitter:
         overlay_key = (partition, key)
         if overlay_key in self._overlay:
             return self._overlay[overlay_key]
-        return self.reader.get_object(partition, key)
+        cached = self._cache.get(overlay_key, _ABSENT)
+        if cached is not _ABSENT:
+            return cached  # type: ignore[return-value]
+        data = self.reader.get_object(partition, key)
+        self._cache_put(overlay_key, data)
+        return data
+
+    def _cache_put(self, overlay_key: OverlayKey, data: bytes | None) -> None:
+        if not self._cache_bytes_max:
+            return
+        cache = self._cache
+        self._cache_drop(overlay_key)
+        size = len(overlay_key[1]) + (0 if data is None else len(data)) + CACHE_ENTRY_OVERHEAD_BYTES
+        if size > self._cache_bytes_max:
+            return
+        cache[overlay_key] = data
+        self._cache_bytes += size
+        while self._cache_bytes > self._cache_bytes_max:
+            self._cache_drop(next(iter(cache)))  # the oldest
+
+    def _cache_drop(self, overlay_key: OverlayKey) -> None:
+        data = self._cache.pop(overlay_key, _ABSENT)
+        if data is not _ABSENT:
+            self._cache_bytes -= len(overlay_key[1]) + (0 if data is None else len(data)) + CACHE_ENTRY_OVERHEAD_BYTES  # type: ignore[arg-type]
+
+    @property
+    def cached_objects(self) -> int:
+        return len(self._cache)
 
     @property
     def pending_writes(self) -> int:
@@ -154,6 +195,10 @@ class GroupCommitter:
             # Drop the overlay entry only if no later write replaced it meanwhile.
             if overlay_key in self._overlay and self._overlay[overlay_key] is data:
                 del self._overlay[overlay_key]
+            if error is None:
+                self._cache_put(overlay_key, data)
+            else:
+                self._cache_drop(overlay_key)
         for completion in batch.completions:
             try:
                 completion(error)

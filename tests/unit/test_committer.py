@@ -125,3 +125,83 @@ async def test_a_writer_that_dies_mid_commit_is_reported_not_taken_for_success(t
             await engine.commit([PutObject(0, b"k", b"v")])
     finally:
         await engine.aclose()
+
+
+class CountingReader:
+    """The committed store as the committer sees it, counting reads that reach it."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.reads = 0
+
+    def get_object(self, partition: int, key: bytes) -> bytes | None:
+        self.reads += 1
+        return self.store.get_object(partition, key)
+
+
+async def _commit(committer: GroupCommitter, ops: list[WriteOp]) -> DynError | None:
+    outcome: list[DynError | None] = []
+    landed = trio.Event()
+
+    def record(error: DynError | None) -> None:
+        outcome.append(error)
+        landed.set()
+
+    committer.submit(ops, record)
+    await landed.wait()
+    return outcome[0]
+
+
+async def test_committed_and_read_objects_are_answered_from_memory(nursery: trio.Nursery) -> None:
+    engine = GatedEngine()
+    engine.gate.set()
+    reader = CountingReader(engine.store)
+    engine.store.write([PutObject(0, b"old", b"stored before")])
+    committer = GroupCommitter(reader, engine, pending_writes_max=100, object_cache_bytes_max=1 << 20)
+    await nursery.start(committer.run)
+    assert await _commit(committer, [PutObject(0, b"new", b"v1"), DeleteObject(0, b"old")]) is None
+    assert committer.read_object(0, b"new") == b"v1"
+    assert committer.read_object(0, b"old") is None, "a committed delete is remembered as absent"
+    assert reader.reads == 0
+    assert committer.read_object(0, b"never") is None
+    assert committer.read_object(0, b"never") is None
+    assert reader.reads == 1, "a miss reads the store once, then remembers the answer"
+    assert await _commit(committer, [PutObject(0, b"never", b"v2")]) is None
+    assert committer.read_object(0, b"never") == b"v2", "a commit replaces what a read remembered"
+    assert reader.reads == 1
+    await committer.aclose()
+
+
+async def test_a_failed_commit_forgets_its_keys_so_they_are_read_from_the_store(nursery: trio.Nursery) -> None:
+    engine = GatedEngine()
+    engine.gate.set()
+    reader = CountingReader(engine.store)
+    committer = GroupCommitter(reader, engine, pending_writes_max=100, object_cache_bytes_max=1 << 20)
+    await nursery.start(committer.run)
+    assert await _commit(committer, [PutObject(0, b"k", b"v1")]) is None
+    engine.fail_next = True
+    assert isinstance(await _commit(committer, [PutObject(0, b"k", b"v2")]), StorageFull)
+    assert committer.read_object(0, b"k") == b"v1"
+    assert reader.reads == 1, "after a failed commit the key's state comes from the store"
+    await committer.aclose()
+
+
+async def test_the_object_cache_keeps_to_its_byte_limit_dropping_the_oldest(nursery: trio.Nursery) -> None:
+    engine = GatedEngine()
+    engine.gate.set()
+    reader = CountingReader(engine.store)
+    limit = 10 * (1000 + 8 + 128)
+    committer = GroupCommitter(reader, engine, pending_writes_max=100, object_cache_bytes_max=limit)
+    await nursery.start(committer.run)
+    for i in range(25):
+        assert await _commit(committer, [PutObject(0, b"key%05d" % i, bytes(1000))]) is None
+        assert committer._cache_bytes <= limit
+    assert committer.cached_objects == 10
+    assert committer.read_object(0, b"key00024") == bytes(1000)
+    assert reader.reads == 0, "the newest are kept"
+    assert committer.read_object(0, b"key00000") == bytes(1000)
+    assert reader.reads == 1, "the oldest went"
+    assert await _commit(committer, [PutObject(0, b"huge", bytes(limit))]) is None
+    assert committer.read_object(0, b"huge") == bytes(limit)
+    assert reader.reads == 2, "an object larger than the whole cache is never kept"
+    await committer.aclose()
