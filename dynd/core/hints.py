@@ -14,7 +14,14 @@ The pacer (admission control) holds delivery back and shrinks batches while fore
 is high.
 
 A hint for a node that is no longer an active member goes to the key's current primaries
-instead, and is deleted once all of them have it. `counts` (hints per target) is read from storage
+instead, and is deleted once all of them have it.
+
+Hints expire with the tombstone grace period (as Cassandra's hints live no longer than
+gc_grace): a sibling written more than `tombstone_grace_ms` ago is not delivered. A delete that
+superseded it came after it, so by then the delete's tombstone may have been reaped on every
+primary, and delivering the old value would bring the deleted key back. Whatever such a sibling
+still holds that is current, the other replicas hold too and anti-entropy brings it over. A hint
+left with no sibling to deliver is deleted unsent. `counts` (hints per target) is read from storage
 once at start and kept up to date as hints are stored and deleted; it feeds `cluster status`.
 """
 
@@ -29,6 +36,8 @@ from dynd.core.cluster import ClusterView
 from dynd.core.health import Health
 from dynd.core.ops import DeleteHint, PutHint
 from dynd.core.ports import Network, Storage
+from dynd.core.replica import decode_record, encode_record
+from dynd.core.versions import SiblingSet
 from dynd.protocol import messages
 from dynd.protocol.errors import DynError
 
@@ -46,6 +55,8 @@ class HintDelivery:
         *,
         interval_ms: int,
         batch_keys: int,
+        grace_ms: int,
+        prune_threshold: int,
         now_ms: Callable[[], int],
         pacer: Pacer | None = None,
     ) -> None:
@@ -57,7 +68,10 @@ class HintDelivery:
         self.health = health
         self.interval_ms = interval_ms
         self.batch_keys = batch_keys
+        self.grace_ms = grace_ms
+        self.prune_threshold = prune_threshold
         self.now_ms = now_ms
+        self.expired_total = 0  # hinted siblings not delivered because they outlived the grace period
         self.counts: dict[str, int] = {target: n for target, n in storage.hint_counts().items() if n}
         self.delivered_total = 0
         self.in_flight = False
@@ -113,10 +127,14 @@ class HintDelivery:
         for partition, key, record in items:
             if record is None:
                 continue
+            deliverable = self._unexpired(record)
+            if deliverable is None:
+                continue  # nothing left to deliver: `_delivered` deletes it unsent
             receivers = [target] if self._is_member(target) else list(self.cluster.preference_list(partition).primaries)
-            sends += [(receiver, partition, key, record) for receiver in receivers]
+            sends += [(receiver, partition, key, deliverable) for receiver in receivers]
         if not sends:
-            self._next_ms = self.now_ms()
+            self.in_flight = True
+            self._delivered(target, items, set(), full=len(batch) == limit)
             return
         self.in_flight = True
         failed: set[tuple[int, bytes]] = set()
@@ -135,6 +153,20 @@ class HintDelivery:
 
         for receiver, partition, key, record in sends:
             self.network.send(receiver, _replicate(key, record), answered(partition, key))
+
+    def _unexpired(self, record: bytes) -> bytes | None:
+        """The hinted record without the siblings older than the grace period (see the module
+        docstring), or None when none is left."""
+        held = decode_record(record)
+        oldest_kept_ms = self.now_ms() - self.grace_ms
+        if all(s.timestamp_ms > oldest_kept_ms for s in held.siblings):
+            return record
+        kept = tuple(s for s in held.siblings if s.timestamp_ms > oldest_kept_ms)
+        self.expired_total += len(held.siblings) - len(kept)
+        log.info("not delivering %d hinted sibling(s) older than tombstone_grace_ms", len(held.siblings) - len(kept))
+        if not kept:
+            return None
+        return encode_record(SiblingSet(kept, held.seen), self.prune_threshold)
 
     def _delivered(self, target: str, items: list[tuple[int, bytes, bytes | None]], failed: set[tuple[int, bytes]], full: bool) -> None:
         deletes = [

@@ -120,6 +120,8 @@ class Node:
             self.health,
             interval_ms=limits.hint_delivery_interval_ms,
             batch_keys=limits.hint_batch_keys,
+            grace_ms=limits.tombstone_grace_ms,
+            prune_threshold=limits.context_prune_threshold,
             now_ms=now_ms,
             pacer=self.budget,
         )
