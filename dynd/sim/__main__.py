@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=5, help="nodes at the start (default 5)")
     parser.add_argument("--seconds", type=float, default=SimConfig(0).seconds, help="simulated seconds of load per seed")
     parser.add_argument("--faults", default="all", help="comma-separated fault kinds, 'all' or 'none'")
+    parser.add_argument("--clear-ratio", type=float, default=SimConfig(0).clear_ratio, help="share of client ops that delete their key")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes for --seeds")
     args = parser.parse_args(argv)
     try:
@@ -43,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Console()
     err = Console(stderr=True)
     seeds = range(args.seed, args.seed + 1) if args.seed is not None else args.seeds
-    configs = [SimConfig(seed=s, nodes=args.nodes, seconds=args.seconds, faults=faults) for s in seeds]
+    if not 0 <= args.clear_ratio <= 0.5:
+        parser.error("--clear-ratio must be between 0 and 0.5")
+    configs = [SimConfig(seed=s, nodes=args.nodes, seconds=args.seconds, faults=faults, clear_ratio=args.clear_ratio) for s in seeds]
     started = time.perf_counter()
     if args.seed is not None:
         result = run_seed(configs[0])

@@ -3,9 +3,15 @@
 They are separate from the workload (FoundationDB's setup/start/check): the workload only records
 what clients did; these read the final state and the history and say what is wrong.
 
-    lost_write     every acknowledged add is in the final read of its key (the union of siblings)
+    lost_write     every acknowledged add is in the final read of its key (the union of siblings),
+                   unless a clear that saw it sent its delete
+    resurrected    no sibling that an acknowledged write superseded (a dot its read saw: its
+                   context covered it) is in the final read: deletes and overwrites stay done
+                   through reaping, handoff, hints and repair
     phantom        every element in a final read was attempted by some client put
-    convergence    every primary of a key holds the same sibling set (compared decoded)
+    convergence    every primary of a key holds the same sibling set (compared decoded); one that
+                   holds nothing agrees with ones that hold only tombstones (each primary reaps
+                   by its own clock, so a reaped copy and an unreaped one are both settled)
     dominated      no stored sibling is covered by another sibling's context (or by the
                    object's `seen`, which is that rule made durable)
     membership     every running node has the same membership (digest), hence the same ring
@@ -23,7 +29,7 @@ from dynd.core.versions import SiblingSet
 from dynd.sim.workload import History, decode_set
 from dynd.sim.world import Failure
 
-CHECKERS = ("lost_write", "phantom", "convergence", "dominated", "membership")
+CHECKERS = ("lost_write", "resurrected", "phantom", "convergence", "dominated", "membership")
 
 
 @dataclass
@@ -32,6 +38,8 @@ class FinalState:
 
     # key -> the union of elements over the siblings of the last successful final read
     reads: dict[bytes, set[str]] = field(default_factory=dict)
+    # key -> (actor, counter) of every sibling in that read
+    read_dots: dict[bytes, set[tuple[str, int]]] = field(default_factory=dict)
     # key -> keys whose final reads all failed
     unread: set[bytes] = field(default_factory=set)
     # key -> primary name -> stored record (None: the primary holds nothing)
@@ -44,6 +52,7 @@ def check(history: History, state: FinalState, keys: list[bytes]) -> list[Failur
     failures: list[Failure] = []
     for key in keys:
         failures += check_lost_writes(history, state, key)
+        failures += check_resurrected(history, state, key)
         failures += check_phantoms(history, state, key)
         failures += check_convergence(state, key)
         failures += check_dominated(state, key)
@@ -58,10 +67,28 @@ def check_lost_writes(history: History, state: FinalState, key: bytes) -> list[F
             return [Failure("lost_write", f"no final read of {key!r} succeeded; {len(acked)} acknowledged adds unverified", key)]
         return []
     final = state.reads.get(key, set())
-    missing = sorted(e for e in history.acknowledged(key) if e not in final)
+    cleared = history.maybe_cleared(key)
+    missing = sorted(e for e in history.acknowledged(key) if e not in final and e not in cleared)
     if not missing:
         return []
     return [Failure("lost_write", f"{len(missing)} acknowledged add(s) of {key!r} missing from the final read: {', '.join(missing[:10])}", key)]
+
+
+def check_resurrected(history: History, state: FinalState, key: bytes) -> list[Failure]:
+    superseded = history.superseded(key)
+    back = sorted(dot for dot in state.read_dots.get(key, set()) if dot in superseded)
+    if not back:
+        return []
+    actor, counter = back[0]
+    op = superseded[back[0]]
+    return [
+        Failure(
+            "resurrected",
+            f"{len(back)} superseded sibling(s) of {key!r} are back in the final read, first {actor}:{counter}, "
+            f"which acknowledged {op.kind} #{op.index} had read and written over",
+            key,
+        )
+    ]
 
 
 def check_phantoms(history: History, state: FinalState, key: bytes) -> list[Failure]:
@@ -87,8 +114,13 @@ def check_convergence(state: FinalState, key: bytes) -> list[Failure]:
     if not replicas:
         return []
     decoded = {name: (decode_record(record) if record is not None else SiblingSet()) for name, record in sorted(replicas.items())}
-    first_name, first = next(iter(decoded.items()))
-    differ = [name for name, obj in decoded.items() if obj != first]
+    held = {name: obj for name, obj in decoded.items() if not obj.is_empty}
+    # Reaping in progress: the primaries that hold nothing agree with copies holding only tombstones.
+    compared = held if len(held) < len(decoded) and all(not obj.live for obj in held.values()) else decoded
+    if not compared:
+        return []
+    first_name, first = next(iter(compared.items()))
+    differ = [name for name, obj in compared.items() if obj != first]
     if not differ:
         return []
     lines = "; ".join(f"{name}: {_describe(obj)}" for name, obj in decoded.items())

@@ -1,15 +1,17 @@
 """One simulation run: build the cluster, load it under faults, heal, quiesce, read back, check.
 
 Phases, all in virtual time:
-1. load: the set-add clients run for `seconds` while the fault schedule plays out;
+1. load: the set-add clients (adding to and now and then clearing their keys) run for `seconds`
+   while the fault schedule plays out;
 2. drain: clients finish the operation in hand (faults still active);
 3. heal: every fault ends (crashed nodes restart, paused ones resume, links mend, loss stops);
 4. quiesce: run until every node has the same membership and none holds data it should hand off
    (or `settle_max_ms` passes: the membership checker then says so);
-5. final read: every key is read at R=N through every node. There is no anti-entropy yet
-   (issue 6), so replicas converge only by read repair and handoff: these reads are what drive
-   the read repair the convergence checker relies on. Then the repairs are left to land.
-6. check: `checkers.check` over the history, the final reads and each primary's committed store.
+5. final read: every key is read at R=N through every node; these reads also read-repair it (and
+   anti-entropy runs throughout). Then the repairs are left to land;
+6. reap: run until no node holds a tombstone past its grace period (the reapers remove them a
+   partition at a time), so the stores compared next are settled;
+7. check: `checkers.check` over the history, the final reads and each primary's committed store.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 from dynd.core.limits import Limits
 from dynd.core.membership import LEAVING, Membership
 from dynd.core.partition import partition_of
+from dynd.core.reaper import is_expired_tombstone
 from dynd.protocol import messages
 from dynd.sim import checkers
 from dynd.sim.faults import FAULT_KINDS, Fault, FaultInjector, draw_schedule
@@ -49,6 +52,7 @@ class SimConfig:
     partitions: int = 32
     keys: int = 6
     clients: int = 4
+    clear_ratio: float = 0.05  # the share of ops that delete their key (see dynd.sim.workload)
     settle_max_ms: int = 60_000
     commit_delay_ms: tuple[int, int] | None = None  # None: drawn from the seed (fast, slow or very slow disks)
     limits: Limits = SIM_LIMITS
@@ -57,6 +61,8 @@ class SimConfig:
     def replay_command(self) -> str:
         faults = ",".join(self.faults) if self.faults else "none"
         command = f"python -m dynd.sim --seed {self.seed} --nodes {self.nodes} --seconds {self.seconds:g} --faults {faults}"
+        if self.clear_ratio != SimConfig.clear_ratio:
+            command += f" --clear-ratio {self.clear_ratio:g}"
         if self.schedule is not None:
             command += "   # with an explicit schedule: " + "; ".join(map(str, self.schedule))
         return command
@@ -119,7 +125,7 @@ class Simulation:
             commit_delay_ms=commit_delay_ms,
             wrap_storage=wrap_storage,
         )
-        self.workload = SetAddWorkload(self.world, clients=c.clients, keys=c.keys)
+        self.workload = SetAddWorkload(self.world, clients=c.clients, keys=c.keys, clear_ratio=c.clear_ratio)
         load_ms = int(c.seconds * 1000)
         schedule = list(c.schedule) if c.schedule is not None else draw_schedule(self.world.rng, c.faults, load_ms)
         self.injector = FaultInjector(self.world, schedule, c.faults)
@@ -138,6 +144,7 @@ class Simulation:
         self.injector.heal_all()
         self._quiesce()
         self._final_reads()
+        self._await_reaping()
         self._collect()
         failures = list(world.failures) + checkers.check(self.workload.history, self.state, self.workload.keys)
         history_of = {key: [op.describe() for op in self.workload.history.of_key(key)] for key in self.workload.keys}
@@ -213,6 +220,7 @@ class Simulation:
                     for sibling in answer.siblings:
                         elements |= decode_set(sibling.value)
                     self.state.reads[key] = elements
+                    self.state.read_dots[key] = {(sibling.actor, sibling.counter) for sibling in answer.siblings}
                     unread.discard(key)
 
             for name in sorted(world.hosts):
@@ -228,6 +236,26 @@ class Simulation:
             if not unread:
                 break
         self.state.unread = unread
+
+    def _await_reaping(self) -> None:
+        """Let the reapers remove every expired tombstone (they go a partition at a time), so the
+        replicas compared are settled; one the reapers never remove shows as divergence."""
+        world = self.world
+        deadline = world.loop.now_ms + self.config.settle_max_ms
+        while world.loop.now_ms < deadline and self._expired_tombstones_held():
+            world.run_for(SETTLE_STEP_MS)
+
+    def _expired_tombstones_held(self) -> bool:
+        grace_ms = self.config.limits.tombstone_grace_ms
+        for host in self.world.up_hosts():
+            node = host.node
+            if node is None:
+                continue
+            for key in self.workload.keys:
+                record = host.store.get_object(partition_of(key, self.world.params.partitions), key)
+                if record is not None and is_expired_tombstone(record, node.now_ms(), grace_ms):
+                    return True
+        return False
 
     def _collect(self) -> None:
         world = self.world

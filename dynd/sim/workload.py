@@ -3,8 +3,12 @@
 Each client loops: pick a key and a node (any host, up or not: clients do not know), then either
 - add: get the key (its siblings and context), union the siblings' sets, add a fresh element and
   put the union with the context it read (the common case), or
-- blind add: put a set of just the fresh element with no context, which forces siblings.
+- blind add: put a set of just the fresh element with no context, which forces siblings, or
+- clear (with `clear_ratio`): get the key, then delete it with the context it read, which leaves
+  a tombstone that the reaper later removes.
 A value is a set of elements, encoded sorted and newline-separated, so equal sets are equal bytes.
+Every op that reads records the elements and the sibling dots it saw: a clear may remove exactly
+the elements it saw, and a write acknowledged with a context supersedes the dots it saw for good.
 
 Every invocation is recorded with its outcome:
 - ok: the node acknowledged the put (the element must survive);
@@ -28,6 +32,7 @@ from dynd.sim.process import Process
 from dynd.sim.world import World
 
 OK, FAILED, INDETERMINATE, PENDING = "ok", "failed", "indeterminate", "pending"
+ADD, BLIND, CLEAR = "add", "blind", "clear"
 
 
 def encode_set(elements: set[str] | frozenset[str]) -> bytes:
@@ -42,20 +47,22 @@ def decode_set(value: bytes) -> set[str]:
 class Op:
     index: int
     client: str
-    kind: str  # "add" or "blind"
+    kind: str  # "add", "blind" or "clear" (whose element is only a label: it adds nothing)
     key: bytes
     node: str
     element: str
     invoked_ms: int
     read_ms: int | None = None  # when the read of an add answered
     read_elements: int | None = None
+    read_set: frozenset[str] = frozenset()  # the elements the read saw
+    read_dots: frozenset[tuple[str, int]] = frozenset()  # (actor, counter) of the siblings it saw
     put_sent: bool = False
     completed_ms: int | None = None
     outcome: str = PENDING
     detail: str = ""
 
     def describe(self) -> str:
-        read = "" if self.kind == "blind" else f" read@{self.read_ms} ({self.read_elements} elems)"
+        read = "" if self.kind == BLIND else f" read@{self.read_ms} ({self.read_elements} elems)"
         return (
             f"#{self.index} {self.client} {self.kind:5} {self.element:8} via {self.node} "
             f"@{self.invoked_ms}..{self.completed_ms}{read}: {self.outcome} {self.detail}"
@@ -67,10 +74,18 @@ class History:
     ops: list[Op] = field(default_factory=list)
 
     def attempted(self, key: bytes) -> set[str]:
-        return {op.element for op in self.ops if op.key == key and op.put_sent}
+        return {op.element for op in self.ops if op.key == key and op.put_sent and op.kind != CLEAR}
 
     def acknowledged(self, key: bytes) -> dict[str, Op]:
-        return {op.element: op for op in self.ops if op.key == key and op.outcome == OK}
+        return {op.element: op for op in self.ops if op.key == key and op.outcome == OK and op.kind != CLEAR}
+
+    def maybe_cleared(self, key: bytes) -> set[str]:
+        """Elements some clear saw and may have removed (its delete was sent, whatever the outcome)."""
+        return {element for op in self.ops if op.key == key and op.kind == CLEAR and op.put_sent for element in op.read_set}
+
+    def superseded(self, key: bytes) -> dict[tuple[str, int], Op]:
+        """Sibling dots an acknowledged write made with a context read them: none may come back."""
+        return {dot: op for op in self.ops if op.key == key and op.outcome == OK for dot in op.read_dots}
 
     def of_key(self, key: bytes) -> list[Op]:
         return [op for op in self.ops if op.key == key]
@@ -105,11 +120,12 @@ class Client:
         key = rng.choice(wl.keys)
         host = rng.choice(sorted(wl.world.hosts))
         self.seq += 1
-        blind = rng.random() < wl.blind_ratio
-        op = Op(len(wl.history.ops), self.name, "blind" if blind else "add", key, host, f"{self.name}.{self.seq}", wl.world.loop.now_ms)
+        draw = rng.random()  # one draw whatever the ratios, so clear_ratio=0 replays older runs
+        kind = BLIND if draw < wl.blind_ratio else CLEAR if draw < wl.blind_ratio + wl.clear_ratio else ADD
+        op = Op(len(wl.history.ops), self.name, kind, key, host, f"{self.name}.{self.seq}", wl.world.loop.now_ms)
         wl.history.ops.append(op)
         address = wl.world.hosts[host].address
-        if blind:
+        if kind == BLIND:
             self._put(op, address, {op.element}, None)
             return
 
@@ -122,7 +138,12 @@ class Client:
             for sibling in answer.siblings:
                 elements |= decode_set(sibling.value)
             op.read_elements = len(elements)
-            self._put(op, address, elements | {op.element}, answer.context)
+            op.read_set = frozenset(elements)
+            op.read_dots = frozenset((sibling.actor, sibling.counter) for sibling in answer.siblings)
+            if kind == CLEAR:
+                self._delete(op, address, answer.context)
+            else:
+                self._put(op, address, elements | {op.element}, answer.context)
 
         self.request(address, lambda rid: messages.Get(id=rid, key=key), read)
 
@@ -139,6 +160,19 @@ class Client:
                 self._finish(op, INDETERMINATE, str(answer))
 
         self.request(address, lambda rid: messages.Put(id=rid, key=op.key, value=value, context=context), written)
+
+    def _delete(self, op: Op, address: str, context: bytes) -> None:
+        op.put_sent = True
+
+        def deleted(answer: Any) -> None:
+            if isinstance(answer, messages.DeleteOk):
+                self._finish(op, OK, "")
+            elif isinstance(answer, DynError) and not _lost(answer):
+                self._finish(op, FAILED, str(answer))
+            else:
+                self._finish(op, INDETERMINATE, str(answer))
+
+        self.request(address, lambda rid: messages.Delete(id=rid, key=op.key, context=context), deleted)
 
     def _finish(self, op: Op, outcome: str, detail: str) -> None:
         wl = self.workload
@@ -159,12 +193,14 @@ class SetAddWorkload:
         clients: int,
         keys: int,
         blind_ratio: float = 0.15,
+        clear_ratio: float = 0.0,
         think_ms: int = 40,
     ) -> None:
         self.world = world
         self.rng: random.Random = world.workload_rng
         self.keys = [f"set-{i}".encode() for i in range(keys)]
         self.blind_ratio = blind_ratio
+        self.clear_ratio = clear_ratio
         self.think_ms = think_ms
         # A request may be forwarded once, then coordinated: allow two node timeouts and the trip.
         self.client_timeout_ms = 3 * world.limits.request_timeout_ms

@@ -13,6 +13,17 @@ Fixed: every batch of handoff deletes takes a new actor epoch in the same commit
 (`Node._renew_actor`), so a node never reissues a counter for a key it has forgotten. Found by seeds 25, 70 and 80 (`--seconds 10`, at b7523b9), 21 and 99
 (`--seconds 10`, with hinted handoff in the tree) and 1067 and 1092 (`--seconds 6`, with SWIM and
 anti-entropy in the tree); `scenario` below replays it without randomness.
+
+Bug 2 (a deleted value comes back through a stale hint). A coordinator that cannot reach a primary
+keeps the write as a hint for it; the primary comes back, but the hint waits (its holder is cut
+off, then backs off). Meanwhile the key is overwritten and then deleted on every primary, and once
+the grace period passes each primary reaps the tombstone: nothing is left that says the hinted
+value is superseded. The hint is then delivered and the old value is back, on one primary and from
+there, by anti-entropy, on all. Found by seeds 21, 135, 231 and 943 (`--seconds 6`, once the
+workload began to clear keys, on top of 0006c32) through the `resurrected` checker; the lost-write
+checker cannot see it (the element was acknowledged, so its presence looks right). Fixed as
+Cassandra does: a hinted sibling older than the tombstone grace period is not delivered
+(`HintDelivery`).
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from typing import Any
 
 import pytest
 
+from dynd.core.hints import HintDelivery
 from dynd.core.membership import REMOVED
 from dynd.core.partition import partition_of
 from dynd.protocol import messages
@@ -93,3 +105,18 @@ def test_a_write_coordinated_after_handing_the_key_off_survives() -> None:
 def test_seeds_that_found_bug_1(seed: int, seconds: float) -> None:
     result = run_seed(SimConfig(seed=seed, seconds=seconds))
     assert result.ok, result.report()
+
+
+BUG_2_SEEDS = (21, 135, 231, 943)
+
+
+@pytest.mark.parametrize("seed", BUG_2_SEEDS)
+def test_seeds_that_found_bug_2(seed: int) -> None:
+    result = run_seed(SimConfig(seed=seed, seconds=6))
+    assert result.ok, result.report()
+
+
+def test_without_hint_expiry_a_deleted_value_comes_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(HintDelivery, "_unexpired", lambda self, record: record)
+    results = [run_seed(SimConfig(seed=seed, seconds=6)) for seed in BUG_2_SEEDS]
+    assert all(any(f.checker == "resurrected" for f in r.failures) for r in results), [r.report() for r in results if r.ok]
