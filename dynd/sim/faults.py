@@ -31,7 +31,7 @@ from dynd.core.membership import JOINED, Membership
 from dynd.protocol import messages
 from dynd.sim.network import Endpoint
 from dynd.sim.process import Process
-from dynd.sim.world import World
+from dynd.sim.world import FAULT_DURATION_MAX_MS, FAULT_DURATION_MIN_MS, World
 
 FAULT_KINDS = ("loss", "duplicate", "delay", "partition", "isolate", "oneway", "crash", "pause", "skew", "join", "leave")
 NETWORK_KINDS = ("loss", "duplicate", "delay", "partition", "isolate", "oneway")
@@ -81,7 +81,7 @@ def draw_schedule(rng: random.Random, kinds: tuple[str, ...], load_ms: int, mean
     at = rng.randint(100, mean_gap_ms)
     while at < load_ms:
         kind = rng.choice(kinds)
-        faults.append(Fault(at, kind, rng.randint(200, 4_000), rng.randrange(64), draw_arg(rng, kind)))
+        faults.append(Fault(at, kind, rng.randint(FAULT_DURATION_MIN_MS, FAULT_DURATION_MAX_MS), rng.randrange(64), draw_arg(rng, kind)))
         at += rng.randint(mean_gap_ms // 3, mean_gap_ms * 5 // 3)
     return faults
 

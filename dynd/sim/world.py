@@ -34,6 +34,10 @@ MEMBERSHIP_META = "membership"
 # set back at a restart must not go below zero.
 EPOCH_MS = 1_700_000_000_000
 
+# How long a drawn fault lasts (dynd.sim.faults).
+FAULT_DURATION_MIN_MS = 200
+FAULT_DURATION_MAX_MS = 4_000
+
 # Short intervals: more gossip, handoff and timeouts per simulated second.
 SIM_LIMITS = Limits(
     request_timeout_ms=1_000,
@@ -44,7 +48,9 @@ SIM_LIMITS = Limits(
     handoff_batch_keys=4,
     ae_interval_ms=1_000,
     reap_interval_ms=500,
-    tombstone_grace_ms=3_000,
+    # The operator's promise behind the grace period is that no node stays unreachable longer
+    # (see dynd.core.reaper): a fault lasts at most FAULT_DURATION_MAX_MS, so this keeps it.
+    tombstone_grace_ms=5_000,
 )
 
 

@@ -23,7 +23,9 @@ there, by anti-entropy, on all. Found by seeds 21, 135, 231 and 943 (`--seconds 
 workload began to clear keys, on top of 0006c32) through the `resurrected` checker; the lost-write
 checker cannot see it (the element was acknowledged, so its presence looks right). Fixed as
 Cassandra does: a hinted sibling older than the tombstone grace period is not delivered
-(`HintDelivery`).
+(`HintDelivery`). The simulator's grace period then went from 3 s to 5 s, past its longest fault,
+as the operator's promise requires (seed 1081 at --clear-ratio 0.2 had a node cut off for 3.5 s
+hand a deleted value back); seed 312 at --clear-ratio 0.2 replays bug 2 under it.
 """
 
 from __future__ import annotations
@@ -107,16 +109,17 @@ def test_seeds_that_found_bug_1(seed: int, seconds: float) -> None:
     assert result.ok, result.report()
 
 
-BUG_2_SEEDS = (21, 135, 231, 943)
+# The seeds that found it, and one that still replays it under the simulator's longer grace period.
+BUG_2_CONFIGS = [SimConfig(seed=seed, seconds=6) for seed in (21, 135, 231, 943)] + [SimConfig(seed=312, seconds=6, clear_ratio=0.2)]
 
 
-@pytest.mark.parametrize("seed", BUG_2_SEEDS)
-def test_seeds_that_found_bug_2(seed: int) -> None:
-    result = run_seed(SimConfig(seed=seed, seconds=6))
+@pytest.mark.parametrize("config", BUG_2_CONFIGS, ids=lambda c: f"seed{c.seed}")
+def test_seeds_that_found_bug_2(config: SimConfig) -> None:
+    result = run_seed(config)
     assert result.ok, result.report()
 
 
 def test_without_hint_expiry_a_deleted_value_comes_back(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(HintDelivery, "_unexpired", lambda self, record: record)
-    results = [run_seed(SimConfig(seed=seed, seconds=6)) for seed in BUG_2_SEEDS]
-    assert all(any(f.checker == "resurrected" for f in r.failures) for r in results), [r.report() for r in results if r.ok]
+    result = run_seed(BUG_2_CONFIGS[-1])
+    assert any(f.checker == "resurrected" for f in result.failures), result.report()
