@@ -6,7 +6,8 @@ may go only once no replica can bring an older value back (DESIGN.md section 2):
     every reap_interval_ms, take the next partition this node is a primary of, and among its keys
     (from the Merkle forest, no store scan) those whose every sibling is a tombstone written more
     than tombstone_grace_ms ago (longer than hints and anti-entropy take to catch up)
-    -> ask every other primary for its copy (they must all be usable and answer)
+    -> ask every other primary for its copy (they must all be usable and answer; and no member
+       may be leaving, since a leaving node still hands over what it holds, which may be older)
     -> each holds the same versions, or none (it reaped already)
     -> delete ours, if it is still the record we examined
 
@@ -28,6 +29,7 @@ from typing import Any
 from dynd.core.admission import Pacer, Unlimited
 from dynd.core.cluster import ClusterView
 from dynd.core.health import Health
+from dynd.core.membership import LEAVING
 from dynd.core.merkle import Forest
 from dynd.core.ops import DeleteObject, WriteOp
 from dynd.core.ports import Network, Storage
@@ -120,6 +122,8 @@ class Reaper:
         others = [p for p in self.cluster.preference_list(partition).primaries if p != self.name]
         if any(not self.health.usable(p) for p in others):
             return  # a primary is down: it may hold an older value; wait
+        if any(m.status == LEAVING for m in self.cluster.membership.active()):
+            return  # a leaving node may still hand over an older value; wait until it is gone
         found = self.candidates(partition)
         if not found:
             return
