@@ -148,31 +148,24 @@ class Client:
         self.request(address, lambda rid: messages.Get(id=rid, key=key), read)
 
     def _put(self, op: Op, address: str, elements: set[str], context: bytes | None) -> None:
-        op.put_sent = True
         value = encode_set(elements)
-
-        def written(answer: Any) -> None:
-            if isinstance(answer, messages.PutOk):
-                self._finish(op, OK, "")
-            elif isinstance(answer, DynError) and not _lost(answer):
-                self._finish(op, FAILED, str(answer))
-            else:
-                self._finish(op, INDETERMINATE, str(answer))
-
-        self.request(address, lambda rid: messages.Put(id=rid, key=op.key, value=value, context=context), written)
+        self._write(op, address, lambda rid: messages.Put(id=rid, key=op.key, value=value, context=context), messages.PutOk)
 
     def _delete(self, op: Op, address: str, context: bytes) -> None:
+        self._write(op, address, lambda rid: messages.Delete(id=rid, key=op.key, context=context), messages.DeleteOk)
+
+    def _write(self, op: Op, address: str, build: Callable[[int], Any], ok: type) -> None:
         op.put_sent = True
 
-        def deleted(answer: Any) -> None:
-            if isinstance(answer, messages.DeleteOk):
+        def answered(answer: Any) -> None:
+            if isinstance(answer, ok):
                 self._finish(op, OK, "")
             elif isinstance(answer, DynError) and not _lost(answer):
                 self._finish(op, FAILED, str(answer))
             else:
                 self._finish(op, INDETERMINATE, str(answer))
 
-        self.request(address, lambda rid: messages.Delete(id=rid, key=op.key, context=context), deleted)
+        self.request(address, build, answered)
 
     def _finish(self, op: Op, outcome: str, detail: str) -> None:
         wl = self.workload
