@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from dynd.core.hints import HintDelivery
 from dynd.core.limits import Limits
 from dynd.core.ops import DeleteHint, PutHint
-from dynd.core.preflist import PreferenceList
 from dynd.core.replica import LocalReplica, decode_record
 from dynd.protocol import messages
+from tests.support.core_fakes import Cluster, FakeNetwork, Healthy
 
 GRACE_MS = 3_000
 NOW_MS = 10_000
@@ -40,36 +39,6 @@ class FakeStorage:
             elif isinstance(op, PutHint):
                 self.hints[(op.target, op.partition, op.key)] = op.data
         on_done(None)
-
-
-class FakeNetwork:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, Any, Any]] = []
-
-    def send(self, node: str, build: Any, on_reply: Any) -> None:
-        self.sent.append((node, build(1), on_reply))
-
-
-@dataclass
-class Member:
-    name: str
-
-
-class Membership:
-    def active(self) -> list[Member]:
-        return [Member("a"), Member("b"), Member("c")]
-
-
-class Cluster:
-    membership = Membership()
-
-    def preference_list(self, partition: int) -> PreferenceList:
-        return PreferenceList(partition, ("a", "b", "c"), ())
-
-
-class Healthy:
-    def usable(self, name: str) -> bool:
-        return True
 
 
 def delivery(hints: dict[bytes, bytes]) -> tuple[HintDelivery, FakeStorage, FakeNetwork]:

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from dynd.core.limits import Limits
-from dynd.core.membership import JOINED, LEAVING
+from dynd.core.membership import LEAVING
 from dynd.core.merkle import Forest
 from dynd.core.ops import DeleteObject, PutMeta
-from dynd.core.preflist import PreferenceList
 from dynd.core.reaper import Reaper, is_expired_tombstone
 from dynd.core.replica import LocalReplica
 from dynd.protocol import messages
 from dynd.protocol.errors import Timeout
+from tests.support.core_fakes import Cluster, FakeNetwork, Healthy
 
 GRACE_MS = 1000
 Q = 4
@@ -35,41 +34,6 @@ class FakeStorage:
         on_done(None)
 
 
-class FakeNetwork:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, Any, Any]] = []
-
-    def send(self, node: str, build: Any, on_reply: Any) -> None:
-        self.sent.append((node, build(1), on_reply))
-
-
-@dataclass
-class Member:
-    name: str
-    status: str = JOINED
-
-
-class Membership:
-    def __init__(self) -> None:
-        self.members = [Member("a"), Member("b"), Member("c"), Member("d")]
-
-    def active(self) -> list[Member]:
-        return self.members
-
-
-class Cluster:
-    def __init__(self) -> None:
-        self.membership = Membership()
-
-    def preference_list(self, partition: int) -> PreferenceList:
-        return PreferenceList(partition, ("a", "b", "c"), ())
-
-
-class Healthy:
-    def usable(self, name: str) -> bool:
-        return True
-
-
 def setup(records: dict[bytes, bytes]) -> tuple[Reaper, FakeStorage, FakeNetwork, list[int]]:
     clock = [5_000]
     storage, network, forest = FakeStorage(), FakeNetwork(), Forest(Q, segments=16, fanout=4)
@@ -78,7 +42,7 @@ def setup(records: dict[bytes, bytes]) -> tuple[Reaper, FakeStorage, FakeNetwork
     forest.build(0, [(k, r) for (p, k), r in storage.objects.items() if p == 0])
     forest.mark_ready()
     reaper = Reaper(
-        "a", Cluster(), storage, network, forest, Healthy(),  # type: ignore[arg-type]
+        "a", Cluster(("a", "b", "c", "d")), storage, network, forest, Healthy(),  # type: ignore[arg-type]
         interval_ms=100, batch_keys=10, grace_ms=GRACE_MS, now_ms=lambda: clock[0],
         renew_actor=lambda: [PutMeta("actor", b"a.new")],
     )
