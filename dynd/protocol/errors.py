@@ -104,6 +104,13 @@ class Internal(DynError):
     code = "internal"
 
 
+class Unauthorized(DynError):
+    """The connection does not hold the role this request needs, or its credential was refused.
+    Nothing was changed."""
+
+    code = "unauthorized"
+
+
 _BY_CODE: dict[str, type[DynError]] = {
     cls.code: cls
     for cls in (
@@ -123,6 +130,7 @@ _BY_CODE: dict[str, type[DynError]] = {
         Unreachable,
         ShuttingDown,
         Internal,
+        Unauthorized,
     )
 }
 

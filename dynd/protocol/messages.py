@@ -32,16 +32,47 @@ class SiblingView:
 
 @dataclass(frozen=True, slots=True)
 class Hello:
+    """The first frame of every connection (`dynd.protocol.auth` has the whole exchange).
+
+    A client may carry a `token` (client or admin role). A peer names itself (`node`), the
+    cluster it belongs to (`cluster`) and sends a fresh `nonce` for the listener to prove the
+    cluster secret over."""
+
     OP: ClassVar[str] = "hello"
     version: int
     agent: str
+    token: str | None = None
+    node: str | None = None
+    cluster: str | None = None
+    nonce: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class HelloOk:
+    """`roles`: what the connection may do so far. To a peer's hello the listener adds its own
+    `nonce` and its `proof` of the secret; the dialer then sends `HelloProof`."""
+
     OP: ClassVar[str] = "hello_ok"
     version: int
     node: str
+    roles: list[str] | None = None
+    cluster: str | None = None
+    nonce: bytes | None = None
+    proof: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HelloProof:
+    """The dialer's proof of the cluster secret over both nonces, both names and the cluster id."""
+
+    OP: ClassVar[str] = "hello_proof"
+    proof: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HelloProofOk:
+    OP: ClassVar[str] = "hello_proof_ok"
+    roles: list[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,25 +460,52 @@ class RepairProgressOk:
 
 
 Request = (
-    Hello | Ping | Get | Put | Delete | Replicate | Fetch | Handoff | Gossip
+    Hello | HelloProof | Ping | Get | Put | Delete | Replicate | Fetch | Handoff | Gossip
     | TreeRoots | TreeLevel | SegmentKeys
     | ClusterJoin | ClusterLeave | ClusterRemove | ClusterStatus | RingGet | RepairStart | RepairStatus
 )
 Reply = (
-    HelloOk | Pong | GetOk | PutOk | DeleteOk | ErrorReply | ReplicateOk | FetchOk | HandoffOk | GossipOk
+    HelloOk | HelloProofOk | Pong | GetOk | PutOk | DeleteOk | ErrorReply | ReplicateOk | FetchOk | HandoffOk | GossipOk
     | TreeRootsOk | TreeLevelOk | SegmentKeysOk
     | ClusterOk | ClusterStatusOk | RingOk | RepairProgressOk
 )
 Message = Request | Reply
 
 MESSAGE_TYPES: tuple[type, ...] = (
-    Hello, HelloOk, Ping, Pong, Get, GetOk, Put, PutOk, Delete, DeleteOk, ErrorReply,
+    Hello, HelloOk, HelloProof, HelloProofOk, Ping, Pong, Get, GetOk, Put, PutOk, Delete, DeleteOk, ErrorReply,
     Replicate, ReplicateOk, Fetch, FetchOk, Handoff, HandoffOk, Gossip, GossipOk,
     TreeRoots, TreeRootsOk, TreeLevel, TreeLevelOk, SegmentKeys, SegmentKeysOk,
     ClusterJoin, ClusterLeave, ClusterRemove, ClusterOk, ClusterStatus, ClusterStatusOk, RingGet, RingOk,
     RepairStart, RepairStatus, RepairProgressOk,
 )
 RECORD_TYPES: tuple[type, ...] = (ClockEntry, SiblingView, HandoffItem, MemberView, NodeAddress, KeyHash)
+
+# Who may send each request (roles: dynd.protocol.auth). Every request type is listed, so a new
+# one cannot be added without a role (tests/unit/test_roles.py walks MESSAGE_TYPES). The hello
+# frames are the handshake itself; replies are never requests.
+HANDSHAKE_TYPES: tuple[type, ...] = (Hello, HelloProof)
+REPLY_TYPES: tuple[type, ...] = (
+    HelloOk, HelloProofOk, Pong, GetOk, PutOk, DeleteOk, ErrorReply, ReplicateOk, FetchOk, HandoffOk, GossipOk,
+    TreeRootsOk, TreeLevelOk, SegmentKeysOk, ClusterOk, ClusterStatusOk, RingOk, RepairProgressOk,
+)
+REQUIRED_ROLE: dict[type, str] = {
+    Ping: "client", Get: "client", Put: "client", Delete: "client", RingGet: "client",
+    ClusterJoin: "admin", ClusterLeave: "admin", ClusterRemove: "admin", ClusterStatus: "admin",
+    RepairStart: "admin", RepairStatus: "admin",
+    Replicate: "peer", Fetch: "peer", Handoff: "peer", Gossip: "peer",
+    TreeRoots: "peer", TreeLevel: "peer", SegmentKeys: "peer",
+}  # fmt: skip
+# A get, put or delete that a node forwards to a primary makes that primary coordinate even when
+# it would not: only a peer may ask that.
+FORWARDABLE_TYPES: tuple[type, ...] = (Get, Put, Delete)
+
+
+def required_role(message: object) -> str | None:
+    """The role a request needs, or None for a frame that is not a request a node accepts."""
+    role = REQUIRED_ROLE.get(type(message))
+    if role is not None and type(message) in FORWARDABLE_TYPES and message.forwarded:  # type: ignore[attr-defined]
+        return "peer"
+    return role
 
 
 def error_reply(request_id: int | None, error: DynError) -> ErrorReply:
