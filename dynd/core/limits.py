@@ -18,8 +18,11 @@ class Limits:
     # wire
     frame_bytes_max: int = 4 * 1024 * 1024
     frame_timeout_ms: int = 10_000
-    handshake_timeout_ms: int = 10_000
-    idle_timeout_ms: int = 600_000
+    handshake_timeout_ms: int = 3_000  # a new connection must finish its hello within this
+    handshake_frame_bytes_max: int = 64 * 1024  # frames before the hello is done (a hello is tiny)
+    idle_timeout_ms: int = 600_000  # connections that proved a credential (token, secret) or are local
+    idle_timeout_anonymous_ms: int = 60_000  # remote connections with no credential
+    partial_frames_bytes_max: int = 64 * 1024 * 1024  # partly received frames, all connections together
     connections_max: int = 1024
     connection_inflight_max: int = 512
     connection_outbuf_bytes_max: int = 16 * 1024 * 1024
@@ -97,5 +100,9 @@ class Limits:
         # a probe must leave room in its period for the indirect probes; a datagram must hold a ping
         if not self.tick_interval_ms < self.swim_ping_timeout_ms < self.swim_period_ms:
             raise ValueError("need tick_interval_ms < swim_ping_timeout_ms < swim_period_ms")
+        if self.partial_frames_bytes_max < self.frame_bytes_max:
+            raise ValueError("partial_frames_bytes_max must be at least frame_bytes_max (one whole frame must fit)")
+        if self.handshake_frame_bytes_max > self.frame_bytes_max:
+            raise ValueError("handshake_frame_bytes_max must not exceed frame_bytes_max")
         if not 512 <= self.datagram_bytes_max <= 65_507:
             raise ValueError("datagram_bytes_max must be 512..65507 (the largest UDP payload)")
