@@ -28,9 +28,9 @@ import trio
 from dynd.core.partition import partition_of
 from dynd.core.preflist import preference_list
 from dynd.core.ring import Ring
-from dynd.protocol import PROTOCOL_VERSION, codec, messages
+from dynd.protocol import PROTOCOL_VERSION, auth, codec, messages
 from dynd.protocol.address import parse_address
-from dynd.protocol.errors import BadFrame, DynError, Internal, StaleRing, Timeout, Unreachable, error_from_code
+from dynd.protocol.errors import BadFrame, DynError, Internal, StaleRing, Timeout, Unauthorized, Unreachable, error_from_code
 from dynd.protocol.framing import FrameDecoder, encode_frame
 
 log = logging.getLogger("dynd.client")
@@ -41,6 +41,16 @@ RECEIVE_CHUNK_BYTES = 256 * 1024
 AVOID_FAILED_S = 5.0  # a routing client tries a node that just failed only after the others
 
 KeyLike = bytes | str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCredentials:
+    """How a node introduces itself to another: its name, its cluster ("" while joining: the
+    listener's is taken) and the keyring that proves the cluster secret (None: no secret)."""
+
+    name: str
+    cluster: str
+    keyring: auth.Keyring | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +112,8 @@ class Client:
         self.address = address
         self.timeout_s = timeout_s
         self.node_name = ""
+        self.cluster = ""  # the node's cluster id, when it proved the secret to us
+        self.roles: frozenset[str] = frozenset()  # what the node says this connection may do
         self._stream = stream
         self._ids = itertools.count(1)
         self._waiting: dict[int, _Waiter] = {}
@@ -320,23 +332,59 @@ class Client:
             self._outgoing.append(data[sent:])
             self._wake_writer.set()
 
-    async def _handshake(self, agent: str, deadline: float) -> None:
-        self._send(messages.Hello(version=PROTOCOL_VERSION, agent=agent))
+    async def _await_handshake_reply(self, what: str, deadline: float) -> messages.Message:
         waiter = _Waiter()
-        self._waiting[0] = waiter  # the hello reply has no id; the reader files it under 0
+        self._waiting[0] = waiter  # the hello replies have no id; the reader files them under 0
         with trio.move_on_at(deadline):
             await waiter.event.wait()
         self._waiting.pop(0, None)
         reply = waiter.reply
         if reply is None:
-            raise Timeout(f"no hello reply from {self.address} within {self.timeout_s:g} s")
+            raise Timeout(f"no {what} reply from {self.address} within {self.timeout_s:g} s")
         if isinstance(reply, BaseException):
             raise reply
         if isinstance(reply, messages.ErrorReply):
             raise error_from_code(reply.code, reply.message)
+        return reply
+
+    async def _handshake(
+        self, agent: str, deadline: float, *, token: str | None, peer: PeerCredentials | None, expect_node: str | None
+    ) -> None:
+        """The hello; as a peer with a secret, the mutual proof of it (`dynd.protocol.auth`)."""
+        keyring = peer.keyring if peer is not None else None
+        nonce = auth.new_nonce() if keyring is not None else None
+        self._send(
+            messages.Hello(
+                version=PROTOCOL_VERSION,
+                agent=agent,
+                token=token,
+                node=peer.name if peer is not None else None,
+                cluster=(peer.cluster or None) if peer is not None else None,
+                nonce=nonce,
+            )
+        )
+        reply = await self._await_handshake_reply("hello", deadline)
         if not isinstance(reply, messages.HelloOk):
             raise BadFrame(f"expected hello_ok from {self.address}, got {type(reply).__name__}")
+        if expect_node is not None and reply.node != expect_node:
+            raise Unreachable(f"{self.address} is node {reply.node!r}, not {expect_node!r}")
         self.node_name = reply.node
+        self.roles = frozenset(reply.roles or ())
+        if keyring is None or peer is None or nonce is None:
+            return
+        cluster = reply.cluster or ""
+        if reply.proof is None or reply.nonce is None:
+            raise Unauthorized(f"{self.address} ({reply.node}) has no cluster secret, and this node has one")
+        if peer.cluster and cluster != peer.cluster:
+            raise Unauthorized(f"{self.address} ({reply.node}) belongs to another cluster")
+        if not auth.check_proof(keyring, reply.proof, auth.LISTENER, cluster, peer.name, reply.node, nonce, reply.nonce):
+            raise Unauthorized(f"{self.address} ({reply.node}) did not prove the cluster secret")
+        self._send(messages.HelloProof(proof=auth.make_proof(keyring, auth.DIALER, cluster, peer.name, reply.node, nonce, reply.nonce)))
+        proved = await self._await_handshake_reply("hello_proof", deadline)
+        if not isinstance(proved, messages.HelloProofOk):
+            raise BadFrame(f"expected hello_proof_ok from {self.address}, got {type(proved).__name__}")
+        self.cluster = cluster
+        self.roles = frozenset(proved.roles)
 
     async def _writer(self) -> None:
         while True:
@@ -422,11 +470,19 @@ def _unwrap(group: BaseExceptionGroup) -> BaseException:  # type: ignore[type-ar
 
 @asynccontextmanager
 async def open_client(
-    address: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, agent: str = "dynd.client"
+    address: str,
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    agent: str = "dynd.client",
+    token: str | None = None,
+    peer: PeerCredentials | None = None,
+    expect_node: str | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to a node, say hello, and yield a `Client`; the connection closes on exit.
 
-    `timeout_s` bounds connecting and the hello together, and then each request.
+    `timeout_s` bounds connecting and the hello together, and then each request. `token`: a
+    client or admin token, when the node asks for one. `peer` and `expect_node` are for nodes
+    talking to nodes: prove the cluster secret, and refuse a node of another name.
     """
     host, port = parse_address(address)
     deadline = trio.current_time() + timeout_s
@@ -443,7 +499,7 @@ async def open_client(
             nursery.start_soon(client._reader)
             nursery.start_soon(client._writer)
             client._nursery = nursery
-            await client._handshake(agent, deadline)
+            await client._handshake(agent, deadline, token=token, peer=peer, expect_node=expect_node)
             try:
                 yield client
             finally:
@@ -482,7 +538,8 @@ class BlockingClient:
             client.put("greeting", b"hello")
     """
 
-    def __init__(self, address: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, address: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, token: str | None = None) -> None:
+        self._token_credential = token
         self._ready = threading.Event()
         self._client: Client | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -497,7 +554,7 @@ class BlockingClient:
     def _run(self, address: str, timeout_s: float) -> None:
         async def main() -> None:
             try:
-                async with open_client(address, timeout_s=timeout_s) as client:
+                async with open_client(address, timeout_s=timeout_s, token=self._token_credential) as client:
                     self._client = client
                     self._token = trio.lowlevel.current_trio_token()
                     self._stop = trio.Event()
@@ -617,8 +674,11 @@ class ClusterClient:
     `stale_ring` or a primary cannot be reached. Same calls as `Client`.
     """
 
-    def __init__(self, seeds: list[str], nursery: trio.Nursery, *, timeout_s: float, ring_refresh_s: float) -> None:
+    def __init__(
+        self, seeds: list[str], nursery: trio.Nursery, *, timeout_s: float, ring_refresh_s: float, token: str | None = None
+    ) -> None:
         self.seeds = seeds
+        self.token = token
         self.timeout_s = timeout_s
         self.ring_refresh_s = ring_refresh_s
         self.ring: messages.RingOk | None = None
@@ -712,7 +772,7 @@ class ClusterClient:
     async def _connect(self, address: str, ready: trio.Event) -> None:
         closer = self._closers.setdefault(address, trio.Event())
         try:
-            async with open_client(address, timeout_s=self.timeout_s) as client:
+            async with open_client(address, timeout_s=self.timeout_s, token=self.token) as client:
                 self._clients[address] = client
                 self._connecting.pop(address, None)
                 ready.set()
@@ -731,13 +791,13 @@ class ClusterClient:
 
 @asynccontextmanager
 async def open_cluster_client(
-    seeds: str | list[str], *, timeout_s: float = DEFAULT_TIMEOUT_S, ring_refresh_s: float = 10.0
+    seeds: str | list[str], *, timeout_s: float = DEFAULT_TIMEOUT_S, ring_refresh_s: float = 10.0, token: str | None = None
 ) -> AsyncIterator[ClusterClient]:
     """A `ClusterClient` that routes by the ring it fetched from one of `seeds` (HOST:PORT)."""
     seed_list = [seeds] if isinstance(seeds, str) else list(seeds)
     try:
         async with trio.open_nursery() as nursery:
-            client = ClusterClient(seed_list, nursery, timeout_s=timeout_s, ring_refresh_s=ring_refresh_s)
+            client = ClusterClient(seed_list, nursery, timeout_s=timeout_s, ring_refresh_s=ring_refresh_s, token=token)
             try:
                 await client.refresh_ring()
                 yield client

@@ -46,6 +46,11 @@ class FrameDecoder:
     def buffered_bytes(self) -> int:
         return len(self._buffer)
 
+    def set_frame_bytes_max(self, frame_bytes_max: int) -> None:
+        """Change the limit for frames whose prefix has not been read yet (a connection that has
+        finished its hello may send larger frames than one that has not)."""
+        self._frame_bytes_max = frame_bytes_max
+
     def feed(self, chunk: bytes) -> list[bytes]:
         """Add a chunk; return every frame now complete, in order."""
         if self._poisoned is not None:

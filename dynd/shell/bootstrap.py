@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import uuid
 
-from dynd.client import open_client
+from dynd.client import PeerCredentials, open_client
 from dynd.core.membership import ClusterParams, Membership, MembershipError, create
-from dynd.protocol.errors import BadRequest, DynError, Unreachable
+from dynd.protocol.errors import BadRequest, DynError, Unauthorized, Unreachable
+from dynd.shell.security import Security
 
 
-async def fetch_membership(address: str, timeout_s: float) -> Membership:
+async def fetch_membership(address: str, timeout_s: float, *, security: Security | None = None, name: str = "") -> Membership:
+    """The membership of the cluster the seed at `address` belongs to. A node with a secret proves
+    it (as `name`, not yet a member: the seed lets it gossip and nothing else)."""
+    peer = PeerCredentials(name, security.cluster_id, security.keyring) if security is not None and name else None
     try:
-        async with open_client(address, timeout_s=timeout_s, agent="gossip:joining") as client:
+        async with open_client(address, timeout_s=timeout_s, agent="gossip:joining", peer=peer) as client:
             reply = await client.gossip(b"")
+    except Unauthorized as exc:
+        raise Unauthorized(f"seed {address} refused this node: {exc.message}") from None
     except DynError as exc:
         raise Unreachable(f"cannot reach seed {address}: {exc.message}") from None
     try:

@@ -6,6 +6,9 @@ This is the daemon's implementation of the core's Network port (`dynd.core.ports
 calls `on_reply(reply_or_error)` later from the event loop. A peer that cannot be reached fails
 its queued requests with `Unreachable` and is not dialled again for `peer_retry_ms`, so callers
 learn fast; the coordinators decide what a failure means.
+
+Every connection proves the cluster secret both ways in its hello (`dynd.protocol.auth`), and a
+connection to a member is refused unless the node that answers has that member's name.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from typing import Any
 
 import trio
 
-from dynd.client import Client, open_client
+from dynd.client import Client, PeerCredentials, open_client
 from dynd.core.ports import Builder, ReplyCallback
 from dynd.protocol.errors import DynError, Unreachable
+from dynd.shell.security import Security
 
 log = logging.getLogger("dynd.peers")
 
@@ -37,8 +41,11 @@ class _Peer:
 
 
 class Peers:
-    def __init__(self, self_name: str, nursery: trio.Nursery, *, request_timeout_s: float, retry_s: float) -> None:
+    def __init__(
+        self, self_name: str, nursery: trio.Nursery, *, request_timeout_s: float, retry_s: float, security: Security | None = None
+    ) -> None:
         self.self_name = self_name
+        self.security = security if security is not None else Security()
         self._nursery = nursery
         self._timeout_s = request_timeout_s
         self._retry_s = retry_s
@@ -98,7 +105,7 @@ class Peers:
             answered.set()
 
         try:
-            async with open_client(address, timeout_s=self._timeout_s, agent=f"peer:{self.self_name}") as client:
+            async with open_client(address, timeout_s=self._timeout_s, agent=f"peer:{self.self_name}", peer=self._credentials()) as client:
                 client.call_with_callback(build, record, self._timeout_s)
                 await answered.wait()
         except DynError as exc:
@@ -108,7 +115,9 @@ class Peers:
 
     async def _connect(self, peer: _Peer) -> None:
         try:
-            async with open_client(peer.address, timeout_s=self._timeout_s, agent=f"peer:{self.self_name}") as client:
+            async with open_client(
+                peer.address, timeout_s=self._timeout_s, agent=f"peer:{self.self_name}", peer=self._credentials(), expect_node=peer.name
+            ) as client:
                 peer.client = client
                 peer.connecting = False
                 queued, peer.queued = peer.queued, []
@@ -116,7 +125,8 @@ class Peers:
                     client.call_with_callback(build, on_reply, self._timeout_s)
                 await client.broken_or(peer.closed)
         except DynError as exc:
-            log.debug("peer %s at %s: %s", peer.name, peer.address, exc)
+            level = logging.WARNING if exc.code == "unauthorized" else logging.DEBUG
+            log.log(level, "peer %s at %s: %s", peer.name, peer.address, exc)
             peer.down_until = trio.current_time() + self._retry_s
         finally:
             peer.client = None
@@ -124,6 +134,10 @@ class Peers:
             queued, peer.queued = peer.queued, []
             for _, on_reply in queued:
                 on_reply(Unreachable(f"{peer.name} at {peer.address} is unreachable"))
+
+    def _credentials(self) -> PeerCredentials:
+        """Read at each connect, so a rotated secret is used from the next connection on."""
+        return PeerCredentials(self.self_name, self.security.cluster_id, self.security.keyring)
 
     def close(self) -> None:
         for peer in self._peers.values():

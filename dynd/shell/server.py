@@ -6,11 +6,24 @@ task: once per chunk by the reader, or at once by a reply that arrives later (a 
 answering) when nothing else is owed on the connection. The writer task only gathers replies for a
 connection that pipelines requests, and takes over whatever the socket would not accept at once.
 
-Limits: a frame must arrive whole within `frame_timeout_ms` of its first byte; an idle connection
-closes after `idle_timeout_ms` (either may act up to 1/64 of the timeout late, see
-`DEADLINE_SLACK_DIVISOR`); the reader stops reading while `connection_inflight_max` requests await
-their replies or `connection_outbuf_bytes_max` bytes await sending; connections beyond
-`connections_max` are told so and closed.
+Who may do what (`dynd.protocol.auth`): the hello decides which roles a connection holds, and
+every request is checked against `messages.required_role` before the node sees it; a request the
+connection holds no role for is answered `unauthorized` and changes nothing.
+- No cluster secret (loopback only, or a network the operator declared trusted): every role.
+- With a secret: `client` unless client tokens are configured; `admin` from the node's own host
+  (loopback) or with an admin token; a token grants its role; a peer proves the secret with the
+  challenge-response in `auth`, and holds every role. A peer whose name is not a member (a node
+  joining) may only gossip. A bad token, a failed proof or another cluster's id: refused, closed.
+
+Limits: the hello must be done within `handshake_timeout_ms`, in frames of at most
+`handshake_frame_bytes_max`; after it, a frame must arrive whole within `frame_timeout_ms` of its
+first byte; an idle connection closes after `idle_timeout_ms`, or `idle_timeout_anonymous_ms` when
+it proved nothing (no token, no secret, not local) (deadlines may act up to 1/64 of the timeout
+late, see `DEADLINE_SLACK_DIVISOR`); the reader stops reading while `connection_inflight_max`
+requests await their replies or `connection_outbuf_bytes_max` bytes await sending. Partly received
+frames of all connections together may hold `partial_frames_bytes_max`: the connection whose bytes
+would pass that is closed. At `connections_max`, a new connection takes the slot of the anonymous
+connection idle the longest, or is told so and closed when there is none.
 
 Errors never escape a connection: a bad frame gets an error reply (and, when the stream cannot be
 resynchronised, a close); an unexpected exception in a handler is logged and answered `internal`.
@@ -26,11 +39,14 @@ from typing import Any
 import trio
 
 from dynd.core.limits import Limits
-from dynd.protocol import PROTOCOL_VERSION, codec, messages
-from dynd.protocol.messages import error_reply
-from dynd.protocol.errors import BadFrame, BadRequest, DynError, Overloaded, ProtocolMismatch, UnknownOp
+from dynd.core.membership import REMOVED
+from dynd.protocol import PROTOCOL_VERSION, auth, codec, messages
+from dynd.protocol.messages import error_reply, required_role
+from dynd.protocol.errors import BadFrame, BadRequest, DynError, Overloaded, ProtocolMismatch, Unauthorized, UnknownOp
 from dynd.protocol.framing import FrameDecoder, FrameTooLarge, encode_frame
 from dynd.core.node import Node
+from dynd.shell import security as events
+from dynd.shell.security import Security
 
 log = logging.getLogger("dynd.server")
 
@@ -43,12 +59,24 @@ CLOSE_LINGER_S = 2.0
 
 
 class Connection:
-    def __init__(self, stream: trio.SocketStream, node: Node, limits: Limits, peer: str) -> None:
+    def __init__(self, stream: trio.SocketStream, node: Node, limits: Limits, peer: str, server: Server) -> None:
         self.stream = stream
         self.node = node
         self.limits = limits
         self.peer = peer
-        self.greeted = False
+        self.server = server
+        self.security = server.security
+        self.local = auth.is_loopback_host(peer.rsplit(":", 1)[0].strip("[]"))
+        self.greeted = False  # the hello (and, for a peer, its proof) is done
+        self.roles: frozenset[str] = frozenset()
+        self.credentialed = False  # proved something: a token, the secret, or a local connection
+        self.peer_name: str | None = None  # a peer's name, once proved (or claimed, with no secret)
+        self._awaiting_proof: tuple[str, bytes, bytes] | None = None  # (dialer, its nonce, ours)
+        self.last_active = trio.current_time()
+        self.evicted = False
+        self._read_scope: trio.CancelScope | None = None
+        self._partial_bytes = 0  # this connection's share of the server's partly received frames
+        self._decoder = FrameDecoder(limits.handshake_frame_bytes_max)
         self.closing = False  # the reader is done: the writer drains what is queued, then stops
         self.closed = False  # replies arriving now have no one to go to
         self.inflight = 0
@@ -134,20 +162,41 @@ class Connection:
 
     # ---- requests ----
 
+    def evict(self) -> None:
+        """Close this idle connection to make room for a new one."""
+        self.evicted = True
+        if self._read_scope is not None:
+            self._read_scope.cancel()
+
+    def _track_partial(self, held: int) -> bool:
+        """Account this connection's partly received bytes; False when the server-wide cap is passed."""
+        self.server.partial_bytes += held - self._partial_bytes
+        self._partial_bytes = held
+        return self.server.partial_bytes <= self.limits.partial_frames_bytes_max
+
+    def release(self) -> None:
+        self._track_partial(0)
+
     async def reader(self) -> None:
-        decoder = FrameDecoder(self.limits.frame_bytes_max)
+        decoder = self._decoder
         frame_started: float | None = None
         # One cancel scope for the connection's life, its deadline moved before each read when it
         # falls outside [due, due + slack]: cheaper than a new scope per read. Reads are its only
         # checkpoints besides the wait for replies to drain, which it must not cover, so the
         # deadline is lifted before that wait.
+        started = trio.current_time()
         with trio.CancelScope() as read_deadline:
+            self._read_scope = read_deadline
             while True:
-                if frame_started is not None:
+                if not self.greeted:  # the whole hello, however it is sent, within one deadline
+                    timeout_s = self.limits.handshake_timeout_ms / 1000
+                    due = started + timeout_s
+                elif frame_started is not None:
                     timeout_s = self.limits.frame_timeout_ms / 1000
                     due = frame_started + timeout_s
                 else:
-                    timeout_s = (self.limits.idle_timeout_ms if self.greeted else self.limits.handshake_timeout_ms) / 1000
+                    idle_ms = self.limits.idle_timeout_ms if self.credentialed else self.limits.idle_timeout_anonymous_ms
+                    timeout_s = idle_ms / 1000
                     due = trio.current_time() + timeout_s
                 slack_s = timeout_s / DEADLINE_SLACK_DIVISOR
                 if not due <= read_deadline.deadline <= due + slack_s:
@@ -161,11 +210,19 @@ class Connection:
                     continue
                 if not chunk:
                     return
+                self.last_active = trio.current_time()
                 try:
                     frames = decoder.feed(chunk)
                 except FrameTooLarge as exc:
                     log.info("closing %s: %s", self.peer, exc.message)
+                    if not self.greeted:
+                        self.security.events.record(events.CONNECTION_LIMIT, self.peer, f"before its hello: {exc.message}")
                     self.send(error_reply(None, exc))
+                    return
+                if not self._track_partial(decoder.buffered_bytes):
+                    limit = self.limits.partial_frames_bytes_max
+                    self.security.events.record(events.CONNECTION_LIMIT, self.peer, f"partly received frames of all connections over {limit} bytes")
+                    self.send(error_reply(None, Overloaded(f"closing: partly received frames exceed partial_frames_bytes_max={limit}")))
                     return
                 if decoder.has_partial_frame:
                     if frame_started is None or frames:
@@ -184,7 +241,10 @@ class Connection:
                     self._drained = trio.Event()
                     await self._drained.wait()
         if read_deadline.cancelled_caught:
-            what = "an incomplete frame" if frame_started is not None else "no request"
+            if self.evicted:
+                self.send(error_reply(None, Overloaded("closing this idle connection: the node is at connections_max")))
+                return
+            what = "no hello" if not self.greeted else "an incomplete frame" if frame_started is not None else "no request"
             log.info("closing %s: %s within the deadline", self.peer, what)
             self.send(error_reply(None, BadFrame(f"closing: {what} within the deadline")))
 
@@ -199,8 +259,12 @@ class Connection:
             self.send(error_reply(codec.request_id_of(exc), exc))
             return self.greeted
         if not self.greeted:
-            return self._hello(message)
+            return self._handshake(message)
         request_id: int | None = getattr(message, "id", None)
+        role = required_role(message)
+        if role is not None and (role not in self.roles or (role == auth.PEER and not self._may_act_as_peer(message))):
+            self._unauthorized(message, role)
+            return True
         self.inflight += 1
         try:
             self.node.handle(message, self._complete)
@@ -209,31 +273,136 @@ class Connection:
             self._complete(error_reply(request_id, DynError(f"internal error: {exc!r}")))
         return True
 
-    def _hello(self, message: Any) -> bool:
+    # ---- the hello ----
+
+    def _handshake(self, message: Any) -> bool:
+        """One frame of the hello; False closes the connection."""
+        if self._awaiting_proof is not None:
+            return self._peer_proof(message)
         if not isinstance(message, messages.Hello):
             self.send(error_reply(getattr(message, "id", None), BadRequest("the first frame must be a hello")))
             return False
         if message.version != PROTOCOL_VERSION:
             self.send(error_reply(None, ProtocolMismatch(f"this node speaks protocol {PROTOCOL_VERSION}, not {message.version}")))
             return False
-        self.greeted = True
-        self.send(messages.HelloOk(version=PROTOCOL_VERSION, node=self.node.name))
+        security = self.security
+        if message.cluster and message.cluster != security.cluster_id:
+            return self._refuse_hello("the hello names another cluster")
+        roles: set[str] = set()
+        if security.open:
+            roles |= auth.ALL_ROLES
+            self.credentialed = self.local or message.node is not None
+            self.peer_name = message.node
+        else:
+            if not security.tokens.has_client_tokens:
+                roles.add(auth.CLIENT)
+            if self.local:
+                roles |= auth.ROLE_GRANTS[auth.ADMIN]
+                self.credentialed = True
+        if message.token is not None:
+            granted = security.tokens.role_of(message.token)
+            if granted is None:
+                return self._refuse_hello("the token is not valid here")
+            roles |= auth.ROLE_GRANTS[granted]
+            self.credentialed = True
+        if message.node is not None and message.nonce is not None and security.keyring is not None:
+            return self._peer_challenge(message, security.keyring, frozenset(roles))
+        if not roles:
+            return self._refuse_hello("this node requires a client token (none was given)")
+        self.roles = frozenset(roles)
+        self._greeted()
+        self.send(messages.HelloOk(version=PROTOCOL_VERSION, node=self.node.name, roles=sorted(self.roles)))
         return True
+
+    def _peer_challenge(self, hello: messages.Hello, keyring: auth.Keyring, roles: frozenset[str]) -> bool:
+        """A peer's hello: prove the secret over both nonces, then wait for its proof."""
+        assert hello.node is not None and hello.nonce is not None
+        if len(hello.nonce) != auth.NONCE_BYTES or not 0 < len(hello.node) <= 64:
+            return self._refuse_hello(f"a peer hello needs a name of 1-64 characters and a {auth.NONCE_BYTES}-byte nonce")
+        ours = auth.new_nonce()
+        self._awaiting_proof = (hello.node, hello.nonce, ours)
+        self.roles = roles  # until the proof arrives, what it holds without one
+        cluster = self.security.cluster_id
+        proof = auth.make_proof(keyring, auth.LISTENER, cluster, hello.node, self.node.name, hello.nonce, ours)
+        self.send(messages.HelloOk(version=PROTOCOL_VERSION, node=self.node.name, roles=sorted(roles), cluster=cluster, nonce=ours, proof=proof))
+        return True
+
+    def _peer_proof(self, message: Any) -> bool:
+        assert self._awaiting_proof is not None
+        dialer, theirs, ours = self._awaiting_proof
+        self._awaiting_proof = None
+        if not isinstance(message, messages.HelloProof):
+            return self._refuse_hello("a peer hello must be followed by its hello_proof")
+        keyring = self.security.keyring
+        cluster = self.security.cluster_id
+        if keyring is None or not auth.check_proof(keyring, message.proof, auth.DIALER, cluster, dialer, self.node.name, theirs, ours):
+            return self._refuse_hello(f"{dialer!r} did not prove the cluster secret")
+        self.roles = auth.ALL_ROLES
+        self.credentialed = True
+        self.peer_name = dialer
+        self._greeted()
+        self.send(messages.HelloProofOk(roles=sorted(self.roles)))
+        return True
+
+    def _greeted(self) -> None:
+        self.greeted = True
+        self._decoder.set_frame_bytes_max(self.limits.frame_bytes_max)
+
+    def _refuse_hello(self, reason: str) -> bool:
+        self.security.events.record(events.HELLO_REFUSED, self.peer, reason)
+        self.send(error_reply(None, Unauthorized(f"hello refused: {reason}")))
+        return False
+
+    # ---- roles ----
+
+    def _may_act_as_peer(self, message: Any) -> bool:
+        """A proved peer that is not a member (yet) may only gossip: that is how a node joins."""
+        if self.security.open or isinstance(message, messages.Gossip):
+            return True
+        member = self.node.cluster.membership.members.get(self.peer_name or "")
+        return member is not None and member.status != REMOVED
+
+    def _unauthorized(self, message: Any, role: str) -> None:
+        held = ", ".join(sorted(self.roles)) or "no role"
+        if role == auth.PEER and role in self.roles:
+            reason = f"{self.peer_name!r} is not a member of this cluster (a joining node may only gossip)"
+        elif role == auth.PEER:
+            reason = f"{message.OP} is for the cluster's own nodes (the peer role; this connection holds {held})"
+        elif role == auth.ADMIN:
+            reason = f"{message.OP} needs an admin token or a connection from the node's own host (this connection holds {held})"
+        else:
+            reason = f"{message.OP} needs a client token (this connection holds {held})"
+        self.security.events.record(events.UNAUTHORIZED, self.peer, reason)
+        self.send(error_reply(getattr(message, "id", None), Unauthorized(reason)))
 
 
 class Server:
-    def __init__(self, node: Node, limits: Limits) -> None:
+    def __init__(self, node: Node, limits: Limits, security: Security | None = None) -> None:
         self.node = node
         self.limits = limits
+        self.security = security if security is not None else Security()
         self.connections = 0
+        self.partial_bytes = 0  # partly received frames, all connections together
+        self._open: set[Connection] = set()
+
+    def _idle_anonymous(self) -> Connection | None:
+        """The connection that proved nothing and has been idle the longest, if any."""
+        idle = [c for c in self._open if not c.credentialed and not c.inflight and not c.evicted]
+        return min(idle, key=lambda c: c.last_active, default=None)
 
     async def handle(self, stream: trio.SocketStream) -> None:
         peer = _peer_name(stream)
         if self.connections >= self.limits.connections_max:
-            await _refuse(stream, Overloaded(f"too many connections (connections_max={self.limits.connections_max})"))
-            return
+            victim = self._idle_anonymous()
+            if victim is None:
+                self.security.events.record(events.CONNECTION_LIMIT, peer, f"refused: connections_max={self.limits.connections_max}")
+                await _refuse(stream, Overloaded(f"too many connections (connections_max={self.limits.connections_max})"))
+                return
+            self.security.events.record(events.EVICTED, victim.peer, "idle and anonymous, closed to make room")
+            victim.evict()
         self.connections += 1
-        connection = Connection(stream, self.node, self.limits, peer)
+        connection = Connection(stream, self.node, self.limits, peer, self)
+        self._open.add(connection)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write, connection, nursery.cancel_scope)
@@ -250,6 +419,8 @@ class Server:
             log.exception("connection from %s failed", peer)  # never let one connection stop the server
         finally:
             connection.closed = True
+            connection.release()
+            self._open.discard(connection)
             self.connections -= 1
             await trio.aclose_forcefully(stream)
 
@@ -273,5 +444,5 @@ def _peer_name(stream: trio.SocketStream) -> str:
     try:
         host, port = stream.socket.getpeername()[:2]
         return f"{host}:{port}"
-    except OSError:
+    except (OSError, ValueError):  # gone already, or not an IP socket (a local socketpair)
         return "unknown peer"
