@@ -55,14 +55,17 @@ class TlsError(Exception):
     """The TLS session cannot go on: the caller closes the connection.
 
     `clean`: the peer ended the session with close_notify (not a failure).
-    `not_tls`: the peer's first bytes were not TLS at all (a plain-TCP client on a TLS port).
+    `not_tls`: the peer does not speak TLS at all (a plain-TCP client on a TLS port, or a node
+    without TLS answering a TLS client).
+    `refused`: a certificate was refused, by this side or (an alert says) by the peer.
     """
 
-    def __init__(self, message: str, *, clean: bool = False, not_tls: bool = False) -> None:
+    def __init__(self, message: str, *, clean: bool = False, not_tls: bool = False, refused: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.clean = clean
         self.not_tls = not_tls
+        self.refused = refused
 
 
 # ---- settings and contexts ----
@@ -174,6 +177,7 @@ def _load_ca(context: ssl.SSLContext, ca_file: str) -> None:
 # ---- the layer ----
 
 _HANDSHAKING, _OPEN, _CLOSED, _FAILED = "handshaking", "open", "closed", "failed"
+_HANDSHAKE_FAILED = "TLS handshake failed"
 
 
 class TlsLayer:
@@ -301,7 +305,7 @@ class TlsLayer:
         except ssl.SSLWantReadError:
             return False
         except ssl.SSLError as exc:
-            raise self._fail(_translate(exc, "TLS handshake failed")) from None
+            raise self._fail(_translate(exc, _HANDSHAKE_FAILED)) from None
         self._state = _OPEN
         self._handshook = True
         pending, self._pending = self._pending, []
@@ -357,10 +361,19 @@ class TlsLayer:
         return error
 
 
+# OpenSSL's reasons when the bytes that came back are not TLS records at all.
+_NOT_TLS_REASONS = frozenset({"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "PACKET_LENGTH_TOO_LONG"})
+
+
 def _translate(exc: ssl.SSLError, what: str) -> TlsError:
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return TlsError(f"{what}: the peer's certificate is not trusted ({exc.verify_message})")
+        return TlsError(f"{what}: the peer's certificate is not trusted ({exc.verify_message})", refused=True)
     if isinstance(exc, ssl.SSLZeroReturnError):
         return TlsError("the peer closed the TLS session", clean=True)
     reason = exc.reason or str(exc)
-    return TlsError(f"{what}: {reason.lower().replace('_', ' ')}")
+    text = reason.lower().replace("_", " ")
+    if reason in _NOT_TLS_REASONS and what == _HANDSHAKE_FAILED:
+        return TlsError(f"{what}: {text} (the peer does not speak TLS)", not_tls=True)
+    # An alert from the peer about our certificate (unknown ca, bad certificate, certificate required ...).
+    refused = "ALERT" in reason and ("CERTIFICATE" in reason or "UNKNOWN_CA" in reason)
+    return TlsError(f"{what}: {text}", refused=refused)

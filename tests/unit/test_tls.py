@@ -119,7 +119,7 @@ def test_client_refuses_a_server_certificate_from_another_ca(pki: Pki) -> None:
     client = TlsLayer.client(client_context(pki.cluster))
     with pytest.raises(TlsError, match="not trusted") as caught:
         pump(client, server)
-    assert not caught.value.clean
+    assert not caught.value.clean and caught.value.refused
     assert not client.handshake_done
     with pytest.raises(TlsError):  # failure is final
         client.receive(b"\x17\x03\x03\x00\x01x")
@@ -132,12 +132,14 @@ def test_server_refuses_a_client_certificate_from_another_ca(pki: Pki) -> None:
     # The rogue trusts the cluster CA (so it accepts the server) but its own certificate is not the cluster's.
     client = TlsLayer.client(client_context(pki.other_node))
     client.send(b"data that must never arrive")
-    with pytest.raises(TlsError, match="not trusted|certificate"):
+    with pytest.raises(TlsError, match="not trusted|certificate") as on_server:
         pump(client, server)
+    assert on_server.value.refused
     assert not server.handshake_done
     # The alert the server queued tells the client why, and the client fails too.
-    with pytest.raises(TlsError, match="unknown ca|certificate"):
+    with pytest.raises(TlsError, match="unknown ca|certificate") as on_client:
         client.receive(server.outgoing())
+    assert on_client.value.refused
 
 
 def test_plain_client_sent_before_the_handshake_is_delivered_after_it(pki: Pki) -> None:
@@ -236,6 +238,14 @@ def test_plain_dynd_frames_on_a_tls_port_are_recognised(pki: Pki) -> None:
     with pytest.raises(TlsError) as caught:
         server.receive(encode_frame(b"\xa2bopehhello"))
     assert caught.value.not_tls and not caught.value.clean
+
+
+def test_a_node_without_tls_answering_a_tls_client_is_recognised(pki: Pki) -> None:
+    client = TlsLayer.client(client_context(pki.cluster))
+    assert client.outgoing()[:1] == b"\x16"  # the ClientHello, ready at once
+    with pytest.raises(TlsError, match="does not speak TLS") as caught:
+        client.receive(encode_frame(b"\xa3bidxfcodexframe_too_large"))  # what a plain node answers
+    assert caught.value.not_tls and not caught.value.refused
 
 
 GARBAGE: list[Callable[[random.Random], bytes]] = [
