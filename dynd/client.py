@@ -9,6 +9,12 @@ wakes the caller waiting for that id, and one task flushes queued frames in batc
 sent while no other is in flight goes out at once instead). Failures raise
 `DynError` subclasses from `dynd.protocol.errors`: `Unreachable` when the node cannot be reached or
 the connection drops, `Timeout` when no reply comes in time, and the node's own error otherwise.
+
+TLS: give `ssl_context` (for a client, `dynd.shell.tls.client_context(ca_file)`, which checks the
+host name; a node uses its own mutual-TLS context). The same fd-based reads and writes run through a
+sans-IO `TlsLayer`: replies are decrypted before the frame decoder, and requests are encrypted as
+one batch before each write. A refused certificate raises `Unauthorized`; a node that does not
+speak TLS, `Unreachable` saying so.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import itertools
 import math
 import logging
 import os
+import ssl
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -32,6 +39,7 @@ from dynd.protocol import PROTOCOL_VERSION, auth, codec, messages
 from dynd.protocol.address import parse_address
 from dynd.protocol.errors import BadFrame, DynError, Internal, StaleRing, Timeout, Unauthorized, Unreachable, error_from_code
 from dynd.protocol.framing import FrameDecoder, encode_frame
+from dynd.shell.tls import TlsError, TlsLayer
 
 log = logging.getLogger("dynd.client")
 
@@ -108,13 +116,15 @@ CALLBACK_SWEEP_S = 0.1
 class Client:
     """One connection to one node. Create it with `open_client`."""
 
-    def __init__(self, stream: trio.SocketStream, address: str, timeout_s: float) -> None:
+    def __init__(self, stream: trio.SocketStream, address: str, timeout_s: float, tls: TlsLayer | None = None) -> None:
         self.address = address
         self.timeout_s = timeout_s
         self.node_name = ""
         self.cluster = ""  # the node's cluster id, when it proved the secret to us
         self.roles: frozenset[str] = frozenset()  # what the node says this connection may do
         self._stream = stream
+        self._tls = tls
+        self._unsent = b""  # with TLS: encrypted bytes a short write left, sent before anything else
         self._ids = itertools.count(1)
         self._waiting: dict[int, _Waiter] = {}
         self._outgoing: list[bytes] = []
@@ -324,13 +334,42 @@ class Client:
         # The only request in flight: a plain write on the non-blocking socket costs less than
         # waking the writer task. What the socket does not take, and any error, goes to the writer.
         data = self._outgoing.pop()
+        if self._tls is not None:
+            data = self._seal(data)
         try:
             sent = os.write(self._stream.socket.fileno(), data)  # fileno() is -1 once closed: OSError
         except OSError:
             sent = 0
         if sent < len(data):
-            self._outgoing.append(data[sent:])
+            if self._tls is not None:  # encrypted already: it must not be sealed again
+                self._unsent = data[sent:]
+            else:
+                self._outgoing.append(data[sent:])
             self._wake_writer.set()
+
+    def _seal(self, plain: bytes) -> bytes:
+        """TLS: encrypt `plain` (queued by the layer until its handshake is done); return it after
+        whatever the layer (handshake records) or a short write left. A failed session seals
+        nothing more: the reader has failed every request already."""
+        assert self._tls is not None
+        if plain:
+            try:
+                self._tls.send(plain)
+            except TlsError:
+                pass
+        data = self._tls.outgoing()
+        if self._unsent:
+            data, self._unsent = self._unsent + data, b""
+        return data
+
+    def _tls_error(self, error: TlsError) -> DynError:
+        if error.clean:
+            return Unreachable(f"{self.address} closed the connection")
+        if error.refused:
+            return Unauthorized(f"TLS with {self.address}: {error.message}")
+        if error.not_tls:
+            return Unreachable(f"{self.address} does not speak TLS (is TLS configured on that node?): {error.message}")
+        return Unreachable(f"TLS with {self.address} failed: {error.message}")
 
     async def _await_handshake_reply(self, what: str, deadline: float) -> messages.Message:
         waiter = _Waiter()
@@ -390,10 +429,12 @@ class Client:
         while True:
             await self._wake_writer.wait()
             self._wake_writer = trio.Event()
-            if not self._outgoing:
+            if not self._outgoing and not (self._tls is not None and (self._unsent or self._tls.wants_write)):
                 continue
             data = b"".join(self._outgoing)
             self._outgoing.clear()
+            if self._tls is not None:
+                data = self._seal(data)
             self._writer_sending = True
             try:
                 await self._send_all(data)
@@ -429,6 +470,16 @@ class Client:
             if not chunk:
                 self._fail_all(Unreachable(f"{self.address} closed the connection"))
                 return
+            if self._tls is not None:
+                try:
+                    chunk = self._tls.receive(chunk)
+                except TlsError as exc:
+                    self._fail_all(self._tls_error(exc))
+                    return
+                if self._tls.wants_write:  # handshake records, and the requests queued behind them
+                    self._wake_writer.set()
+                if not chunk:
+                    continue
             try:
                 frames = decoder.feed(chunk)
                 for frame in frames:
@@ -477,14 +528,17 @@ async def open_client(
     token: str | None = None,
     peer: PeerCredentials | None = None,
     expect_node: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to a node, say hello, and yield a `Client`; the connection closes on exit.
 
     `timeout_s` bounds connecting and the hello together, and then each request. `token`: a
     client or admin token, when the node asks for one. `peer` and `expect_node` are for nodes
-    talking to nodes: prove the cluster secret, and refuse a node of another name.
+    talking to nodes: prove the cluster secret, and refuse a node of another name. `ssl_context`:
+    speak TLS (the TLS handshake runs within `timeout_s` too).
     """
     host, port = parse_address(address)
+    tls = TlsLayer.client(ssl_context, server_hostname=host) if ssl_context is not None else None
     deadline = trio.current_time() + timeout_s
     try:
         with trio.fail_at(deadline):
@@ -493,7 +547,7 @@ async def open_client(
         raise Unreachable(f"connecting to {address} timed out after {timeout_s:g} s") from None
     except OSError as exc:
         raise Unreachable(f"cannot connect to {address}: {_connect_reason(exc)}") from None
-    client = Client(stream, address, timeout_s)
+    client = Client(stream, address, timeout_s, tls)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client._reader)
@@ -538,8 +592,11 @@ class BlockingClient:
             client.put("greeting", b"hello")
     """
 
-    def __init__(self, address: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, token: str | None = None) -> None:
+    def __init__(
+        self, address: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, token: str | None = None, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self._token_credential = token
+        self._ssl_context = ssl_context
         self._ready = threading.Event()
         self._client: Client | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -554,7 +611,7 @@ class BlockingClient:
     def _run(self, address: str, timeout_s: float) -> None:
         async def main() -> None:
             try:
-                async with open_client(address, timeout_s=timeout_s, token=self._token_credential) as client:
+                async with open_client(address, timeout_s=timeout_s, token=self._token_credential, ssl_context=self._ssl_context) as client:
                     self._client = client
                     self._token = trio.lowlevel.current_trio_token()
                     self._stop = trio.Event()
@@ -675,10 +732,18 @@ class ClusterClient:
     """
 
     def __init__(
-        self, seeds: list[str], nursery: trio.Nursery, *, timeout_s: float, ring_refresh_s: float, token: str | None = None
+        self,
+        seeds: list[str],
+        nursery: trio.Nursery,
+        *,
+        timeout_s: float,
+        ring_refresh_s: float,
+        token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.seeds = seeds
         self.token = token
+        self.ssl_context = ssl_context
         self.timeout_s = timeout_s
         self.ring_refresh_s = ring_refresh_s
         self.ring: messages.RingOk | None = None
@@ -772,7 +837,7 @@ class ClusterClient:
     async def _connect(self, address: str, ready: trio.Event) -> None:
         closer = self._closers.setdefault(address, trio.Event())
         try:
-            async with open_client(address, timeout_s=self.timeout_s, token=self.token) as client:
+            async with open_client(address, timeout_s=self.timeout_s, token=self.token, ssl_context=self.ssl_context) as client:
                 self._clients[address] = client
                 self._connecting.pop(address, None)
                 ready.set()
@@ -791,13 +856,21 @@ class ClusterClient:
 
 @asynccontextmanager
 async def open_cluster_client(
-    seeds: str | list[str], *, timeout_s: float = DEFAULT_TIMEOUT_S, ring_refresh_s: float = 10.0, token: str | None = None
+    seeds: str | list[str],
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    ring_refresh_s: float = 10.0,
+    token: str | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[ClusterClient]:
-    """A `ClusterClient` that routes by the ring it fetched from one of `seeds` (HOST:PORT)."""
+    """A `ClusterClient` that routes by the ring it fetched from one of `seeds` (HOST:PORT);
+    `ssl_context`: TLS to every node it reaches."""
     seed_list = [seeds] if isinstance(seeds, str) else list(seeds)
     try:
         async with trio.open_nursery() as nursery:
-            client = ClusterClient(seed_list, nursery, timeout_s=timeout_s, ring_refresh_s=ring_refresh_s, token=token)
+            client = ClusterClient(
+                seed_list, nursery, timeout_s=timeout_s, ring_refresh_s=ring_refresh_s, token=token, ssl_context=ssl_context
+            )
             try:
                 await client.refresh_ring()
                 yield client

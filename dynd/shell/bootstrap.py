@@ -15,7 +15,8 @@ async def fetch_membership(address: str, timeout_s: float, *, security: Security
     it (as `name`, not yet a member: the seed lets it gossip and nothing else)."""
     peer = PeerCredentials(name, security.cluster_id, security.keyring) if security is not None and name else None
     try:
-        async with open_client(address, timeout_s=timeout_s, agent="gossip:joining", peer=peer) as client:
+        ssl_context = security.client_ssl if security is not None else None
+        async with open_client(address, timeout_s=timeout_s, agent="gossip:joining", peer=peer, ssl_context=ssl_context) as client:
             reply = await client.gossip(b"")
     except Unauthorized as exc:
         raise Unauthorized(f"seed {address} refused this node: {exc.message}") from None

@@ -105,7 +105,9 @@ class Peers:
             answered.set()
 
         try:
-            async with open_client(address, timeout_s=self._timeout_s, agent=f"peer:{self.self_name}", peer=self._credentials()) as client:
+            async with open_client(
+                address, timeout_s=self._timeout_s, agent=f"peer:{self.self_name}", peer=self._credentials(), ssl_context=self.security.client_ssl
+            ) as client:
                 client.call_with_callback(build, record, self._timeout_s)
                 await answered.wait()
         except DynError as exc:
@@ -116,7 +118,12 @@ class Peers:
     async def _connect(self, peer: _Peer) -> None:
         try:
             async with open_client(
-                peer.address, timeout_s=self._timeout_s, agent=f"peer:{self.self_name}", peer=self._credentials(), expect_node=peer.name
+                peer.address,
+                timeout_s=self._timeout_s,
+                agent=f"peer:{self.self_name}",
+                peer=self._credentials(),
+                expect_node=peer.name,
+                ssl_context=self.security.client_ssl,  # mutual TLS, when configured
             ) as client:
                 peer.client = client
                 peer.connecting = False

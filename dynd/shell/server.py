@@ -25,6 +25,12 @@ frames of all connections together may hold `partial_frames_bytes_max`: the conn
 would pass that is closed. At `connections_max`, a new connection takes the slot of the anonymous
 connection idle the longest, or is told so and closed when there is none.
 
+TLS (`security.server_ssl` set): every connection runs through a `TlsLayer` (`dynd.shell.tls`):
+chunks are decrypted before the frame decoder, and what is queued is encrypted as one batch just
+before each write. The TLS handshake counts as part of the hello, within `handshake_timeout_ms`. A
+plain-TCP client is told in its own framing that the port speaks TLS; a failed handshake or a bad
+record is a refused hello, and the alert that says why is sent before the close.
+
 Errors never escape a connection: a bad frame gets an error reply (and, when the stream cannot be
 resynchronised, a close); an unexpected exception in a handler is logged and answered `internal`.
 """
@@ -47,6 +53,7 @@ from dynd.protocol.framing import FrameDecoder, FrameTooLarge, encode_frame
 from dynd.core.node import Node
 from dynd.shell import security as events
 from dynd.shell.security import Security
+from dynd.shell.tls import TlsError, TlsLayer
 
 log = logging.getLogger("dynd.server")
 
@@ -88,6 +95,9 @@ class Connection:
         self._wake_writer = trio.Event()
         self._drained = trio.Event()
         self._drained.set()
+        server_ssl = self.security.server_ssl
+        self.tls = TlsLayer.server(server_ssl) if server_ssl is not None else None
+        self._unsent = b""  # with TLS: encrypted bytes a short write left, sent before anything else
 
     # ---- replies ----
 
@@ -126,6 +136,8 @@ class Connection:
         writer task costs more event-loop time than the send. What the socket does not take now,
         and any error, is left to the writer task."""
         data = self._outgoing[0] if len(self._outgoing) == 1 else b"".join(self._outgoing)
+        if self.tls is not None:
+            data = self._seal(data)
         try:
             sent = os.write(self._fd, data)
         except OSError:  # it would block, or the peer is gone (the writer's send then ends the connection)
@@ -135,13 +147,17 @@ class Connection:
             self._outgoing_bytes = 0
             self._maybe_drained()
             return
-        self._outgoing[:] = [data[sent:]]
+        if self.tls is not None:  # encrypted already: it must not be sealed again
+            self._outgoing.clear()
+            self._unsent = data[sent:]
+        else:
+            self._outgoing[:] = [data[sent:]]
         self._outgoing_bytes = len(data) - sent
         self._wake_writer.set()
 
     async def writer(self) -> None:
         while True:
-            if not self._outgoing:
+            if not self._outgoing and not self._tls_owed():
                 if self.closing:
                     return
                 await self._wake_writer.wait()
@@ -150,10 +166,41 @@ class Connection:
             data = b"".join(self._outgoing)
             self._outgoing.clear()
             self._outgoing_bytes = 0
+            if self.tls is not None:
+                data = self._seal(data)
             self._writer_sending = True
             await self.stream.send_all(data)
             self._writer_sending = False
             self._maybe_drained()
+
+    def _seal(self, plain: bytes) -> bytes:
+        """TLS: encrypt what is queued as one batch; return it after whatever the layer (handshake
+        records, an alert) or a short write left. A failed or closed session seals nothing more."""
+        assert self.tls is not None
+        if plain:
+            try:
+                self.tls.send(plain)
+            except TlsError:
+                pass  # the reader has ended the connection or is about to
+        data = self.tls.outgoing()
+        if self._unsent:
+            data, self._unsent = self._unsent + data, b""
+        return data
+
+    def _tls_owed(self) -> bool:
+        return self.tls is not None and (bool(self._unsent) or self.tls.wants_write)
+
+    def _tls_failed(self, error: TlsError) -> None:
+        """The TLS session ended. Say why where the peer can read it (an alert, or a frame in the
+        clear for a plain-TCP client); the reader then closes the connection."""
+        if error.clean:
+            return
+        self.security.events.record(events.HELLO_REFUSED, self.peer, f"TLS: {error.message}")
+        if error.not_tls:
+            refusal = BadRequest("this node speaks TLS only: connect with TLS (dynctl --tls-ca, open_client(ssl_context=...))")
+            self._unsent += encode_frame(codec.encode_message(error_reply(None, refusal)))
+        if not self._writer_sending:
+            self._flush()
 
     def finish_reading(self) -> None:
         self.closing = True
@@ -211,6 +258,18 @@ class Connection:
                 if not chunk:
                     return
                 self.last_active = trio.current_time()
+                if self.tls is not None:
+                    try:
+                        chunk = self.tls.receive(chunk)
+                    except TlsError as exc:
+                        self._tls_failed(exc)
+                        return
+                    if not chunk:  # the handshake, or part of a record: nothing to decode yet
+                        if frame_started is None and self.greeted:
+                            frame_started = trio.current_time()  # a record sent slowly meets the frame deadline too
+                        if self.tls.wants_write and not self._writer_sending:
+                            self._flush()
+                        continue
                 try:
                     frames = decoder.feed(chunk)
                 except FrameTooLarge as exc:
@@ -234,7 +293,7 @@ class Connection:
                     if not self.dispatch(frame):
                         return
                 self._holding = False
-                if self._outgoing and not self._writer_sending:
+                if (self._outgoing or self._tls_owed()) and not self._writer_sending:
                     self._flush()
                 if self.inflight >= self.limits.connection_inflight_max or self._outgoing_bytes >= self.limits.connection_outbuf_bytes_max:
                     read_deadline.deadline = math.inf
@@ -396,6 +455,9 @@ class Server:
             victim = self._idle_anonymous()
             if victim is None:
                 self.security.events.record(events.CONNECTION_LIMIT, peer, f"refused: connections_max={self.limits.connections_max}")
+                if self.security.server_ssl is not None:  # a TLS client could not read a frame in the clear
+                    await trio.aclose_forcefully(stream)
+                    return
                 await _refuse(stream, Overloaded(f"too many connections (connections_max={self.limits.connections_max})"))
                 return
             self.security.events.record(events.EVICTED, victim.peer, "idle and anonymous, closed to make room")

@@ -6,15 +6,23 @@ standing for anyone else.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import random
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+import trio
 import trustme
 
+from dynd.client import open_client
+from dynd.protocol.errors import BadRequest, Unauthorized, Unreachable
 from dynd.protocol.framing import FrameDecoder, encode_frame
 from dynd.shell.tls import TlsConfigError, TlsError, TlsLayer, TlsSettings, client_context, server_context
 
@@ -329,3 +337,124 @@ def test_context_choices(pki: Pki) -> None:
     s = TlsLayer.server(server)
     pump(c, s)
     assert s.peer_certificate() is not None
+
+
+# ---- the shell: the real Server and open_client over loopback TCP, a fake node behind ----
+
+
+class EchoNode:
+    """Answers a put with its value as the context (so large replies cross the link), anything
+    else with a pong; a member list so a proved peer may act as one."""
+
+    def __init__(self, name: str = "n1") -> None:
+        from dynd.core.membership import JOINED, Member
+
+        self.name = name
+        self.cluster = SimpleNamespace(membership=SimpleNamespace(members={n: Member(n, "127.0.0.1:1", JOINED) for n in ("n1", "n2")}))
+        self.handled = 0
+
+    def handle(self, message: Any, reply: Callable[[Any], None]) -> None:
+        from dynd.protocol import messages
+
+        self.handled += 1
+        if isinstance(message, messages.Put):
+            reply(messages.PutOk(id=message.id, context=message.value))
+        else:
+            reply(messages.Pong(id=getattr(message, "id", 0) or 0, node=self.name))
+
+
+@asynccontextmanager
+async def tls_server(pki: Pki, node: EchoNode, keyring: Any = None) -> AsyncIterator[tuple[str, Any]]:
+    from dynd.core.limits import Limits
+    from dynd.shell.security import Security
+    from dynd.shell.server import Server
+
+    security = Security(cluster_id="c0ffee", keyring=keyring, server_ssl=server_context(pki.cluster), client_ssl=client_context(pki.cluster))
+    server = Server(node, Limits(), security)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, server.handle, 0, host="127.0.0.1"))
+        yield f"127.0.0.1:{listeners[0].socket.getsockname()[1]}", server
+        nursery.cancel_scope.cancel()
+
+
+async def test_shell_client_and_server_speak_tls(pki: Pki) -> None:
+    node = EchoNode()
+    async with tls_server(pki, node) as (address, server):
+        async with open_client(address, ssl_context=client_context(pki.ca_file)) as client:
+            assert await client.ping() == "n1"
+            for size in (0, 1, 1000, 16_383, 16_384, 16_385, 300_000, 2_000_000):
+                value = random.Random(size).randbytes(size)
+                assert await client.put(b"k", value) == value
+
+            async def one(i: int) -> None:  # pipelined: the writers batch many frames per record
+                assert await client.put(b"p", str(i).encode()) == str(i).encode()
+
+            async with trio.open_nursery() as nursery:
+                for i in range(300):
+                    nursery.start_soon(one, i)
+    assert node.handled == 1 + 8 + 300
+
+
+async def test_shell_peers_prove_the_secret_over_mutual_tls(pki: Pki) -> None:
+    from dynd.client import PeerCredentials
+    from dynd.protocol import auth
+
+    keyring = auth.Keyring((b"s" * 32,))
+    async with tls_server(pki, EchoNode(), keyring=keyring) as (address, server):
+        credentials = PeerCredentials("n2", "c0ffee", keyring)
+        async with open_client(address, peer=credentials, expect_node="n1", ssl_context=client_context(pki.cluster)) as client:
+            assert client.cluster == "c0ffee" and auth.PEER in client.roles
+            assert await client.ping() == "n1"
+        with pytest.raises(Unauthorized, match="unknown ca|certificate"):  # a certificate from another CA
+            async with open_client(address, peer=credentials, ssl_context=client_context(pki.other_node)):
+                pass
+        assert server.security.events.counts["hello_refused"] == 1
+
+
+async def test_shell_plain_client_on_a_tls_port_is_told(pki: Pki) -> None:
+    async with tls_server(pki, EchoNode()) as (address, server):
+        with trio.fail_after(5):
+            with pytest.raises(BadRequest, match="speaks TLS only"):
+                async with open_client(address, timeout_s=30):
+                    pass
+        with trio.fail_after(5):  # a client that distrusts the node's certificate refuses it
+            with pytest.raises(Unauthorized, match="not trusted"):
+                async with open_client(address, timeout_s=30, ssl_context=client_context(pki.other_ca_file)):
+                    pass
+
+
+async def test_shell_tls_client_to_a_plain_port_is_told(pki: Pki) -> None:
+    from dynd.core.limits import Limits
+    from dynd.shell.security import Security
+    from dynd.shell.server import Server
+
+    server = Server(EchoNode(), Limits(), Security())  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, server.handle, 0, host="127.0.0.1"))
+        address = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        with trio.fail_after(5):
+            with pytest.raises(Unreachable, match="does not speak TLS"):
+                async with open_client(address, timeout_s=30, ssl_context=client_context(pki.ca_file)):
+                    pass
+        nursery.cancel_scope.cancel()
+
+
+async def test_shell_tls_handshake_must_finish_within_the_hello_deadline(pki: Pki) -> None:
+    from dynd.core.limits import Limits
+    from dynd.shell.security import Security
+    from dynd.shell.server import Server
+
+    limits = dataclasses.replace(Limits(), handshake_timeout_ms=200)
+    server = Server(EchoNode(), limits, Security(server_ssl=server_context(pki.cluster)))  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, server.handle, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        with trio.fail_after(5):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            started = trio.current_time()
+            await stream.send_all(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello, never finished
+            while await stream.receive_some(65536):
+                pass  # the server closes the connection at the deadline
+        assert 0.15 < trio.current_time() - started < 1.0
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
