@@ -315,7 +315,7 @@ class TlsLayer:
 
     def _read_all(self) -> bytes:
         chunks: list[bytes] = []
-        read = self._ssl.read
+        read, pending, incoming = self._ssl.read, self._ssl.pending, self._incoming
         while True:
             try:
                 data = read(READ_BYTES)
@@ -333,6 +333,8 @@ class TlsLayer:
                 self._state = _CLOSED
                 break
             chunks.append(data)
+            if not incoming.pending and not pending():
+                break  # every byte fed is used and nothing decrypted waits: another read would only fail
         if not chunks:
             if self._state is not _OPEN:
                 self._check_usable()
