@@ -1,22 +1,31 @@
-"""The `dynd` command: parse flags and config, open storage, serve until SIGTERM or SIGINT."""
+"""The `dynd` command: parse flags and config, open storage, serve until SIGTERM or SIGINT.
+
+Before anything touches the data directory: the config, the [security] files (secret, tokens,
+TLS) and protected mode are checked, and any problem exits 2 naming the setting. SIGHUP rereads
+the secret and tokens files (a rotation, DESIGN.md section 6a) without a restart.
+"""
 
 from __future__ import annotations
 
 import argparse
-import functools
 import errno
+import functools
+import hashlib
 import gc
 import logging
 import os
 import random
 import signal
+import ssl
 import sys
 import time
+from collections.abc import Callable
 
 import trio
 
 from dynd import __version__
-from dynd.config import Config, ConfigError, load_config
+from dynd.config import Config, ConfigError, check_protected_mode, load_config, load_credentials
+from dynd.protocol.auth import ADMIN, CLIENT, Keyring, TokenTable
 from dynd.protocol.address import format_address
 from dynd.protocol.errors import DynError
 from dynd.shell.commit_engines import WriterProcessEngine
@@ -27,7 +36,9 @@ from dynd.core.actors import ACTOR_META, CLEAN_STOP_META, actor_at_start, clean_
 from dynd.core.node import Node
 from dynd.shell.bootstrap import fetch_membership, new_cluster
 from dynd.shell.peers import Peers
+from dynd.shell.security import Security
 from dynd.shell.server import Server
+from dynd.shell.tls import TlsConfigError, TlsSettings, client_context, server_context
 from dynd.shell.storage_port import CommitterStorage
 from dynd.shell.udp import UdpEndpoint
 from dynd.storage.base import PutMeta
@@ -39,13 +50,16 @@ EXIT_CONFIG = 2
 EXIT_STARTUP = 1
 NODE_NAME_META = "node_name"
 PARTITIONS_META = "partitions"
+BOOT_META = "boot"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dynd",
         description="dynd: a Dynamo-style key-value store node. Serves get/put/delete over CBOR frames on TCP.",
-        epilog="Flags override the config file. Logs go to stderr. SIGTERM or SIGINT stops the node cleanly.",
+        epilog="Flags override the config file. Logs go to stderr. SIGTERM or SIGINT stops the node cleanly; "
+        "SIGHUP rereads the secret and tokens files. Without a secret, only a loopback listen address is "
+        "allowed (protected mode) unless --trusted-network; see dynd(8), SECURITY.",
     )
     parser.add_argument("--name", help="this node's name (its identity; fixed for a data directory)")
     parser.add_argument("--listen", help="HOST:PORT to serve on (default 127.0.0.1:7400)")
@@ -59,6 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--r", type=int, help="default R when creating a cluster (default 2)")
     parser.add_argument("--w", type=int, help="default W when creating a cluster (default 2)")
     parser.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--secret-file", dest="cluster_secret_file", metavar="PATH", help="the cluster secret (hex; make one with: openssl rand -hex 32; mode 0600)"
+    )
+    parser.add_argument("--tokens-file", dest="client_tokens_file", metavar="PATH", help="client credentials: lines of 'client TOKEN' or 'admin TOKEN'")
+    parser.add_argument(
+        "--trusted-network",
+        dest="trusted_network",
+        action="store_const",
+        const=True,
+        help="without a secret, listen beyond loopback anyway: whoever reaches the port is trusted (logged as a warning)",
+    )
     parser.add_argument("--version", action="version", version=f"dynd {__version__}")
     return parser
 
@@ -77,9 +102,15 @@ def main(argv: list[str] | None = None) -> None:
         "replicas": args.replicas,
         "r": args.r,
         "w": args.w,
+        "cluster_secret_file": args.cluster_secret_file,
+        "client_tokens_file": args.client_tokens_file,
+        "trusted_network": args.trusted_network,
     }
     try:
         config = load_config(args.config, overrides)
+        credentials = load_credentials(config)
+        open_warning = check_protected_mode(config, has_secret=credentials.keyring is not None)
+        server_ssl, client_ssl = tls_contexts(config)
     except ConfigError as exc:
         print(f"dynd: {exc}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
@@ -88,8 +119,22 @@ def main(argv: list[str] | None = None) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for warning in credentials.warnings:
+        log.warning("%s", warning)
+    if open_warning is not None:
+        log.warning("%s", open_warning)
+    security = Security(
+        keyring=credentials.keyring,
+        tokens=credentials.tokens,
+        trusted_network=config.trusted_network,
+        server_ssl=server_ssl,
+        client_ssl=client_ssl,
+    )
+    # Until the node serves and takes SIGHUP as a reload, a reload sent while it starts must not
+    # kill it (SIGHUP's default); the files were read a moment ago.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        trio.run(serve, config)
+        trio.run(serve, config, security)
     except* StartupError as group:  # raised at start, possibly from inside the node's nursery
         for exc in _leaves(group):
             log.error("%s", exc)
@@ -104,6 +149,78 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:  # type: ignore[t
 
 class StartupError(Exception):
     pass
+
+
+def tls_contexts(config: Config) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    """The port's TLS context and the one for reaching peers (mutual TLS), or (None, None)."""
+    if not config.tls_enabled:
+        return None, None
+    try:
+        settings = TlsSettings(config.tls_cert_file, config.tls_key_file, config.tls_ca_file)
+        return server_context(settings), client_context(settings)
+    except TlsConfigError as exc:
+        raise ConfigError(f"[security] TLS: {exc}") from None
+
+
+# ---- credentials on SIGHUP ----
+
+
+def reload_credentials(config: Config, security: Security, set_keyring: Callable[[Keyring | None], None]) -> bool:
+    """Reread the secret and tokens files into `security` (in place, so every connection and the
+    failure detector see them at once); on any problem keep what is in force. True if applied.
+
+    A secret can be rotated but not added or removed here: a node that started without one serves
+    loopback or a trusted network and its peers hold none either, and a node that has one must not
+    be talked out of it by an emptied file (which `load_credentials` refuses)."""
+    try:
+        fresh = load_credentials(config)
+    except ConfigError as exc:
+        log.error("SIGHUP: kept the credentials in force: %s", exc)
+        return False
+    for warning in fresh.warnings:
+        log.warning("SIGHUP: %s", warning)
+    if security.keyring is None and fresh.keyring is None and not config.cluster_secret_file:
+        log.info("SIGHUP: no cluster_secret_file configured; this node started without a secret, and one cannot be added to a running node (restart it with one)")
+    changes = [describe_keyring_change(security.keyring, fresh.keyring), describe_tokens_change(security.tokens, fresh.tokens)]
+    security.keyring = fresh.keyring
+    security.tokens = fresh.tokens
+    set_keyring(fresh.keyring)
+    log.info("SIGHUP: credentials reloaded: %s", "; ".join(changes))
+    return True
+
+
+def secret_id(secret: bytes) -> str:
+    """A short name for a secret in logs, so an operator can compare nodes during a rotation. A
+    hash under its own label: it names the secret without giving any of it away."""
+    return hashlib.sha256(b"dynd-secret-id\0" + secret).hexdigest()[:8]
+
+
+def describe_keyring(keyring: Keyring | None) -> str:
+    """The secrets in force by id: "d94ca5eb (proves), 7b57ad68 (accepted)" during a rotation."""
+    if keyring is None:
+        return "none"
+    ids = [secret_id(secret) for secret in keyring.secrets]
+    if len(ids) == 1:
+        return ids[0]
+    return f"{ids[0]} (proves), {', '.join(ids[1:])} (accepted)"
+
+
+def describe_keyring_change(old: Keyring | None, new: Keyring | None) -> str:
+    if old == new:
+        return f"cluster secret unchanged: {describe_keyring(new)}"
+    return f"cluster secret now {describe_keyring(new)}, was {describe_keyring(old)}"
+
+
+def describe_tokens(tokens: TokenTable) -> str:
+    roles = [role for _, role in tokens.entries]
+    return f"{roles.count(ADMIN)} admin, {roles.count(CLIENT)} client" if roles else "none"
+
+
+def describe_tokens_change(old: TokenTable, new: TokenTable) -> str:
+    before, after = set(old.entries), set(new.entries)
+    if before == after:
+        return f"client tokens unchanged: {describe_tokens(new)}"
+    return f"client tokens now {describe_tokens(new)} ({len(after - before)} added, {len(before - after)} removed)"
 
 
 def open_store(config: Config) -> LmdbStore:
@@ -126,6 +243,21 @@ def open_store(config: Config) -> LmdbStore:
     return store
 
 
+def next_boot(stored: bytes | None, wall_ms: int) -> int:
+    """This start's boot number: above every earlier start's of the data directory (the stored
+    one), and at least the wall clock in ms so it also grows when the directory was wiped."""
+    previous = int(stored) if stored is not None else 0
+    return max(previous + 1, wall_ms)
+
+
+def start_boot(store: LmdbStore) -> int:
+    """The boot number to serve with (peers tell a restarted node from a replayed one by it),
+    stored before serving."""
+    boot = next_boot(store.get_meta(BOOT_META), wall_clock_ms())
+    store.write([PutMeta(BOOT_META, str(boot).encode())])
+    return boot
+
+
 def start_actor(store: LmdbStore, name: str) -> str:
     """The actor epoch to serve with, stored before serving (`dynd.core.actors`): the last one
     after a clean stop, a new one after a crash or on a new data directory."""
@@ -138,7 +270,7 @@ JOIN_DEADLINE_S = 60.0
 JOIN_RETRY_S = 0.5
 
 
-async def initial_membership(config: Config, store: LmdbStore) -> Membership:
+async def initial_membership(config: Config, store: LmdbStore, security: Security) -> Membership:
     """The stored membership; else join through --join, or create a new cluster. Persisted at once."""
     stored = store.get_meta(MEMBERSHIP_META)
     if stored is not None:
@@ -148,7 +280,7 @@ async def initial_membership(config: Config, store: LmdbStore) -> Membership:
         deadline = trio.current_time() + JOIN_DEADLINE_S
         while True:
             try:
-                theirs = await fetch_membership(config.join, config.limits.request_timeout_ms / 1000)
+                theirs = await fetch_membership(config.join, config.limits.request_timeout_ms / 1000, security=security, name=config.name)
                 break
             except DynError as exc:
                 if trio.current_time() > deadline:
@@ -172,14 +304,16 @@ async def initial_membership(config: Config, store: LmdbStore) -> Membership:
     return membership
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, security: Security) -> None:
     store = open_store(config)
     actor = start_actor(store, config.name)
+    boot = start_boot(store)
     host, port = config.listen_host_port
     engine = WriterProcessEngine(store.path, config.limits.lmdb_map_bytes)
     limits = config.limits
     try:
-        membership = await initial_membership(config, store)
+        membership = await initial_membership(config, store, security)
+        security.cluster_id = membership.params.cluster_id
         try:
             await engine.start()
         except DynError as exc:
@@ -194,7 +328,13 @@ async def serve(config: Config) -> None:
             raise StartupError(f"cannot listen on {format_address(host, port)}: {reason}") from None
         async with trio.open_nursery() as background:
             await background.start(committer.run)
-            peers = Peers(config.name, background, request_timeout_s=limits.request_timeout_ms / 1000, retry_s=limits.peer_retry_ms / 1000)
+            peers = Peers(
+                config.name,
+                background,
+                request_timeout_s=limits.request_timeout_ms / 1000,
+                retry_s=limits.peer_retry_ms / 1000,
+                security=security,
+            )
             node = Node(
                 config.name,
                 config.advertised_address,
@@ -206,9 +346,12 @@ async def serve(config: Config) -> None:
                 rng=random.Random(),
                 seeds=list(config.seeds),
                 actor=actor,
+                keyring=security.keyring,
+                boot=boot,
             )
+            node.swim.on_security_event = security.events.record
             settle_garbage_collector()
-            server = Server(node, limits)
+            server = Server(node, limits, security)
             udp = UdpEndpoint(datagram_bytes_max=limits.datagram_bytes_max)
             async with trio.open_nursery() as front:
                 try:
@@ -219,10 +362,22 @@ async def serve(config: Config) -> None:
                 front.start_soon(_tick_forever, node, limits.tick_interval_ms / 1000)
                 if config.join:  # tell the seed at once rather than at the next gossip round
                     node.cluster.announce(config.join)
-                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                # SIGHUP rereads the credentials (`reload_credentials`); received from before the port opens.
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                     await front.start(trio.serve_listeners, server.handle, listeners)
-                    log.info("node %s serving on %s (data in %s)", config.name, format_address(host, port), config.data_dir)
+                    log.info(
+                        "node %s serving on %s (data in %s; cluster secret: %s; client tokens: %s; TLS: %s)",
+                        config.name,
+                        format_address(host, port),
+                        config.data_dir,
+                        describe_keyring(security.keyring),
+                        describe_tokens(security.tokens),
+                        "on" if security.server_ssl is not None else "off",
+                    )
                     async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            reload_credentials(config, security, node.swim.set_keyring)
+                            continue
                         log.info("received %s: stopping", signal.Signals(signum).name)
                         break
                     front.cancel_scope.cancel()

@@ -8,6 +8,15 @@
 
     advertise = ""              # HOST:PORT other nodes use to reach this one (default: listen)
     seeds = []                  # HOST:PORT of nodes to gossip with besides the members
+    join = ""                   # on first start, join the cluster of the node at HOST:PORT
+
+    [security]                  # DESIGN.md section 6a; man dynd(8), SECURITY
+    cluster_secret_file = ""    # hex secrets, one or two lines (openssl rand -hex 32); mode 0600
+    client_tokens_file = ""     # lines of `client TOKEN` or `admin TOKEN`
+    trusted_network = false     # without a secret, listen beyond loopback anyway (logged)
+    tls_cert_file = ""          # TLS on the port: all three, PEM; this node's certificate,
+    tls_key_file = ""           #   its key,
+    tls_ca_file = ""            #   and the CA that signs every node's (peers verify each other)
 
     [cluster]                   # used only by the node that creates the cluster
     partitions = 256            # Q, a power of two, fixed at creation
@@ -19,19 +28,26 @@
     value_bytes_max = 1048576
 
 Unknown tables or keys, and values of the wrong type, are errors that name the offending key.
+
+The files [security] names are read by `load_credentials` (at start and on SIGHUP), not by
+`load_config`: their errors name the setting too. `check_protected_mode` is the rule that a node
+without a secret serves loopback only unless the network is declared trusted.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
 from dynd.core.limits import Limits
 from dynd.core.partition import check_partition_count
-from dynd.protocol.address import DEFAULT_PORT, parse_address
+from dynd.protocol.address import DEFAULT_PORT, format_address, parse_address
+from dynd.protocol.auth import EMPTY_TOKENS, AuthConfigError, Keyring, TokenTable, is_loopback_host, load_keyring, load_tokens
 
 NODE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -55,7 +71,18 @@ class Config:
     replicas: int = 3
     r: int = 2
     w: int = 2
+    cluster_secret_file: str = ""
+    client_tokens_file: str = ""
+    trusted_network: bool = False
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
     limits: Limits = field(default_factory=Limits)
+
+    @property
+    def tls_enabled(self) -> bool:
+        """TLS on the port, for clients and peers (mutual between peers): all three files set."""
+        return bool(self.tls_cert_file and self.tls_key_file and self.tls_ca_file)
 
     @property
     def partitions_for_new_cluster(self) -> int:
@@ -71,8 +98,16 @@ class Config:
 
 
 _SECTIONS: dict[str, dict[str, type]] = {
-    "node": {"name": str, "listen": str, "data_dir": str, "log_level": str, "advertise": str, "seeds": list},
+    "node": {"name": str, "listen": str, "data_dir": str, "log_level": str, "advertise": str, "seeds": list, "join": str},
     "cluster": {"partitions": int, "replicas": int, "r": int, "w": int},
+    "security": {
+        "cluster_secret_file": str,
+        "client_tokens_file": str,
+        "trusted_network": bool,
+        "tls_cert_file": str,
+        "tls_key_file": str,
+        "tls_ca_file": str,
+    },
 }
 
 
@@ -94,7 +129,7 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
             elif section in _SECTIONS:
                 values.update(_check_table(section, table, _SECTIONS[section]))
             else:
-                raise ConfigError(f"unknown config table [{section}] (known: node, cluster, limits)")
+                raise ConfigError(f"unknown config table [{section}] (known: {', '.join([*_SECTIONS, 'limits'])})")
     values.update({key: value for key, value in overrides.items() if value is not None})
     if "seeds" in values:
         if not all(isinstance(seed, str) for seed in values["seeds"]):
@@ -146,7 +181,121 @@ def _validate(config: Config) -> None:
                 parse_address(address)
             except ValueError as exc:
                 raise ConfigError(f"{label} address: {exc}") from None
+    _validate_tls(config)
     if not 1 <= config.replicas <= 16:
         raise ConfigError("replicas (N) must be in 1..16")
     if not 1 <= config.r <= config.replicas or not 1 <= config.w <= config.replicas:
         raise ConfigError(f"need 1 <= r, w <= replicas; got replicas={config.replicas} r={config.r} w={config.w}")
+
+
+def _validate_tls(config: Config) -> None:
+    """TLS takes all three files: a node's port serves clients and peers alike, and peers verify
+    each other's certificates against the cluster CA (mutual TLS), so a certificate without the CA
+    would leave peers unable to connect. Whether the files hold what they should is checked when
+    the contexts are built (`dynd.shell.tls`), still before start."""
+    names = ("tls_cert_file", "tls_key_file", "tls_ca_file")
+    given = [name for name in names if getattr(config, name)]
+    if given and len(given) < len(names):
+        missing = [name for name in names if name not in given]
+        raise ConfigError(
+            f"[security] {' and '.join(given)} set without {' and '.join(missing)}: TLS needs the node's certificate, "
+            "its key and the cluster CA that signs every node's certificate"
+        )
+    for setting in given:
+        path = getattr(config, setting)
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"[security] {setting} {path}: cannot read it: {exc.strerror or exc}") from None
+
+
+# ---- credentials: the files [security] names, read at start and on SIGHUP ----
+
+CREDENTIAL_FILE_BYTES_MAX = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What the secret and tokens files hold now. `keyring` None: no cluster secret configured."""
+
+    keyring: Keyring | None = None
+    tokens: TokenTable = EMPTY_TOKENS
+    warnings: tuple[str, ...] = ()  # said at start and on reload, never fatal
+
+
+def load_credentials(config: Config) -> Credentials:
+    """Read `cluster_secret_file` and `client_tokens_file`; raise ConfigError naming the setting
+    when one cannot be read, is malformed, or (the secret) can be read by other users."""
+    warnings: list[str] = []
+    keyring = None
+    tokens = EMPTY_TOKENS
+    if config.cluster_secret_file:
+        text = _read_credential_file("cluster_secret_file", config.cluster_secret_file, warnings, others_may_read=False)
+        try:
+            keyring = load_keyring(text, f"[security] cluster_secret_file {config.cluster_secret_file}")
+        except AuthConfigError as exc:
+            raise ConfigError(str(exc)) from None
+    if config.client_tokens_file:
+        text = _read_credential_file("client_tokens_file", config.client_tokens_file, warnings, others_may_read=True)
+        try:
+            tokens = load_tokens(text, f"[security] client_tokens_file {config.client_tokens_file}")
+        except AuthConfigError as exc:
+            raise ConfigError(str(exc)) from None
+    return Credentials(keyring, tokens, tuple(warnings))
+
+
+def _read_credential_file(setting: str, path: str, warnings: list[str], *, others_may_read: bool) -> str:
+    """The file's text, after checking who else may read it: the secret is the cluster's root
+    credential, so a secret file open to other users is refused (as ssh refuses such a key) and
+    one open to its group is warned about. A tokens file open to others is only warned about."""
+    where = f"[security] {setting} {path}"
+    try:
+        # Non-blocking, so a FIFO named by mistake is refused instead of waited on.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(descriptor, "rb") as handle:
+            mode = os.fstat(descriptor).st_mode
+            if not stat.S_ISREG(mode):
+                raise ConfigError(f"{where}: not a regular file")
+            data = handle.read(CREDENTIAL_FILE_BYTES_MAX + 1)
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read it: {exc.strerror or exc}") from None
+    if len(data) > CREDENTIAL_FILE_BYTES_MAX:
+        raise ConfigError(f"{where}: larger than {CREDENTIAL_FILE_BYTES_MAX} bytes; is it the right file?")
+    permissions = stat.S_IMODE(mode)
+    if permissions & 0o007:
+        message = f"{where} is open to other users (mode {permissions:04o}); make it private: chmod 600 {path}"
+        if not others_may_read:
+            raise ConfigError(message)
+        warnings.append(message)
+    elif permissions & 0o070 and not others_may_read:
+        warnings.append(f"{where} is open to its group (mode {permissions:04o}); chmod 600 {path} unless the group is meant to hold the secret")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: not UTF-8 text") from None
+
+
+# ---- protected mode ----
+
+
+def check_protected_mode(config: Config, has_secret: bool) -> str | None:
+    """Raise ConfigError when a node with no cluster secret would listen beyond loopback and the
+    network is not declared trusted (Redis's protected mode). Returns the warning to log at start
+    when `trusted_network` is what lets it listen there, else None."""
+    host, port = config.listen_host_port
+    if has_secret or is_loopback_host(host):
+        return None
+    address = format_address(host, port)
+    if not config.trusted_network:
+        raise ConfigError(
+            f"refusing to listen on {address} without a cluster secret (protected mode): anyone who reached it could "
+            "read every key, change the membership and pose as a member. Set [security] cluster_secret_file "
+            "(or --secret-file) to a file made with `openssl rand -hex 32`, listen on 127.0.0.1, or, if only "
+            "trusted hosts can reach this address, set [security] trusted_network = true (or --trusted-network)"
+        )
+    return (
+        f"trusted_network = true and no cluster secret: anyone who reaches {address} can read and write every key, "
+        "change the membership and pose as a member of this cluster; set [security] cluster_secret_file unless only "
+        "trusted hosts can reach it"
+    )

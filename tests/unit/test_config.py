@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 import pytest
 
-from dynd.config import ConfigError, load_config
+from dynd.cli import next_boot, reload_credentials, secret_id
+from dynd.config import ConfigError, Credentials, check_protected_mode, load_config, load_credentials
 from dynd.core.limits import Limits
+from dynd.protocol.auth import EMPTY_TOKENS, Keyring, new_secret_text
+from dynd.shell.security import Security
 
 BASE = {"name": "n1", "data_dir": "/tmp/x"}
 
@@ -59,3 +64,262 @@ def test_default_limits_are_consistent() -> None:
     limits = Limits()
     assert limits.frame_bytes_max > limits.value_bytes_max
     assert limits.context_entries_max >= limits.siblings_max + limits.context_prune_threshold
+
+
+# ---- [node] join ----
+
+
+def test_join_may_be_set_in_the_file_and_the_flag_wins(tmp_path: Path) -> None:
+    path = write(tmp_path, '[node]\njoin = "10.0.0.1:7400"\n')
+    assert load_config(path, BASE).join == "10.0.0.1:7400"
+    assert load_config(path, {**BASE, "join": "10.0.0.2:7400"}).join == "10.0.0.2:7400"
+
+
+def test_a_bad_join_address_in_the_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="join address"):
+        load_config(write(tmp_path, '[node]\njoin = "host:99999"\n'), BASE)
+
+
+# ---- [security]: settings ----
+
+
+def secret_file(tmp_path: Path, text: str | None = None, mode: int = 0o600, name: str = "secret") -> Path:
+    path = tmp_path / name
+    path.write_text(new_secret_text() if text is None else text)
+    path.chmod(mode)
+    return path
+
+
+def test_security_defaults_are_no_secret_no_tokens_no_tls() -> None:
+    config = load_config(None, BASE)
+    assert (config.cluster_secret_file, config.client_tokens_file, config.trusted_network) == ("", "", False)
+    assert not config.tls_enabled
+    assert load_credentials(config) == Credentials(None, EMPTY_TOKENS, ())
+
+
+def test_every_security_key_is_read_from_the_file(tmp_path: Path) -> None:
+    for name in ("cert.pem", "key.pem", "ca.pem"):
+        (tmp_path / name).write_text("x")
+    path = write(
+        tmp_path,
+        "[security]\n"
+        f'cluster_secret_file = "{tmp_path}/secret"\n'
+        f'client_tokens_file = "{tmp_path}/tokens"\n'
+        "trusted_network = true\n"
+        f'tls_cert_file = "{tmp_path}/cert.pem"\n'
+        f'tls_key_file = "{tmp_path}/key.pem"\n'
+        f'tls_ca_file = "{tmp_path}/ca.pem"\n',
+    )
+    config = load_config(path, BASE)
+    assert config.cluster_secret_file == f"{tmp_path}/secret"
+    assert config.client_tokens_file == f"{tmp_path}/tokens"
+    assert config.trusted_network is True
+    assert (config.tls_cert_file, config.tls_key_file, config.tls_ca_file) == (
+        f"{tmp_path}/cert.pem",
+        f"{tmp_path}/key.pem",
+        f"{tmp_path}/ca.pem",
+    )
+    assert config.tls_enabled
+
+
+def test_security_flags_override_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, '[security]\ncluster_secret_file = "/a"\nclient_tokens_file = "/b"\ntrusted_network = false\n')
+    config = load_config(path, {**BASE, "cluster_secret_file": "/c", "client_tokens_file": "/d", "trusted_network": True})
+    assert (config.cluster_secret_file, config.client_tokens_file, config.trusted_network) == ("/c", "/d", True)
+    # A flag left out (None) keeps the file's value.
+    config = load_config(path, {**BASE, "cluster_secret_file": None, "trusted_network": None})
+    assert (config.cluster_secret_file, config.trusted_network) == ("/a", False)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('[security]\ntrusted_network = "yes"\n', "trusted_network must be bool"),
+        ("[security]\ncluster_secret_file = 1\n", "cluster_secret_file must be str"),
+        ("[security]\nsecret = 1\n", "unknown key 'secret' in \\[security\\]"),
+        ('[security]\ntls_cert_file = "/c"\n', "tls_cert_file set without tls_key_file and tls_ca_file"),
+        ('[security]\ntls_cert_file = "/c"\ntls_key_file = "/k"\n', "without tls_ca_file"),
+        ('[security]\ntls_ca_file = "/ca"\n', "tls_ca_file set without tls_cert_file and tls_key_file"),
+        ('[security]\ntls_cert_file = "/nonexistent/c"\ntls_key_file = "/k"\ntls_ca_file = "/ca"\n', "tls_cert_file /nonexistent/c: cannot read"),
+    ],
+)
+def test_bad_security_settings_are_refused(tmp_path: Path, text: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(write(tmp_path, text), BASE)
+
+
+# ---- [security]: the files ----
+
+
+def test_a_secret_file_gives_the_keyring(tmp_path: Path) -> None:
+    first, second = "ab" * 32, "cd" * 32
+    path = secret_file(tmp_path, f"# rotation in progress\n{first}\n{second}\n")
+    credentials = load_credentials(load_config(None, {**BASE, "cluster_secret_file": str(path)}))
+    assert credentials.keyring == Keyring((bytes.fromhex(first), bytes.fromhex(second)))
+    assert credentials.warnings == ()
+
+
+def test_a_tokens_file_gives_the_token_table(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_text("admin " + "a" * 20 + "\nclient " + "c" * 20 + "\n")
+    credentials = load_credentials(load_config(None, {**BASE, "client_tokens_file": str(path)}))
+    assert credentials.tokens.role_of("a" * 20) == "admin"
+    assert credentials.tokens.role_of("c" * 20) == "client"
+    assert credentials.tokens.role_of("x" * 20) is None
+
+
+@pytest.mark.parametrize(
+    ("setting", "text", "fragment"),
+    [
+        ("cluster_secret_file", "", "cluster_secret_file .* holds no secret"),
+        ("cluster_secret_file", "not hex\n", "cluster_secret_file .* line 1: a secret is written as hex"),
+        ("cluster_secret_file", "abcd\n", "cluster_secret_file .* line 1: a secret must be at least 32 bytes"),
+        ("cluster_secret_file", ("ab" * 32 + "\n") * 3, "cluster_secret_file .* holds 3 secrets"),
+        ("client_tokens_file", "root " + "a" * 20 + "\n", "client_tokens_file .* line 1: expected 'client TOKEN'"),
+        ("client_tokens_file", "admin short\n", "client_tokens_file .* line 1: a token must be at least 16"),
+    ],
+)
+def test_malformed_credential_files_are_config_errors_naming_the_setting(tmp_path: Path, setting: str, text: str, fragment: str) -> None:
+    path = secret_file(tmp_path, text)
+    with pytest.raises(ConfigError, match=fragment):
+        load_credentials(load_config(None, {**BASE, setting: str(path)}))
+
+
+@pytest.mark.parametrize("setting", ["cluster_secret_file", "client_tokens_file"])
+def test_an_unreadable_credential_file_is_a_config_error_naming_the_setting(tmp_path: Path, setting: str) -> None:
+    config = load_config(None, {**BASE, setting: str(tmp_path / "absent")})
+    with pytest.raises(ConfigError, match=f"{setting} .*absent: cannot read it: No such file"):
+        load_credentials(config)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match=f"{setting} .*fifo: not a regular file"):
+        load_credentials(load_config(None, {**BASE, setting: str(fifo)}))
+
+
+def test_a_secret_file_not_in_utf8_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "secret"
+    path.write_bytes(b"\xff\xfe")
+    path.chmod(0o600)
+    with pytest.raises(ConfigError, match="cluster_secret_file .*not UTF-8"):
+        load_credentials(load_config(None, {**BASE, "cluster_secret_file": str(path)}))
+
+
+@pytest.mark.parametrize("mode", [0o604, 0o644, 0o666, 0o601])
+def test_a_secret_file_open_to_other_users_is_refused(tmp_path: Path, mode: int) -> None:
+    path = secret_file(tmp_path, mode=mode)
+    with pytest.raises(ConfigError, match=f"cluster_secret_file .* is open to other users \\(mode 0{mode:o}\\).*chmod 600"):
+        load_credentials(load_config(None, {**BASE, "cluster_secret_file": str(path)}))
+
+
+def test_a_group_readable_secret_file_is_used_with_a_warning(tmp_path: Path) -> None:
+    path = secret_file(tmp_path, mode=0o640)
+    credentials = load_credentials(load_config(None, {**BASE, "cluster_secret_file": str(path)}))
+    assert credentials.keyring is not None
+    (warning,) = credentials.warnings
+    assert "cluster_secret_file" in warning and "open to its group (mode 0640)" in warning
+
+
+def test_a_world_readable_tokens_file_is_used_with_a_warning(tmp_path: Path) -> None:
+    path = secret_file(tmp_path, "admin " + "a" * 20 + "\n", mode=0o644, name="tokens")
+    credentials = load_credentials(load_config(None, {**BASE, "client_tokens_file": str(path)}))
+    assert credentials.tokens.role_of("a" * 20) == "admin"
+    (warning,) = credentials.warnings
+    assert "client_tokens_file" in warning and "open to other users" in warning
+
+
+# ---- protected mode ----
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:7400", "127.1.2.3:7400", "[::1]:7400", "localhost:7400"])
+def test_loopback_needs_no_secret(listen: str) -> None:
+    assert check_protected_mode(load_config(None, {**BASE, "listen": listen}), has_secret=False) is None
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:7400", "[::]:7400", "10.0.0.1:7400", "db1.example:7400"])
+def test_beyond_loopback_without_a_secret_is_refused_naming_both_settings(listen: str) -> None:
+    config = load_config(None, {**BASE, "listen": listen})
+    with pytest.raises(ConfigError, match="protected mode") as caught:
+        check_protected_mode(config, has_secret=False)
+    assert "cluster_secret_file" in str(caught.value) and "trusted_network" in str(caught.value)
+    assert check_protected_mode(config, has_secret=True) is None
+
+
+def test_trusted_network_lets_a_node_without_a_secret_listen_anywhere_with_a_warning() -> None:
+    config = load_config(None, {**BASE, "listen": "0.0.0.0:7400", "trusted_network": True})
+    warning = check_protected_mode(config, has_secret=False)
+    assert warning is not None and "anyone who reaches 0.0.0.0:7400 can" in warning
+
+
+# ---- dynd.cli: boot numbers and SIGHUP reloads ----
+
+
+def test_boot_grows_with_every_start_and_with_the_wall_clock() -> None:
+    assert next_boot(None, 1_000) == 1_000
+    assert next_boot(b"1000", 1_000) == 1_001  # two starts within a millisecond
+    assert next_boot(b"5000", 1_000) == 5_001  # the wall clock stepped back
+    assert next_boot(b"5000", 9_000) == 9_000
+
+
+class Swim:
+    def __init__(self) -> None:
+        self.keyrings: list[Keyring | None] = []
+
+    def set_keyring(self, keyring: Keyring | None) -> None:
+        self.keyrings.append(keyring)
+
+
+def test_sighup_rotates_the_secret_and_tokens_in_place_and_logs_no_secret(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    old, new = "ab" * 32, "cd" * 32
+    secret = secret_file(tmp_path, old + "\n")
+    tokens = secret_file(tmp_path, "admin " + "a" * 20 + "\n", name="tokens")
+    config = load_config(None, {**BASE, "cluster_secret_file": str(secret), "client_tokens_file": str(tokens)})
+    security = Security(keyring=load_credentials(config).keyring, tokens=load_credentials(config).tokens)
+    swim = Swim()
+    secret.write_text(f"{new}\n{old}\n")
+    tokens.write_text("admin " + "a" * 20 + "\nclient " + "c" * 20 + "\n")
+    with caplog.at_level(logging.INFO, logger="dynd"):
+        assert reload_credentials(config, security, swim.set_keyring)
+    assert security.keyring == Keyring((bytes.fromhex(new), bytes.fromhex(old)))
+    assert security.tokens.role_of("c" * 20) == "client"
+    assert swim.keyrings == [security.keyring]
+    text = caplog.text
+    old_id, new_id = secret_id(bytes.fromhex(old)), secret_id(bytes.fromhex(new))
+    assert f"cluster secret now {new_id} (proves), {old_id} (accepted), was {old_id}" in text
+    assert "client tokens now 1 admin, 1 client (1 added, 0 removed)" in text
+    assert old not in text and new not in text
+
+
+@pytest.mark.parametrize("damage", ["", "not hex\n", "mode"])
+def test_sighup_keeps_the_credentials_in_force_when_the_file_is_bad(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    secret = secret_file(tmp_path)
+    config = load_config(None, {**BASE, "cluster_secret_file": str(secret)})
+    keyring = load_credentials(config).keyring
+    security = Security(keyring=keyring)
+    swim = Swim()
+    if damage == "mode":
+        secret.chmod(0o644)
+    else:
+        secret.write_text(damage)
+    with caplog.at_level(logging.INFO, logger="dynd"):
+        assert not reload_credentials(config, security, swim.set_keyring)
+    assert security.keyring is keyring and swim.keyrings == []
+    assert "SIGHUP: kept the credentials in force" in caplog.text and "cluster_secret_file" in caplog.text
+
+
+def test_sighup_cannot_add_a_secret_to_a_node_that_started_without_one(caplog: pytest.LogCaptureFixture) -> None:
+    security = Security()
+    with caplog.at_level(logging.INFO, logger="dynd"):
+        assert reload_credentials(load_config(None, BASE), security, Swim().set_keyring)
+    assert security.keyring is None
+    assert "one cannot be added to a running node" in caplog.text
+
+
+def test_the_shipped_config_listens_beyond_loopback_only_with_a_secret() -> None:
+    shipped = Path(__file__).resolve().parents[2] / "deploy" / "dynd.toml"
+    config = load_config(str(shipped), {})
+    assert config.listen.startswith("0.0.0.0:")
+    assert config.cluster_secret_file == "/etc/dynd/secret" and not config.trusted_network
+    with pytest.raises(ConfigError, match="protected mode"):
+        check_protected_mode(config, has_secret=False)
