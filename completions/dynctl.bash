@@ -16,12 +16,12 @@ _dynctl() {
     fi
     local prev=${words[${#words[@]}-1]}
 
-    local global_options="--node --timeout --json --help -h"
+    local global_options="--node --timeout --json --token-file --tls-ca --help -h"
     local commands="get put delete bench repair cluster ring dev"
     local command="" subcommand="" i
     for ((i = 1; i < ${#words[@]}; i++)); do
         case ${words[i]} in
-            --node | --timeout) ((i++)) ;;
+            --node | --timeout | --token-file | --tls-ca) ((i++)) ;;
             -*) ;;
             *) command=${words[i]}; break ;;
         esac
@@ -35,7 +35,7 @@ _dynctl() {
     done
 
     case $prev in
-        --file | -f)
+        --file | -f | --token-file | --tls-ca)
             compopt -o filenames 2>/dev/null
             COMPREPLY=($(compgen -f -- "$cur"))
             return

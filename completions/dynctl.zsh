@@ -13,6 +13,8 @@ _dynctl() {
     '--node=[node to talk to (env DYNCTL_NODE, default 127.0.0.1:7400)]:host\:port: ' \
     '--timeout=[seconds to wait for the connection and each reply]:seconds: ' \
     '--json[machine-readable JSON on stdout]' \
+    '--token-file=[file holding a client or admin token (env DYNCTL_TOKEN_FILE)]:token file:_files' \
+    '--tls-ca=[CA file to verify the node over TLS (env DYNCTL_TLS_CA)]:CA file:_files' \
     '(- *)'{-h,--help}'[show help and exit]' \
     '1:command:->command' \
     '*::argument:->argument' && ret=0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -10,6 +12,7 @@ from dynctl import bench, cluster, dev, kv, repair, ring
 from dynctl.node import Session
 from dynctl.output import EXIT_CODES_HELP, Output
 from dynd.protocol.address import DEFAULT_PORT, format_address, parse_address
+from dynd.protocol.auth import AuthConfigError, read_token_file
 
 DEFAULT_NODE = f"127.0.0.1:{DEFAULT_PORT}"
 DEFAULT_TIMEOUT_S = 5.0
@@ -35,6 +38,32 @@ def _check_node(address: str) -> str:
     return format_address(host, port)
 
 
+def read_token(path: Path | None) -> str | None:
+    """The token in the file --token-file (or DYNCTL_TOKEN_FILE) names, or None without one."""
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise typer.BadParameter(f"cannot read {path}: {reason}", param_hint="'--token-file' / DYNCTL_TOKEN_FILE") from None
+    try:
+        return read_token_file(text, str(path))
+    except AuthConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--token-file' / DYNCTL_TOKEN_FILE") from None
+
+
+def tls_context(ca_file: Path | None) -> ssl.SSLContext | None:
+    """TLS to the node, verifying its certificate (and host name) against `ca_file`."""
+    if ca_file is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise typer.BadParameter(f"cannot load the CA {ca_file}: {reason}", param_hint="'--tls-ca'") from None
+
+
 @app.callback()
 def global_options(
     ctx: typer.Context,
@@ -55,8 +84,35 @@ def global_options(
         ),
     ] = DEFAULT_TIMEOUT_S,
     json_output: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")] = False,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            envvar="DYNCTL_TOKEN_FILE",
+            metavar="PATH",
+            dir_okay=False,
+            help="A file holding a client or admin token (one line) to give the node; "
+            "admin operations from another host need an admin token.",
+        ),
+    ] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-ca",
+            envvar="DYNCTL_TLS_CA",
+            metavar="PATH",
+            dir_okay=False,
+            help="Connect with TLS, verifying the node's certificate against this CA file (PEM).",
+        ),
+    ] = None,
 ) -> None:
-    ctx.obj = Session(node_address=node, timeout_s=timeout, output=Output(json_mode=json_output))
+    ctx.obj = Session(
+        node_address=node,
+        timeout_s=timeout,
+        output=Output(json_mode=json_output),
+        token=read_token(token_file),
+        ssl_context=tls_context(tls_ca),
+    )
 
 
 app.command("get", epilog=EXIT_CODES_HELP)(kv.get)

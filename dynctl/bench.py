@@ -29,7 +29,7 @@ from rich.table import Table
 
 from dynctl.node import AGENT, Session, node_errors_become_exit_codes
 from dynctl.output import ExitCode, Output
-from dynd.client import Client, ClusterClient, open_client, open_cluster_client
+from dynd.client import Client, ClusterClient
 from dynd.protocol.errors import DynError, Unreachable
 
 CONNECTIONS_DEFAULT_MAX = 32
@@ -213,14 +213,12 @@ def settle_garbage_collector() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-async def run_bench(address: str, timeout_s: float, plan: BenchPlan, progress: Progress | None = None) -> BenchResult:
+async def run_bench(session: Session, plan: BenchPlan, progress: Progress | None = None) -> BenchResult:
     value = os.urandom(plan.value_size)
     async with AsyncExitStack() as stack:
         clients: list[Client | ClusterClient] = [
             await stack.enter_async_context(
-                open_cluster_client(address, timeout_s=timeout_s)
-                if plan.routed
-                else open_client(address, timeout_s=timeout_s, agent=f"{AGENT} bench")
+                session.open_cluster_client() if plan.routed else session.open_client(agent=f"{AGENT} bench")
             )
             for _ in range(plan.connections)
         ]
@@ -358,7 +356,7 @@ def bench(
     plan = BenchPlan(workload, concurrency, value_size, seconds, keys, connections, ops_max, routed)
 
     with node_errors_become_exit_codes(output), output.progress() as progress:
-        result = trio.run(run_bench, session.node_address, session.timeout_s, plan, progress)
+        result = trio.run(run_bench, session, plan, progress)
     _report(output, result, session.node_address)
     if result.ops == 0 and result.errors:
         output.abort("no operation succeeded", ExitCode.REFUSED)

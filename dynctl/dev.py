@@ -1,7 +1,9 @@
 """`dynctl dev up`: a local K-node cluster on 127.0.0.1, in the foreground, for trying dynd out.
 
 Node i is `dev{i}`, listens on BASE_PORT + i - 1 and keeps its data and its log (`dynd.log`, its
-stdout and stderr, appended across runs) in DIR/dev{i}. The first node creates the cluster; the
+stdout and stderr, appended across runs) in DIR/dev{i}. Every node gets `--secret-file DIR/secret`,
+a cluster secret made (mode 0600) on the first run and kept for later ones, so the dev cluster's
+peers authenticate each other as a production cluster's do. The first node creates the cluster; the
 others start with `--join` naming it. Each node is ready once it answers ping (polled under a
 deadline); then the first node's `cluster status` is shown once every node is a member (or a
 deadline passes), and dev up waits for Ctrl-C or SIGTERM. It then stops every node it
@@ -18,6 +20,7 @@ ignores both.
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import socket
@@ -37,8 +40,8 @@ from rich.text import Text
 from dynctl import cluster
 from dynctl.node import AGENT, Session
 from dynctl.output import ExitCode, Output
-from dynd.client import open_client
 from dynd.protocol.address import format_address
+from dynd.protocol.auth import new_secret_text
 from dynd.protocol.errors import BadRequest, DynError, UnknownOp
 from dynd.protocol.messages import ClusterStatusOk
 
@@ -48,6 +51,7 @@ DEFAULT_DIRECTORY = Path(".dev")
 NODES_MAX = 32
 PORT_MAX = 65535
 LOG_FILE_NAME = "dynd.log"
+SECRET_FILE_NAME = "secret"
 
 # What dynd uses when it creates a cluster without --replicas, --r and --w (its [cluster] config
 # defaults). dev up only needs them to pick flags that keep R, W <= N.
@@ -133,8 +137,10 @@ def plan_cluster(
     base_port: int,
     settings: CreationSettings,
     python: str = sys.executable,
+    secret_file: Path | None = None,
 ) -> list[DevNodeSpec]:
-    """Node i (1-based) is dev{i} on base_port + i - 1 with its data in directory/dev{i}."""
+    """Node i (1-based) is dev{i} on base_port + i - 1 with its data in directory/dev{i}; every
+    node proves `secret_file` to its peers when one is given."""
     seed = format_address(LOOPBACK, base_port)
     specs = []
     for index in range(1, node_count + 1):
@@ -143,6 +149,8 @@ def plan_cluster(
         node_directory = directory / name
         argv = [python, "-m", "dynd", "--name", name, "--listen", format_address(LOOPBACK, port)]
         argv += ["--data-dir", str(node_directory)]
+        if secret_file is not None:
+            argv += ["--secret-file", str(secret_file)]
         argv += settings.flags() if index == 1 else ["--join", seed]
         specs.append(DevNodeSpec(name, port, node_directory, tuple(argv)))
     return specs
@@ -219,12 +227,12 @@ async def _start_node(spec: DevNodeSpec) -> RunningNode:
     return RunningNode(spec, process, offset)
 
 
-async def _ping(address: str, timeout_s: float) -> str:
-    async with open_client(address, timeout_s=timeout_s, agent=f"{AGENT} dev") as client:
+async def _ping(session: Session, address: str, timeout_s: float) -> str:
+    async with session.open_client(address, timeout_s=timeout_s, agent=f"{AGENT} dev") as client:
         return await client.ping()
 
 
-async def _wait_until_ready(node: RunningNode, deadline_s: float = READY_DEADLINE_S) -> None:
+async def _wait_until_ready(session: Session, node: RunningNode, deadline_s: float = READY_DEADLINE_S) -> None:
     """Poll ping until the node answers as itself; raise NodeFailed if it exits or the deadline passes."""
     deadline = trio.current_time() + deadline_s
     last_problem = "no answer"
@@ -234,7 +242,7 @@ async def _wait_until_ready(node: RunningNode, deadline_s: float = READY_DEADLIN
             raise NodeFailed.of(node, f"exited with code {code} before it answered ping")
         probe_timeout_s = max(0.05, min(PROBE_TIMEOUT_S, deadline - trio.current_time()))
         try:
-            answered_as = await _ping(node.spec.address, probe_timeout_s)
+            answered_as = await _ping(session, node.spec.address, probe_timeout_s)
         except DynError as exc:
             last_problem = str(exc)
         else:
@@ -247,7 +255,7 @@ async def _wait_until_ready(node: RunningNode, deadline_s: float = READY_DEADLIN
 
 
 async def _wait_for_membership(
-    address: str, names: list[str], timeout_s: float, deadline_s: float = MEMBERSHIP_DEADLINE_S
+    session: Session, address: str, names: list[str], deadline_s: float = MEMBERSHIP_DEADLINE_S
 ) -> tuple[ClusterStatusOk | None, str | None]:
     """Ask `address` for cluster status until every one of `names` is a member or the deadline passes.
 
@@ -257,7 +265,7 @@ async def _wait_for_membership(
     status: ClusterStatusOk | None = None
     while True:
         try:
-            async with open_client(address, timeout_s=timeout_s, agent=f"{AGENT} dev") as client:
+            async with session.open_client(address, agent=f"{AGENT} dev") as client:
                 status = await client.cluster_status()
         except (UnknownOp, BadRequest) as exc:
             return None, f"the node does not serve cluster status ({exc})"  # asking again cannot help
@@ -317,17 +325,18 @@ async def stop_nodes(running: list[RunningNode], output: Output) -> None:
             nursery.start_soon(_stop_node, node, output)
 
 
-async def _start_all(specs: list[DevNodeSpec], supervision: Supervision, output: Output) -> None:
+async def _start_all(specs: list[DevNodeSpec], supervision: Supervision, session: Session) -> None:
+    output = session.output
     # The first node must be up before the others ask it to let them join.
     first, rest = specs[0], specs[1:]
     node = await _start_node(first)
     supervision.running.append(node)
-    await _wait_until_ready(node)
+    await _wait_until_ready(session, node)
     output.note(f"{first.name} is up on {first.address}")
     for spec in rest:
         supervision.running.append(await _start_node(spec))
     for node in supervision.running[1:]:
-        await _wait_until_ready(node)
+        await _wait_until_ready(session, node)
         output.note(f"{node.spec.name} is up on {node.spec.address}")
 
 
@@ -337,7 +346,7 @@ async def _run(
     """Start the nodes and announce the cluster; False (after reporting) if a node failed."""
     output = session.output
     try:
-        await _start_all(specs, supervision, output)
+        await _start_all(specs, supervision, session)
     except NodeFailed as failure:
         supervision.failed = failure
         scope.cancel()
@@ -345,7 +354,7 @@ async def _run(
     # Every node must see every member (gossip converges within a few rounds), not just the first.
     names = [spec.name for spec in specs]
     for spec in reversed(specs):
-        status, problem = await _wait_for_membership(spec.address, names, session.timeout_s)
+        status, problem = await _wait_for_membership(session, spec.address, names)
         if problem is not None:
             break
     supervision.ready = True
@@ -433,6 +442,7 @@ def _announce(
         output.write_json(
             {
                 "directory": str(directory),
+                "secret_file": str(directory / SECRET_FILE_NAME),
                 "nodes": [_node_document(node) for node in running],
                 "cluster": cluster.status_document(status) if status is not None else None,
                 "cluster_problem": problem,
@@ -476,6 +486,23 @@ def _check_plan(node_count: int, base_port: int, settings: CreationSettings) -> 
             f"port(s) {', '.join(map(str, busy))} on {LOOPBACK} already in use (a dev cluster still running?)",
             param_hint="'--base-port'",
         )
+
+
+def ensure_secret_file(directory: Path) -> tuple[Path, bool]:
+    """DIR/secret, made private (0600) with a new secret if there is none; (path, whether made).
+    A file already there is kept: the nodes restarted on this directory are one cluster, with
+    one secret (and dynd itself refuses a file it finds malformed or open to other users)."""
+    path = directory / SECRET_FILE_NAME
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path, False
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot create {path}: {exc.strerror or exc}", param_hint="'--dir'") from None
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write("# the dev cluster's secret (dynd --secret-file); made by dynctl dev up\n")
+        handle.write(new_secret_text())
+    return path, True
 
 
 def _make_directories(specs: list[DevNodeSpec]) -> None:
@@ -530,8 +557,9 @@ def up(
     """Start a K-node cluster on 127.0.0.1 and keep it running until Ctrl-C or SIGTERM.
 
     Node i is named dev{i}, listens on PORT+i-1, and keeps its data and log (dynd.log) in DIR/dev{i}.
-    The first node creates the cluster (with --n, --r and --w); the others join it. Running it
-    again on the same DIR restarts the same nodes on their data. When every node answers, the
+    The first node creates the cluster (with --n, --r and --w); the others join it. Every node
+    gets --secret-file DIR/secret, a cluster secret made (mode 0600) on the first run. Running it
+    again on the same DIR restarts the same nodes on their data and secret. When every node answers, the
     cluster's status and some commands to try are printed; with --json, one JSON document
     describing the nodes. On Ctrl-C every node is stopped (SIGTERM, then SIGKILL after
     10 s); if a node dies, the others are stopped too, and its log's tail is printed.
@@ -543,8 +571,11 @@ def up(
     if settings.replicas is not None and settings.replicas > nodes:
         output.warn(f"N={settings.replicas} with {nodes} nodes: keys have fewer than N replicas until more nodes join")
     root = directory.expanduser().resolve()
-    specs = plan_cluster(nodes, root, base_port, settings)
+    secret_path = root / SECRET_FILE_NAME
+    specs = plan_cluster(nodes, root, base_port, settings, secret_file=secret_path)
     _make_directories(specs)
+    _, made = ensure_secret_file(root)
+    output.note(f"cluster secret: {secret_path} ({'new' if made else 'kept from an earlier run'}; every node has --secret-file {secret_path})")
 
     try:
         supervision = trio.run(supervise, specs, root, session)

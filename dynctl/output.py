@@ -32,6 +32,7 @@ class ExitCode(enum.IntEnum):
     UNREACHABLE = 3
     REFUSED = 4
     SIBLINGS = 5
+    UNAUTHORIZED = 6
     # 128 + SIGPIPE, what a shell reports when a reader such as `head` closes the pipe early.
     BROKEN_PIPE = 141
 
@@ -45,6 +46,7 @@ Exit status:
   3  node unreachable, or no reply within --timeout
   4  refused by the node (its error code and message go to stderr)
   5  siblings: the key has concurrent values; resolve them with get --context, then put
+  6  unauthorized: the node wants a token (--token-file) or a connection from its own host
 """
 
 

@@ -1,13 +1,17 @@
 """A stand-in node for dynctl's cluster and ring tests: dynd's real framing and codec, canned replies.
 
-    python tests/cli/fake_cluster_node.py --listen 127.0.0.1:PORT [--without-cluster]
+    python tests/cli/fake_cluster_node.py --listen 127.0.0.1:PORT [--without-cluster] [--admin-token TOKEN]
 
 It answers hello, ping, ring_get, cluster_status and cluster_join/leave/remove from the constants
 below (the tests import them to know what to expect), so dynctl's tables, JSON and exit codes are
 tested over a real connection against known numbers, which a real cluster's claim does not fix.
 Every frame goes through `dynd.protocol.codec`, so a request dynctl gets wrong fails here as it
 would on a node. With --without-cluster it refuses every cluster and ring request with
-bad_request, as a node that does not serve them would, for the error paths.
+bad_request, as a node that does not serve them would, for the error paths. With --admin-token it
+acts as a node seen from another host: a hello with that token holds the admin role, one without a
+token the client role, and one with any other token is refused; requests dynd's role table gives
+to admins (membership changes, cluster status) are refused without the admin role with
+`unauthorized`, as dynd refuses them.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import trio
 
 from dynd.protocol import PROTOCOL_VERSION, codec, messages
 from dynd.protocol.address import format_address, parse_address
-from dynd.protocol.errors import BadRequest, DynError
+from dynd.protocol.errors import BadRequest, DynError, Unauthorized
 from dynd.protocol.framing import FrameDecoder, encode_frame
 
 NODE_NAME = "fake1"
@@ -59,6 +63,22 @@ def remove_message(node: str) -> str:
 
 
 CLUSTER_REQUESTS = (messages.ClusterJoin, messages.ClusterLeave, messages.ClusterRemove, messages.ClusterStatus, messages.RingGet)
+CLIENT, ADMIN = "client", "admin"
+
+
+def unauthorized_reason(op: str) -> str:
+    return f"{op} needs an admin token or a connection from the node's own host (this connection holds client)"
+
+
+def hello_roles(request: messages.Hello, admin_token: str | None) -> set[str]:
+    """The roles a hello earns; raises Unauthorized for a token this node does not know."""
+    if admin_token is None:
+        return {CLIENT, ADMIN}  # as a node seen from its own host
+    if request.token is None:
+        return {CLIENT}
+    if request.token == admin_token:
+        return {CLIENT, ADMIN}
+    raise Unauthorized("hello refused: the token is not valid here")
 
 
 def reply_to(request: messages.Message, *, with_cluster: bool) -> messages.Message:
@@ -87,25 +107,33 @@ def _error(request_id: int | None, error: DynError) -> messages.ErrorReply:
     return messages.ErrorReply(id=request_id, code=error.code, message=error.message, retriable=error.retriable)
 
 
-def answer_frame(frame: bytes, *, greeted: bool, with_cluster: bool) -> tuple[messages.Message, bool]:
-    """(reply, whether the connection is now greeted) for one frame's payload."""
+def answer_frame(
+    frame: bytes, *, roles: set[str] | None, with_cluster: bool, admin_token: str | None = None
+) -> tuple[messages.Message, set[str] | None]:
+    """(reply, the connection's roles; None until a hello is accepted) for one frame's payload."""
     try:
         request = codec.decode_message(frame)
     except DynError as exc:
-        return _error(codec.request_id_of(exc), exc), greeted
-    if not greeted:
+        return _error(codec.request_id_of(exc), exc), roles
+    if roles is None:
         if isinstance(request, messages.Hello) and request.version == PROTOCOL_VERSION:
-            return messages.HelloOk(version=PROTOCOL_VERSION, node=NODE_NAME), True
-        return _error(None, BadRequest("the first frame must be a hello")), False
+            try:
+                granted = hello_roles(request, admin_token)
+            except DynError as exc:
+                return _error(None, exc), None
+            return messages.HelloOk(version=PROTOCOL_VERSION, node=NODE_NAME, roles=sorted(granted)), granted
+        return _error(None, BadRequest("the first frame must be a hello")), None
     try:
-        return reply_to(request, with_cluster=with_cluster), True
+        if messages.required_role(request) == ADMIN and ADMIN not in roles:  # dynd's own table
+            raise Unauthorized(unauthorized_reason(request.OP))
+        return reply_to(request, with_cluster=with_cluster), roles
     except DynError as exc:
-        return _error(getattr(request, "id", None), exc), True
+        return _error(getattr(request, "id", None), exc), roles
 
 
-async def serve_connection(with_cluster: bool, stream: trio.SocketStream) -> None:
+async def serve_connection(with_cluster: bool, admin_token: str | None, stream: trio.SocketStream) -> None:
     decoder = FrameDecoder(FRAME_BYTES_MAX)
-    greeted = False
+    roles: set[str] | None = None
     async with stream:
         while True:
             try:
@@ -114,27 +142,28 @@ async def serve_connection(with_cluster: bool, stream: trio.SocketStream) -> Non
                     return
                 replies = []
                 for frame in decoder.feed(chunk):
-                    reply, greeted = answer_frame(frame, greeted=greeted, with_cluster=with_cluster)
+                    reply, roles = answer_frame(frame, roles=roles, with_cluster=with_cluster, admin_token=admin_token)
                     replies.append(encode_frame(codec.encode_message(reply)))
                 await stream.send_all(b"".join(replies))
             except (trio.BrokenResourceError, trio.ClosedResourceError, DynError):
                 return
 
 
-async def serve(host: str, port: int, with_cluster: bool) -> None:
+async def serve(host: str, port: int, with_cluster: bool, admin_token: str | None = None) -> None:
     listeners = await trio.open_tcp_listeners(port, host=host)
     print(f"fake cluster node listening on {format_address(host, port)}", file=sys.stderr, flush=True)
-    await trio.serve_listeners(partial(serve_connection, with_cluster), listeners)
+    await trio.serve_listeners(partial(serve_connection, with_cluster, admin_token), listeners)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listen", required=True, metavar="HOST:PORT")
     parser.add_argument("--without-cluster", action="store_true", help="refuse cluster and ring requests")
+    parser.add_argument("--admin-token", metavar="TOKEN", help="act as a node seen from another host, with this admin token")
     args = parser.parse_args(argv)
     host, port = parse_address(args.listen)
     with contextlib.suppress(KeyboardInterrupt):
-        trio.run(serve, host, port, not args.without_cluster)
+        trio.run(serve, host, port, not args.without_cluster, args.admin_token)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ import pytest
 from dynctl_testing import DYNCTL_DEADLINE_S, HOST, REPO, DynctlRunner, RunningServer, dynctl_env, start_server, stop_server
 
 from dynctl.cluster import ring_shares
-from dynctl.dev import CreationSettings, creation_settings, example_commands, plan_cluster
+from dynctl.dev import CreationSettings, creation_settings, ensure_secret_file, example_commands, plan_cluster
+from dynd.protocol.auth import load_keyring
 from dynctl.ring import summarize_ring
 from dynd.protocol import messages
 from dynd.protocol.address import format_address
@@ -375,6 +376,22 @@ def test_the_plan_gives_cluster_flags_to_the_first_node_and_join_to_the_others(t
     assert specs[1].log_path == tmp_path / "dev2" / "dynd.log"
 
 
+def test_the_plan_gives_every_node_the_secret_file(tmp_path: Path) -> None:
+    specs = plan_cluster(2, tmp_path, 7600, CreationSettings(2, 1, 2), python="python3", secret_file=tmp_path / "secret")
+    for spec in specs:
+        assert spec.argv[9:11] == ("--secret-file", str(tmp_path / "secret"))
+
+
+def test_the_dev_secret_is_made_private_once_and_then_kept(tmp_path: Path) -> None:
+    path, made = ensure_secret_file(tmp_path)
+    assert (path, made) == (tmp_path / "secret", True)
+    assert path.stat().st_mode & 0o777 == 0o600
+    keyring = load_keyring(path.read_text())
+    assert len(keyring.secrets) == 1
+    assert ensure_secret_file(tmp_path) == (path, False)
+    assert load_keyring(path.read_text()) == keyring
+
+
 def test_a_single_node_creates_a_cluster_of_one_replica(tmp_path: Path) -> None:
     (spec,) = plan_cluster(1, tmp_path, 7400, creation_settings(1, None, None, None), python="python3")
     assert spec.argv == (
@@ -515,6 +532,8 @@ def test_dev_up_with_one_node_runs_until_ctrl_c_and_stops_its_node(tmp_path: Pat
             "log": str(directory / "dev1" / "dynd.log"),
         }
         assert ready["cluster_problem"] is None
+        assert ready["secret_file"] == str(directory / "secret")
+        assert (directory / "secret").stat().st_mode & 0o777 == 0o600
         assert [(member["name"], member["share"]) for member in ready["cluster"]["members"]] == [("dev1", 1.0)]
         assert probe(node["address"]) == "dev1"
 
@@ -523,9 +542,10 @@ def test_dev_up_with_one_node_runs_until_ctrl_c_and_stops_its_node(tmp_path: Pat
         assert not pid_is_running(node["pid"])
         stderr = run.stderr_text()
         assert "ready: 1 node" in stderr and "dynctl --node" in stderr
+        assert f"cluster secret: {directory / 'secret'} (new;" in stderr
         assert "stopping dev1" in stderr and "dev1 stopped" in stderr
     log = (directory / "dev1" / "dynd.log").read_text()
-    assert "=== dynctl dev up" in log and "--name dev1" in log
+    assert "=== dynctl dev up" in log and "--name dev1" in log and f"--secret-file {directory / 'secret'}" in log
 
 
 def test_dev_up_with_three_nodes_serves_one_ring_from_every_node(tmp_path: Path, dynctl: DynctlRunner) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import typer.main
@@ -83,7 +84,8 @@ def bash_completions(line: str) -> list[str]:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("dynctl ", {"get", "put", "delete", "bench", "repair", "cluster", "ring", "dev", "--node", "--timeout", "--json", "--help", "-h"}),
+        ("dynctl ", {"get", "put", "delete", "bench", "repair", "cluster", "ring", "dev", "--node", "--timeout", "--json", "--token-file", "--tls-ca", "--help", "-h"}),
+        ("dynctl --token-file t get --", {"--context", "--r", "--pr", "--help"}),
         ("dynctl de", {"delete", "dev"}),
         ("dynctl --node 127.0.0.1:7400 get --", {"--context", "--r", "--pr", "--help"}),
         ("dynctl bench --workload m", {"mixed"}),
@@ -99,3 +101,11 @@ def bash_completions(line: str) -> list[str]:
 )
 def test_bash_completion(line: str, expected: set[str]) -> None:
     assert set(bash_completions(line)) == expected
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize("option", ["--token-file", "--tls-ca"])
+def test_bash_completes_credential_files(tmp_path: Path, option: str) -> None:
+    (tmp_path / "admin-token").write_text("x")
+    (tmp_path / "ca.pem").write_text("x")
+    assert set(bash_completions(f"dynctl {option} {tmp_path}/")) == {f"{tmp_path}/admin-token", f"{tmp_path}/ca.pem"}
