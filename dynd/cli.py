@@ -27,7 +27,7 @@ from dynd import __version__
 from dynd.config import Config, ConfigError, check_protected_mode, load_config, load_credentials
 from dynd.protocol.auth import ADMIN, CLIENT, Keyring, TokenTable
 from dynd.protocol.address import format_address
-from dynd.protocol.errors import DynError
+from dynd.protocol.errors import DynError, Unauthorized
 from dynd.shell.commit_engines import WriterProcessEngine
 from dynd.shell.committer import GroupCommitter
 from dynd.core.cluster import MEMBERSHIP_META
@@ -282,6 +282,8 @@ async def initial_membership(config: Config, store: LmdbStore, security: Securit
             try:
                 theirs = await fetch_membership(config.join, config.limits.request_timeout_ms / 1000, security=security, name=config.name)
                 break
+            except Unauthorized as exc:  # another secret, another cluster: waiting will not help
+                raise StartupError(f"cannot join through {config.join}: {exc.message}") from None
             except DynError as exc:
                 if trio.current_time() > deadline:
                     raise StartupError(f"cannot join through {config.join}: {exc.message}") from None

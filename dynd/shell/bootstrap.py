@@ -19,7 +19,7 @@ async def fetch_membership(address: str, timeout_s: float, *, security: Security
         async with open_client(address, timeout_s=timeout_s, agent="gossip:joining", peer=peer, ssl_context=ssl_context) as client:
             reply = await client.gossip(b"")
     except Unauthorized as exc:
-        raise Unauthorized(f"seed {address} refused this node: {exc.message}") from None
+        raise Unauthorized(f"seed {address} and this node do not share a cluster secret (or TLS CA): {exc.message}") from None
     except DynError as exc:
         raise Unreachable(f"cannot reach seed {address}: {exc.message}") from None
     try:
