@@ -332,6 +332,19 @@ def _oversize_prefix(target: Target) -> None:
             drain(conn, 2)
 
 
+@hostile_input("an oversize length prefix at the head of a 200 KiB chunk (400 connections)")
+def _oversize_prefix_big_chunk(target: Target) -> None:
+    """Each connection is refused at once; what it sent must be let go with it, not kept (say, by
+    a reference cycle through the refusal's traceback) until the cyclic garbage collector runs."""
+    data = struct.pack(">I", 2**32 - 1) + b"\x00" * (200 * 1024)
+    for i in range(400):
+        with RawConn(target.address) as conn:
+            if i % 2:
+                conn.hello()
+            conn.send_raw(data)
+            drain(conn, 2)
+
+
 @hostile_input("a whole maximum-size frame, over and over (20)", over_limit=True)
 def _max_frames(target: Target) -> None:
     payload = cbor2.dumps({"op": "ping", "id": 1, "pad": b"p" * (FRAME_BYTES_MAX - 40)})
