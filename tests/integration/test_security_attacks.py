@@ -15,6 +15,7 @@ every node still accepted at W=3.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from dynd.core.membership import JOIN, Membership
 from dynd.protocol import PROTOCOL_VERSION, codec, messages, swim_wire
 from dynd.protocol.errors import DynError
 from dynd.protocol.framing import encode_frame
-from tests.support import hostile
+from tests.support import hostile, procs
 from tests.support.cluster import FAST_TIMERS, poll_until
 from tests.support.hostile import RawConn
 from tests.support.procs import DyndProcess, free_port
@@ -84,7 +85,8 @@ def intact(lab: Lab) -> None:
     poll_until("the same three members, alive, everywhere", lambda: all(members_view(n) == expected for n in lab.nodes), deadline_s=15)
     for node in lab.nodes:
         with BlockingClient(node.address) as client:
-            wrong = {k: client.get(k, r=3).values for k, v in KEYS.items() if client.get(k, r=3).values != [v]}
+            read = {k: client.get(k, r=3).values for k in KEYS}
+            wrong = {k: values for k, values in read.items() if values != [KEYS[k]]}
             assert wrong == {}, f"through {node.name}: keys changed: {wrong}"
             probe = f"probe:{node.name}:{time.monotonic_ns()}".encode()
             client.put(probe, b"still writable", w=3)
@@ -210,12 +212,11 @@ def token_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DyndProcess
     hostile.write_secret_file(root / "secret")
     hostile.write_tokens_file(root / "tokens", {CLIENT_TOKEN: "client", ADMIN_TOKEN: "admin"})
     config = secure_config(root / "secret", f'client_tokens_file = "{root / "tokens"}"\n')
-    node = DyndProcess(root / "t1", name="t1", config_text=config, port=free_port())
-    node.extra_args = ("--listen", f"0.0.0.0:{node.port}", "--advertise", f"127.0.0.1:{node.port}", "--partitions", "8")
-    # readiness needs a token now: start, then wait with one
+    port = free_port()
+    args = ("--listen", f"0.0.0.0:{port}", "--advertise", f"127.0.0.1:{port}", "--partitions", "8")
+    node = DyndProcess(root / "t1", name="t1", config_text=config, port=port, extra_args=args)
     try:
-        node.start = _start_with_token(node)  # type: ignore[method-assign]
-        node.start()
+        start_with_token(node, CLIENT_TOKEN)
         yield node
     finally:
         node.stop()
@@ -223,30 +224,22 @@ def token_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DyndProcess
         node.cleanup()
 
 
-def _start_with_token(node: DyndProcess) -> Any:
-    """DyndProcess.start probes with an anonymous client, which a node with client tokens refuses;
-    start the process and poll with the client token instead."""
-    import subprocess
+def start_with_token(node: DyndProcess, token: str) -> None:
+    """`DyndProcess.start` probes with an anonymous client, which a node with client tokens
+    refuses: start the process the same way and poll with a token instead."""
+    with open(node.stderr_path, "ab") as log:
+        node.proc = subprocess.Popen(node.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    procs._live[node.proc.pid] = node.proc  # killed at exit should the test forget
 
-    from tests.support import procs
+    def ready() -> bool:
+        assert node.proc is not None and node.proc.poll() is None, node.stderr_tail()
+        try:
+            with BlockingClient(node.address, token=token, timeout_s=1) as client:
+                return client.ping() == node.name
+        except DynError:
+            return False
 
-    def start() -> DyndProcess:
-        with open(node.stderr_path, "ab") as log:
-            node.proc = subprocess.Popen(node.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-        procs._live[node.proc.pid] = node.proc
-
-        def ready() -> bool:
-            assert node.proc is not None and node.proc.poll() is None, node.stderr_tail()
-            try:
-                with BlockingClient(node.address, token=CLIENT_TOKEN, timeout_s=1) as client:
-                    return client.ping() == node.name
-            except DynError:
-                return False
-
-        hostile.wait_until("the token node answers", ready, deadline_s=30)
-        return node
-
-    return start
+    hostile.wait_until(f"{node.name} answering a client with a token", ready, deadline_s=30)
 
 
 @needs_remote

@@ -90,10 +90,6 @@ def write_tokens_file(path: Path, tokens: dict[str, str]) -> None:
 # ---- one raw TCP connection ----
 
 
-class Closed(Exception):
-    """The node closed the connection."""
-
-
 class RawConn:
     """A blocking socket that speaks frames by hand, so a test can send anything at all."""
 
