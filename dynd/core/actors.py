@@ -12,6 +12,16 @@ dots of the current one that its store does not:
   renews on each such batch).
 - A wiped data directory is a new node as far as dots go (Riak's kv679).
 
+Two more reasons to move on, neither about forgetting (`dynd.core.versions` has the rules):
+
+- The actor has issued its last counter for a key (`EPOCH_COUNTER_MAX`), however the key got
+  there: the write takes a new epoch and goes on (`LocalReplica.write`), so an exhausted counter
+  never makes a key unwritable.
+- A peer's record claims a counter of the current actor that this node never issued for the key:
+  the record is refused, but copies of the claim may sit on other replicas, where they would cover
+  this node's next writes of the key and drop them on arrival. A new epoch is beyond every such
+  claim (`Node`, on refusing the record).
+
 A clean shutdown records the epoch it stopped with (`CLEAN_STOP_META`) once every queued write has
 committed; only a start that finds that record matching the stored epoch keeps it. Epochs are
 random, so a new one never repeats an earlier one in practice (32 bits per node name).

@@ -10,7 +10,8 @@ One exchange (`Exchange`: this node with one peer, for one partition):
                              entries; each page is compared with our entries of the same key range
     a key differs        ->  only we hold it: Replicate(our record) to the peer
                              the peer holds it (alone, or another version): Fetch it, merge it
-                             into ours (`merge_records`), store the merge if it holds anything
+                             into ours (`merge`: checked against the node's limits, as
+                             every record from a peer is), store the merge if it holds anything
                              new (`store_local`), and Replicate the result if the peer lacks part
                              of it (leaf hashes differ)
     every repair answered, nothing left to list  ->  done
@@ -52,6 +53,8 @@ log = logging.getLogger("dynd.anti_entropy")
 
 ReadLocal = Callable[[int, bytes], "bytes | None"]  # (partition, key) -> stored record
 StoreLocal = Callable[[int, bytes, bytes, Completion], None]  # (partition, key, record, done)
+# (ours, theirs) -> the record to store, or None; raises a DynError when theirs is refused
+MergeRecords = Callable[["bytes | None", bytes], "bytes | None"]
 Reply = Callable[[Any], None]
 
 
@@ -155,8 +158,11 @@ class Exchange:
         pacer: Pacer | None = None,
         now_ms: Callable[[], int] = lambda: 0,
         root_differs: bool = False,
+        merge: MergeRecords | None = None,
     ) -> None:
-        """`root_differs`: the caller already compared roots (TreeRoots) and they differ."""
+        """`root_differs`: the caller already compared roots (TreeRoots) and they differ.
+        `merge`: how a fetched record joins ours, checked against the node's limits (the node's
+        own; by default `merge_records` with the default limits)."""
         self.partition = partition
         self.peer = peer
         self.forest = forest
@@ -165,6 +171,7 @@ class Exchange:
         self.store_local = store_local
         self.limits = limits
         self.prune_threshold = prune_threshold
+        self.merge: MergeRecords = merge or (lambda ours, theirs: merge_records(ours, theirs, prune_threshold))
         self.on_done = on_done
         self.pacer: Pacer = pacer or Unlimited()
         self.now_ms = now_ms
@@ -437,7 +444,7 @@ class Exchange:
                 self._push(key, ours, self._repair_done)
             return
         try:
-            merged = merge_records(ours, theirs, self.prune_threshold)
+            merged = self.merge(ours, theirs)  # a record over the limits is refused here, stored nowhere
         except DynError as exc:
             self._repair_failed(exc, key)
             self._repair_done()
@@ -679,7 +686,10 @@ class AntiEntropy:
         now_ms: Callable[[], int],
         pacer: Pacer | None = None,
         concurrency: int = 1,
+        merge: MergeRecords | None = None,
     ) -> None:
+        """`merge`: as for Exchange."""
+        self.merge = merge
         self.forest = forest
         self.network = network
         self.pairs = pairs
@@ -754,6 +764,7 @@ class AntiEntropy:
             pacer=self.pacer,
             now_ms=self.now_ms,
             root_differs=True,
+            merge=self.merge,
         )
 
     def _exchanged(self, partition: int, peer: str, now: int) -> None:

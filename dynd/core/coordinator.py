@@ -22,16 +22,32 @@ stores on primaries themselves.
 Get: ask the other primaries; answer after R replies (the coordinator's own read included) with
 the merge of what came back; keep listening until every replica answered or the deadline passed,
 then send the merged record to each replica whose copy was missing or older (read repair), the
-coordinator's own included.
+coordinator's own included. (The node checks each reply against its limits before it gets here:
+a reply it refuses counts as a failed one.)
+
+The answer stays within one object's limits, so its context decodes and its reply fits a frame:
+replicas that diverged may together hold more siblings or bytes than siblings_max or
+object_bytes_max. The merge starts from one reply and folds in each other one, largest first,
+only while the result stays within max(limit, what it holds so far); a reply left out is still on
+its replica, and shows once a put with this answer's context has made room. It starts from the
+coordinator's own reply when a put could not fit beside it (one more sibling, or a largest value,
+would pass a limit), else from the largest reply. Either way, a put through this coordinator with
+the answer's context fits: every sibling the coordinator holds that the context does not cover
+leaves room for the new one. And each such round resolves at least the largest replica, so
+repeating read-and-write through one coordinator converges the key.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from dynd.core import versions
+from dynd.core.limits import Limits
 from dynd.core.quorum import Tally, Vote
 from dynd.core.replica import decode_record, encode_record
+
+log = logging.getLogger("dynd.coordinator")
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +228,8 @@ class PutCoordination:
 class GetCoordination:
     """`targets`: the other replicas as (node, hint), a fallback answering for the primary its
     hint names; `replicas`: how many distinct replicas the key has (R counts among those); `pr`:
-    how many replies must come from primaries themselves."""
+    how many replies must come from primaries themselves; `limits`: bound the answer as the module
+    docstring says (None: merge everything)."""
 
     key: bytes
     local_record: bytes | None
@@ -223,9 +240,11 @@ class GetCoordination:
     replicas: int | None = None
     pr: int = 0
     coordinator_is_primary: bool = True
+    limits: Limits | None = None
     tally: Tally = field(init=False)
     answered: bool = False
     repaired: bool = False
+    left_out: set[str] = field(default_factory=set)  # replies the answer had no room for
 
     def __post_init__(self) -> None:
         voters = len(self.targets) + 1  # as for puts, R counts among the replicas that exist
@@ -300,10 +319,32 @@ class GetCoordination:
         return effects
 
     def _merged(self) -> versions.SiblingSet:
-        merged = versions.EMPTY
-        for record in self._records.values():
-            if record is not None:
-                merged = versions.merge(merged, decode_record(record))
+        objects = {node: decode_record(record) for node, record in self._records.items() if record is not None}
+        if not objects:
+            return versions.EMPTY
+        if self.limits is None:
+            merged = versions.EMPTY
+            for obj in objects.values():
+                merged = versions.merge(merged, obj)
+            return merged
+        limits = self.limits
+        order = sorted(objects, key=lambda node: (-len(objects[node].siblings), -objects[node].value_bytes, node != "", node))
+        own = objects.get("")
+        if own is not None and (
+            len(own.siblings) + 1 > limits.siblings_max or own.value_bytes + limits.value_bytes_max > limits.object_bytes_max
+        ):
+            order.remove("")
+            order.insert(0, "")  # no room for a put beside it: the answer must cover all of it
+        merged = objects[order[0]]
+        for node in order[1:]:
+            candidate = versions.merge(merged, objects[node])
+            if len(candidate.siblings) <= max(limits.siblings_max, len(merged.siblings)) and candidate.value_bytes <= max(
+                limits.object_bytes_max, merged.value_bytes
+            ):
+                merged = candidate
+            elif node not in self.left_out:
+                self.left_out.add(node)
+                log.info("get of %r: the reply of %s does not fit beside the others within the limits; left out", self.key[:64], node or "this node")
         return merged
 
     def _merged_record(self) -> bytes | None:
@@ -324,7 +365,7 @@ class GetCoordination:
         merged: versions.SiblingSet | None = None  # decoded only if some replica's bytes differ
         effects: list[Effect] = []
         for node, record in sorted(self._records.items()):
-            if record == merged_record:
+            if record == merged_record or node in self.left_out:  # no room beside it: it would refuse
                 continue
             if record is not None:
                 if merged is None:

@@ -36,6 +36,12 @@ class Limits:
     context_entries_max: int = 256
     context_prune_threshold: int = 10
     actor_bytes_max: int = 128
+    # An object's `seen` holds one entry per actor epoch that ever wrote the key and is never
+    # pruned (dynd.core.versions): records from peers with more are refused. Epochs change on
+    # unclean restarts, failed commits and handoff or reaping batches, so a key written for years
+    # holds thousands; this leaves room for that, bounds the work of one merge to some tens of
+    # milliseconds, and is about what a record of ordinary actor names can carry in one frame.
+    seen_entries_max: int = 65_536
     versions_cache_entries: int = 4_096  # objects written and contexts handed out kept decoded
     versions_cache_record_bytes_max: int = 16_384  # larger objects are decoded afresh each write
     # storage
@@ -89,10 +95,13 @@ class Limits:
             raise ValueError("object_bytes_warn must not exceed object_bytes_max")
         if self.siblings_warn > self.siblings_max:
             raise ValueError("siblings_warn must not exceed siblings_max")
-        # A read context keeps every sibling's dot, so it may hold siblings_max entries beyond the
-        # pruning threshold, and the client must be able to send it back.
-        if self.context_entries_max < self.siblings_max + self.context_prune_threshold:
-            raise ValueError("context_entries_max must be at least siblings_max + context_prune_threshold")
+        # A read context keeps every sibling's dot, and the vector entry of its actor: up to two
+        # entries per sibling when a dot cannot fold into the vector (a gap before it), beside the
+        # pruning threshold. The client must be able to send it back, or the key cannot be resolved.
+        if self.context_entries_max < 2 * self.siblings_max + self.context_prune_threshold:
+            raise ValueError("context_entries_max must be at least 2 * siblings_max + context_prune_threshold")
+        if self.seen_entries_max < self.context_entries_max:
+            raise ValueError("seen_entries_max must be at least context_entries_max (a write's context joins seen)")
         # a put frame carries a key, a value and a context; a get reply carries a whole object
         put_frame_bytes = self.key_bytes_max + self.value_bytes_max + self.context_entries_max * (self.actor_bytes_max + 32) + 1024
         if self.frame_bytes_max < put_frame_bytes:

@@ -12,7 +12,11 @@ answer; for a get it reads its own replica and lets `GetCoordination` gather the
 and repair.
 
 Peer requests: replicate (merge a record, answer once durable), fetch (read a record), handoff
-(merge a batch of records of one partition), gossip. Admin requests: ring, cluster status, join,
+(merge a batch of records of one partition), gossip. Every record from a peer, and every reply a
+get or anti-entropy fetches, meets the limits of a client's write first
+(`replica.decode_peer_record`); a record claiming a counter of this node's actor it never issued
+is refused, and the node takes a new actor epoch, so that wherever the claim went it cannot cover
+this node's next writes. A hint must name a member. Admin requests: ring, cluster status, join,
 leave, remove.
 
 Timers are named deadlines that `tick` runs: each coordination's request deadline, the cluster
@@ -45,8 +49,9 @@ from dynd.core.placement import Placement, coordinators, place
 from dynd.core.preflist import PreferenceList
 from dynd.core.ports import Network, Storage
 from dynd.core.reaper import Reaper, is_expired_tombstone
-from dynd.core.replica import LocalReplica, merge_records
+from dynd.core.replica import LocalReplica, decode_peer_record, decode_record, merge_records
 from dynd.core.swim import Swim
+from dynd.core.versions import EMPTY, SiblingSet, UnissuedCounter
 from dynd.protocol import codec, messages
 from dynd.protocol.errors import BadRequest, DynError, Overloaded, QuorumFailed, StaleRing, Timeout, Unreachable
 from dynd.protocol.messages import error_reply
@@ -85,7 +90,7 @@ class Node:
         self.now_ms = now_ms
         self.request_timeout_ms = limits.request_timeout_ms
         partitions = membership.params.partitions
-        self.replica = LocalReplica(actor or name, limits, partitions)
+        self.replica = LocalReplica(actor or name, limits, partitions, renew_actor=self._renew_actor)
         # Merkle trees of every partition, built once from the store, then kept current by
         # every object write (TrackedStorage), so an exchange never rescans.
         self.forest = Forest(partitions, segments=limits.ae_tree_segments, fanout=limits.ae_tree_fanout)
@@ -140,6 +145,7 @@ class Node:
             now_ms=now_ms,
             pacer=self.budget,
             concurrency=limits.ae_concurrency,
+            merge=self._merge_peer,
         )
         self.reaper = Reaper(
             name,
@@ -315,6 +321,7 @@ class Node:
             replicas=placement.replicas,
             pr=pr,
             coordinator_is_primary=placement.coordinator_is_primary,
+            limits=self.limits,
         )
         self._run(coordination, coordination.start(), request, reply)
 
@@ -336,9 +343,9 @@ class Node:
             ok = messages.PutOk(id=request.id, context=plan.reply_context)
         else:
             ok = messages.DeleteOk(id=request.id, context=plan.reply_context)
-        ops: list[WriteOp] = [PutObject(plan.partition, plan.key, plan.record)]
+        ops: list[WriteOp] = [PutObject(plan.partition, plan.key, plan.record), *plan.meta_ops]
         for primary in placement.unplaced:  # down, and no fallback to stand in: we keep the hint
-            ops += self.hints.hint_ops(primary, partition, plan.key, plan.record, self._merge_hint)
+            ops += self.hints.hint_ops(primary, partition, plan.key, plan.record, self._merge_own_hint)
         actor = self.replica.actor
         if not placement.targets and placement.replicas == 1:
 
@@ -385,7 +392,49 @@ class Node:
             _log_epoch_failure(exc)
 
     def _merge_hint(self, held: bytes | None, record: bytes) -> bytes | None:
-        return merge_records(held, record, self.replica.limits.context_prune_threshold)
+        """A record (checked already) joining the hint held for the same primary and key."""
+        return merge_records(held, record, self.limits.context_prune_threshold, limits=self.limits)
+
+    def _merge_own_hint(self, held: bytes | None, record: bytes) -> bytes | None:
+        """As `_merge_hint`, for the record of a put this node coordinates: if the hint held
+        cannot take it within the limits, the put goes on without it (our own store holds the
+        write, and anti-entropy brings it to the primary)."""
+        try:
+            return self._merge_hint(held, record)
+        except DynError as exc:
+            log.warning("not keeping a hint of a write this node coordinates: %s", exc)
+            return None
+
+    def _peer_record(self, partition: int, key: bytes, record: bytes) -> SiblingSet:
+        """`record` from a peer, decoded once it meets this node's limits (else a DynError)."""
+
+        def held() -> SiblingSet:
+            stored = self.storage.read_object(partition, key)
+            return EMPTY if stored is None else decode_record(stored)
+
+        return self._checked(lambda: decode_peer_record(record, self.limits, actor=self.replica.actor, reference=held))
+
+    def _merge_peer(self, stored: bytes | None, record: bytes) -> bytes | None:
+        """The record to store after merging a peer's `record` into `stored` (ours), or None."""
+        return self._checked(
+            lambda: merge_records(stored, record, self.limits.context_prune_threshold, limits=self.limits, actor=self.replica.actor)
+        )
+
+    def _checked(self, check: Callable[[], Any]) -> Any:
+        """Run a check of a peer's record; one that claims our actor's future takes a new epoch."""
+        try:
+            return check()
+        except UnissuedCounter as exc:
+            if exc.actor == self.replica.actor:
+                # Whoever holds that claim would drop our next writes of the key on arrival: they
+                # must carry an actor no claim can cover yet.
+                ops = self._renew_actor()
+                log.warning("a peer's record %s: this node's versions now carry the new epoch %s", exc.message, self.replica.actor)
+                try:
+                    self.storage.submit(ops, _log_epoch_failure)
+                except DynError as failure:
+                    _log_epoch_failure(failure)
+            raise
 
     # ---- peer requests ----
 
@@ -396,6 +445,9 @@ class Node:
             reply(messages.ReplicateOk(id=request.id) if error is None else error_reply(request.id, error))
 
         if request.hint is not None and request.hint != self.name:
+            if request.hint not in {m.name for m in self.cluster.membership.active()}:
+                raise BadRequest(f"a hint for {request.hint!r}, which is not a member of this cluster")
+            self._peer_record(self.replica.partition(request.key), request.key, request.record)
             self._keep_hint(request.hint, request.key, request.record, done)
         else:
             self._merge_in(request.key, request.record, done)
@@ -408,7 +460,10 @@ class Node:
             # Standing in for that primary: what it would hold is what we hold for it, and ours.
             hinted = self.storage.read_hint(request.hint, partition, request.key)
             if hinted is not None:
-                record = merge_records(record, hinted, self.replica.limits.context_prune_threshold) or record
+                try:
+                    record = self._merge_hint(record, hinted) or record
+                except DynError as exc:  # together over the limits: answer with ours
+                    log.info("fetch of %r: the hint held for %s does not fit beside our copy: %s", request.key[:64], request.hint, exc)
         reply(messages.FetchOk(id=request.id, record=record))
 
     def _keep_hint(self, target: str, key: bytes, record: bytes, done: Callable[[DynError | None], None]) -> None:
@@ -423,22 +478,20 @@ class Node:
             raise BadRequest(f"partition {request.partition} out of range")
         for item in request.items:
             self.replica.check_key(item.key)
-        remaining = len(request.items)
-        failures: list[DynError] = []
-
-        def one_done(error: DynError | None) -> None:
-            nonlocal remaining
-            remaining -= 1
-            if error is not None:
-                failures.append(error)
-            if remaining == 0:
-                reply(messages.HandoffOk(id=request.id) if not failures else error_reply(request.id, failures[0]))
-
-        if not request.items:
-            reply(messages.HandoffOk(id=request.id))
-            return
+        # Every item merged before anything is submitted: a refused one refuses the batch, and
+        # nothing of it is stored. One commit for the batch.
+        merged: dict[tuple[int, bytes], bytes] = {}
         for item in request.items:
-            self._merge_in(item.key, item.record, one_done)
+            partition = self.replica.partition(item.key)
+            held = merged.get((partition, item.key)) or self.storage.read_object(partition, item.key)
+            op = self._merge_op(partition, item.key, held, item.record)
+            if op is not None:
+                merged[(partition, item.key)] = op.data
+
+        def done(error: DynError | None) -> None:
+            reply(messages.HandoffOk(id=request.id) if error is None else error_reply(request.id, error))
+
+        self.storage.submit([PutObject(partition, key, data) for (partition, key), data in merged.items()], done)
 
     def cluster_join(self, request: messages.ClusterJoin, reply: Reply) -> None:
         """Joining talks to the seed; the reply comes when that exchange is done."""
@@ -493,13 +546,17 @@ class Node:
     def _merge_in(self, key: bytes, record: bytes, done: Callable[[DynError | None], None]) -> None:
         """Merge a record from another replica into ours; `done` runs once the result is durable."""
         partition = self.replica.partition(key)
-        stored = self.storage.read_object(partition, key)
-        if stored is None and self._reaped_already(record):
-            merged = None
-        else:
-            merged = merge_records(stored, record, self.replica.limits.context_prune_threshold)
+        op = self._merge_op(partition, key, self.storage.read_object(partition, key), record)
         # Even with nothing new to store, wait for the commit queue: what we hold may not be durable yet.
-        self.storage.submit([] if merged is None else [PutObject(partition, key, merged)], done)
+        self.storage.submit([] if op is None else [op], done)
+
+    def _merge_op(self, partition: int, key: bytes, stored: bytes | None, record: bytes) -> PutObject | None:
+        """The write that merges a peer's `record` into `stored`, or None; raises (a DynError)
+        unless the record and the merge meet our limits."""
+        merged = self._merge_peer(stored, record)
+        if merged is None or (stored is None and self._reaped_already(record)):
+            return None
+        return PutObject(partition, key, merged)
 
     def _reaped_already(self, record: bytes) -> bool:
         """An expired tombstone where nothing is stored: it was reaped here; do not bring it back."""
@@ -518,7 +575,10 @@ class Node:
             elif isinstance(effect, co.SendFetch):
                 self._send_fetch(coordination, effect, request, reply, ok)
             elif isinstance(effect, co.StoreLocal):
-                self._merge_in(effect.key, effect.record, _log_repair_failure)
+                try:
+                    self._merge_in(effect.key, effect.record, _log_repair_failure)
+                except DynError as exc:  # the merge is over a limit: our copy stays as it is
+                    _log_repair_failure(exc)
             elif isinstance(effect, co.StoreHint):
                 try:
                     self._keep_hint(effect.target, effect.key, effect.record, _log_hint_failure)
@@ -546,13 +606,25 @@ class Node:
     def _send_fetch(self, coordination: Any, effect: co.SendFetch, request: Any, reply: Reply, ok: Any) -> None:
         def on_reply(answer: Any) -> None:
             self._evidence(effect.node, answer)
-            if isinstance(answer, messages.FetchOk):
+            if isinstance(answer, messages.FetchOk) and self._fetched_ok(effect.node, effect.key, answer.record, coordination.local_record):
                 effects = coordination.on_reply(effect.node, answer.record)
             else:
                 effects = coordination.on_failure(effect.node)
             self._apply(coordination, effects, request, reply, ok)
 
         self.network.send(effect.node, lambda rid: messages.Fetch(id=rid, key=effect.key, hint=effect.hint), on_reply)
+
+    def _fetched_ok(self, node: str, key: bytes, record: bytes | None, local: bytes | None) -> bool:
+        """Whether a replica's answer to a get may join the answer: within our limits (the same
+        bytes as our own copy need no second look)."""
+        if record is None or record == local:
+            return True
+        try:
+            self._peer_record(self.replica.partition(key), key, record)
+        except DynError as exc:
+            log.warning("get of %r: refused the reply of %s: %s", key[:64], node, exc)
+            return False
+        return True
 
     def _evidence(self, node: str, answer: Any) -> None:
         """What a reply says about the peer's health: no connection at all is local evidence."""

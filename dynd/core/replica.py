@@ -11,11 +11,27 @@ value is stored once, in the view; the versions part refers to it by position.
     record = format (1 byte) | length of siblings view (4 bytes, big-endian)
              | siblings view CBOR | length of context (4 bytes) | context CBOR
              | versions CBOR (versions.encode_object without values)
+
+Records from other nodes (replicate, handoff, hints, anti-entropy repairs, a get's fetched
+replies) meet the limits of a client's write before anything is merged (`decode_peer_record`):
+well-formed and canonically encoded, each value within value_bytes_max, all of them within
+object_bytes_max, at most siblings_max siblings, contexts within context_entries_max, `seen`
+within seen_entries_max, and counters no actor can have issued refused (`versions.check_claims`).
+A merge may not grow a key past siblings_max, object_bytes_max or seen_entries_max (or past what
+it holds already, when that is more): merging never makes a key bigger than a client could, and a
+merge that shrinks an oversize key is always accepted.
+
+What cannot be checked: a peer holding the cluster secret can forge a sibling whose context
+covers any write it has seen, and the write is gone wherever the forgery lands. Nothing in a
+record proves who made a dot. A replica can check only claims about its own actor (it knows
+every counter it issued for the key) and plausibility; a complete defence would need dots signed
+by their actor with a key per node.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,10 +39,13 @@ import cbor2
 
 from dynd.core import versions
 from dynd.core.limits import Limits
+from dynd.core.ops import WriteOp
 from dynd.core.partition import partition_of
-from dynd.protocol.codec import MAJOR_ARRAY, MAJOR_BYTES, MAJOR_MAP, cbor_head, cbor_text, cbor_uint
-from dynd.protocol.errors import BadRequest, KeyTooLarge, ValueTooLarge
+from dynd.protocol.codec import MAJOR_ARRAY, MAJOR_BYTES, MAJOR_MAP, cbor_head, cbor_text, cbor_uint, loads_strict
+from dynd.protocol.errors import BadFrame, BadRequest, KeyTooLarge, ObjectTooLarge, TooManySiblings, ValueTooLarge
 from dynd.protocol.messages import ClockEntry, SiblingView
+
+DEFAULT_LIMITS = Limits()
 
 RECORD_FORMAT = 1
 _LENGTH = struct.Struct(">I")
@@ -42,6 +61,7 @@ class WritePlan:
     sibling_count: int
     object_bytes: int
     pruned_entries: int
+    meta_ops: tuple[WriteOp, ...] = ()  # a new actor epoch, to commit with the write
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,10 +174,14 @@ class LocalReplica:
     exactly the bytes it was encoded to. Only records up to `versions_cache_record_bytes_max`
     are remembered, which bounds the memory at about entries x that size."""
 
-    def __init__(self, actor: str, limits: Limits, partitions: int) -> None:
+    def __init__(self, actor: str, limits: Limits, partitions: int, renew_actor: Callable[[], list[WriteOp]] | None = None) -> None:
+        """`renew_actor`: gives this replica a new actor epoch (it sets `actor`) and returns the
+        ops that persist it; a write whose actor has issued its last counter for the key takes
+        one (`versions.EPOCH_COUNTER_MAX`). Without it such a write is refused."""
         self.actor = actor
         self.limits = limits
         self.partitions = partitions
+        self.renew_actor = renew_actor
         self._objects: dict[tuple[int, bytes], tuple[bytes, versions.SiblingSet]] = {}
         self._contexts: dict[bytes, versions.Clock] = {}
 
@@ -203,6 +227,10 @@ class LocalReplica:
                 current = _decode_versions(record)
                 if not all(context.covers(s.dot) for s in current.siblings):
                     current = decode_record(record)  # some stored values survive this write: read them
+        meta_ops: tuple[WriteOp, ...] = ()
+        if self.renew_actor is not None and current.max_counter(self.actor) >= versions.EPOCH_COUNTER_MAX:
+            # Exhausted, however it got there: a new epoch starts at counter 1, and the write goes on.
+            meta_ops = tuple(self.renew_actor())
         outcome = versions.put(
             current,
             context,
@@ -236,22 +264,121 @@ class LocalReplica:
             sibling_count=len(outcome.object.siblings),
             object_bytes=outcome.object.value_bytes,
             pruned_entries=outcome.pruned_entries,
+            meta_ops=meta_ops,
         )
 
 
-def merge_records(stored: bytes | None, incoming: bytes, prune_threshold: int) -> bytes | None:
-    """The record to store after merging `incoming` (from another replica) into `stored`, or None
-    when `stored` already holds everything `incoming` does. Raises on a malformed record."""
+def decode_peer_record(
+    record: bytes,
+    limits: Limits = DEFAULT_LIMITS,
+    *,
+    actor: str | None = None,
+    reference: Callable[[], versions.SiblingSet] = lambda: versions.EMPTY,
+    as_sent: bool = True,
+) -> versions.SiblingSet:
+    """Decode a record another node sent, refusing anything a client's write could not have made
+    (see the module docstring); nothing is changed by a refusal. `actor`: this node's actor, and
+    `reference`: what this node holds for the key, to refuse counters of `actor` it never issued
+    (versions.UnissuedCounter) and implausible counters (versions.check_claims). A record with as
+    many siblings, bytes of values or `seen` entries as the reference is no bigger than what this
+    node holds: over siblings_max, object_bytes_max or seen_entries_max, it is accepted (as a merge
+    that does not grow the key is), so a key stored before a limit was lowered stays readable.
+
+    The versions must be canonically encoded. `as_sent`: the record may be stored as sent (the
+    key is new here), so its read view must be what this node would write for the same object:
+    the siblings view is compared with its encoding, and the context must be a read context of
+    the object (covering every sibling's dot, and covered by `seen` and the dots) within
+    context_entries_max. (A merge re-encodes the view from the versions and values.)
+    """
+    what = "malformed record"
     try:
-        arriving = decode_record(incoming)
-    except Exception as exc:
-        raise BadRequest(f"malformed record: {exc}") from None
+        context_start, context_end, siblings_len = _split_record(record)
+    except (struct.error, ValueError) as exc:
+        raise BadRequest(f"{what}: {exc}") from None
+    if context_end > len(record):
+        raise BadRequest(f"{what}: its parts overrun it")
+    siblings_start = _FORMAT_AND_LENGTH.size
+    views_cbor = record[siblings_start : siblings_start + siblings_len]
+    try:
+        views = loads_strict(views_cbor)
+    except BadFrame as exc:
+        raise BadRequest(f"{what}: {exc.message}") from None
+    if type(views) is not list:
+        raise BadRequest(f"{what}: not a record")
+    if len(views) > limits.siblings_max and len(views) > len(reference().siblings):
+        raise TooManySiblings(f"the record holds {len(views)} live siblings (siblings_max={limits.siblings_max})")
+    values: list[bytes] = []
+    total = 0
+    for view in views:
+        value = view.get("value") if type(view) is dict else None
+        if type(value) is not bytes:
+            raise BadRequest(f"{what}: a sibling view without a value")
+        if len(value) > limits.value_bytes_max:
+            raise ValueTooLarge(f"the record holds a value of {len(value)} bytes (value_bytes_max={limits.value_bytes_max})")
+        total += len(value)
+        values.append(value)
+    if total > limits.object_bytes_max and total > reference().value_bytes:
+        raise ObjectTooLarge(f"the record holds {total} bytes of values (object_bytes_max={limits.object_bytes_max})")
+    versions_cbor = record[context_end:]
+    obj = versions.parse_object(versions_cbor, values, limits, reference)
+    if versions.encode_object(obj, values=False) != versions_cbor:
+        raise BadRequest(f"{what}: its versions are not encoded as this node would encode them")
+    versions.check_claims(obj.highest(), reference, actor)
+    if as_sent:
+        if _encode_views(obj) != views_cbor:
+            raise BadRequest(f"{what}: its siblings view does not match its versions")
+        try:
+            token = loads_strict(record[context_start:context_end])  # a byte string holding the token
+        except BadFrame as exc:
+            raise BadRequest(f"{what}: {exc.message}") from None
+        if type(token) is not bytes:
+            raise BadRequest(f"{what}: its context is not a token")
+        context = versions.decode_context(token, entries_max=limits.context_entries_max, actor_bytes_max=limits.actor_bytes_max)
+        if not all(context.covers(s.dot) for s in obj.siblings) or not obj.full_read_context().descends(context):
+            raise BadRequest(f"{what}: its context is not a read context of its siblings")
+    return obj
+
+
+def check_growth(merged: versions.SiblingSet, current: versions.SiblingSet, limits: Limits) -> None:
+    """Refuse a merge that would leave the key over a limit a client's write must respect, unless
+    it holds more than that already and the merge does not grow it further (an oversize key can
+    always be collapsed)."""
+    if len(merged.siblings) > max(limits.siblings_max, len(current.siblings)):
+        raise TooManySiblings(
+            f"the merge would leave {len(merged.siblings)} siblings (siblings_max={limits.siblings_max}); "
+            "read the key and write with its context to resolve them"
+        )
+    if merged.value_bytes > max(limits.object_bytes_max, current.value_bytes):
+        raise ObjectTooLarge(
+            f"the merge would hold {merged.value_bytes} bytes of values (object_bytes_max={limits.object_bytes_max}); "
+            "read the key and write with its context to replace its siblings"
+        )
+    if len(merged.seen) > max(limits.seen_entries_max, len(current.seen)):
+        raise BadRequest(f"the merge would leave {len(merged.seen)} entries in seen (seen_entries_max={limits.seen_entries_max})")
+
+
+def merge_records(
+    stored: bytes | None, incoming: bytes, prune_threshold: int, *, limits: Limits = DEFAULT_LIMITS, actor: str | None = None
+) -> bytes | None:
+    """The record to store after merging `incoming` (from another replica) into `stored`, or None
+    when `stored` already holds everything `incoming` does. `incoming` is checked as
+    `decode_peer_record` does, `actor` being this node's, and the merge as `check_growth` does;
+    a refusal raises (a DynError) and `stored` stays as it is."""
+    if stored is not None and stored == incoming:
+        return None
+    current: versions.SiblingSet | None = None
+
+    def held() -> versions.SiblingSet:
+        nonlocal current
+        if current is None:
+            current = versions.EMPTY if stored is None else decode_record(stored)
+        return current
+
+    arriving = decode_peer_record(incoming, limits, actor=actor, reference=held, as_sent=stored is None)
     if stored is None:
         return incoming if arriving.siblings or len(arriving.seen) else None
-    if stored == incoming:
+    merged = versions.merge(held(), arriving)
+    if merged == held():
         return None
-    current = decode_record(stored)
-    merged = versions.merge(current, arriving)
-    if merged == current:
-        return None
+    check_growth(merged, held(), limits)
     return encode_record(merged, prune_threshold)

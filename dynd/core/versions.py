@@ -27,34 +27,54 @@ Rules, in the order they apply:
   never drop a write. `seen` itself is never pruned: it is what guarantees an actor never reuses a
   counter for a key, and it holds one entry per actor that ever wrote the key.
 
+Counters: an actor issues 1, 2, 3, ... for a key, one per write it coordinates, so no honest
+actor epoch reaches `EPOCH_COUNTER_MAX` (2^48 writes to one key). A coordinator whose next counter
+would pass it takes a new epoch instead (`dynd.core.replica`), so even a key whose counter was
+pushed to the end of its range stays writable; a counter above it that the replica does not hold
+already is refused wherever it comes from. `COUNTER_MAX` is the encoding's bound.
+
+Records from other nodes (`parse_object`, `check_claims`) meet the limits of a client's write and
+must be canonically encoded; see `dynd.core.replica.decode_peer_record`.
+
 Timestamps ride along for pruning only; comparing versions never looks at time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import cbor2
 
+from dynd.core.limits import Limits
 from dynd.protocol.codec import (
     CBOR_NULL,
     CBOR_TRUE,
     INT_MAX,
     MAJOR_ARRAY,
     MAJOR_BYTES,
+    MAJOR_TEXT,
+    MAJOR_UINT,
     cbor_head,
     cbor_text,
     cbor_uint,
     loads_strict,
 )
-from dynd.protocol.errors import BadFrame, BadRequest, ObjectTooLarge, TooManySiblings
+from dynd.protocol.errors import BadFrame, BadRequest, ObjectTooLarge, TooManySiblings, ValueTooLarge
 
 CONTEXT_FORMAT = 1
 OBJECT_FORMAT = 1
 # Counters stay far below the wire's 2^63 limit, so a forged context can never push a dot past it.
 COUNTER_MAX = 2**62
+# The most counters one actor epoch issues for one key (2^48 writes: 9 years at a million a
+# second); the next write takes a new epoch. A higher counter no replica holds yet is implausible.
+EPOCH_COUNTER_MAX = 2**48
+
+
+class EpochExhausted(BadRequest):
+    """The actor has issued EPOCH_COUNTER_MAX counters for this key: the write needs a new epoch."""
 
 
 class Dot(NamedTuple):
@@ -126,6 +146,19 @@ class Clock:
             if dot.actor == actor and dot.counter > top:
                 top = dot.counter
         return top
+
+    def highest(self) -> dict[str, int]:
+        """actor -> the highest counter this clock mentions for it."""
+        tops = {actor: counter for actor, (counter, _) in self._vector.items()}
+        for dot in self._cloud:
+            if dot.counter > tops.get(dot.actor, 0):
+                tops[dot.actor] = dot.counter
+        return tops
+
+    def max_counter(self) -> int:
+        """The highest counter of any actor in this clock (0 when empty)."""
+        top = max((counter for counter, _ in self._vector.values()), default=0)
+        return max(top, max((dot.counter for dot in self._cloud), default=0))
 
     def descends(self, other: Clock) -> bool:
         """Whether this clock covers every dot `other` covers (clouds never hold a whole range)."""
@@ -279,6 +312,22 @@ class SiblingSet:
                 highest = s.dot.counter
         return highest
 
+    def highest(self) -> dict[str, int]:
+        """actor -> the highest counter seen here (dots and `seen`; sibling contexts are within
+        `seen`)."""
+        tops = self.seen.highest()
+        for s in self.siblings:
+            if s.dot.counter > tops.get(s.dot.actor, 0):
+                tops[s.dot.actor] = s.dot.counter
+        return tops
+
+    def full_read_context(self) -> Clock:
+        """`seen` joined with every sibling's dot, unpruned: every read context is within it."""
+        clock = self.seen
+        for s in self.siblings:
+            clock = clock.with_dot(s.dot, s.timestamp_ms)
+        return clock
+
     def read_context(self, prune_threshold: int) -> Clock:
         """`seen` joined with every sibling's dot: a put with it supersedes all of them."""
         clock = self.seen
@@ -336,14 +385,19 @@ def put(
 
     The coordinator's replica holds every dot it ever issued for the key, or `seen` covers it, so a
     context claiming a higher counter of `actor` names a write that never happened: it is refused,
-    which also keeps a forged counter from exhausting the key's counter space.
+    which also keeps a forged counter from exhausting the key's counter space. A context claiming
+    a counter of any actor above EPOCH_COUNTER_MAX that this replica does not hold is refused too:
+    the write would carry it to replicas that refuse it. When `actor` has issued its last counter
+    for the key, EpochExhausted: the caller takes a new epoch and writes again.
     """
     issued = current.max_counter(actor)
     if context.counter(actor) > issued:
         raise BadRequest(f"invalid context: it claims a write by {actor!r} that {actor!r} never made")
+    if context.max_counter() > EPOCH_COUNTER_MAX:
+        check_claims(context.highest(), lambda: current)
     counter = issued + 1
-    if counter >= COUNTER_MAX:
-        raise BadRequest(f"the counter of {actor!r} for this key is exhausted")
+    if counter > EPOCH_COUNTER_MAX:
+        raise EpochExhausted(f"{actor!r} has issued its last counter for this key: take a new actor epoch")
     dot = Dot(actor, counter)
     sibling_context, pruned = context.pruned(prune_threshold)
     new = Sibling(dot, sibling_context, value, now_ms)
@@ -409,34 +463,123 @@ def encode_context(clock: Clock) -> bytes:
     return b"".join(out)
 
 
+# A context entry is at most an array head, a text head (5 bytes at most), the actor, and two
+# 64-bit unsigned integers; a token adds its own array head, the format and two array heads.
+_ENTRY_BYTES_OVER_ACTOR = 1 + 5 + 9 + 9
+_TOKEN_BYTES_OVER_ENTRIES = 32
+
+
+def context_token_bytes_max(entries_max: int, actor_bytes_max: int) -> int:
+    """The longest token of at most `entries_max` entries: anything longer is refused unread."""
+    return _TOKEN_BYTES_OVER_ENTRIES + entries_max * (actor_bytes_max + _ENTRY_BYTES_OVER_ACTOR)
+
+
 def decode_context(token: bytes | None, *, entries_max: int, actor_bytes_max: int) -> Clock:
-    """Parse a client's context token, refusing anything malformed or over the limits."""
+    """Parse a client's context token, refusing anything malformed or over the limits.
+
+    The work is bounded before it starts: a token longer than `entries_max` entries of
+    `actor_bytes_max` can need is refused by its length alone, and each array's head is checked
+    against the entries left before any of its items is read. The token is read head by head
+    (the fixed shape [CONTEXT_FORMAT, vector, cloud] of [actor, counter, timestamp_ms] entries,
+    definite lengths only), never handed whole to a general CBOR decoder.
+    """
     if token is None:
         return EMPTY_CLOCK
     if not token:
         raise BadRequest("invalid context: the token is empty (omit it to write without a context)")
-    try:
-        item = loads_strict(token)
-    except BadFrame as exc:
-        raise BadRequest(f"invalid context: {exc.message}") from None
-    if (
-        type(item) is not list
-        or len(item) != 3
-        or item[0] != CONTEXT_FORMAT
-        or type(item[1]) is not list
-        or type(item[2]) is not list
-    ):
+    bytes_max = context_token_bytes_max(entries_max, actor_bytes_max)
+    if len(token) > bytes_max:
+        raise BadRequest(f"invalid context: {len(token)} bytes is more than {entries_max} entries (context_entries_max) can take ({bytes_max})")
+    major, length, at = _head(token, 0)
+    if major != MAJOR_ARRAY or length != 3:
         raise BadRequest("invalid context: not a context token")
-    if len(item[1]) + len(item[2]) > entries_max:
-        raise BadRequest(f"invalid context: {len(item[1]) + len(item[2])} entries exceed context_entries_max={entries_max}")
-    vector = _parse_entries(item[1], actor_bytes_max)
-    cloud = _parse_entries(item[2], actor_bytes_max, unique_actors=False)
+    major, fmt, at = _head(token, at)
+    if major != MAJOR_UINT or fmt != CONTEXT_FORMAT:
+        raise BadRequest("invalid context: not a context token")
+    vector, at = _read_entries(token, at, entries_max, actor_bytes_max, unique_actors=True)
+    cloud, at = _read_entries(token, at, entries_max - len(vector), actor_bytes_max, unique_actors=False)
+    if at != len(token):
+        raise BadRequest(f"invalid context: {len(token) - at} trailing bytes")
     return _clock_from_plain(vector, cloud)
 
 
-def _parse_entries(raw: list[Any], actor_bytes_max: int, unique_actors: bool = True) -> list[tuple[str, int, int]]:
-    parsed: list[tuple[str, int, int]] = []
-    seen: set[Any] = set()
+def _head(data: bytes, at: int) -> tuple[int, int, int]:
+    """(major type, argument, position after) of the CBOR head at `at`; definite lengths only."""
+    if at >= len(data):
+        raise BadRequest("invalid context: the token is truncated")
+    initial = data[at]
+    major, info = initial >> 5, initial & 0x1F
+    if info < 24:
+        return major, info, at + 1
+    if info > 27:
+        raise BadRequest("invalid context: indefinite lengths and reserved heads are not accepted")
+    end = at + 1 + (1 << (info - 24))
+    if end > len(data):
+        raise BadRequest("invalid context: the token is truncated")
+    return major, int.from_bytes(data[at + 1 : end], "big"), end
+
+
+def _read_entries(
+    data: bytes, at: int, entries_left: int, actor_bytes_max: int, unique_actors: bool
+) -> tuple[list[tuple[str, int, int]], int]:
+    major, count, at = _head(data, at)
+    if major != MAJOR_ARRAY:
+        raise BadRequest("invalid context: not a context token")
+    if count > entries_left:
+        raise BadRequest(f"invalid context: more entries than context_entries_max allows ({count} in one list, {entries_left} left)")
+    entries: list[tuple[str, int, int]] = []
+    append = entries.append
+    try:
+        for _ in range(count):
+            # [actor, counter, timestamp_ms]: the usual short heads read inline, the rest by _head
+            if data[at] != 0x83:
+                raise BadRequest("invalid context: each entry must be [actor, counter, timestamp_ms]")
+            initial = data[at + 1]
+            if 0x61 <= initial <= 0x77:
+                length, at = initial - 0x60, at + 2
+            else:
+                major, length, at = _head(data, at + 1)
+                if major != MAJOR_TEXT or not length:
+                    raise BadRequest(f"invalid context: actor names must be text of 1..{actor_bytes_max} bytes")
+            if length > actor_bytes_max or at + length > len(data):
+                raise BadRequest(f"invalid context: actor names must be text of 1..{actor_bytes_max} bytes")
+            actor = data[at : at + length].decode()
+            at += length
+            counter = data[at]
+            if counter < 24:
+                at += 1
+            else:
+                major, counter, at = _head(data, at)
+                if major != MAJOR_UINT:
+                    raise BadRequest("invalid context: each entry must be [actor, counter, timestamp_ms]")
+            if data[at] == 0x1B:  # a timestamp in milliseconds takes eight bytes
+                timestamp_ms, at = _U64.unpack_from(data, at + 1)[0], at + 9
+            else:
+                major, timestamp_ms, at = _head(data, at)
+                if major != MAJOR_UINT:
+                    raise BadRequest("invalid context: each entry must be [actor, counter, timestamp_ms]")
+            if not 0 < counter < COUNTER_MAX or timestamp_ms > INT_MAX:
+                raise BadRequest(f"invalid context: counters must be in 1..{COUNTER_MAX - 1}")
+            append((actor, counter, timestamp_ms))
+    except (IndexError, struct.error):
+        raise BadRequest("invalid context: the token is truncated") from None
+    except UnicodeDecodeError:
+        raise BadRequest("invalid context: an actor name is not UTF-8") from None
+    distinct = len({actor for actor, _, _ in entries}) if unique_actors else len({(actor, counter) for actor, counter, _ in entries})
+    if distinct != len(entries):
+        raise BadRequest("invalid context: an entry appears twice")
+    return entries, at
+
+
+_U64 = struct.Struct(">Q")
+
+
+def _parse_entries(raw: Any, actor_bytes_max: int, unique_actors: bool = True, what: str = "invalid context") -> list[tuple[str, int, int]]:
+    """Entries decoded by a general CBOR decoder: checked for shape, then as `_check_entries`."""
+    if type(raw) is not list:
+        raise BadRequest(f"{what}: a clock must be a list of [actor, counter, timestamp_ms] entries")
+    if not raw:
+        return raw
     for entry in raw:
         if (
             type(entry) is not list
@@ -445,18 +588,122 @@ def _parse_entries(raw: list[Any], actor_bytes_max: int, unique_actors: bool = T
             or type(entry[1]) is not int
             or type(entry[2]) is not int
         ):
-            raise BadRequest("invalid context: each entry must be [actor, counter, timestamp_ms]")
-        actor, counter, timestamp_ms = entry
+            raise BadRequest(f"{what}: each entry must be [actor, counter, timestamp_ms]")
+    return _check_entries(raw, actor_bytes_max, unique_actors, what)
+
+
+def _check_entries(entries: Any, actor_bytes_max: int, unique_actors: bool, what: str) -> list[tuple[str, int, int]]:
+    parsed: list[tuple[str, int, int]] = []
+    seen: set[Any] = set()
+    for actor, counter, timestamp_ms in entries:
         if not actor or len(actor.encode()) > actor_bytes_max:
-            raise BadRequest(f"invalid context: actor names must be 1..{actor_bytes_max} bytes")
+            raise BadRequest(f"{what}: actor names must be 1..{actor_bytes_max} bytes")
         if not 0 < counter < COUNTER_MAX or not 0 <= timestamp_ms <= INT_MAX:
-            raise BadRequest(f"invalid context: counters must be in 1..{COUNTER_MAX - 1}")
+            raise BadRequest(f"{what}: counters must be in 1..{COUNTER_MAX - 1}")
         identity = actor if unique_actors else (actor, counter)
         if identity in seen:
-            raise BadRequest(f"invalid context: entry for {actor!r} appears twice")
+            raise BadRequest(f"{what}: entry for {actor!r} appears twice")
         seen.add(identity)
         parsed.append((actor, counter, timestamp_ms))
     return parsed
+
+
+class UnissuedCounter(BadRequest):
+    """A record claims a counter of this node's own actor above what it issued for the key."""
+
+    def __init__(self, message: str, actor: str) -> None:
+        super().__init__(message)
+        self.actor = actor
+
+
+def check_claims(tops: dict[str, int], reference: Callable[[], SiblingSet], own_actor: str | None = None) -> None:
+    """Refuse counters no actor can have issued. `tops`: actor -> highest counter claimed (in a
+    record or a context); `reference`: what this replica holds for the key (called only when
+    needed); `own_actor`: this node's actor, whose every dot for the key this replica holds.
+
+    - A counter of `own_actor` above what the reference holds of it names a write this node never
+      made (UnissuedCounter): accepted, it would cover, and so erase on arrival, this node's next
+      writes of the key wherever it went.
+    - A counter of any actor above EPOCH_COUNTER_MAX is implausible unless the reference holds
+      one as high already (a key pushed there before this check existed stays mergeable).
+    """
+    held: SiblingSet | None = None
+    if own_actor is not None and own_actor in tops:
+        held = reference()
+        issued = held.max_counter(own_actor)
+        if tops[own_actor] > issued:
+            raise UnissuedCounter(
+                f"it claims counter {tops[own_actor]} of this node's actor {own_actor!r}, which issued {issued} for this key",
+                own_actor,
+            )
+    for actor, top in tops.items():
+        if top > EPOCH_COUNTER_MAX:
+            if held is None:
+                held = reference()
+            if top > held.max_counter(actor):
+                raise BadRequest(f"it claims counter {top} of {actor!r}, above the {EPOCH_COUNTER_MAX} an actor epoch issues for a key")
+
+
+def parse_object(data: bytes, live_values: list[bytes], limits: Limits, held: Callable[[], SiblingSet] = lambda: EMPTY) -> SiblingSet:
+    """Decode the versions part of a record from another node (encode_object(values=False)),
+    with `live_values` from its siblings view, refusing what a client's write could not make:
+    malformed items, more siblings than siblings_max, a sibling context of more than
+    context_entries_max entries, a `seen` of more than seen_entries_max, actor names over
+    actor_bytes_max, counters out of range, siblings out of order or repeated, a sibling `seen`
+    already supersedes, a sibling context `seen` does not cover. Values are checked by the caller,
+    canonical encoding too. `held`: what this replica holds for the key (asked only when a count
+    is over its limit); as many siblings or entries as it holds are no more than it has already
+    (a key from before the limit was lowered still travels).
+    """
+    what = "malformed record"
+    try:
+        item = loads_strict(data)
+    except BadFrame as exc:
+        raise BadRequest(f"{what}: {exc.message}") from None
+    if type(item) is not list or len(item) != 4 or item[0] != OBJECT_FORMAT or type(item[1]) is not list:
+        raise BadRequest(f"{what}: not an object")
+    _, raw_siblings, seen_vector, seen_cloud = item
+    if len(raw_siblings) > limits.siblings_max and len(raw_siblings) > len(held().siblings):
+        raise TooManySiblings(f"the record holds {len(raw_siblings)} siblings (siblings_max={limits.siblings_max})")
+    if type(seen_vector) is not list or type(seen_cloud) is not list:
+        raise BadRequest(f"{what}: not an object")
+    if len(seen_vector) + len(seen_cloud) > limits.seen_entries_max and len(seen_vector) + len(seen_cloud) > len(held().seen):
+        raise BadRequest(f"{what}: its seen holds {len(seen_vector) + len(seen_cloud)} entries (seen_entries_max={limits.seen_entries_max})")
+    actor_bytes_max = limits.actor_bytes_max
+    seen = _clock_from_plain(
+        _parse_entries(seen_vector, actor_bytes_max, True, what), _parse_entries(seen_cloud, actor_bytes_max, False, what)
+    )
+    supply = iter(live_values)
+    siblings: list[Sibling] = []
+    for raw in raw_siblings:
+        if type(raw) is not list or len(raw) != 6:
+            raise BadRequest(f"{what}: each sibling must be [actor, counter, timestamp_ms, value, vector, cloud]")
+        actor, counter, timestamp_ms, value, vector, cloud = raw
+        if type(actor) is not str or type(counter) is not int or type(timestamp_ms) is not int:
+            raise BadRequest(f"{what}: each sibling must be [actor, counter, timestamp_ms, value, vector, cloud]")
+        _check_entries(((actor, counter, timestamp_ms),), actor_bytes_max, True, what)
+        if type(vector) is not list or type(cloud) is not list:
+            raise BadRequest(f"{what}: a sibling's context must be two lists")
+        if len(vector) + len(cloud) > limits.context_entries_max:
+            raise BadRequest(f"{what}: a sibling's context holds {len(vector) + len(cloud)} entries (context_entries_max={limits.context_entries_max})")
+        if value is True:
+            value = next(supply, None)
+            if value is None:
+                raise BadRequest(f"{what}: more live siblings than values")
+        elif value is not None:
+            raise BadRequest(f"{what}: a sibling's value must be a placeholder or a tombstone")
+        context = _clock_from_plain(_parse_entries(vector, actor_bytes_max, True, what), _parse_entries(cloud, actor_bytes_max, False, what))
+        sibling = Sibling(Dot(actor, counter), context, value, timestamp_ms)
+        if siblings and not siblings[-1].dot < sibling.dot:
+            raise BadRequest(f"{what}: siblings must be sorted by dot, each dot once")
+        if seen.covers(sibling.dot):
+            raise BadRequest(f"{what}: its seen supersedes its own sibling {sibling.dot}")
+        if context and not seen.descends(context):
+            raise BadRequest(f"{what}: a sibling's context is not within the object's seen")
+        siblings.append(sibling)
+    if next(supply, None) is not None:
+        raise BadRequest(f"{what}: more values than live siblings")
+    return SiblingSet(tuple(siblings), seen)
 
 
 def encode_object(obj: SiblingSet, *, values: bool = True) -> bytes:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import cbor2
 import pytest
 from hypothesis import given, settings
@@ -104,3 +106,86 @@ def test_large_objects_are_not_remembered() -> None:
     large = replica.write(b"large", b"x" * 64, None, None, now_ms=1)
     assert len(small.record) <= 100 < len(large.record)
     assert [key for _, key in replica._objects] == [b"small"]
+
+
+# ---- records from peers ----
+
+
+def _record(obj: versions.SiblingSet) -> bytes:
+    return r.encode_record(obj, LIMITS.context_prune_threshold)
+
+
+def _sib(actor: str, counter: int, value: bytes | None = b"v", context: versions.Clock = versions.EMPTY_CLOCK) -> versions.Sibling:
+    return versions.Sibling(versions.Dot(actor, counter), context, value, 5)
+
+
+def test_an_honest_record_from_a_peer_is_accepted_as_sent() -> None:
+    first = node().write(b"k", b"one", None, None, now_ms=1)
+    second = r.LocalReplica("n2", LIMITS, 256).write(b"k", b"two", first.reply_context, first.record, now_ms=2)
+    assert r.decode_peer_record(second.record, LIMITS) == r.decode_record(second.record)
+    assert r.merge_records(None, second.record, LIMITS.context_prune_threshold, limits=LIMITS) == second.record
+
+
+def _with_versions(record: bytes, versions_cbor: bytes) -> bytes:
+    _, object_start, _ = r._split_record(record)
+    return record[:object_start] + versions_cbor
+
+
+def _with_context(record: bytes, token: bytes) -> bytes:
+    context_start, context_end, siblings_len = r._split_record(record)
+    head = codec.cbor_head(codec.MAJOR_BYTES, len(token))
+    length_at = context_start - 4
+    return record[:length_at] + (len(head) + len(token)).to_bytes(4, "big") + head + token + record[context_end:]
+
+
+def _malformed() -> list[tuple[str, bytes]]:
+    obj = versions.SiblingSet((_sib("a", 1), _sib("b", 1)), versions.EMPTY_CLOCK)
+    record = _record(obj)
+    raw = cbor2.loads(versions.encode_object(obj, values=False))
+    unsorted = [raw[0], raw[1][::-1], raw[2], raw[3]]
+    seen_covers = versions.SiblingSet((_sib("a", 1),), versions.Clock({"a": (1, 0)}))
+    stray_context = versions.SiblingSet((_sib("a", 1, context=versions.Clock({"z": (3, 0)})),), versions.EMPTY_CLOCK)
+    return [
+        ("truncated", record[:-3]),
+        ("not canonical", _with_versions(record, cbor2.dumps(unsorted))),
+        ("seen supersedes a sibling", _record(seen_covers)),
+        ("context beyond seen", _record(stray_context)),
+        ("view out of step", _with_versions(record, versions.encode_object(versions.SiblingSet((_sib("a", 1),)), values=False))),
+        ("context covers too little", _with_context(record, versions.encode_context(versions.Clock({"a": (1, 0)})))),
+        ("context covers too much", _with_context(record, versions.encode_context(versions.Clock({"a": (1, 0), "b": (2, 0)})))),
+        ("garbage", b"\x01\x00\x00\x00\x01\x80\x00\x00\x00\x01\x40\xff"),
+    ]
+
+
+@pytest.mark.parametrize(("case", "record"), _malformed(), ids=[case for case, _ in _malformed()])
+def test_a_malformed_record_from_a_peer_is_refused(case: str, record: bytes) -> None:
+    with pytest.raises(BadRequest):
+        r.decode_peer_record(record, LIMITS)
+    with pytest.raises(BadRequest):
+        r.merge_records(None, record, LIMITS.context_prune_threshold, limits=LIMITS)
+
+
+def test_a_write_whose_actor_has_issued_its_last_counter_takes_a_new_epoch() -> None:
+    exhausted = versions.Clock({"n1": (versions.EPOCH_COUNTER_MAX, 0)})
+    record = _record(versions.SiblingSet((_sib("n2", 1, context=exhausted),), exhausted))
+    with pytest.raises(versions.EpochExhausted):
+        node().write(b"k", b"v", None, record, now_ms=1)  # no way to take a new epoch: refused
+    renewed: list[str] = []
+    replica = node()
+
+    def renew() -> list[Any]:
+        replica.actor = "n1.new"
+        renewed.append(replica.actor)
+        return ["persist n1.new"]
+
+    replica.renew_actor = renew
+    plan = replica.write(b"k", b"v", None, record, now_ms=1)
+    assert renewed == ["n1.new"] and plan.meta_ops == ("persist n1.new",)
+    assert versions.Dot("n1.new", 1) in {s.dot for s in r.decode_record(plan.record).siblings}
+
+
+def test_a_client_context_with_an_implausible_counter_is_refused() -> None:
+    # It would reach the other replicas in `seen`, and they refuse counters no actor issues.
+    token = versions.encode_context(versions.Clock({"someone": (versions.EPOCH_COUNTER_MAX + 1, 0)}))
+    with pytest.raises(BadRequest, match="above"):
+        node().write(b"k", b"v", token, None, now_ms=1)
