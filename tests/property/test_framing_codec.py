@@ -66,8 +66,12 @@ clock_entries = st.lists(st.builds(messages.ClockEntry, text, ids), max_size=4)
 sibling_views = st.lists(st.builds(messages.SiblingView, blobs, text, ids, clock_entries), max_size=4)
 
 BUILDERS: dict[type, st.SearchStrategy[messages.Message]] = {
-    messages.Hello: st.builds(messages.Hello, ids, text),
-    messages.HelloOk: st.builds(messages.HelloOk, ids, text),
+    messages.Hello: st.builds(messages.Hello, ids, text, st.none() | text, st.none() | text, st.none() | text, st.none() | blobs),
+    messages.HelloOk: st.builds(
+        messages.HelloOk, ids, text, st.none() | st.lists(text, max_size=3), st.none() | text, st.none() | blobs, st.none() | blobs
+    ),
+    messages.HelloProof: st.builds(messages.HelloProof, blobs),
+    messages.HelloProofOk: st.builds(messages.HelloProofOk, st.lists(text, max_size=3)),
     messages.Ping: st.builds(messages.Ping, ids),
     messages.Pong: st.builds(messages.Pong, ids, text),
     messages.Get: st.builds(messages.Get, ids, blobs, small, st.none() | st.booleans(), st.none() | blobs, small),
