@@ -44,6 +44,15 @@ log = logging.getLogger("dynd.reaper")
 _NO_LIVE_SIBLINGS = EMPTY_VIEW.siblings_cbor
 
 
+def _same_versions(record: bytes, versions: SiblingSet) -> bool:
+    """A peer's answer holds exactly these versions; a malformed one does not (and must not raise
+    inside the reply callback, which would leave this reaping step waiting for good)."""
+    try:
+        return decode_record(record) == versions
+    except Exception:
+        return False
+
+
 def is_expired_tombstone(record: bytes, now_ms: int, grace_ms: int) -> bool:
     """Every sibling is a tombstone, the newest written more than `grace_ms` ago."""
     if record_view(record).siblings_cbor != _NO_LIVE_SIBLINGS:
@@ -140,8 +149,8 @@ class Reaper:
                 waiting.discard((peer, key))
                 if not isinstance(answer, messages.FetchOk):
                     keep.add(key)  # no answer: not known to hold the same
-                elif answer.record is not None and decode_record(answer.record) != by_key[key]:
-                    keep.add(key)  # it holds something else: let exchanges settle it first
+                elif answer.record is not None and not _same_versions(answer.record, by_key[key]):
+                    keep.add(key)  # it holds something else (or something unreadable): let exchanges settle it first
                 if not waiting:
                     self._delete(partition, found, keep)
 

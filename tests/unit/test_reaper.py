@@ -79,13 +79,15 @@ def test_a_tombstone_goes_when_every_other_primary_holds_it_or_nothing() -> None
 def test_a_tombstone_stays_when_a_primary_differs_or_does_not_answer() -> None:
     record = tombstone(1_000)
     other = LocalReplica("b.1", Limits(), Q).write(b"k", b"older", None, None, now_ms=1).record
-    for b_answer in (messages.FetchOk(id=1, record=other), Timeout("no reply")):
+    malformed = messages.FetchOk(id=1, record=b"\x01garbage")
+    for b_answer in (messages.FetchOk(id=1, record=other), Timeout("no reply"), malformed):
         reaper, storage, network, _ = setup({b"k": record})
         reaper.reap(0)
         (_, _, b_reply), (_, _, c_reply) = network.sent
         b_reply(b_answer)
         c_reply(messages.FetchOk(id=1, record=record))
         assert storage.objects == {(0, b"k"): record}, b_answer
+        assert not reaper.in_flight, "the step finished: the next one may run"
 
 
 def test_a_young_tombstone_is_not_even_asked_about() -> None:
