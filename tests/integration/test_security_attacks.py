@@ -492,14 +492,19 @@ def liveness_everywhere(lab: Lab) -> dict[str, dict[str, tuple[str, int]]]:
     return view
 
 
-def watch_nobody_changes(lab: Lab, before: dict[str, dict[str, tuple[str, int]]], seconds: float = OBSERVE_S) -> None:
-    """For `seconds`, every node sees every member alive at the incarnation it saw before."""
+def watch_views(lab: Lab, harmed: Any, what: str, seconds: float = OBSERVE_S) -> None:
+    """For `seconds`, no node's view of any member shows the harm an attack meant:
+    `harmed(node, member, (liveness, incarnation))`. (Only the attack's own mark is looked for: on
+    a loaded machine a member may be suspected and refute now and then, one incarnation at a time.)"""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        now = liveness_everywhere(lab)
-        changed = {(n, m): (before[n].get(m), state) for n, view in now.items() for m, state in view.items() if before[n].get(m) != state or state[0] != "alive"}
-        assert changed == {}, f"views changed: {changed}"
+        seen = {(n, m): state for n, view in liveness_everywhere(lab).items() for m, state in view.items() if harmed(n, m, state)}
+        assert seen == {}, f"{what}: {seen}"
         time.sleep(0.1)  # observation interval over a bounded window
+
+
+def killed_or_inflated(node: str, member: str, state: tuple[str, int]) -> bool:
+    return state[0] == "dead" or state[1] >= 2**32
 
 
 def stable_views(lab: Lab) -> dict[str, dict[str, tuple[str, int]]]:
@@ -517,7 +522,7 @@ def stable_views(lab: Lab) -> dict[str, dict[str, tuple[str, int]]]:
 
 def test_a_forged_swim_datagram_changes_nobodys_view(lab: Lab) -> None:
     cluster = cluster_id(lab)
-    before = stable_views(lab)
+    stable_views(lab)
     for node in lab.nodes:
         sender = "s2" if node.name != "s2" else "s1"
         victim = "s3" if node.name != "s3" else "s1"
@@ -526,7 +531,7 @@ def test_a_forged_swim_datagram_changes_nobodys_view(lab: Lab) -> None:
         if hostile.can_spoof():  # from the member's own address too: only the MAC can tell
             for payload in forged_datagrams(cluster, sender, node.name, victim):
                 hostile.send_udp_spoofed(lab.node(sender).address, node.address, payload)
-    watch_nobody_changes(lab, before)
+    watch_views(lab, killed_or_inflated, "a forged datagram killed a member or inflated its incarnation")
     intact(lab)
 
 
@@ -557,13 +562,15 @@ def test_replayed_datagrams_and_reused_sequence_numbers_are_dropped(lab: Lab) ->
     """An exact replay of a genuine datagram changes nothing. Since a replay of a state update is
     invisible anyway (the same update twice), the window is also checked with datagrams made with
     the secret that reuse a seen (boot, mseq), or an older boot, or fall below the window, carrying
-    'n3 suspect at its incarnation + 1': dropped, so nothing changes. The same datagram with a
-    fresh mseq then does make n3 suspect (it refutes at once): the drops were the window's doing."""
+    's3 suspect at its incarnation + 500' (within the step a third party may make): dropped, so s3
+    never reaches that incarnation (it would refute above it). The same datagram with a fresh mseq
+    then does: the drops were the window's doing."""
     s1, s2 = lab.node("s1"), lab.node("s2")
     before = stable_views(lab)
     genuine, seen = captured(lab, "s2", "s1")
     incarnation = before["s1"]["s3"][1]
-    suspect = [("s3", swim_wire.SUSPECT, incarnation + 1)]
+    mark = incarnation + 500  # far beyond the odd refutation a loaded machine may cause
+    suspect = [("s3", swim_wire.SUSPECT, mark)]
     stale = [genuine] * 3
     stale.append(sealed(lab, seen, "s1", suspect))  # the seen (boot, mseq)
     if seen.boot > 0:
@@ -572,11 +579,11 @@ def test_replayed_datagrams_and_reused_sequence_numbers_are_dropped(lab: Lab) ->
         stale.append(sealed(lab, seen, "s1", suspect, mseq=seen.mseq - 100))
     for payload in stale:
         hostile.send_udp_spoofed(s2.address, s1.address, payload)
-    watch_nobody_changes(lab, before)
+    watch_views(lab, lambda n, m, state: m == "s3" and state[1] >= mark, "a stale datagram was taken")
     # the positive control: fresh, it works
     _, latest = captured(lab, "s2", "s1")
     hostile.send_udp_spoofed(s2.address, s1.address, sealed(lab, latest, "s1", suspect, mseq=latest.mseq + 1))
-    poll_until("s1 taking the fresh datagram (s3 refutes: a higher incarnation)", lambda: liveness_everywhere(lab)["s1"]["s3"][1] > incarnation, deadline_s=15)
+    poll_until("s1 taking the fresh datagram (s3 refutes above it)", lambda: liveness_everywhere(lab)["s1"]["s3"][1] >= mark, deadline_s=15)
     intact(lab)
 
 
@@ -591,7 +598,7 @@ def test_a_huge_incarnation_from_a_real_peer_cannot_kill_for_good(lab: Lab) -> N
     for receiver in ("s1", "s3"):
         _, latest = captured(lab, "s2", receiver)
         hostile.send_udp_spoofed(s2.address, lab.node(receiver).address, sealed(lab, latest, receiver, [("s3", swim_wire.DEAD, 2**63 - 1)], mseq=latest.mseq + 1))
-    watch_nobody_changes(lab, before)
+    watch_views(lab, killed_or_inflated, "'dead at 2^63-1' from a real peer was taken")
     _, latest = captured(lab, "s2", "s1")
     hostile.send_udp_spoofed(s2.address, lab.node("s1").address, sealed(lab, latest, "s1", [("s3", swim_wire.DEAD, incarnation + 1000)], mseq=latest.mseq + 1))
 
