@@ -53,6 +53,7 @@ from dynd.core.replica import LocalReplica, decode_peer_record, decode_record, m
 from dynd.core.swim import Swim
 from dynd.core.versions import EMPTY, SiblingSet, UnissuedCounter
 from dynd.protocol import codec, messages
+from dynd.protocol.auth import Keyring
 from dynd.protocol.errors import BadRequest, DynError, Overloaded, QuorumFailed, StaleRing, Timeout, Unreachable
 from dynd.protocol.messages import error_reply
 
@@ -80,9 +81,13 @@ class Node:
         rng: RandomSource,
         seeds: Sequence[str] = (),
         actor: str | None = None,
+        keyring: Keyring | None = None,
+        boot: int = 0,
     ) -> None:
         """`actor`: the id this node's versions carry, its name plus an epoch (`dynd.core.actors`
-        says when a start must take a new one; the caller decides and stores it)."""
+        says when a start must take a new one; the caller decides and stores it). `keyring`: the
+        cluster secrets the failure detector's datagrams are sealed with (None: no secret);
+        `boot`: one more than at this node's previous start (the caller persists it)."""
         self.name = name
         self.rng = rng
         self.network = network
@@ -112,7 +117,15 @@ class Node:
             pacer=self.budget,
             renew_actor=self._renew_actor,
         )
-        self.swim = Swim(name, limits=limits, now_ms=now_ms, rng=rng)
+        self.swim = Swim(
+            name,
+            limits=limits,
+            now_ms=now_ms,
+            rng=rng,
+            cluster_id=lambda: self.cluster.params.cluster_id,  # follows a join made while running
+            keyring=keyring,
+            boot=boot,
+        )
         self.swim.on_change.append(lambda member, status: log.info("%s is %s", member, status))
         self.health = Health(name, now_ms=now_ms, down_for_ms=limits.peer_retry_ms, detector=self.swim)
         self.cluster.on_change.append(self._follow_membership)

@@ -20,20 +20,43 @@ State of a member, and how updates merge (name, status, incarnation):
     each member's state is ordered by (incarnation, rank), rank alive 0 < suspect 1 < dead 2;
     an update replaces the state it is greater than and is ignored otherwise. So a higher
     incarnation overrides anything (a suspect or dead member that refutes comes back alive), and
-    at equal incarnation dead > suspect > alive. States only grow, so all nodes converge.
-    Updates about names not in the member list are ignored.
+    at equal incarnation dead > suspect > alive. Within the bounds below states only grow (a
+    lattice), so all nodes converge. Updates about names not in the member list are ignored.
 
     transition                     | cause
     -------------------------------+---------------------------------------------------------
     alive@i   -> suspect@i         | our probe got no ack by the period's end, or suspect@i heard
     suspect@i -> dead@i            | suspicion timeout, or dead@i heard
-    any@i     -> alive@j (j > i)   | the member refuted (heard directly or gossiped)
-    any@i     -> suspect/dead@j    | heard, j > i (or j = i and a higher rank)
+    any@i     -> alive@j (j > i)   | the member refuted (heard from it directly, or gossiped)
+    any@i     -> suspect/dead@j    | heard, i < j <= i + INCARNATION_STEP_MAX (or j = i and a
+                                   | higher rank)
+    any@i     -> (ignored)         | a third party's update at j > i + INCARNATION_STEP_MAX
+                                   | (counted: incarnation_jumps)
+    any@i     -> alive@j (j < i)   | the member itself speaks (the header of its own datagram)
+                                   | at j with i > j + INCARNATION_STEP_MAX: our view is beyond
+                                   | anything it has claimed, so its word wins (counted:
+                                   | views_reset). The only step down, and only outside the
+                                   | bounds: an honest verdict is never above the member's own
+                                   | incarnation, which only grows within a boot.
+
+Incarnations may only grow by a bounded step (INCARNATION_STEP_MAX), so one datagram, even from a
+real peer, can never kill a member for good. Every datagram's header carries its sender's own
+incarnation, believed without a bound (after the MAC, replay and source checks: the sender speaks
+for itself), so an observer that restarted, and knows everyone at 0, learns each member's real
+incarnation from the member itself within a round, and ignores gossip far above it meanwhile.
+A member held at an incarnation far above its own, by pushes of INCARNATION_STEP_MAX at a time,
+recovers as soon as it sends this node a datagram (a ping, or the ack to our probe: dead members
+stay in the rotation). A verdict at 2^63-1 about a member whose own incarnation is within a step
+of it cannot be refuted; reaching one takes 2^53 authenticated datagrams, and a restart of the
+member clears it (a process starts at incarnation 0, so the verdict is then beyond a step of the
+member's word, everywhere it hears from the member).
 
 About itself a node is always alive. When it hears it is suspect or dead at incarnation i >= its
-own, it takes incarnation i + 1 and spreads alive@(i + 1) (a refutation). When it hears alive at
-a higher incarnation than its own (it restarted at 0, say), it adopts that number, so its next
-refutation beats whatever others hold.
+own (and i <= own + INCARNATION_STEP_MAX), it takes incarnation i + 1 and spreads alive@(i + 1) (a
+refutation). When it hears alive at a higher incarnation than its own (within the step; it
+restarted at 0, say), it adopts that number, so its next refutation beats whatever others hold.
+An update about itself more than INCARNATION_STEP_MAX above its own is ignored, counted and logged
+(at most once per LOG_INTERVAL_MS): it is not refuted, since no honest member holds it.
 
 Dissemination: every update this node learns or makes is piggybacked on its pings, ping-reqs and
 acks, fewest transmissions first (so the most recent first), up to `swim_piggyback_max` per
@@ -41,13 +64,30 @@ datagram and as many as fit, each about `swim_retransmit_mult` * ceil(log2(n + 1
 A ping (direct or relayed) always carries first the target's own state in our view, so a
 suspected or dead member learns it from the next ping and refutes in its ack.
 
-Datagrams:
-- A datagram larger than `datagram_bytes_max`, malformed, or from a name that is not a member is
-  dropped and counted; `receive` never raises on bad input.
+Datagrams (`dynd.protocol.swim_wire`, version 2: body || MAC), checked in this order; a datagram
+that fails a check is dropped, counted, and changes nothing; `receive` never raises on bad input:
+1. size (`datagram_bytes_max`), then the MAC against every secret of the keyring (in constant time,
+   before any parsing: `bad_macs`; with no keyring, the no-secret key), then strict CBOR and typed
+   fields (`bad_datagrams` counts all three);
+2. the cluster id (`wrong_cluster`), the sender a member (`unknown_senders`);
+3. the source address must be the sender's registered member address (`source_mismatches`);
+4. the replay window (`replays`): per sender (boot, highest mseq, a 64-bit bitmap of the mseqs
+   below it), as IPsec's anti-replay window: a datagram from an older boot than the latest seen
+   from that sender, a repeated mseq, or one more than 63 below the highest is a replay; a newer
+   boot resets the sender's window (it restarted). Windows outlive a member's removal (up to
+   WINDOWS_SPARE former members), so a member removed and added again cannot be fed its old
+   datagrams.
+Then the header's incarnation is applied as the sender's word about itself, then the updates.
+Bad MACs, wrong clusters, replays and source mismatches are also passed to `on_security_event`
+(kind, source address, detail), which the daemon logs rate-limited.
+
+Sending: every datagram carries the cluster id, this node's boot (the caller's: it grows with
+every start), the next mseq (one more per datagram sent), its own incarnation, and a MAC made with
+`keyring.current`. `set_keyring` swaps the keyring (a rotation: every secret of it is accepted).
 - Answers go to the member's registered address, never to the datagram's source address, so a
   forged source cannot turn the detector against a third party. And no answer is larger than the
-  datagram it answers (piggyback is trimmed to fit): an ack is at most the ping's size, a relayed
-  ack at most the ping-req's.
+  datagram it answers (piggyback is trimmed to fit; an answer that cannot fit is dropped and
+  counted): an ack is at most the ping's size, a relayed ack at most the ping-req's.
 - A ping from a name not in the member list is not answered: membership gossip over TCP brings a
   joining node in, and from then on it is answered.
 
@@ -81,7 +121,8 @@ from typing import Any, Protocol
 
 from dynd.core.limits import Limits
 from dynd.protocol import swim_wire as wire
-from dynd.protocol.swim_wire import ACK, ALIVE, DEAD, PING, PING_REQ, SUSPECT, BadDatagram, Update
+from dynd.protocol.auth import Keyring
+from dynd.protocol.swim_wire import ACK, ALIVE, DEAD, PING, PING_REQ, SUSPECT, BadDatagram, BadMac, Datagram, Update
 
 log = logging.getLogger("dynd.swim")
 
@@ -89,6 +130,23 @@ STATUS_NAMES = {ALIVE: "alive", SUSPECT: "suspect", DEAD: "dead"}
 STALL_TICKS = 2  # a tick later than this many tick intervals (and half a ping timeout): this node was not running
 SEQ_MODULUS = 2**63
 RELAYS_MAX = 1024  # ping-reqs being served at once; more are dropped
+# The most a third party may raise what this node knows of a member's incarnation in one update
+# (and the most an update about this node may exceed its own). Honest members step by one per
+# refutation, so 1024 leaves room for every refutation a member can make while this node misses
+# its datagrams, and 2^63 is 2^53 authenticated datagrams away.
+INCARNATION_STEP_MAX = 1024
+WINDOW_BITS = 64  # the replay window: this many mseqs at and below the highest seen
+_WINDOW_MASK = (1 << WINDOW_BITS) - 1
+WINDOWS_SPARE = 64  # replay windows kept for former members, beyond one per member
+LOG_INTERVAL_MS = 10_000  # warnings about the same kind of hostile input: at most one per interval
+
+# Kinds passed to `on_security_event`; the first three are `dynd.shell.security`'s own kinds.
+BAD_MAC = "bad_mac"
+REPLAY = "replay"
+SOURCE_MISMATCH = "source_mismatch"
+WRONG_CLUSTER = "wrong_cluster"
+
+SecurityEventHook = Callable[[str, str, str], None]  # (kind, source address, detail)
 
 
 class SwimRandom(Protocol):
@@ -114,8 +172,14 @@ class SwimStats:
     refutations: int = 0  # times this node refuted a suspicion of itself
     dead_verdicts: int = 0  # members this node marked dead (timeout or gossip)
     recoveries: int = 0  # suspect or dead members seen alive again
-    bad_datagrams: int = 0
+    bad_datagrams: int = 0  # too large, a MAC that fails, or malformed
+    bad_macs: int = 0  # of bad_datagrams: the MAC failed (forged, corrupted, another secret)
+    wrong_cluster: int = 0
     unknown_senders: int = 0
+    source_mismatches: int = 0  # the source address is not the sender's member address
+    replays: int = 0  # an mseq seen before, older than the window, or from an older boot
+    incarnation_jumps: int = 0  # updates ignored: more than INCARNATION_STEP_MAX above what we know
+    views_reset: int = 0  # a member's own word overruled our view of it (far above its claim)
     misdirected: int = 0  # a ping for another name, a ping-req about a non-member
     answers_dropped: int = 0  # an answer that could not fit the size of the question
     stalls: int = 0
@@ -131,6 +195,36 @@ class _Member:
     status: int = ALIVE
     incarnation: int = 0
     suspect_deadline_ms: int = 0
+
+
+@dataclass(slots=True)
+class _Window:
+    """What this node has seen of one sender's datagrams: its boot, the highest mseq, and a bitmap
+    of the mseqs at and below it (bit k: top - k seen)."""
+
+    boot: int
+    top: int
+    bits: int = 1
+
+    def admit(self, boot: int, mseq: int) -> str:
+        """Record (boot, mseq) and return "" if it is fresh; otherwise why it is a replay."""
+        if boot < self.boot:
+            return f"boot {boot} is older than {self.boot}"
+        if boot > self.boot:  # the sender restarted: a new window
+            self.boot, self.top, self.bits = boot, mseq, 1
+            return ""
+        if mseq > self.top:
+            shift = mseq - self.top
+            self.bits = ((self.bits << shift) | 1) & _WINDOW_MASK if shift < WINDOW_BITS else 1
+            self.top = mseq
+            return ""
+        offset = self.top - mseq
+        if offset >= WINDOW_BITS:
+            return f"mseq {mseq} is older than the window (highest {self.top})"
+        if self.bits >> offset & 1:
+            return f"mseq {mseq} seen before"
+        self.bits |= 1 << offset
+        return ""
 
 
 @dataclass(slots=True)
@@ -159,14 +253,37 @@ class _Broadcast:
 
 
 class Swim:
-    def __init__(self, name: str, *, limits: Limits, now_ms: Callable[[], int], rng: SwimRandom, incarnation: int = 0) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        limits: Limits,
+        now_ms: Callable[[], int],
+        rng: SwimRandom,
+        incarnation: int = 0,
+        cluster_id: str | Callable[[], str] = "",
+        keyring: Keyring | None = None,
+        boot: int = 0,
+        on_security_event: SecurityEventHook | None = None,
+    ) -> None:
+        """`cluster_id`: the id datagrams carry and must carry, or a function giving the current
+        one (a node that joins a cluster while running takes the cluster's id). `keyring`: the
+        cluster secrets (None: no secret). `boot`: grows with every start of this node (the caller
+        persists it), so peers' replay windows take this process's datagrams as new."""
         self.name = name
         self.limits = limits
         self.now_ms = now_ms
         self.rng = rng
         self.own_incarnation = incarnation
+        self.boot = boot
+        self._cluster_id: Callable[[], str] = cluster_id if callable(cluster_id) else (lambda: cluster_id)
+        self._keyring = keyring
+        self.on_security_event = on_security_event
         self.on_change: list[Callable[[str, str], None]] = []
         self.stats = SwimStats()
+        self._mseq = 0  # of the last datagram sent
+        self._windows: dict[str, _Window] = {}  # replay windows, by sender name
+        self._logged_ms: dict[str, int] = {}  # rate limit of warnings, by kind
         self._members: dict[str, _Member] = {}
         self._order: list[str] = []  # this round's probe order
         self._order_pos = 0
@@ -180,6 +297,14 @@ class Swim:
         now = now_ms()
         self._last_tick_ms = now
         self._next_probe_ms = now + int(rng.random() * limits.swim_period_ms)  # nodes started together spread out
+
+    @property
+    def cluster_id(self) -> str:
+        return self._cluster_id()
+
+    def set_keyring(self, keyring: Keyring | None) -> None:
+        """Seal with `keyring.current` from now on and accept any of its secrets (SIGHUP)."""
+        self._keyring = keyring
 
     # ---- queries ----
 
@@ -196,6 +321,10 @@ class Swim:
     def usable(self, name: str) -> bool:
         member = self._members.get(name)
         return member is None or member.status != DEAD
+
+    def member_addresses(self) -> list[str]:
+        """The registered address of every other member (the shell resolves them ahead)."""
+        return [m.address for m in self._members.values()]
 
     def members(self) -> dict[str, tuple[str, int]]:
         """name -> (status, incarnation) of every member, this node included."""
@@ -225,6 +354,9 @@ class Swim:
                 del self._probes[seq]
             for seq in [seq for seq, relay in self._relays.items() if name in (relay.target, relay.requester)]:
                 del self._relays[seq]
+        if len(self._windows) > len(self._members) + WINDOWS_SPARE:
+            for name in [name for name in self._windows if name not in self._members]:
+                del self._windows[name]
 
     def report_failure(self, name: str) -> None:
         if name in self._members:
@@ -268,17 +400,10 @@ class Swim:
         return out
 
     def receive(self, source_address: str, payload: bytes) -> list[tuple[str, bytes]]:
-        try:
-            datagram = wire.decode_datagram(payload, bytes_max=self.limits.datagram_bytes_max)
-        except BadDatagram as exc:
-            self.stats.bad_datagrams += 1
-            log.debug("bad datagram from %s: %s", source_address, exc)
+        datagram = self._admit(source_address, payload)
+        if datagram is None:
             return []
-        sender = self._members.get(datagram.sender)
-        if sender is None:
-            self.stats.unknown_senders += 1
-            log.debug("datagram from %s, not a member (%s)", datagram.sender[:64], source_address)
-            return []
+        sender = self._members[datagram.sender]
         if datagram.kind == PING and datagram.target != self.name:
             self.stats.misdirected += 1
             return []
@@ -286,14 +411,15 @@ class Swim:
             self.stats.misdirected += 1
             return []
         now = self.now_ms()
+        self._heard_from(sender, datagram.incarnation, now)
         for update in datagram.updates:
-            self._apply(update, now)
+            self._apply(update, now, datagram.sender)
         out: list[tuple[str, bytes]] = []
         if datagram.kind == PING:
             self.stats.pings_received += 1
             # a pinger we hold suspect or dead hears so first, and refutes at once
             candidates = self._candidates() if sender.status == ALIVE else [Update(sender.name, sender.status, sender.incarnation), *self._candidates(skip=sender.name)]
-            self._send(sender.address, ACK, datagram.seq, self.name, "", candidates, len(payload), out)
+            self._send(sender.address, ACK, datagram.seq, "", candidates, len(payload), out)
         elif datagram.kind == PING_REQ:
             self.stats.ping_reqs_received += 1
             if len(self._relays) >= RELAYS_MAX:
@@ -305,6 +431,63 @@ class Swim:
         else:
             self._ack(datagram, out)
         return out
+
+    def _admit(self, source_address: str, payload: bytes) -> Datagram | None:
+        """The datagram, if it passes every check in the order the module docstring gives; else
+        None, counted (and reported to `on_security_event` when it may be hostile)."""
+        try:
+            body = wire.open_datagram(payload, self._keyring, bytes_max=self.limits.datagram_bytes_max)
+            datagram = wire.decode_body(body)
+        except BadMac:
+            self.stats.bad_datagrams += 1
+            self.stats.bad_macs += 1
+            self._security_event(BAD_MAC, source_address, f"datagram of {len(payload)} bytes")
+            return None
+        except BadDatagram as exc:
+            self.stats.bad_datagrams += 1
+            log.debug("bad datagram from %s: %s", source_address, exc)
+            return None
+        if datagram.cluster != self.cluster_id:
+            self.stats.wrong_cluster += 1
+            self._security_event(WRONG_CLUSTER, source_address, f"cluster {datagram.cluster[:64]!r} from {datagram.sender!r}")
+            return None
+        sender = self._members.get(datagram.sender)
+        if sender is None:
+            self.stats.unknown_senders += 1
+            log.debug("datagram from %s, not a member (%s)", datagram.sender[:64], source_address)
+            return None
+        if source_address != sender.address:
+            self.stats.source_mismatches += 1
+            self._security_event(SOURCE_MISMATCH, source_address, f"sender {sender.name} is at {sender.address}")
+            return None
+        window = self._windows.get(sender.name)
+        if window is None:
+            self._windows[sender.name] = _Window(datagram.boot, datagram.mseq)
+        else:
+            restarted = datagram.boot > window.boot
+            replay = window.admit(datagram.boot, datagram.mseq)
+            if replay:
+                self.stats.replays += 1
+                self._security_event(REPLAY, source_address, f"from {sender.name}: {replay}")
+                return None
+            if restarted:
+                log.info("member %s restarted (boot %d)", sender.name, datagram.boot)
+        return datagram
+
+    def _security_event(self, kind: str, source_address: str, detail: str) -> None:
+        log.debug("dropped a datagram from %s (%s): %s", source_address, kind, detail)
+        if self.on_security_event is not None:
+            self.on_security_event(kind, source_address, detail)
+
+    def _warn(self, kind: str, message: str, *args: Any) -> None:
+        """A warning, at most one of each kind per LOG_INTERVAL_MS (hostile input must not flood the log)."""
+        now = self.now_ms()
+        last = self._logged_ms.get(kind)
+        if last is not None and now < last + LOG_INTERVAL_MS:
+            log.debug(message, *args)
+            return
+        self._logged_ms[kind] = now
+        log.warning(message, *args)
 
     # ---- probing ----
 
@@ -328,7 +511,7 @@ class Swim:
 
     def _send_ping(self, target: _Member, seq: int, out: list[tuple[str, bytes]]) -> None:
         candidates = [Update(target.name, target.status, target.incarnation), *self._candidates(skip=target.name)]
-        if self._send(target.address, PING, seq, self.name, target.name, candidates, self.limits.datagram_bytes_max, out):
+        if self._send(target.address, PING, seq, target.name, candidates, self.limits.datagram_bytes_max, out):
             self.stats.pings_sent += 1
 
     def _send_ping_reqs(self, probe: _Probe, out: list[tuple[str, bytes]]) -> None:
@@ -338,20 +521,21 @@ class Swim:
         helpers = [m.name for m in self._members.values() if m.status == ALIVE and m.name != probe.target]
         for name in self.rng.sample(helpers, min(self.limits.swim_indirect_probes, len(helpers))):
             candidates = [Update(target.name, target.status, target.incarnation), *self._candidates(skip=target.name)]
-            if self._send(self._members[name].address, PING_REQ, probe.seq, self.name, target.name, candidates, self.limits.datagram_bytes_max, out):
+            if self._send(self._members[name].address, PING_REQ, probe.seq, target.name, candidates, self.limits.datagram_bytes_max, out):
                 self.stats.indirect_probes += 1
 
-    def _ack(self, datagram: wire.Datagram, out: list[tuple[str, bytes]]) -> None:
+    def _ack(self, datagram: Datagram, out: list[tuple[str, bytes]]) -> None:
+        subject = datagram.target or datagram.sender  # a relayed ack names the member it vouches for
         probe = self._probes.get(datagram.seq)
-        if probe is not None and probe.target == datagram.sender:
+        if probe is not None and probe.target == subject:
             del self._probes[datagram.seq]
             self.stats.acks_received += 1
             return
         relay = self._relays.get(datagram.seq)
-        if relay is not None and relay.target == datagram.sender:
+        if relay is not None and relay.target == subject:
             del self._relays[datagram.seq]
             requester = self._members.get(relay.requester)
-            if requester is not None and self._send(requester.address, ACK, relay.requester_seq, datagram.sender, "", self._candidates(), relay.answer_bytes_max, out):
+            if requester is not None and self._send(requester.address, ACK, relay.requester_seq, relay.target, self._candidates(), relay.answer_bytes_max, out):
                 self.stats.acks_relayed += 1
             return
         self.stats.acks_late += 1
@@ -388,21 +572,66 @@ class Swim:
 
     # ---- state ----
 
-    def _apply(self, update: Update, now: int) -> None:
+    def _heard_from(self, member: _Member, incarnation: int, now: int) -> None:
+        """The sender's own word about itself (its header): alive at `incarnation`, believed
+        without a bound; and, if our view of it is beyond anything it claims, instead of that view."""
+        if member.incarnation > incarnation + INCARNATION_STEP_MAX:
+            self.stats.views_reset += 1
+            self._warn(
+                "view_reset",
+                "member %s says it is at incarnation %d; this node held it %s@%d: believing the member",
+                member.name,
+                incarnation,
+                STATUS_NAMES[member.status],
+                member.incarnation,
+            )
+            self._set_state(member, ALIVE, incarnation, now)
+        elif incarnation > member.incarnation:
+            self._set_state(member, ALIVE, incarnation, now)
+
+    def _apply(self, update: Update, now: int, sender: str) -> None:
         if update.name == self.name:
-            self._apply_about_self(update)
+            self._apply_about_self(update, sender)
             return
         member = self._members.get(update.name)
         if member is None:
             return
+        if update.name != sender and update.incarnation > member.incarnation + INCARNATION_STEP_MAX:
+            self.stats.incarnation_jumps += 1
+            log.debug(
+                "ignoring %s@%d about %s from %s: more than %d above %d",
+                STATUS_NAMES[update.status],
+                update.incarnation,
+                update.name,
+                sender,
+                INCARNATION_STEP_MAX,
+                member.incarnation,
+            )
+            return
         if (update.incarnation, update.status) > (member.incarnation, member.status):
             self._set_state(member, update.status, update.incarnation, now)
 
-    def _apply_about_self(self, update: Update) -> None:
-        if update.status == ALIVE:
+    def _apply_about_self(self, update: Update, sender: str) -> None:
+        if update.incarnation > self.own_incarnation + INCARNATION_STEP_MAX:
+            self.stats.incarnation_jumps += 1
+            self._warn(
+                "self_jump",
+                "ignoring %s@%d about this node from %s: more than %d above its incarnation %d",
+                STATUS_NAMES[update.status],
+                update.incarnation,
+                sender,
+                INCARNATION_STEP_MAX,
+                self.own_incarnation,
+            )
+        elif update.status == ALIVE:
             self.own_incarnation = max(self.own_incarnation, update.incarnation)
         elif update.incarnation >= wire.INT_MAX:
-            log.warning("cannot refute %s@%d about this node: no higher incarnation", STATUS_NAMES[update.status], update.incarnation)
+            self._warn(
+                "cannot_refute",
+                "cannot refute %s@%d about this node: no higher incarnation; restarting this node clears it",
+                STATUS_NAMES[update.status],
+                update.incarnation,
+            )
         elif update.incarnation >= self.own_incarnation:
             self.own_incarnation = update.incarnation + 1
             self.stats.refutations += 1
@@ -449,17 +678,25 @@ class Swim:
         address: str,
         kind: int,
         seq: int,
-        sender: str,
         target: str,
         candidates: list[Update],
         bytes_max: int,
         out: list[tuple[str, bytes]],
     ) -> bool:
-        """Pack and queue one datagram; count a transmission of each broadcast it carries."""
-        packed = wire.pack(kind, seq, sender, target, candidates, bytes_max=min(bytes_max, self.limits.datagram_bytes_max), updates_max=self.limits.swim_piggyback_max)
+        """Seal and queue one datagram from this node; count a transmission of each broadcast it carries."""
+        bare = Datagram(kind, seq, self.name, target, (), self.cluster_id, self.boot, self._mseq + 1, self.own_incarnation)
+        secret = self._keyring.current if self._keyring is not None else None
+        packed = wire.pack(
+            bare,
+            candidates,
+            bytes_max=min(bytes_max, self.limits.datagram_bytes_max),
+            updates_max=self.limits.swim_piggyback_max,
+            secret=secret,
+        )
         if packed is None:
             self.stats.answers_dropped += 1
             return False
+        self._mseq += 1
         payload, chosen = packed
         limit = self._retransmits_max()
         for index in chosen:

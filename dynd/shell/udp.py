@@ -6,6 +6,14 @@ one sender task. `flush` never blocks: with the queue full, datagrams are droppe
 detector copes with loss). Addresses are "host:port"; host names are resolved off the event loop
 and cached for `RESOLVE_TTL_S`.
 
+Source addresses: the detector drops a datagram whose source is not its sender's registered member
+address. A member registered by host name ("db3.example:7400") sends from an IP address, so the
+endpoint keeps a reverse map from each resolved socket address to the registered string it came
+from, and hands the detector that string; any other source is passed as "ip:port" (an IPv4 address
+seen through an IPv6 socket as ::ffff:a.b.c.d is passed as a.b.c.d). Members' addresses are
+resolved as soon as the detector lists them (checked every `RESOLVE_POLL_S`), not only when
+sending to them, so a member's first datagram already maps to its registered address.
+
 Nothing stops the loops but cancellation: a socket error, an unresolvable address, a bad datagram
 or even a bug in the detector is logged at debug (the bug with its traceback) and counted.
 """
@@ -25,11 +33,15 @@ log = logging.getLogger("dynd.udp")
 
 SEND_QUEUE_MAX = 1024  # datagrams waiting for the sender task
 RESOLVE_TTL_S = 60.0
+RESOLVE_POLL_S = 0.1  # how often the member list is checked for addresses not yet resolved
+RESOLVE_RETRY_S = 5.0  # an address that failed to resolve is tried again after this long
 ERROR_BACKOFF_S = 0.01  # after a receive error, so a persistent one cannot spin the loop
 
 
 class Detector(Protocol):
     def receive(self, source_address: str, payload: bytes) -> list[tuple[str, bytes]]: ...
+
+    def member_addresses(self) -> list[str]: ...
 
 
 @dataclass(slots=True)
@@ -56,6 +68,8 @@ class UdpEndpoint:
         self._family = stdlib_socket.AF_INET
         self._queue_in, self._queue_out = trio.open_memory_channel[tuple[str, bytes]](SEND_QUEUE_MAX)
         self._resolved: dict[str, tuple[Any, float]] = {}  # "host:port" -> (sockaddr, expires)
+        self._registered: dict[tuple[str, int], str] = {}  # (ip, port) resolved -> the "host:port" it came from
+        self._failed: dict[str, float] = {}  # address -> when resolving it may be tried again
 
     def flush(self, datagrams: list[tuple[str, bytes]]) -> None:
         """Queue datagrams for sending; never blocks, drops (and counts) when the queue is full."""
@@ -81,6 +95,7 @@ class UdpEndpoint:
             task_status.started(self.bound[1])
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._send_loop, sock)
+                nursery.start_soon(self._resolve_loop, swim)
                 await self._receive_loop(sock, swim)
 
     async def _receive_loop(self, sock: trio.socket.SocketType, swim: Detector) -> None:
@@ -96,7 +111,7 @@ class UdpEndpoint:
                 continue
             self.stats.datagrams_in += 1
             self.stats.bytes_in += len(payload)
-            source_address = format_address(source[0], source[1])
+            source_address = self.source_address(source)
             try:
                 answers = swim.receive(source_address, payload)
             except Exception:  # a bug, not bad input (the detector counts and drops that)
@@ -104,6 +119,34 @@ class UdpEndpoint:
                 log.debug("failure detector failed on a datagram from %s", source_address, exc_info=True)
                 continue
             self.flush(answers)
+
+    def source_address(self, sockaddr: Any) -> str:
+        """The registered "host:port" a datagram's source resolves from, or its "ip:port"."""
+        host, port = sockaddr[0], sockaddr[1]
+        registered = self._registered.get((host, port))
+        if registered is not None:
+            return registered
+        if host.startswith("::ffff:") and "." in host:
+            host = host[len("::ffff:") :]
+        return format_address(host, port)
+
+    async def _resolve_loop(self, swim: Detector) -> None:
+        while True:
+            try:
+                addresses = swim.member_addresses()
+            except Exception:  # a bug in the detector must not stop the endpoint
+                self.stats.detector_errors += 1
+                log.debug("failure detector failed to list member addresses", exc_info=True)
+                addresses = []
+            for address in addresses:
+                cached = self._resolved.get(address)
+                now = trio.current_time()
+                if (cached is None or cached[1] <= now) and self._failed.get(address, now) <= now:
+                    if await self._resolve(address) is None:
+                        self._failed[address] = now + RESOLVE_RETRY_S
+                    else:
+                        self._failed.pop(address, None)
+            await trio.sleep(RESOLVE_POLL_S)
 
     async def _send_loop(self, sock: trio.socket.SocketType) -> None:
         async for address, payload in self._queue_out:
@@ -133,5 +176,9 @@ class UdpEndpoint:
             self.stats.unresolved += 1
             log.debug("cannot resolve %s for udp: %s", address, exc)
             return None
+        previous = self._resolved.get(address)
+        if previous is not None and self._registered.get((previous[0][0], previous[0][1])) == address:
+            del self._registered[(previous[0][0], previous[0][1])]  # the name moved: its old address is no longer its
         self._resolved[address] = (sockaddr, trio.current_time() + RESOLVE_TTL_S)
+        self._registered[(sockaddr[0], sockaddr[1])] = address
         return sockaddr

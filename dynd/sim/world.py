@@ -182,6 +182,7 @@ class World:
                 rng=node_rng,
                 seeds=host.seeds,
                 actor=actor,
+                boot=host.incarnations,  # grows with every start, as the daemon's persisted boot does
             )
 
         process.run(build)

@@ -86,13 +86,22 @@ class SimNet:
         self.addresses = {name: f"10.0.0.{index + 1}:7400" for index, name in enumerate(names)}
         self._by_address = {address: name for name, address in self.addresses.items()}
         self.hosts: dict[str, _Host] = {}
+        self.boots: dict[str, int] = {}  # each start of a node takes the next boot, as the daemon's do
         for name in names:
             self._start(name, incarnation=0)
 
     # ---- nodes ----
 
     def _start(self, name: str, incarnation: int) -> None:
-        swim = Swim(name, limits=self.limits, now_ms=lambda: self.now, rng=random.Random(self.rng.random()), incarnation=incarnation)
+        self.boots[name] = self.boots.get(name, 0) + 1
+        swim = Swim(
+            name,
+            limits=self.limits,
+            now_ms=lambda: self.now,
+            rng=random.Random(self.rng.random()),
+            incarnation=incarnation,
+            boot=self.boots[name],
+        )
         swim.set_members(self.addresses)
         swim.on_change.append(lambda member, status, observer=name: self.verdicts.append(Verdict(self.now, observer, member, status)))
         self.hosts[name] = _Host(name, self.addresses[name], swim)

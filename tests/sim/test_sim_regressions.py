@@ -25,7 +25,9 @@ checker cannot see it (the element was acknowledged, so its presence looks right
 Cassandra does: a hinted sibling older than the tombstone grace period is not delivered
 (`HintDelivery`). The simulator's grace period then went from 3 s to 5 s, past its longest fault,
 as the operator's promise requires (seed 1081 at --clear-ratio 0.2 had a node cut off for 3.5 s
-hand a deleted value back); seed 312 at --clear-ratio 0.2 replays bug 2 under it.
+hand a deleted value back); seed 21 at --clear-ratio 0.5 replays bug 2 under it (seed 312 at
+--clear-ratio 0.2 did until the failure detector's datagrams were authenticated, which moved
+every trace).
 
 Bug 3 (a deleted value comes back from a leaving node). A leaving node hands over everything it
 holds, partition by partition; while faults hold its handoff up, the key is deleted and the
@@ -118,7 +120,7 @@ def test_seeds_that_found_bug_1(seed: int, seconds: float) -> None:
 
 
 # The seeds that found it, and one that still replays it under the simulator's longer grace period.
-BUG_2_CONFIGS = [SimConfig(seed=seed, seconds=6) for seed in (21, 135, 231, 943)] + [SimConfig(seed=312, seconds=6, clear_ratio=0.2)]
+BUG_2_CONFIGS = [SimConfig(seed=seed, seconds=6) for seed in (21, 135, 231, 943)] + [SimConfig(seed=21, seconds=6, clear_ratio=0.5)]
 
 
 @pytest.mark.parametrize("config", BUG_2_CONFIGS, ids=lambda c: f"seed{c.seed}")
@@ -133,7 +135,7 @@ def test_without_hint_expiry_a_deleted_value_comes_back(monkeypatch: pytest.Monk
     assert any(f.checker == "resurrected" for f in result.failures), result.report()
 
 
-BUG_3_CONFIG = SimConfig(seed=1763, seconds=10, clear_ratio=0.2)
+BUG_3_CONFIG = SimConfig(seed=2448, seconds=10, clear_ratio=0.2)  # 1763 replayed it until the datagrams were authenticated
 
 
 def test_the_seed_that_found_bug_3_passes() -> None:
