@@ -35,7 +35,9 @@ class FrameDecoder:
     def __init__(self, frame_bytes_max: int) -> None:
         self._frame_bytes_max = frame_bytes_max
         self._buffer = bytearray()
-        self._poisoned: BadFrame | None = None
+        # Kept as text: a kept exception would hold its traceback, and through it this decoder
+        # and the last chunk, in a cycle only the full collector frees (megabytes per connection).
+        self._poisoned: str | None = None
 
     @property
     def has_partial_frame(self) -> bool:
@@ -54,7 +56,7 @@ class FrameDecoder:
     def feed(self, chunk: bytes) -> list[bytes]:
         """Add a chunk; return every frame now complete, in order."""
         if self._poisoned is not None:
-            raise self._poisoned
+            raise FrameTooLarge(self._poisoned)
         self._buffer += chunk
         frames: list[bytes] = []
         start = 0
@@ -63,9 +65,9 @@ class FrameDecoder:
         while end - start >= PREFIX_BYTES:
             (length,) = LENGTH_PREFIX.unpack_from(buf, start)
             if length > self._frame_bytes_max:
-                self._poisoned = FrameTooLarge(_describe_oversize(bytes(buf[start : start + PREFIX_BYTES]), length, self._frame_bytes_max))
+                self._poisoned = _describe_oversize(bytes(buf[start : start + PREFIX_BYTES]), length, self._frame_bytes_max)
                 del buf[:]
-                raise self._poisoned
+                raise FrameTooLarge(self._poisoned)
             if end - start - PREFIX_BYTES < length:
                 break
             body_start = start + PREFIX_BYTES

@@ -62,6 +62,9 @@ RECEIVE_CHUNK_BYTES = 256 * 1024
 # leave it where it is (moving a trio deadline costs event-loop work).
 DEADLINE_SLACK_DIVISOR = 64
 CLOSE_LINGER_S = 2.0
+# Frames of one chunk handled before the reader lets the other connections run: a pipeline of
+# thousands of frames in one 256 KiB read would otherwise hold the event loop for its whole length.
+FRAMES_PER_TURN = 16
 
 
 
@@ -76,7 +79,8 @@ class Connection:
         self.local = auth.is_loopback_host(peer.rsplit(":", 1)[0].strip("[]"))
         self.greeted = False  # the hello (and, for a peer, its proof) is done
         self.roles: frozenset[str] = frozenset()
-        self.credentialed = False  # proved something: a token, the secret, or a local connection
+        self.credentialed = False  # proved something (a token, the secret) or local: the long idle timeout
+        self.proven = False  # proved a token or the secret: never closed to make room for others
         self.peer_name: str | None = None  # a peer's name, once proved (or claimed, with no secret)
         self._awaiting_proof: tuple[str, bytes, bytes] | None = None  # (dialer, its nonce, ours)
         self.last_active = trio.current_time()
@@ -209,6 +213,16 @@ class Connection:
 
     # ---- requests ----
 
+    async def _take_turns(self) -> None:
+        """Between batches of a long pipeline: send what is answered, and let every other
+        connection have its turn, so one client's thousands of frames cannot stall the rest."""
+        self._holding = False
+        if (self._outgoing or self._tls_owed()) and not self._writer_sending:
+            self._flush()
+        with trio.CancelScope(shield=True):  # a read deadline is for reads, not for this pause
+            await trio.lowlevel.checkpoint()
+        self._holding = True
+
     def evict(self) -> None:
         """Close this idle connection to make room for a new one."""
         self.evicted = True
@@ -216,10 +230,12 @@ class Connection:
             self._read_scope.cancel()
 
     def _track_partial(self, held: int) -> bool:
-        """Account this connection's partly received bytes; False when the server-wide cap is passed."""
+        """Account this connection's partly received bytes; False when they grew past the
+        server-wide cap (only a connection adding to the total is closed for it)."""
+        grew = held > self._partial_bytes
         self.server.partial_bytes += held - self._partial_bytes
         self._partial_bytes = held
-        return self.server.partial_bytes <= self.limits.partial_frames_bytes_max
+        return not grew or self.server.partial_bytes <= self.limits.partial_frames_bytes_max
 
     def release(self) -> None:
         self._track_partial(0)
@@ -289,9 +305,11 @@ class Connection:
                 else:
                     frame_started = None
                 self._holding = True
-                for frame in frames:
+                for index, frame in enumerate(frames, 1):
                     if not self.dispatch(frame):
                         return
+                    if index % FRAMES_PER_TURN == 0 and index < len(frames):
+                        await self._take_turns()
                 self._holding = False
                 if (self._outgoing or self._tls_owed()) and not self._writer_sending:
                     self._flush()
@@ -351,6 +369,7 @@ class Connection:
         if security.open:
             roles |= auth.ALL_ROLES
             self.credentialed = self.local or message.node is not None
+            self.proven = message.node is not None  # no secret to prove: a node's word is taken
             self.peer_name = message.node
         else:
             if not security.tokens.has_client_tokens:
@@ -363,7 +382,7 @@ class Connection:
             if granted is None:
                 return self._refuse_hello("the token is not valid here")
             roles |= auth.ROLE_GRANTS[granted]
-            self.credentialed = True
+            self.credentialed = self.proven = True
         if message.node is not None and message.nonce is not None and security.keyring is not None:
             return self._peer_challenge(message, security.keyring, frozenset(roles))
         if not roles:
@@ -397,7 +416,7 @@ class Connection:
         if keyring is None or not auth.check_proof(keyring, message.proof, auth.DIALER, cluster, dialer, self.node.name, theirs, ours):
             return self._refuse_hello(f"{dialer!r} did not prove the cluster secret")
         self.roles = auth.ALL_ROLES
-        self.credentialed = True
+        self.credentialed = self.proven = True
         self.peer_name = dialer
         self._greeted()
         self.send(messages.HelloProofOk(roles=sorted(self.roles)))
@@ -445,8 +464,9 @@ class Server:
         self._open: set[Connection] = set()
 
     def _idle_anonymous(self) -> Connection | None:
-        """The connection that proved nothing and has been idle the longest, if any."""
-        idle = [c for c in self._open if not c.credentialed and not c.inflight and not c.evicted]
+        """The connection that proved nothing (no token, no secret; local or not) and has been
+        idle the longest, if any."""
+        idle = [c for c in self._open if not c.proven and not c.inflight and not c.evicted]
         return min(idle, key=lambda c: c.last_active, default=None)
 
     async def handle(self, stream: trio.SocketStream) -> None:
@@ -471,6 +491,7 @@ class Server:
                 try:
                     await connection.reader()
                 finally:
+                    connection.release()  # its partial frame is dropped now, not after the linger
                     # Let the writer send what is queued (such as the error that ends this
                     # connection), but not forever.
                     connection.finish_reading()

@@ -86,7 +86,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
             args = ("--join", nodes[0].address) if nodes else ("--replicas", "3", "--r", "2", "--w", "2", "--partitions", "64")
             if net is not None:
                 ip = net.add_node(index)
-                node = DyndProcess(tmp_path / f"m{index}", name=f"m{index}", config_text=CONFIG, host=ip, port=PORT, wrapper=net.wrapper(index), extra_args=args)
+                node = DyndProcess(tmp_path / f"m{index}", name=f"m{index}", config_text=CONFIG + netns.TRUSTED_LAB, host=ip, port=PORT, wrapper=net.wrapper(index), extra_args=args)
             else:
                 node = DyndProcess(tmp_path / f"m{index}", name=f"m{index}", config_text=CONFIG, extra_args=args)
             nodes.append(node.start())

@@ -35,7 +35,7 @@ def lab_cluster(tmp_path: Path) -> Iterator[tuple[netns.NetLab, list[DyndProcess
             ip = lab.add_node(index)
             args = ("--join", nodes[0].address) if nodes else ("--replicas", "3", "--r", "2", "--w", "2", "--partitions", "64")
             node = DyndProcess(
-                tmp_path / f"x{index}", name=f"x{index}", config_text=FAST_TIMERS, host=ip, port=PORT, wrapper=lab.wrapper(index), extra_args=args
+                tmp_path / f"x{index}", name=f"x{index}", config_text=FAST_TIMERS + netns.TRUSTED_LAB, host=ip, port=PORT, wrapper=lab.wrapper(index), extra_args=args
             )
             nodes.append(node.start())
         poll_until("five members everywhere", lambda: settled(nodes, {n.name for n in nodes}))
