@@ -352,6 +352,11 @@ async def serve(config: Config, security: Security) -> None:
                 boot=boot,
             )
             node.swim.on_security_event = security.events.record
+
+            def follow_cluster_id() -> None:  # a running node that joins another cluster takes its id
+                security.cluster_id = node.cluster.params.cluster_id
+
+            node.cluster.on_change.append(follow_cluster_id)
             settle_garbage_collector()
             server = Server(node, limits, security)
             udp = UdpEndpoint(datagram_bytes_max=limits.datagram_bytes_max)

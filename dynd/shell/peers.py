@@ -13,6 +13,7 @@ connection to a member is refused unless the node that answers has that member's
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -104,9 +105,11 @@ class Peers:
             answer = reply
             answered.set()
 
+        # A seed may belong to a cluster this node has yet to join: name none, take the seed's.
+        seed_credentials = dataclasses.replace(self._credentials(), cluster="")
         try:
             async with open_client(
-                address, timeout_s=self._timeout_s, agent=f"peer:{self.self_name}", peer=self._credentials(), ssl_context=self.security.client_ssl
+                address, timeout_s=self._timeout_s, agent=f"peer:{self.self_name}", peer=seed_credentials, ssl_context=self.security.client_ssl
             ) as client:
                 client.call_with_callback(build, record, self._timeout_s)
                 await answered.wait()
