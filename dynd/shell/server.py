@@ -62,9 +62,12 @@ RECEIVE_CHUNK_BYTES = 256 * 1024
 # leave it where it is (moving a trio deadline costs event-loop work).
 DEADLINE_SLACK_DIVISOR = 64
 CLOSE_LINGER_S = 2.0
-# Frames of one chunk handled before the reader lets the other connections run: a pipeline of
-# thousands of frames in one 256 KiB read would otherwise hold the event loop for its whole length.
-FRAMES_PER_TURN = 16
+# How long one connection's frames may hold the event loop before the reader lets the others
+# run: a pipeline of thousands of frames in one 256 KiB read would otherwise hold it for its whole
+# length (tens of milliseconds), and every other client would wait that long. Checked every
+# FRAMES_PER_CLOCK_READ frames, so a short burst pays nothing.
+TURN_S = 0.0003
+FRAMES_PER_CLOCK_READ = 4
 
 
 
@@ -274,6 +277,7 @@ class Connection:
                 if not chunk:
                     return
                 self.last_active = trio.current_time()
+                self.server.touch(self)
                 if self.tls is not None:
                     try:
                         chunk = self.tls.receive(chunk)
@@ -305,11 +309,13 @@ class Connection:
                 else:
                     frame_started = None
                 self._holding = True
+                turn_ends = trio.current_time() + TURN_S if len(frames) > FRAMES_PER_CLOCK_READ else math.inf
                 for index, frame in enumerate(frames, 1):
                     if not self.dispatch(frame):
                         return
-                    if index % FRAMES_PER_TURN == 0 and index < len(frames):
+                    if index % FRAMES_PER_CLOCK_READ == 0 and index < len(frames) and trio.current_time() > turn_ends:
                         await self._take_turns()
+                        turn_ends = trio.current_time() + TURN_S
                 self._holding = False
                 if (self._outgoing or self._tls_owed()) and not self._writer_sending:
                     self._flush()
@@ -461,13 +467,20 @@ class Server:
         self.security = security if security is not None else Security()
         self.connections = 0
         self.partial_bytes = 0  # partly received frames, all connections together
-        self._open: set[Connection] = set()
+        self._open: dict[Connection, None] = {}  # least recently active first
+
+    def touch(self, connection: Connection) -> None:
+        """`connection` just received something: it moves to the back of the eviction order."""
+        self._open.pop(connection, None)
+        self._open[connection] = None
 
     def _idle_anonymous(self) -> Connection | None:
         """The connection that proved nothing (no token, no secret; local or not) and has been
-        idle the longest, if any."""
-        idle = [c for c in self._open if not c.proven and not c.inflight and not c.evicted]
-        return min(idle, key=lambda c: c.last_active, default=None)
+        idle the longest, if any: the first such from the front of the activity order."""
+        for connection in self._open:
+            if not connection.proven and not connection.inflight and not connection.evicted:
+                return connection
+        return None
 
     async def handle(self, stream: trio.SocketStream) -> None:
         peer = _peer_name(stream)
@@ -484,7 +497,7 @@ class Server:
             victim.evict()
         self.connections += 1
         connection = Connection(stream, self.node, self.limits, peer, self)
-        self._open.add(connection)
+        self._open[connection] = None
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write, connection, nursery.cancel_scope)
@@ -503,7 +516,7 @@ class Server:
         finally:
             connection.closed = True
             connection.release()
-            self._open.discard(connection)
+            self._open.pop(connection, None)
             self.connections -= 1
             await trio.aclose_forcefully(stream)
 
