@@ -8,7 +8,6 @@ the secret and tokens files (a rotation, DESIGN.md section 6a) without a restart
 from __future__ import annotations
 
 import argparse
-import ctypes
 import errno
 import functools
 import hashlib
@@ -89,25 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# glibc serves allocations of at least its mmap threshold with mmap, and gives them back to the
-# system when freed; but after the first such block is freed it raises the threshold (up to 32 MiB),
-# and from then on large buffers come from the heap, where a burst of them (a flood of partly sent
-# maximum-size frames, say) leaves the process's memory high long after it ended. A fixed threshold
-# keeps large buffers mmapped, so memory returns when they go. Values of a few KiB are unaffected.
-MMAP_THRESHOLD_BYTES = 256 * 1024
-_M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
-
-
-def fix_malloc_mmap_threshold() -> None:
-    try:
-        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)  # the process's own libc
-    except (OSError, AttributeError):  # not glibc: its allocator has its own policy
-        pass
-
-
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    fix_malloc_mmap_threshold()
     overrides = {
         "name": args.name,
         "listen": args.listen,
