@@ -52,6 +52,7 @@ from dynd.protocol.errors import BadFrame, BadRequest, DynError, Overloaded, Pro
 from dynd.protocol.framing import FrameDecoder, FrameTooLarge, encode_frame
 from dynd.core.node import Node
 from dynd.shell import security as events
+from dynd.shell.memory import LARGE_BUFFER_BYTES, MemoryGiver
 from dynd.shell.security import Security
 from dynd.shell.tls import TlsError, TlsLayer
 
@@ -90,6 +91,7 @@ class Connection:
         self.evicted = False
         self._read_scope: trio.CancelScope | None = None
         self._partial_bytes = 0  # this connection's share of the server's partly received frames
+        self.partial_peak = 0  # the most it ever held: a large buffer is worth giving back
         self._decoder = FrameDecoder(limits.handshake_frame_bytes_max)
         self.closing = False  # the reader is done: the writer drains what is queued, then stops
         self.closed = False  # replies arriving now have no one to go to
@@ -238,6 +240,7 @@ class Connection:
         grew = held > self._partial_bytes
         self.server.partial_bytes += held - self._partial_bytes
         self._partial_bytes = held
+        self.partial_peak = max(self.partial_peak, held)
         return not grew or self.server.partial_bytes <= self.limits.partial_frames_bytes_max
 
     def release(self) -> None:
@@ -467,6 +470,7 @@ class Server:
         self.security = security if security is not None else Security()
         self.connections = 0
         self.partial_bytes = 0  # partly received frames, all connections together
+        self.memory = MemoryGiver()
         self._open: dict[Connection, None] = {}  # least recently active first
 
     def touch(self, connection: Connection) -> None:
@@ -519,6 +523,8 @@ class Server:
             self._open.pop(connection, None)
             self.connections -= 1
             await trio.aclose_forcefully(stream)
+            if connection.partial_peak >= LARGE_BUFFER_BYTES:
+                await self.memory.large_buffer_freed()
 
     async def _write(self, connection: Connection, scope: trio.CancelScope) -> None:
         try:
