@@ -21,7 +21,7 @@ from functools import partial
 import cbor2
 import trio
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 NODE_NAME = "echo"
 # Refuse absurd length prefixes rather than buffering them: this is a benchmark target, not a node.
 FRAME_BYTES_MAX = 64 * 1024 * 1024

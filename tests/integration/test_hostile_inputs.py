@@ -434,7 +434,7 @@ def _proof_after_client_hello(target: Target) -> None:
 def _wrong_version(target: Target) -> None:
     for i in range(300):
         with RawConn(target.address) as conn:
-            conn.send_map({"op": "hello", "version": [0, 2, 2**63 - 1, 99][i % 4], "agent": "v"})
+            conn.send_map({"op": "hello", "version": [0, 1, 2**63 - 1, 99][i % 4], "agent": "v"})
             drain(conn, 2)
 
 
