@@ -60,8 +60,9 @@ value_bytes_max = {VALUE_BYTES_MAX}
 CANARY_KEY = b"canary"
 CANARY_VALUE = b"the canary survives every bad frame"
 REPLY_TIMEOUT_S = 5.0
-# a close caused by a deadline must come after the deadline, and not much later
-DEADLINE_SLACK_S = 2.0
+# How long a test waits for a close that a deadline causes: only a bound on the wait, never a
+# measurement (a busy machine may run the node's timer late; it never runs it early).
+DEADLINE_WAIT_S = 30.0
 SEED = 20240601
 COUNTER_LIMIT = 2**62  # counters in a context must be in 1..COUNTER_LIMIT-1 (dynd.core.versions)
 
@@ -265,37 +266,45 @@ def test_truncated_frame_then_silence(node: DyndProcess, greeted: Wire) -> None:
     payload = put_frame(8, b"bad:truncated", b"v" * 100)
     started = time.monotonic()
     greeted.send_raw(struct.pack(">I", len(payload)) + payload[:20])
-    greeted.expect_error("bad_frame", timeout_s=FRAME_TIMEOUT_S + DEADLINE_SLACK_S)
+    reply = greeted.expect_error("bad_frame", timeout_s=DEADLINE_WAIT_S)
     elapsed = time.monotonic() - started
     greeted.expect_closed()
-    assert FRAME_TIMEOUT_S * 0.9 <= elapsed <= FRAME_TIMEOUT_S + DEADLINE_SLACK_S, elapsed
+    assert "an incomplete frame within the deadline" in reply.message, reply
+    assert elapsed >= FRAME_TIMEOUT_S * 0.9, f"closed {elapsed:.2f} s after the first byte, before frame_timeout_ms"
     check_still_serving(node, absent=(b"bad:truncated",))
 
 
 def test_trickled_frame_hits_the_per_frame_deadline(node: DyndProcess, greeted: Wire) -> None:
-    """Bytes arriving one at a time do not extend the deadline: it runs from the frame's first byte."""
-    payload = put_frame(9, b"bad:trickle", b"v" * 200)
+    """Bytes arriving one at a time do not extend the deadline: it runs from the frame's first byte.
+
+    The whole trickle would take at least 40 s (2,000 bytes, 20 ms apart), 40 times the deadline:
+    a deadline that each byte extended would not cut it off before its end."""
+    payload = put_frame(9, b"bad:trickle", b"v" * 2000)
     data = struct.pack(">I", len(payload)) + payload
     started = time.monotonic()
+    cut_off = False
     for index in range(len(data) - 1):  # never the last byte
         greeted.send_raw(data[index : index + 1])
         readable, _, _ = select.select([greeted.sock], [], [], 0.02)
         if readable:
+            cut_off = True
             break
-        assert time.monotonic() - started < FRAME_TIMEOUT_S + DEADLINE_SLACK_S, "the trickle was never cut off"
-    greeted.expect_error("bad_frame")
+    assert cut_off, "the node waited for the whole trickle: each byte extended the deadline"
+    reply = greeted.expect_error("bad_frame")
     elapsed = time.monotonic() - started
     greeted.expect_closed()
-    assert FRAME_TIMEOUT_S * 0.9 <= elapsed <= FRAME_TIMEOUT_S + DEADLINE_SLACK_S, elapsed
+    assert "an incomplete frame within the deadline" in reply.message, reply
+    assert elapsed >= FRAME_TIMEOUT_S * 0.9, f"closed {elapsed:.2f} s after the first byte, before frame_timeout_ms"
     check_still_serving(node, absent=(b"bad:trickle",))
 
 
 def test_silence_before_hello(node: DyndProcess, wire: Wire) -> None:
     started = time.monotonic()
-    wire.expect_error("bad_frame", timeout_s=HANDSHAKE_TIMEOUT_S + DEADLINE_SLACK_S)
+    reply = wire.expect_error("bad_frame", timeout_s=DEADLINE_WAIT_S)
     elapsed = time.monotonic() - started
     wire.expect_closed()
-    assert HANDSHAKE_TIMEOUT_S * 0.9 <= elapsed <= HANDSHAKE_TIMEOUT_S + DEADLINE_SLACK_S, elapsed
+    assert "no hello within the deadline" in reply.message, reply
+    assert elapsed >= HANDSHAKE_TIMEOUT_S * 0.9, f"closed {elapsed:.2f} s after connecting, before handshake_timeout_ms"
     check_still_serving(node)
 
 
@@ -311,7 +320,7 @@ def test_random_bytes(node: DyndProcess, wire: Wire, greet: bool) -> None:
         wire.hello()
     wire.send_raw(rng.randbytes(512))
     replies = []
-    while (reply := wire.read(FRAME_TIMEOUT_S + DEADLINE_SLACK_S)) is not None:
+    while (reply := wire.read(DEADLINE_WAIT_S)) is not None:
         replies.append(reply)
     assert replies, f"seed {SEED + greet}: the node closed without saying why"
     for reply in replies:
