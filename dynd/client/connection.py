@@ -1,52 +1,45 @@
-"""The client library: `open_client` (async, trio) and `BlockingClient` (plain scripts).
-
-    async with open_client("127.0.0.1:7400") as client:
-        result = await client.get(b"cart:42")          # GetResult(values=[...], context=b"...")
-        context = await client.put(b"cart:42", b"...", context=result.context)
+"""One connection to one node: `open_client` connects, says hello and yields a `Client`.
 
 One connection carries many requests at once: each request gets an id, one task reads replies and
 wakes the caller waiting for that id, and one task flushes queued frames in batches (a request
-sent while no other is in flight goes out at once instead). Failures raise
-`DynError` subclasses from `dynd.protocol.errors`: `Unreachable` when the node cannot be reached or
-the connection drops, `Timeout` when no reply comes in time, and the node's own error otherwise.
+sent while no other is in flight goes out at once instead). Failures raise `DynError` subclasses
+from `dynd.protocol.errors`: `Unreachable` when the node cannot be reached or the connection
+drops, `Timeout` when no reply comes in time, and the node's own error otherwise.
 
-TLS: give `ssl_context` (for a client, `dynd.shell.tls.client_context(ca_file)`, which checks the
-host name; a node uses its own mutual-TLS context). The same fd-based reads and writes run through a
-sans-IO `TlsLayer`: replies are decrypted before the frame decoder, and requests are encrypted as
-one batch before each write. A refused certificate raises `Unauthorized`; a node that does not
-speak TLS, `Unreachable` saying so.
+TLS: the same fd-based reads and writes run through a sans-IO `TlsLayer` (`dynd.protocol.tls`):
+replies are decrypted before the frame decoder, and requests are encrypted as one batch before
+each write. A refused certificate raises `Unauthorized`; a node that does not speak TLS,
+`Unreachable` saying so.
+
+A reply goes to a `Waiter`. The request methods (`get`, `put`, ...) wait for theirs; a transport
+built on this connection (a node's links to its peers, `dynd.shell.peer_transport`) passes its
+own waiter to `submit`, and uses `start_soon` and `withdraw` to run and expire them.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 import logging
 import os
 import ssl
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import trio
 
-from dynd.core.partition import partition_of
-from dynd.core.preflist import preference_list
-from dynd.core.ring import Ring
 from dynd.protocol import PROTOCOL_VERSION, auth, codec, messages
 from dynd.protocol.address import parse_address
-from dynd.protocol.errors import BadFrame, DynError, Internal, StaleRing, Timeout, Unauthorized, Unreachable, error_from_code
+from dynd.protocol.errors import BadFrame, DynError, Internal, Timeout, Unauthorized, Unreachable, error_from_code
 from dynd.protocol.framing import FrameDecoder, encode_frame
-from dynd.shell.tls import TlsError, TlsLayer
+from dynd.protocol.tls import TlsError, TlsLayer
 
 log = logging.getLogger("dynd.client")
 
 DEFAULT_TIMEOUT_S = 5.0
 REPLY_FRAME_BYTES_MAX = 64 * 1024 * 1024
 RECEIVE_CHUNK_BYTES = 256 * 1024
-AVOID_FAILED_S = 5.0  # a routing client tries a node that just failed only after the others
 
 KeyLike = bytes | str
 
@@ -81,36 +74,40 @@ class GetResult:
         return bool(self.values)
 
 
-def _key_bytes(key: KeyLike) -> bytes:
+def key_bytes(key: KeyLike) -> bytes:
     return key.encode("utf-8") if isinstance(key, str) else bytes(key)
 
 
-class _Waiter:
-    """A request awaiting its reply: either a task waiting on `event`, or a `callback` to run."""
+_Reply = TypeVar("_Reply")
 
-    __slots__ = ("event", "reply", "callback", "deadline")
 
-    def __init__(self, callback: Callable[[Any], None] | None = None, deadline: float = 0.0) -> None:
+def expect(reply: messages.Message, kind: type[_Reply], request: messages.Message) -> _Reply:
+    """`reply` as the `kind` of reply `request` should get; anything else is the node's bug."""
+    if not isinstance(reply, kind):
+        raise Internal(f"unexpected reply {type(reply).__name__} to {request.OP}")
+    return reply
+
+
+class Waiter(Protocol):
+    """Where one request's reply goes. `resolve` runs once, from the connection's reader task (or
+    at once, from `submit`, on a broken connection), with the reply or the `DynError` that ended
+    the wait: the connection removes a waiter before it resolves it."""
+
+    def resolve(self, reply: messages.Message | DynError) -> None: ...
+
+
+class _AwaitedReply:
+    """The waiter of a task awaiting its reply (`Client._call`)."""
+
+    __slots__ = ("event", "reply")
+
+    def __init__(self) -> None:
         self.event = trio.Event()
-        self.reply: messages.Message | BaseException | None = None
-        self.callback = callback
-        self.deadline = deadline
+        self.reply: messages.Message | DynError | None = None
 
-    def resolve(self, reply: messages.Message | BaseException) -> None:
+    def resolve(self, reply: messages.Message | DynError) -> None:
         self.reply = reply
-        if self.callback is not None:
-            callback, self.callback = self.callback, None
-            if isinstance(reply, messages.ErrorReply):
-                reply = error_from_code(reply.code, reply.message)
-            try:
-                callback(reply)
-            except Exception:  # the callback's bug must not break the connection for everyone else
-                log.exception("a reply callback failed")
-        else:
-            self.event.set()
-
-
-CALLBACK_SWEEP_S = 0.1
+        self.event.set()
 
 
 class Client:
@@ -126,14 +123,13 @@ class Client:
         self._tls = tls
         self._unsent = b""  # with TLS: encrypted bytes a short write left, sent before anything else
         self._ids = itertools.count(1)
-        self._waiting: dict[int, _Waiter] = {}
+        self._waiting: dict[int, Waiter] = {}
         self._outgoing: list[bytes] = []
         self._writer_sending = False  # the writer task owns the send side until its send completes
         self._wake_writer = trio.Event()
         self._broken: DynError | None = None
         self._broken_event = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self._sweeping = False
 
     # ---- requests ----
 
@@ -147,10 +143,8 @@ class Client:
         ring: bytes | None = None,
     ) -> GetResult:
         """`r` replies (the cluster's default when None), `pr` of them from primaries themselves."""
-        request_id = next(self._ids)
-        reply = await self._call(messages.Get(id=request_id, key=_key_bytes(key), r=r, ring=ring, pr=pr), timeout_s)
-        if not isinstance(reply, messages.GetOk):
-            raise Internal(f"unexpected reply {type(reply).__name__} to get")
+        request = messages.Get(id=next(self._ids), key=key_bytes(key), r=r, ring=ring, pr=pr)
+        reply = expect(await self._call(request, timeout_s), messages.GetOk, request)
         siblings = [
             Sibling(view.value, (view.actor, view.counter), {entry.actor: entry.counter for entry in view.clock})
             for view in reply.siblings
@@ -170,12 +164,8 @@ class Client:
     ) -> bytes:
         """Store `value`, superseding what `context` covers; return the context covering the new write.
         `w` stores must succeed (the cluster's default when None), `pw` of them on primaries."""
-        request_id = next(self._ids)
-        message = messages.Put(id=request_id, key=_key_bytes(key), value=bytes(value), context=context, w=w, ring=ring, pw=pw)
-        reply = await self._call(message, timeout_s)
-        if not isinstance(reply, messages.PutOk):
-            raise Internal(f"unexpected reply {type(reply).__name__} to put")
-        return reply.context
+        request = messages.Put(id=next(self._ids), key=key_bytes(key), value=bytes(value), context=context, w=w, ring=ring, pw=pw)
+        return expect(await self._call(request, timeout_s), messages.PutOk, request).context
 
     async def delete(
         self,
@@ -188,12 +178,8 @@ class Client:
         ring: bytes | None = None,
     ) -> bytes:
         """Write a tombstone over what `context` covers; return the tombstone's context."""
-        request_id = next(self._ids)
-        message = messages.Delete(id=request_id, key=_key_bytes(key), context=context, w=w, ring=ring, pw=pw)
-        reply = await self._call(message, timeout_s)
-        if not isinstance(reply, messages.DeleteOk):
-            raise Internal(f"unexpected reply {type(reply).__name__} to delete")
-        return reply.context
+        request = messages.Delete(id=next(self._ids), key=key_bytes(key), context=context, w=w, ring=ring, pw=pw)
+        return expect(await self._call(request, timeout_s), messages.DeleteOk, request).context
 
     # ---- cluster administration and ring ----
 
@@ -212,69 +198,46 @@ class Client:
     async def cluster_status(self, *, local_only: bool = False, timeout_s: float | None = None) -> messages.ClusterStatusOk:
         """The cluster as this node sees it; `local_only` skips gathering each member's own
         count of pending transfers (which waits up to a second for members that do not answer)."""
-        reply = await self._call(messages.ClusterStatus(id=next(self._ids), local_only=local_only or None), timeout_s)
-        if not isinstance(reply, messages.ClusterStatusOk):
-            raise Internal(f"unexpected reply {type(reply).__name__} to cluster_status")
-        return reply
+        request = messages.ClusterStatus(id=next(self._ids), local_only=local_only or None)
+        return expect(await self._call(request, timeout_s), messages.ClusterStatusOk, request)
 
     async def repair_start(self, partition: int | None = None, *, timeout_s: float | None = None) -> messages.RepairProgressOk:
         """Start an anti-entropy exchange now on this node (every partition it holds when None)."""
-        reply = await self._call(messages.RepairStart(id=next(self._ids), partition=partition), timeout_s)
-        if not isinstance(reply, messages.RepairProgressOk):
-            raise Internal(f"unexpected reply {type(reply).__name__} to repair_start")
-        return reply
+        request = messages.RepairStart(id=next(self._ids), partition=partition)
+        return expect(await self._call(request, timeout_s), messages.RepairProgressOk, request)
 
     async def repair_status(self, run: int, *, timeout_s: float | None = None) -> messages.RepairProgressOk:
-        reply = await self._call(messages.RepairStatus(id=next(self._ids), run=run), timeout_s)
-        if not isinstance(reply, messages.RepairProgressOk):
-            raise Internal(f"unexpected reply {type(reply).__name__} to repair_status")
-        return reply
+        request = messages.RepairStatus(id=next(self._ids), run=run)
+        return expect(await self._call(request, timeout_s), messages.RepairProgressOk, request)
 
     async def ring(self, *, timeout_s: float | None = None) -> messages.RingOk:
         """The node's current ring: owners per partition, node addresses, N, R, W."""
-        reply = await self._call(messages.RingGet(id=next(self._ids)), timeout_s)
-        if not isinstance(reply, messages.RingOk):
-            raise Internal(f"unexpected reply {type(reply).__name__} to ring_get")
-        return reply
+        request = messages.RingGet(id=next(self._ids))
+        return expect(await self._call(request, timeout_s), messages.RingOk, request)
 
     async def gossip(self, membership: bytes, *, timeout_s: float | None = None) -> bytes:
         """Node-to-node: push our membership (may be empty), get the peer's merged one back."""
-        reply = await self._call(messages.Gossip(id=next(self._ids), membership=membership), timeout_s)
-        if not isinstance(reply, messages.GossipOk):
-            raise Internal(f"unexpected reply {type(reply).__name__} to gossip")
-        return reply.membership
+        request = messages.Gossip(id=next(self._ids), membership=membership)
+        return expect(await self._call(request, timeout_s), messages.GossipOk, request).membership
 
-    async def _cluster_call(self, request: Any, timeout_s: float | None) -> str:
-        reply = await self._call(request, timeout_s)
-        if not isinstance(reply, messages.ClusterOk):
-            raise Internal(f"unexpected reply {type(reply).__name__} to {request.OP}")
-        return reply.message
+    async def _cluster_call(self, request: messages.Message, timeout_s: float | None) -> str:
+        return expect(await self._call(request, timeout_s), messages.ClusterOk, request).message
 
     async def ping(self, *, timeout_s: float | None = None) -> str:
-        reply = await self._call(messages.Ping(id=next(self._ids)), timeout_s)
-        if not isinstance(reply, messages.Pong):
-            raise Internal(f"unexpected reply {type(reply).__name__} to ping")
-        return reply.node
+        request = messages.Ping(id=next(self._ids))
+        return expect(await self._call(request, timeout_s), messages.Pong, request).node
 
-    # ---- callback requests, for nodes talking to nodes ----
+    # ---- the connection's state ----
 
     @property
     def usable(self) -> bool:
         return self._broken is None
 
-    def call_with_callback(
-        self, build: Callable[[int], Any], on_reply: Callable[[Any], None], timeout_s: float
-    ) -> None:
-        """Send `build(request_id)` and call `on_reply(reply or DynError)` later, never awaiting."""
-        if self._broken is not None:
-            on_reply(_copy_error(self._broken))
-            return
-        request = build(next(self._ids))
-        self._waiting[request.id] = _Waiter(on_reply, trio.current_time() + timeout_s)
-        self._send(request)
-        if not self._sweeping and self._nursery is not None:
-            self._sweeping = True  # only connections that use callbacks pay for the sweeper
-            self._nursery.start_soon(self._sweeper)
+    @property
+    def broken(self) -> DynError | None:
+        """What broke the connection (a fresh copy each time: one exception instance raised in many
+        tasks would share a traceback), or None while it works."""
+        return None if self._broken is None else _copy_error(self._broken)
 
     async def broken_or(self, other: trio.Event) -> None:
         """Return once the connection breaks or `other` is set."""
@@ -287,26 +250,35 @@ class Client:
             nursery.start_soon(watch, self._broken_event, nursery.cancel_scope)
             nursery.start_soon(watch, other, nursery.cancel_scope)
 
-    async def _sweeper(self) -> None:
-        """Expire callback requests whose peer never answered."""
-        while True:
-            await trio.sleep(CALLBACK_SWEEP_S)
-            now = trio.current_time()
-            expired = [
-                request_id
-                for request_id, waiter in self._waiting.items()
-                if waiter.callback is not None and waiter.deadline <= now
-            ]
-            for request_id in expired:
-                waiter = self._waiting.pop(request_id)
-                waiter.resolve(Timeout(f"no reply from {self.address} in time"))
+    # ---- for transports built on this connection ----
+
+    def submit(self, build: Callable[[int], messages.Message], waiter: Waiter) -> None:
+        """Send `build(request_id)` with a fresh id; its reply goes to `waiter`. Never awaits."""
+        if self._broken is not None:
+            waiter.resolve(_copy_error(self._broken))
+            return
+        request = build(next(self._ids))
+        self._waiting[request.id] = waiter  # type: ignore[attr-defined]
+        self._send(request)
+
+    def withdraw(self, which: Callable[[Waiter], bool]) -> list[Waiter]:
+        """Remove and return the waiting requests `which` picks, unresolved: a reply that comes
+        for one later is dropped (the caller resolves them, with a timeout say)."""
+        picked = [request_id for request_id, waiter in self._waiting.items() if which(waiter)]
+        return [self._waiting.pop(request_id) for request_id in picked]
+
+    def start_soon(self, task: Callable[[], Awaitable[None]]) -> None:
+        """Run `task` beside the connection's reader and writer; it is cancelled when the
+        connection closes, and an error it raises closes the connection."""
+        assert self._nursery is not None, "the connection is not open"
+        self._nursery.start_soon(task)
 
     # ---- machinery ----
 
     async def _call(self, request: Any, timeout_s: float | None) -> messages.Message:
         if self._broken is not None:
             raise _copy_error(self._broken)
-        waiter = _Waiter()
+        waiter = _AwaitedReply()
         self._waiting[request.id] = waiter
         self._send(request)
         limit = self.timeout_s if timeout_s is None else timeout_s
@@ -372,7 +344,7 @@ class Client:
         return Unreachable(f"TLS with {self.address} failed: {error.message}")
 
     async def _await_handshake_reply(self, what: str, deadline: float) -> messages.Message:
-        waiter = _Waiter()
+        waiter = _AwaitedReply()
         self._waiting[0] = waiter  # the hello replies have no id; the reader files them under 0
         with trio.move_on_at(deadline):
             await waiter.event.wait()
@@ -511,7 +483,7 @@ def _copy_error(error: DynError) -> DynError:
     return error_from_code(error.code, error.message)
 
 
-def _unwrap(group: BaseExceptionGroup) -> BaseException:  # type: ignore[type-arg]
+def unwrap_group(group: BaseExceptionGroup) -> BaseException:  # type: ignore[type-arg]
     """The one error inside nested single-member groups, or the group itself."""
     error: BaseException = group
     while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
@@ -561,7 +533,7 @@ async def open_client(
     except BaseExceptionGroup as group:
         # The nursery is ours, not the caller's: hand back the single error it wraps, so
         # `except DynError` (or the caller's own exception types) works as written.
-        error = _unwrap(group)
+        error = unwrap_group(group)
         if error is group:
             raise
         raise error from None
@@ -580,305 +552,3 @@ def _connect_reason(exc: OSError) -> str:
         if isinstance(cause, OSError) and cause.strerror:
             return cause.strerror
     return str(exc)
-
-
-T = TypeVar("T")
-
-
-class BlockingClient:
-    """The same calls without async: a private thread runs trio and the connection.
-
-        with BlockingClient("127.0.0.1:7400") as client:
-            client.put("greeting", b"hello")
-    """
-
-    def __init__(
-        self, address: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, token: str | None = None, ssl_context: ssl.SSLContext | None = None
-    ) -> None:
-        self._token_credential = token
-        self._ssl_context = ssl_context
-        self._ready = threading.Event()
-        self._client: Client | None = None
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._stop: trio.Event | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(address, timeout_s), daemon=True, name="dynd-client")
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            raise self._error
-
-    def _run(self, address: str, timeout_s: float) -> None:
-        async def main() -> None:
-            try:
-                async with open_client(address, timeout_s=timeout_s, token=self._token_credential, ssl_context=self._ssl_context) as client:
-                    self._client = client
-                    self._token = trio.lowlevel.current_trio_token()
-                    self._stop = trio.Event()
-                    self._ready.set()
-                    await self._stop.wait()
-            except BaseException as exc:  # reported to the constructing thread
-                self._error = exc
-            finally:
-                self._ready.set()
-
-        trio.run(main)
-
-    def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        if self._client is None or self._token is None:
-            raise Unreachable("client is closed")
-
-        async def call() -> T:
-            return await fn(*args, **kwargs)
-
-        return trio.from_thread.run(call, trio_token=self._token)
-
-    def get(self, key: KeyLike, *, r: int | None = None, pr: int | None = None) -> GetResult:
-        assert self._client is not None
-        return self._call(self._client.get, key, r=r, pr=pr)
-
-    def put(self, key: KeyLike, value: bytes, context: bytes | None = None, *, w: int | None = None, pw: int | None = None) -> bytes:
-        assert self._client is not None
-        return self._call(self._client.put, key, value, context, w=w, pw=pw)
-
-    def delete(self, key: KeyLike, context: bytes, *, w: int | None = None, pw: int | None = None) -> bytes:
-        assert self._client is not None
-        return self._call(self._client.delete, key, context, w=w, pw=pw)
-
-    def ping(self) -> str:
-        assert self._client is not None
-        return self._call(self._client.ping)
-
-    def cluster_status(self, *, local_only: bool = False) -> messages.ClusterStatusOk:
-        assert self._client is not None
-        return self._call(self._client.cluster_status, local_only=local_only)
-
-    def repair_start(self, partition: int | None = None) -> messages.RepairProgressOk:
-        assert self._client is not None
-        return self._call(self._client.repair_start, partition)
-
-    def repair_status(self, run: int) -> messages.RepairProgressOk:
-        assert self._client is not None
-        return self._call(self._client.repair_status, run)
-
-    def cluster_join(self, seed: str) -> str:
-        assert self._client is not None
-        return self._call(self._client.cluster_join, seed)
-
-    def cluster_leave(self, node: str | None = None) -> str:
-        assert self._client is not None
-        return self._call(self._client.cluster_leave, node)
-
-    def cluster_remove(self, node: str) -> str:
-        assert self._client is not None
-        return self._call(self._client.cluster_remove, node)
-
-    def ring(self) -> messages.RingOk:
-        assert self._client is not None
-        return self._call(self._client.ring)
-
-    def close(self) -> None:
-        if self._token is not None and self._stop is not None:
-            try:
-                trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
-            except trio.RunFinishedError:
-                pass
-        self._thread.join()
-        self._client = None
-
-    def __enter__(self) -> BlockingClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-@dataclass(frozen=True, slots=True)
-class KeyPlacement:
-    partition: int
-    primaries: tuple[str, ...]
-    fallbacks: tuple[str, ...]
-
-
-def key_placement(ring: messages.RingOk, key: KeyLike) -> KeyPlacement:
-    """Where `key` lives under `ring`: its partition, its N primaries, then the fallbacks in order."""
-    return _Placer(ring).place(key)
-
-
-class _Placer:
-    """A ring reply turned into the core's Ring once, so placing each key is a cached lookup."""
-
-    def __init__(self, ring: messages.RingOk) -> None:
-        self.ring = Ring(partitions=len(ring.owners), owners=tuple(ring.owners))
-        self.n = ring.n
-        self._by_partition: dict[int, KeyPlacement] = {}
-
-    def place(self, key: KeyLike) -> KeyPlacement:
-        partition = partition_of(_key_bytes(key), self.ring.partitions)
-        placement = self._by_partition.get(partition)
-        if placement is None:
-            preferred = preference_list(self.ring, partition, self.n)
-            placement = self._by_partition[partition] = KeyPlacement(partition, preferred.primaries, preferred.fallbacks)
-        return placement
-
-
-class ClusterClient:
-    """Client-driven coordination (paper section 6.4, Table 2): route each request to a primary.
-
-    It fetches the ring from a node, computes each key's preference list itself and sends the
-    request straight to the first primary it can reach, sparing the hop through a node that would
-    forward it. The ring is refreshed every `ring_refresh_s`, and at once when a node answers
-    `stale_ring` or a primary cannot be reached. Same calls as `Client`.
-    """
-
-    def __init__(
-        self,
-        seeds: list[str],
-        nursery: trio.Nursery,
-        *,
-        timeout_s: float,
-        ring_refresh_s: float,
-        token: str | None = None,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
-        self.seeds = seeds
-        self.token = token
-        self.ssl_context = ssl_context
-        self.timeout_s = timeout_s
-        self.ring_refresh_s = ring_refresh_s
-        self.ring: messages.RingOk | None = None
-        self._placer: _Placer | None = None
-        self._addresses: dict[str, str] = {}
-        self._ring_fetched_at = 0.0
-        self._nursery = nursery
-        self._clients: dict[str, Client] = {}
-        self._closers: dict[str, trio.Event] = {}
-        self._connecting: dict[str, trio.Event] = {}
-        self._failed_at: dict[str, float] = {}  # node -> when a request to it last failed
-
-    async def get(self, key: KeyLike, *, r: int | None = None, pr: int | None = None) -> GetResult:
-        return await self._routed(key, lambda client, ring: client.get(key, r=r, pr=pr, ring=ring))
-
-    async def put(
-        self, key: KeyLike, value: bytes, context: bytes | None = None, *, w: int | None = None, pw: int | None = None
-    ) -> bytes:
-        return await self._routed(key, lambda client, ring: client.put(key, value, context, w=w, pw=pw, ring=ring))
-
-    async def delete(self, key: KeyLike, context: bytes, *, w: int | None = None, pw: int | None = None) -> bytes:
-        return await self._routed(key, lambda client, ring: client.delete(key, context, w=w, pw=pw, ring=ring))
-
-    async def refresh_ring(self) -> messages.RingOk:
-        errors: list[str] = []
-        known = [a.address for a in self.ring.addresses] if self.ring is not None else []
-        for address in dict.fromkeys([*known, *self.seeds]):
-            try:
-                client = await self._client_for(address)
-                ring = await client.ring()
-                if self.ring is None or ring.version != self.ring.version:
-                    self._placer = _Placer(ring)
-                    self._addresses = {a.node: a.address for a in ring.addresses}
-                self.ring = ring
-                self._ring_fetched_at = trio.current_time()
-                return ring
-            except DynError as exc:
-                errors.append(f"{address}: {exc.message}")
-        raise Unreachable("no node answered for the ring: " + "; ".join(errors))
-
-    async def _routed(self, key: KeyLike, call: Callable[[Client, bytes], Awaitable[T]]) -> T:
-        if self.ring is None or trio.current_time() - self._ring_fetched_at > self.ring_refresh_s:
-            await self.refresh_ring()
-        for attempt in range(2):
-            ring, placer = self.ring, self._placer
-            assert ring is not None and placer is not None
-            placement = placer.place(key)
-            last: DynError | None = None
-            # Primaries first; when none can be reached, a fallback coordinates (sloppy quorum).
-            # Nodes that failed lately go last, so one dead or paused node costs one timeout.
-            candidates = placement.primaries + placement.fallbacks
-            if self._failed_at:
-                now = trio.current_time()
-                order = sorted(candidates, key=lambda node: now - self._failed_at.get(node, -math.inf) < AVOID_FAILED_S)
-            else:
-                order = candidates
-            for node in order:
-                address = self._addresses.get(node)
-                if address is None:
-                    continue
-                try:
-                    client = await self._client_for(address)
-                    result = await call(client, ring.version)
-                    self._failed_at.pop(node, None)
-                    return result
-                except (Unreachable, StaleRing, Timeout) as exc:
-                    # A node that is down, paused or cut off: the next one coordinates. A put that
-                    # timed out may still land, so a retried put can leave a duplicate sibling,
-                    # never a lost write.
-                    if not isinstance(exc, StaleRing):
-                        self._failed_at[node] = trio.current_time()
-                    last = exc
-            if attempt == 0:
-                await self.refresh_ring()
-        raise last if last is not None else Unreachable("no primary of this key is known")
-
-    async def _client_for(self, address: str) -> Client:
-        client = self._clients.get(address)
-        if client is not None and client.usable:
-            return client
-        pending = self._connecting.get(address)
-        if pending is None:
-            pending = self._connecting[address] = trio.Event()
-            self._nursery.start_soon(self._connect, address, pending)
-        await pending.wait()
-        client = self._clients.get(address)
-        if client is None:
-            raise Unreachable(f"cannot connect to {address}")
-        return client
-
-    async def _connect(self, address: str, ready: trio.Event) -> None:
-        closer = self._closers.setdefault(address, trio.Event())
-        try:
-            async with open_client(address, timeout_s=self.timeout_s, token=self.token, ssl_context=self.ssl_context) as client:
-                self._clients[address] = client
-                self._connecting.pop(address, None)
-                ready.set()
-                await client.broken_or(closer)
-        except DynError:
-            pass
-        finally:
-            self._clients.pop(address, None)
-            self._connecting.pop(address, None)
-            ready.set()
-
-    def close(self) -> None:
-        for closer in self._closers.values():
-            closer.set()
-
-
-@asynccontextmanager
-async def open_cluster_client(
-    seeds: str | list[str],
-    *,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
-    ring_refresh_s: float = 10.0,
-    token: str | None = None,
-    ssl_context: ssl.SSLContext | None = None,
-) -> AsyncIterator[ClusterClient]:
-    """A `ClusterClient` that routes by the ring it fetched from one of `seeds` (HOST:PORT);
-    `ssl_context`: TLS to every node it reaches."""
-    seed_list = [seeds] if isinstance(seeds, str) else list(seeds)
-    try:
-        async with trio.open_nursery() as nursery:
-            client = ClusterClient(
-                seed_list, nursery, timeout_s=timeout_s, ring_refresh_s=ring_refresh_s, token=token, ssl_context=ssl_context
-            )
-            try:
-                await client.refresh_ring()
-                yield client
-            finally:
-                client.close()
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        error = _unwrap(group)
-        if error is group:
-            raise
-        raise error from None
