@@ -233,12 +233,6 @@ class Client:
     def usable(self) -> bool:
         return self._broken is None
 
-    @property
-    def broken(self) -> DynError | None:
-        """What broke the connection (a fresh copy each time: one exception instance raised in many
-        tasks would share a traceback), or None while it works."""
-        return None if self._broken is None else _copy_error(self._broken)
-
     async def broken_or(self, other: trio.Event) -> None:
         """Return once the connection breaks or `other` is set."""
 
