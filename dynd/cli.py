@@ -38,7 +38,7 @@ from dynd.shell.bootstrap import fetch_membership, new_cluster
 from dynd.shell.peers import Peers
 from dynd.shell.security import Security
 from dynd.shell.server import Server
-from dynd.shell.tls import TlsConfigError, TlsSettings, client_context, server_context
+from dynd.protocol.tls import TlsConfigError, TlsSettings, client_context, server_context
 from dynd.shell.storage_port import CommitterStorage
 from dynd.shell.udp import UdpEndpoint
 from dynd.storage.base import PutMeta

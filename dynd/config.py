@@ -192,7 +192,7 @@ def _validate_tls(config: Config) -> None:
     """TLS takes all three files: a node's port serves clients and peers alike, and peers verify
     each other's certificates against the cluster CA (mutual TLS), so a certificate without the CA
     would leave peers unable to connect. Whether the files hold what they should is checked when
-    the contexts are built (`dynd.shell.tls`), still before start."""
+    the contexts are built (`dynd.protocol.tls`), still before start."""
     names = ("tls_cert_file", "tls_key_file", "tls_ca_file")
     given = [name for name in names if getattr(config, name)]
     if given and len(given) < len(names):

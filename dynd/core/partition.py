@@ -1,21 +1,11 @@
-"""Key placement on the ring: position = MD5(key) as a 128-bit integer; Q equal partitions."""
+"""Key placement on the ring: position = MD5(key) as a 128-bit integer; Q equal partitions.
+
+Clients place keys too, so the hash itself lives in the protocol (`dynd.protocol.keyspace`); the
+core's modules import it from here, under the core's own name for it.
+"""
 
 from __future__ import annotations
 
-import hashlib
+from dynd.protocol.keyspace import POSITION_BITS, check_partition_count, partition_of, ring_position
 
-POSITION_BITS = 128
-
-
-def ring_position(key: bytes) -> int:
-    return int.from_bytes(hashlib.md5(key, usedforsecurity=False).digest(), "big")
-
-
-def partition_of(key: bytes, partitions: int) -> int:
-    """The partition of `key` among `partitions` (a power of two): position * Q >> 128."""
-    return (ring_position(key) * partitions) >> POSITION_BITS
-
-
-def check_partition_count(partitions: int) -> None:
-    if partitions < 1 or partitions & (partitions - 1) or partitions > 65536:
-        raise ValueError(f"partition count must be a power of two in 1..65536, got {partitions}")
+__all__ = ["POSITION_BITS", "check_partition_count", "partition_of", "ring_position"]

@@ -7,7 +7,8 @@ Rules:
   requests. When the ring has fewer than N nodes, every node is a primary.
 - Every other node of the ring is a fallback, in the order the walk meets it. A sloppy quorum sends
   to the first healthy fallbacks in place of unreachable primaries.
-- Every node and the client compute the same lists from the same ring.
+- Every node and the client compute the same lists from the same ring: the walk itself is the
+  protocol's (`dynd.protocol.keyspace.preference_order`), which the client library uses too.
 
 The lists of a ring are built lazily, one partition at a time, and kept per (ring, N) for the few
 most recent rings, because a request asks for one on every call.
@@ -20,6 +21,7 @@ from functools import lru_cache
 
 from dynd.core.partition import partition_of
 from dynd.core.ring import Ring
+from dynd.protocol.keyspace import preference_order
 
 # Rings whose lists are kept: the current ring and a few older ones still in use during a change.
 CACHED_RINGS = 4
@@ -61,12 +63,5 @@ def _lists_of(ring: Ring, n_replicas: int) -> list[PreferenceList | None]:
 
 
 def _walk(ring: Ring, partition: int, n_replicas: int) -> PreferenceList:
-    owners, partitions = ring.owners, ring.partitions
-    everyone = len(ring.nodes)
-    met: dict[str, None] = {}  # insertion-ordered set
-    for step in range(partitions):
-        met.setdefault(owners[(partition + step) % partitions])
-        if len(met) == everyone:
-            break
-    order = tuple(met)
+    order = preference_order(ring.owners, partition, len(ring.nodes))
     return PreferenceList(partition=partition, primaries=order[:n_replicas], fallbacks=order[n_replicas:])

@@ -4,22 +4,104 @@ A frame carries one CBOR map: {"op": OP, field: value, ...}. Requests carry an `
 reply repeats, so one connection carries many requests at once. Nested records (`ClockEntry`,
 `SiblingView`) travel as maps without an op. The codec (`codec.py`) is the only place that turns
 these into bytes and back, type-checking every field.
+
+Each class says what it is where it is defined, with one decorator above its `@dataclass`:
+`@request(role)` (a request and the role that may send it, `forwardable=True` when a node may pass
+it on to a primary), `@handshake` (the hello frames), `@reply` or `@record` (a nested map). The
+tables at the bottom (`MESSAGE_TYPES`, `REQUIRED_ROLE`, ...) are built from those decorators, so a
+new message is written in one place; the module refuses to load with a message left undeclared.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Protocol, TypeVar
 
+from dynd.protocol.auth import ADMIN, CLIENT, PEER
 from dynd.protocol.errors import DynError
 
 
+class Message(Protocol):
+    """Any message class below (the registry, `MESSAGE_TYPES`, lists them all): it has an op name."""
+
+    OP: ClassVar[str]
+
+
+# ---- the registry: filled by the decorators as the classes below are defined ----
+
+_Class = TypeVar("_Class", bound=type)
+
+_messages: list[type] = []
+_records: list[type] = []
+_handshakes: list[type] = []
+_replies: list[type] = []
+_roles: dict[type, str] = {}
+_forwardable: list[type] = []
+_ops: dict[str, type] = {}
+
+
+def _declared(cls: type, *, has_op: bool) -> None:
+    # `slots=True` makes @dataclass return a new class: a decorator below it would register the
+    # class the module does not export.
+    if not dataclasses.is_dataclass(cls) or "__slots__" not in cls.__dict__:
+        raise TypeError(f"{cls.__name__}: put its message decorator above @dataclass(frozen=True, slots=True)")
+    if not has_op:
+        return
+    op = cls.__dict__.get("OP")
+    if not isinstance(op, str):
+        raise TypeError(f"{cls.__name__} needs an OP")
+    if op in _ops:
+        raise TypeError(f"{cls.__name__} and {_ops[op].__name__} share the op {op!r}")
+    _ops[op] = cls
+    _messages.append(cls)
+
+
+def request(role: str, *, forwardable: bool = False) -> Callable[[_Class], _Class]:
+    """A request that a connection holding `role` may send (roles: `dynd.protocol.auth`).
+    `forwardable`: a node may forward it to a primary, which then coordinates it; forwarded, it
+    needs the peer role."""
+
+    def declare(cls: _Class) -> _Class:
+        _declared(cls, has_op=True)
+        _roles[cls] = role
+        if forwardable:
+            _forwardable.append(cls)
+        return cls
+
+    return declare
+
+
+def handshake(cls: _Class) -> _Class:
+    """A hello frame: the handshake itself, sent before the connection has any role."""
+    _declared(cls, has_op=True)
+    _handshakes.append(cls)
+    return cls
+
+
+def reply(cls: _Class) -> _Class:
+    """A reply: never a request a node accepts."""
+    _declared(cls, has_op=True)
+    _replies.append(cls)
+    return cls
+
+
+def record(cls: _Class) -> _Class:
+    """A nested map inside a message (no op)."""
+    _declared(cls, has_op=False)
+    _records.append(cls)
+    return cls
+
+
+@record
 @dataclass(frozen=True, slots=True)
 class ClockEntry:
     actor: str
     counter: int
 
 
+@record
 @dataclass(frozen=True, slots=True)
 class SiblingView:
     """One live sibling as a client sees it: its value, its dot and the clock it was written against."""
@@ -30,6 +112,7 @@ class SiblingView:
     clock: list[ClockEntry]
 
 
+@handshake
 @dataclass(frozen=True, slots=True)
 class Hello:
     """The first frame of every connection (`dynd.protocol.auth` has the whole exchange).
@@ -47,6 +130,7 @@ class Hello:
     nonce: bytes | None = None
 
 
+@reply
 @dataclass(frozen=True, slots=True)
 class HelloOk:
     """`roles`: what the connection may do so far. To a peer's hello the listener adds its own
@@ -61,6 +145,7 @@ class HelloOk:
     proof: bytes | None = None
 
 
+@handshake
 @dataclass(frozen=True, slots=True)
 class HelloProof:
     """The dialer's proof of the cluster secret over both nonces, both names and the cluster id."""
@@ -69,18 +154,21 @@ class HelloProof:
     proof: bytes
 
 
+@reply
 @dataclass(frozen=True, slots=True)
 class HelloProofOk:
     OP: ClassVar[str] = "hello_proof_ok"
     roles: list[str]
 
 
+@request(CLIENT)
 @dataclass(frozen=True, slots=True)
 class Ping:
     OP: ClassVar[str] = "ping"
     id: int
 
 
+@reply
 @dataclass(frozen=True, slots=True)
 class Pong:
     OP: ClassVar[str] = "pong"
@@ -88,6 +176,7 @@ class Pong:
     node: str
 
 
+@request(CLIENT, forwardable=True)
 @dataclass(frozen=True, slots=True)
 class Get:
     """`forwarded` is set by a node passing the request to a primary, which then coordinates it.
@@ -104,6 +193,7 @@ class Get:
     pr: int | None = None
 
 
+@reply
 @dataclass(frozen=True, slots=True)
 class GetOk:
     """Live siblings (tombstones excluded) and the context that covers every sibling, tombstones too."""
@@ -114,6 +204,7 @@ class GetOk:
     context: bytes
 
 
+@request(CLIENT, forwardable=True)
 @dataclass(frozen=True, slots=True)
 class Put:
     """`pw` is how many of the W stores must be on primaries (not fallbacks standing in for them)."""
@@ -129,6 +220,7 @@ class Put:
     pw: int | None = None
 
 
+@reply
 @dataclass(frozen=True, slots=True)
 class PutOk:
     """The context of what this client has now seen: its old context plus the new write."""
@@ -138,6 +230,7 @@ class PutOk:
     context: bytes
 
 
+@request(CLIENT, forwardable=True)
 @dataclass(frozen=True, slots=True)
 class Delete:
     OP: ClassVar[str] = "delete"
@@ -150,6 +243,7 @@ class Delete:
     pw: int | None = None
 
 
+@reply
 @dataclass(frozen=True, slots=True)
 class DeleteOk:
     OP: ClassVar[str] = "delete_ok"
@@ -157,6 +251,7 @@ class DeleteOk:
     context: bytes
 
 
+@reply
 @dataclass(frozen=True, slots=True)
 class ErrorReply:
     """`id` is None when the failing frame carried no readable id (for example, undecodable CBOR)."""
@@ -171,6 +266,7 @@ class ErrorReply:
 # ---- between nodes ----
 
 
+@request(PEER)
 @dataclass(frozen=True, slots=True)
 class Replicate:
     """Merge this stored record of `key` into yours; answer once it is durable. With `hint`, the
@@ -184,12 +280,14 @@ class Replicate:
     hint: str | None = None
 
 
+@reply
 @dataclass(frozen=True, slots=True)
 class ReplicateOk:
     OP: ClassVar[str] = "replicate_ok"
     id: int
 
 
+@request(PEER)
 @dataclass(frozen=True, slots=True)
 class Fetch:
     """A replica read for a coordinator: the stored record of `key`, if any. With `hint`, the
@@ -201,6 +299,7 @@ class Fetch:
     hint: str | None = None
 
 
+@reply
 @dataclass(frozen=True, slots=True)
 class FetchOk:
     OP: ClassVar[str] = "fetch_ok"
@@ -208,12 +307,14 @@ class FetchOk:
     record: bytes | None
 
 
+@record
 @dataclass(frozen=True, slots=True)
 class HandoffItem:
     key: bytes
     record: bytes
 
 
+@request(PEER)
 @dataclass(frozen=True, slots=True)
 class Handoff:
     """Part of a partition moving to a new owner; merged and made durable before HandoffOk."""
@@ -224,12 +325,14 @@ class Handoff:
     items: list[HandoffItem]
 
 
+@reply
 @dataclass(frozen=True, slots=True)
 class HandoffOk:
     OP: ClassVar[str] = "handoff_ok"
     id: int
 
 
+@request(PEER)
 @dataclass(frozen=True, slots=True)
 class Gossip:
     """Push-pull membership exchange: the receiver merges and answers with its merged view."""
@@ -239,6 +342,7 @@ class Gossip:
     membership: bytes
 
 
+@reply
 @dataclass(frozen=True, slots=True)
 class GossipOk:
     OP: ClassVar[str] = "gossip_ok"
@@ -252,6 +356,7 @@ class GossipOk:
 # tree shape the asker uses; a receiver whose trees have another shape refuses with bad_request.
 
 
+@request(PEER)
 @dataclass(frozen=True, slots=True)
 class TreeRoots:
     """The Merkle roots of `partitions`, in the same order."""
@@ -263,6 +368,7 @@ class TreeRoots:
     tree_fanout: int
 
 
+@reply
 @dataclass(frozen=True, slots=True)
 class TreeRootsOk:
     OP: ClassVar[str] = "tree_roots_ok"
@@ -270,6 +376,7 @@ class TreeRootsOk:
     hashes: list[bytes]
 
 
+@request(PEER)
 @dataclass(frozen=True, slots=True)
 class TreeLevel:
     """The hashes of nodes `indexes` at `depth` of one partition's tree (depth 0: the root)."""
@@ -283,6 +390,7 @@ class TreeLevel:
     tree_fanout: int
 
 
+@reply
 @dataclass(frozen=True, slots=True)
 class TreeLevelOk:
     OP: ClassVar[str] = "tree_level_ok"
@@ -290,12 +398,14 @@ class TreeLevelOk:
     hashes: list[bytes]
 
 
+@record
 @dataclass(frozen=True, slots=True)
 class KeyHash:
     key: bytes
     hash: bytes
 
 
+@request(PEER)
 @dataclass(frozen=True, slots=True)
 class SegmentKeys:
     """The (key, hash) entries of leaf `segments` of one partition's tree, each segment's keys in
@@ -311,6 +421,7 @@ class SegmentKeys:
     after: bytes | None = None
 
 
+@reply
 @dataclass(frozen=True, slots=True)
 class SegmentKeysOk:
     """`complete`: how many of the asked segments are listed in full. When the page filled up inside
@@ -326,6 +437,7 @@ class SegmentKeysOk:
 # ---- cluster administration and ring queries ----
 
 
+@request(ADMIN)
 @dataclass(frozen=True, slots=True)
 class ClusterJoin:
     """Ask this node to join the cluster that `seed` (HOST:PORT) belongs to."""
@@ -335,6 +447,7 @@ class ClusterJoin:
     seed: str
 
 
+@request(ADMIN)
 @dataclass(frozen=True, slots=True)
 class ClusterLeave:
     """Hand off `node`'s partitions (this node when None), then remove it."""
@@ -344,6 +457,7 @@ class ClusterLeave:
     node: str | None = None
 
 
+@request(ADMIN)
 @dataclass(frozen=True, slots=True)
 class ClusterRemove:
     """Drop a dead node at once; its partitions go to the others."""
@@ -353,6 +467,7 @@ class ClusterRemove:
     node: str
 
 
+@reply
 @dataclass(frozen=True, slots=True)
 class ClusterOk:
     OP: ClassVar[str] = "cluster_ok"
@@ -360,6 +475,7 @@ class ClusterOk:
     message: str
 
 
+@record
 @dataclass(frozen=True, slots=True)
 class MemberView:
     name: str
@@ -373,6 +489,7 @@ class MemberView:
     hints_pending: int = 0  # hints this node holds for the member
 
 
+@request(ADMIN)
 @dataclass(frozen=True, slots=True)
 class ClusterStatus:
     """The cluster as one node sees it, with every member's own count of pending transfers
@@ -383,6 +500,7 @@ class ClusterStatus:
     local_only: bool | None = None
 
 
+@reply
 @dataclass(frozen=True, slots=True)
 class ClusterStatusOk:
     """`last_exchange_ms`: per partition, when this node last finished an anti-entropy exchange
@@ -395,18 +513,21 @@ class ClusterStatusOk:
     last_exchange_ms: list[int] | None = None
 
 
+@record
 @dataclass(frozen=True, slots=True)
 class NodeAddress:
     node: str
     address: str
 
 
+@request(CLIENT)
 @dataclass(frozen=True, slots=True)
 class RingGet:
     OP: ClassVar[str] = "ring_get"
     id: int
 
 
+@reply
 @dataclass(frozen=True, slots=True)
 class RingOk:
     """The ring as clients need it: owners[p] is partition p's owner; `version` changes with it."""
@@ -424,6 +545,7 @@ class RingOk:
 # ---- repair (anti-entropy on demand) ----
 
 
+@request(ADMIN)
 @dataclass(frozen=True, slots=True)
 class RepairStart:
     """Run an anti-entropy exchange now for `partition` (every partition this node holds when
@@ -434,6 +556,7 @@ class RepairStart:
     partition: int | None = None
 
 
+@request(ADMIN)
 @dataclass(frozen=True, slots=True)
 class RepairStatus:
     OP: ClassVar[str] = "repair_status"
@@ -441,6 +564,7 @@ class RepairStatus:
     run: int
 
 
+@reply
 @dataclass(frozen=True, slots=True)
 class RepairProgressOk:
     """Progress of a repair run: (partition, peer) pairs compared so far and what they found."""
@@ -459,52 +583,35 @@ class RepairProgressOk:
     errors: list[str]
 
 
-Request = (
-    Hello | HelloProof | Ping | Get | Put | Delete | Replicate | Fetch | Handoff | Gossip
-    | TreeRoots | TreeLevel | SegmentKeys
-    | ClusterJoin | ClusterLeave | ClusterRemove | ClusterStatus | RingGet | RepairStart | RepairStatus
-)
-Reply = (
-    HelloOk | HelloProofOk | Pong | GetOk | PutOk | DeleteOk | ErrorReply | ReplicateOk | FetchOk | HandoffOk | GossipOk
-    | TreeRootsOk | TreeLevelOk | SegmentKeysOk
-    | ClusterOk | ClusterStatusOk | RingOk | RepairProgressOk
-)
-Message = Request | Reply
+# ---- the tables, built once from the declarations above ----
 
-MESSAGE_TYPES: tuple[type, ...] = (
-    Hello, HelloOk, HelloProof, HelloProofOk, Ping, Pong, Get, GetOk, Put, PutOk, Delete, DeleteOk, ErrorReply,
-    Replicate, ReplicateOk, Fetch, FetchOk, Handoff, HandoffOk, Gossip, GossipOk,
-    TreeRoots, TreeRootsOk, TreeLevel, TreeLevelOk, SegmentKeys, SegmentKeysOk,
-    ClusterJoin, ClusterLeave, ClusterRemove, ClusterOk, ClusterStatus, ClusterStatusOk, RingGet, RingOk,
-    RepairStart, RepairStatus, RepairProgressOk,
-)
-RECORD_TYPES: tuple[type, ...] = (ClockEntry, SiblingView, HandoffItem, MemberView, NodeAddress, KeyHash)
+MESSAGE_TYPES: tuple[type, ...] = tuple(_messages)
+RECORD_TYPES: tuple[type, ...] = tuple(_records)
 
-# Who may send each request (roles: dynd.protocol.auth). Every request type is listed, so a new
-# one cannot be added without a role (tests/unit/test_roles.py walks MESSAGE_TYPES). The hello
-# frames are the handshake itself; replies are never requests.
-HANDSHAKE_TYPES: tuple[type, ...] = (Hello, HelloProof)
-REPLY_TYPES: tuple[type, ...] = (
-    HelloOk, HelloProofOk, Pong, GetOk, PutOk, DeleteOk, ErrorReply, ReplicateOk, FetchOk, HandoffOk, GossipOk,
-    TreeRootsOk, TreeLevelOk, SegmentKeysOk, ClusterOk, ClusterStatusOk, RingOk, RepairProgressOk,
-)
-REQUIRED_ROLE: dict[type, str] = {
-    Ping: "client", Get: "client", Put: "client", Delete: "client", RingGet: "client",
-    ClusterJoin: "admin", ClusterLeave: "admin", ClusterRemove: "admin", ClusterStatus: "admin",
-    RepairStart: "admin", RepairStatus: "admin",
-    Replicate: "peer", Fetch: "peer", Handoff: "peer", Gossip: "peer",
-    TreeRoots: "peer", TreeLevel: "peer", SegmentKeys: "peer",
-}  # fmt: skip
+# Who may send each request (roles: dynd.protocol.auth). Every request type has one, so a new one
+# cannot be added without a role (tests/unit/test_roles.py walks MESSAGE_TYPES). The hello frames
+# are the handshake itself; replies are never requests.
+HANDSHAKE_TYPES: tuple[type, ...] = tuple(_handshakes)
+REPLY_TYPES: tuple[type, ...] = tuple(_replies)
+REQUIRED_ROLE: dict[type, str] = dict(_roles)
 # A get, put or delete that a node forwards to a primary makes that primary coordinate even when
 # it would not: only a peer may ask that.
-FORWARDABLE_TYPES: tuple[type, ...] = (Get, Put, Delete)
+FORWARDABLE_TYPES: tuple[type, ...] = tuple(_forwardable)
+
+_undeclared = [
+    value.__name__
+    for value in list(globals().values())
+    if isinstance(value, type) and "OP" in value.__dict__ and value not in MESSAGE_TYPES
+]
+if _undeclared:
+    raise TypeError(f"messages without @request, @handshake or @reply: {', '.join(_undeclared)}")
 
 
 def required_role(message: object) -> str | None:
     """The role a request needs, or None for a frame that is not a request a node accepts."""
     role = REQUIRED_ROLE.get(type(message))
     if role is not None and type(message) in FORWARDABLE_TYPES and message.forwarded:  # type: ignore[attr-defined]
-        return "peer"
+        return PEER
     return role
 
 

@@ -2,8 +2,8 @@
 
 This is the daemon's implementation of the core's Network port (`dynd.core.ports`).
 
-`send(node, build, on_reply)` never awaits: it queues the request for that peer's connection and
-calls `on_reply(reply_or_error)` later from the event loop. A peer that cannot be reached fails
+`send(node, build, on_reply)` never awaits: it queues the request for that peer's connection (a
+`PeerLink`, `dynd.shell.peer_transport`) and calls `on_reply(reply_or_error)` later from the event loop. A peer that cannot be reached fails
 its queued requests with `Unreachable` and is not dialled again for `peer_retry_ms`, so callers
 learn fast; the coordinators decide what a failure means.
 
@@ -21,20 +21,20 @@ from typing import Any
 
 import trio
 
-from dynd.client import Client, PeerCredentials, open_client
+from dynd.client import PeerCredentials, open_client
 from dynd.core.ports import Builder, ReplyCallback
 from dynd.protocol.errors import DynError, Unreachable
+from dynd.shell.peer_transport import PeerLink
 from dynd.shell.security import Security
 
 log = logging.getLogger("dynd.peers")
-
 
 
 @dataclass
 class _Peer:
     name: str
     address: str
-    client: Client | None = None
+    link: PeerLink | None = None
     queued: list[tuple[Builder, ReplyCallback]] = field(default_factory=list)
     connecting: bool = False
     down_until: float = 0.0
@@ -74,15 +74,16 @@ class Peers:
 
     def connected(self, name: str) -> bool:
         peer = self._peers.get(name)
-        return peer is not None and peer.client is not None
+        return peer is not None and peer.link is not None
 
     def send(self, name: str, build: Builder, on_reply: ReplyCallback) -> None:
         peer = self._peers.get(name)
         if peer is None:
             on_reply(Unreachable(f"{name} is not a known member"))
             return
-        if peer.client is not None and peer.client.usable:
-            peer.client.call_with_callback(build, on_reply, self._timeout_s)
+        link = peer.link
+        if link is not None and link.usable:
+            link.call(build, on_reply)
             return
         if trio.current_time() < peer.down_until:
             on_reply(Unreachable(f"{name} at {peer.address} is unreachable"))
@@ -111,7 +112,7 @@ class Peers:
             async with open_client(
                 address, timeout_s=self._timeout_s, agent=f"peer:{self.self_name}", peer=seed_credentials, ssl_context=self.security.client_ssl
             ) as client:
-                client.call_with_callback(build, record, self._timeout_s)
+                PeerLink(client, self._timeout_s).call(build, record)
                 await answered.wait()
         except DynError as exc:
             if not answered.is_set():
@@ -128,18 +129,18 @@ class Peers:
                 expect_node=peer.name,
                 ssl_context=self.security.client_ssl,  # mutual TLS, when configured
             ) as client:
-                peer.client = client
+                link = peer.link = PeerLink(client, self._timeout_s)
                 peer.connecting = False
                 queued, peer.queued = peer.queued, []
                 for build, on_reply in queued:
-                    client.call_with_callback(build, on_reply, self._timeout_s)
+                    link.call(build, on_reply)
                 await client.broken_or(peer.closed)
         except DynError as exc:
             level = logging.WARNING if exc.code == "unauthorized" else logging.DEBUG
             log.log(level, "peer %s at %s: %s", peer.name, peer.address, exc)
             peer.down_until = trio.current_time() + self._retry_s
         finally:
-            peer.client = None
+            peer.link = None
             peer.connecting = False
             queued, peer.queued = peer.queued, []
             for _, on_reply in queued:

@@ -25,7 +25,7 @@ frames of all connections together may hold `partial_frames_bytes_max`: the conn
 would pass that is closed. At `connections_max`, a new connection takes the slot of the anonymous
 connection idle the longest, or is told so and closed when there is none.
 
-TLS (`security.server_ssl` set): every connection runs through a `TlsLayer` (`dynd.shell.tls`):
+TLS (`security.server_ssl` set): every connection runs through a `TlsLayer` (`dynd.protocol.tls`):
 chunks are decrypted before the frame decoder, and what is queued is encrypted as one batch just
 before each write. The TLS handshake counts as part of the hello, within `handshake_timeout_ms`. A
 plain-TCP client is told in its own framing that the port speaks TLS; a failed handshake or a bad
@@ -54,7 +54,7 @@ from dynd.core.node import Node
 from dynd.shell import security as events
 from dynd.shell.memory import LARGE_BUFFER_BYTES, MemoryGiver
 from dynd.shell.security import Security
-from dynd.shell.tls import TlsError, TlsLayer
+from dynd.protocol.tls import TlsError, TlsLayer
 
 log = logging.getLogger("dynd.server")
 

@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from dynd.client import Client, open_client  # noqa: E402
-from dynd.shell.tls import client_context  # noqa: E402
+from dynd.protocol.tls import client_context  # noqa: E402
 from tests.support.procs import DyndProcess, free_port  # noqa: E402
 
 WORKLOADS = ("put", "get")

@@ -17,6 +17,7 @@ import trio
 
 from dynd.client import BlockingClient, open_client
 from dynd.protocol import messages
+from dynd.shell.peer_transport import PeerLink
 from tests.support.cluster import FAST_TIMERS, poll_until, run_repair, running_cluster, settled
 from tests.support.procs import DyndProcess
 
@@ -37,7 +38,7 @@ def stored(node: DyndProcess, key: bytes) -> bytes | None:
         async with open_client(node.address) as client:
             answer: list[Any] = []
             done = trio.Event()
-            client.call_with_callback(lambda rid: messages.Fetch(id=rid, key=key), lambda r: (answer.append(r), done.set()), 5)
+            PeerLink(client, 5).call(lambda rid: messages.Fetch(id=rid, key=key), lambda r: (answer.append(r), done.set()))
             await done.wait()
             return answer[0]
 

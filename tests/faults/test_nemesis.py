@@ -32,6 +32,7 @@ from dynd.client import Client, key_placement, open_client, open_cluster_client
 from dynd.core.replica import decode_record
 from dynd.protocol import messages
 from dynd.protocol.errors import DynError, Timeout
+from dynd.shell.peer_transport import PeerLink
 from tests.support import netns
 from tests.support.cluster import FAST_TIMERS, poll_until, settled
 from tests.support.procs import DyndProcess
@@ -177,7 +178,7 @@ async def fetch(client: Client, key: str) -> bytes | None:
         answer.append(reply)
         done.set()
 
-    client.call_with_callback(lambda rid: messages.Fetch(id=rid, key=key.encode()), record, CLIENT_TIMEOUT_S)
+    PeerLink(client, CLIENT_TIMEOUT_S).call(lambda rid: messages.Fetch(id=rid, key=key.encode()), record)
     await done.wait()
     if not isinstance(answer[0], messages.FetchOk):
         raise answer[0] if isinstance(answer[0], DynError) else AssertionError(answer[0])

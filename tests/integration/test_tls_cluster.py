@@ -20,7 +20,7 @@ import trustme
 
 from dynd.client import BlockingClient, open_client, open_cluster_client
 from dynd.protocol.errors import BadRequest, DynError, Unauthorized, Unreachable
-from dynd.shell.tls import client_context
+from dynd.protocol.tls import client_context
 from tests.support.cluster import FAST_TIMERS
 from tests.support.procs import PROBE_INTERVAL_S, START_TIMEOUT_S, DyndError, DyndFactory, DyndProcess, free_port, run_dynd
 

@@ -24,7 +24,7 @@ import trustme
 from dynd.client import open_client
 from dynd.protocol.errors import BadRequest, Unauthorized, Unreachable
 from dynd.protocol.framing import FrameDecoder, encode_frame
-from dynd.shell.tls import TlsConfigError, TlsError, TlsLayer, TlsSettings, client_context, server_context
+from dynd.protocol.tls import TlsConfigError, TlsError, TlsLayer, TlsSettings, client_context, server_context
 
 
 @dataclass(frozen=True)

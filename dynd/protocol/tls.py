@@ -6,6 +6,10 @@ The server and the client read with `os.read` after `trio.lowlevel.wait_readable
 back the application bytes, and writes whatever `outgoing()` returns. It never blocks and never
 does I/O; the handshake happens inside `receive` and `send`.
 
+It lives in the protocol package because both ends use it: the node's server (`dynd.shell.server`)
+and the client library (`dynd.client`), which may import nothing but the protocol. Like
+`dynd.protocol.auth` it reads credential files (the contexts below) and touches no socket.
+
 States of a `TlsLayer` (a failure or a close is final):
 
     state        receive(raw)                          send(plain)          next state
