@@ -155,11 +155,15 @@ class Node:
             renew_actor=self._renew_actor,
         )
 
-        # ---- requests ----
-        self.records = PeerRecords(name, self.replica, storage, self.cluster, self.hints, limits=limits, now_ms=now_ms, renew_actor=self._renew_actor)
+        # ---- requests from peers and from clients ----
+        self.records = PeerRecords(
+            name, self.replica, storage, self.cluster, self.hints, limits=limits, now_ms=now_ms, renew_actor=self._renew_actor
+        )
         self.requests = ClientRequests(
             name, self.replica, storage, network, self.cluster, self.health, self.hints, self.records, limits=limits, now_ms=now_ms
         )
+
+        # ---- anti-entropy, and the operator's view ----
         self.ae_limits = ExchangeLimits(
             indexes_max=limits.ae_indexes_max, keys_max=limits.ae_batch_keys, repairs_inflight_max=limits.ae_repairs_inflight
         )
@@ -181,6 +185,8 @@ class Node:
         self.status = StatusGather(
             self.cluster, network, now_ms=now_ms, transfers_pending=lambda: self.handoff.transfers_pending, describe=self._status
         )
+
+        # ---- who serves each request ----
         self.handlers: dict[type, Callable[[Any, Reply], None]] = {
             messages.Get: self.requests.get,
             messages.Put: self.requests.put,

@@ -5,8 +5,8 @@ Every request takes one of two paths:
 - Forward: a node that is not a primary of the key, nor among its first N healthy nodes while a
   primary is down, passes the request to one that is (healthy primaries first, then healthy
   fallbacks, then the rest) and relays the first answer under the client's id; a candidate that
-  cannot be reached hands it to the next. A request that names a ring (the client's view) is
-  refused as stale instead, so the client refreshes its ring.
+  cannot be reached hands it to the next. A request that names a ring other than ours (a
+  routing client's view) is refused as stale instead, so the client refreshes its ring.
 - Coordinate: for a put, version the write, queue it for our own store and let `PutCoordination`
   replicate it meanwhile and decide when to answer; for a get, read our own replica and let
   `GetCoordination` gather the others, answer and repair (`dynd.core.coordinator`). A key with
