@@ -68,6 +68,9 @@ Coordination = PutRequest | GetRequest
 
 
 class ClientRequests:
+    """Get, put and delete, as the module docstring says; `running` holds the coordinations that
+    have not finished yet."""
+
     def __init__(
         self,
         name: str,
