@@ -14,6 +14,9 @@ Rules:
   JOIN event and pushes the result to the seed. A joined member joining again is a no-op.
 - `reachable(member)`: connected now, or a gossip exchange with it succeeded within
   `4 * gossip_interval_ms` (SWIM failure detection replaces this with issue 5).
+
+`StatusGather` answers `dynctl cluster status`: this node's view, with each reachable member's
+own count of pending transfers, gathered for at most `STATUS_GATHER_MS`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dynd.core.ops import PutMeta
 from dynd.core.ports import Network, Storage
 from dynd.core.preflist import PreferenceList, preference_list
 from dynd.core.ring import Ring
+from dynd.core.timeouts import Timeout
 from dynd.protocol import messages
 from dynd.protocol.errors import BadRequest, DynError
 
@@ -35,6 +39,7 @@ log = logging.getLogger("dynd.cluster")
 
 MEMBERSHIP_META = "membership"
 HEARD_WITHIN_GOSSIP_INTERVALS = 4
+STATUS_GATHER_MS = 1_000  # how long cluster status waits for members' own transfer counts
 
 
 class RandomSource(Protocol):
@@ -78,7 +83,8 @@ class ClusterView:
         self.membership = membership
         self._preflists: dict[int, PreferenceList] = {}
         self._heard_at_ms: dict[str, int] = {}
-        self._next_gossip_ms = now_ms()
+        self._gossip = Timeout("gossip round", limits.gossip_interval_ms)
+        self._gossip.start(now_ms(), 0)  # the first round at the first tick
         self.on_change: list[Callable[[], None]] = []
         self._adopt(membership, force=True)
 
@@ -258,10 +264,10 @@ class ClusterView:
 
     def tick(self) -> None:
         now = self.now_ms()
-        if now < self._next_gossip_ms:
+        if not self._gossip.fired(now):
             return
         # Jitter keeps nodes out of step.
-        self._next_gossip_ms = now + int(self.limits.gossip_interval_ms * (0.5 + self.rng.random()))
+        self._gossip.start(now, int(self.limits.gossip_interval_ms * (0.5 + self.rng.random())))
         self.gossip_once()
 
     def gossip_once(self) -> None:
@@ -291,6 +297,68 @@ class ClusterView:
             self._update(self.membership.merge(Membership.decode(answer.membership)))
         except MembershipError as exc:
             log.warning("gossip from %s refused: %s", source, exc)
+
+
+class StatusGather:
+    """ClusterStatus requests: this node's view (`describe(request_id, pending)`, `pending` being
+    each member's own count of pending transfers as far as known), after asking every other member
+    for its own count. A member that does not answer within `STATUS_GATHER_MS` (a dead one) does
+    not hold the operator's view back: `tick` answers with what came."""
+
+    def __init__(
+        self,
+        cluster: ClusterView,
+        network: Network,
+        *,
+        now_ms: Callable[[], int],
+        transfers_pending: Callable[[], int],
+        describe: Callable[[int, dict[str, int]], messages.ClusterStatusOk],
+    ) -> None:
+        self.cluster = cluster
+        self.network = network
+        self.now_ms = now_ms
+        self.transfers_pending = transfers_pending
+        self.describe = describe
+        self._gathers: list[tuple[Timeout, Callable[[], None]]] = []  # (deadline, answer now)
+
+    def handle(self, request: messages.ClusterStatus, reply: Callable[[Any], None]) -> None:
+        pending = {self.cluster.name: self.transfers_pending()}
+        others = self.cluster.other_members()
+        if request.local_only or not others:
+            reply(self.describe(request.id, pending))
+            return
+        waiting = set(others)
+        replied = False
+
+        def answer_now() -> None:
+            nonlocal replied
+            if not replied:
+                replied = True
+                reply(self.describe(request.id, pending))
+
+        def answered(node: str) -> Callable[[Any], None]:
+            def record(answer: Any) -> None:
+                if isinstance(answer, messages.ClusterStatusOk):
+                    pending[node] = next((m.transfers_pending for m in answer.members if m.name == node), 0)
+                waiting.discard(node)
+                if not waiting:
+                    answer_now()
+
+            return record
+
+        self._gathers.append((Timeout("status gather", STATUS_GATHER_MS, start_ms=self.now_ms()), answer_now))
+        for node in others:
+            self.network.send(node, lambda rid: messages.ClusterStatus(id=rid, local_only=True), answered(node))
+
+    def tick(self) -> None:
+        if not self._gathers:
+            return
+        now = self.now_ms()
+        due = [answer for deadline, answer in self._gathers if deadline.fired(now)]
+        if due:
+            self._gathers = [(deadline, answer) for deadline, answer in self._gathers if deadline.running]
+            for answer in due:
+                answer()
 
 
 def _log_persist_failure(error: DynError | None) -> None:

@@ -34,7 +34,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dynd.core.admission import BackgroundBudget
-from dynd.core.anti_entropy import AntiEntropy, Exchange, ExchangeLimits, ExchangeStats, RepairProgress, responders
+from dynd.core.anti_entropy import AntiEntropy, RepairProgress
+from dynd.core.exchange import Exchange, ExchangeLimits, ExchangeStats, responders
 from dynd.core.limits import Limits
 from dynd.core.merkle import DEFAULT_FANOUT, DEFAULT_SEGMENTS, Forest
 from dynd.core.partition import partition_of

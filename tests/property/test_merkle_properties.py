@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dynd.core import replica, versions
-from dynd.core.anti_entropy import Exchange, ExchangeLimits
+from dynd.core.exchange import Exchange, ExchangeLimits
 from dynd.core.limits import Limits
 from dynd.core.merkle import MerkleTree, leaf_hash
 from tests.bench.anti_entropy import Link, Replica

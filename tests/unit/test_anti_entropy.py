@@ -6,9 +6,11 @@ from typing import Any
 
 import pytest
 
-from dynd.core import anti_entropy as ae
+from dynd.core import exchange as ae
 from dynd.core.admission import Unlimited
-from dynd.core.anti_entropy import AntiEntropy, Exchange, ExchangeLimits, RepairProgress, TrackedStorage
+from dynd.core.anti_entropy import AntiEntropy, RepairProgress, co_primary_pairs
+from dynd.core.exchange import Exchange, ExchangeLimits
+from dynd.core.tracked_storage import TrackedStorage
 from dynd.core.merkle import Forest
 from dynd.core.ops import DeleteObject, PutHint, PutObject
 from dynd.core.replica import decode_record
@@ -339,7 +341,7 @@ def test_a_refusing_pacer_parks_the_work_until_it_allows() -> None:
 
 def test_co_primary_pairs() -> None:
     owners = {0: ["A", "B", "C"], 1: ["B", "C", "D"], 2: ["C", "A", "D"]}
-    assert ae.co_primary_pairs("A", 3, owners.__getitem__) == [(0, "B"), (0, "C"), (2, "C"), (2, "D")]
+    assert co_primary_pairs("A", 3, owners.__getitem__) == [(0, "B"), (0, "C"), (2, "C"), (2, "D")]
 
 
 # ---- keeping the forest current ----
