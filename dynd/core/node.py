@@ -3,7 +3,9 @@
 The daemon's connection readers (`dynd.shell.server`) and the simulator (`dynd.sim`) call
 `handle(message, reply)` and `tick()`; the node calls back only through its ports
 (`dynd.core.ports`: the Network and the Storage) and `reply`. It never awaits and never reads a
-clock: `now_ms` is passed in, and randomness comes from `rng`.
+clock: `now_ms` (monotonic, for every deadline, period and timer) and `wall_ms` (the wall clock,
+only for what nodes compare with each other: sibling timestamps, tombstone and hint age) are
+passed in, and randomness comes from `rng`.
 
 Client requests: a node that is not a primary of the key forwards the request to one (the first
 that answers, in preference-list order). A primary coordinates: for a put it versions the write,
@@ -78,6 +80,7 @@ class Node:
         *,
         limits: Limits,
         now_ms: Callable[[], int],
+        wall_ms: Callable[[], int],
         rng: RandomSource,
         seeds: Sequence[str] = (),
         actor: str | None = None,
@@ -93,6 +96,7 @@ class Node:
         self.network = network
         self.limits = limits
         self.now_ms = now_ms
+        self.wall_ms = wall_ms
         self.request_timeout_ms = limits.request_timeout_ms
         partitions = membership.params.partitions
         self.replica = LocalReplica(actor or name, limits, partitions, renew_actor=self._renew_actor)
@@ -141,6 +145,7 @@ class Node:
             grace_ms=limits.tombstone_grace_ms,
             prune_threshold=limits.context_prune_threshold,
             now_ms=now_ms,
+            wall_ms=wall_ms,
             pacer=self.budget,
         )
         self.ae_limits = ExchangeLimits(
@@ -171,6 +176,7 @@ class Node:
             batch_keys=limits.reap_batch_keys,
             grace_ms=limits.tombstone_grace_ms,
             now_ms=now_ms,
+            wall_ms=wall_ms,
             pacer=self.budget,
             renew_actor=self._renew_actor,
         )
@@ -349,7 +355,7 @@ class Node:
         partition, placement = placed
         value = request.value if isinstance(request, messages.Put) else None
         stored = self.storage.read_object(partition, request.key)
-        plan = self.replica.write(request.key, value, request.context, stored, self.now_ms(), partition)
+        plan = self.replica.write(request.key, value, request.context, stored, self.wall_ms(), partition)
         self._note(plan.key, plan.sibling_count, plan.object_bytes, plan.pruned_entries)
         ok: messages.Message
         if isinstance(request, messages.Put):
@@ -550,8 +556,9 @@ class Node:
 
     def _status(self, request_id: int, pending: dict[str, int]) -> messages.ClusterStatusOk:
         status = self.cluster.status(request_id, pending, self.health, self.hints.counts)
-        exchanged = self.anti_entropy.last_exchange_ms
-        return dataclasses.replace(status, last_exchange_ms=[exchanged.get(p, 0) for p in range(self.replica.partitions)])
+        exchanged = self.anti_entropy.last_exchange_ms  # on the monotonic clock; the operator reads wall time
+        wall_offset_ms = self.wall_ms() - self.now_ms()
+        return dataclasses.replace(status, last_exchange_ms=[exchanged[p] + wall_offset_ms if p in exchanged else 0 for p in range(self.replica.partitions)])
 
     def gossip(self, request: messages.Gossip, reply: Reply) -> None:
         reply(messages.GossipOk(id=request.id, membership=self.cluster.merge_from_peer(request.membership)))
@@ -573,7 +580,7 @@ class Node:
 
     def _reaped_already(self, record: bytes) -> bool:
         """An expired tombstone where nothing is stored: it was reaped here; do not bring it back."""
-        return is_expired_tombstone(record, self.now_ms(), self.limits.tombstone_grace_ms)
+        return is_expired_tombstone(record, self.wall_ms(), self.limits.tombstone_grace_ms)
 
     # ---- coordination ----
 
