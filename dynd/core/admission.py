@@ -146,9 +146,7 @@ class BackgroundBudget:
         """Whether background work may take a slice now."""
         if self.adjustment.restart_if_fired(now_ms):
             self._adjust(now_ms)
-        if self.pause.fired(now_ms):
-            return True
-        return not self.pause.running
+        return not self.pause.running or self.pause.fired(now_ms)
 
     def slice_keys(self) -> int:
         """How many keys (or items) one slice of background work may take."""

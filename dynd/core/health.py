@@ -5,8 +5,8 @@ Rules:
   members are (a suspect may only be slow, and a request to it fails over to a spare fallback).
 - Local evidence: a request that found the member unreachable (no connection) makes it unusable
   for `down_for_ms` (a named timeout per member, on the monotonic clock), or until a request to
-  it succeeds. The detector hears of every failure (it
-  probes the member at once) and every success (an answer counts as a probe answered).
+  it succeeds. The detector hears of every failure (it probes the member at once) and every
+  success (an answer counts as a probe answered).
 - This node is always usable to itself.
 """
 
