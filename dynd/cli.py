@@ -344,7 +344,8 @@ async def serve(config: Config, security: Security) -> None:
                 CommitterStorage(committer, store),
                 peers,
                 limits=limits,
-                now_ms=wall_clock_ms,
+                now_ms=monotonic_ms,
+                wall_ms=wall_clock_ms,
                 rng=random.Random(),
                 seeds=list(config.seeds),
                 actor=actor,
@@ -419,8 +420,18 @@ def settle_garbage_collector() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def monotonic_ms() -> int:
+    """The node's clock for every deadline, period and timer (`Node(now_ms=...)`): trio's, which
+    the peer calls' deadlines (`dynd.shell.peers`, `dynd.client`) and the tick's sleep run on too,
+    so the whole process has one monotonic source (CLOCK_MONOTONIC, via `time.perf_counter`); a
+    wall clock stepped by NTP or an operator moves none of them. Only valid inside `trio.run`."""
+    return int(trio.current_time() * 1000)
+
+
 def wall_clock_ms() -> int:
-    # Timestamps order context entries for pruning, so a wall clock is the right source.
+    """The wall clock, only for what nodes compare with each other (`Node(wall_ms=...)`): a
+    write's timestamp (it orders context entries for pruning), tombstone and hint age; and the
+    boot number, which must grow across restarts of the machine too."""
     return time.time_ns() // 1_000_000
 
 

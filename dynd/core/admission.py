@@ -13,11 +13,16 @@ last `window_ms` with `target_p99_ms`:
 The window is a ring of `window_buckets` sub-windows, each a fixed histogram with four bins per
 power of two of microseconds (at most 19% apart), so `record_ms` is a few integer operations and
 the p99 is read from 256 bins per sub-window once per interval, never by sorting samples.
+
+Every `now_ms` is the node's monotonic clock. The adjustment and a pause are named timeouts; the
+sub-window boundary is not (it advances by whole sub-windows, not from the time it is read).
 """
 
 from __future__ import annotations
 
 from typing import Protocol
+
+from dynd.core.timeouts import Timeout
 
 _SUB_BITS = 2  # bins per power of two: 2^_SUB_BITS
 _BINS = 64 << _SUB_BITS  # latencies up to 2^63 microseconds
@@ -93,8 +98,8 @@ class BackgroundBudget:
         self._current = 0
         self._bucket_end_ms = now_ms + self._bucket_ms
         self._slice = slice_max
-        self._paused_until_ms = now_ms
-        self._next_adjust_ms = now_ms + adjust_interval_ms
+        self.pause = Timeout("background pause", adjust_interval_ms)  # running: background work waits
+        self.adjustment = Timeout("admission adjustment", adjust_interval_ms, start_ms=now_ms)
         self.last_p99_ms: float | None = None  # as of the last adjustment, for status
         self.decreases = 0
         self.pauses = 0
@@ -139,27 +144,27 @@ class BackgroundBudget:
 
     def allow(self, now_ms: int) -> bool:
         """Whether background work may take a slice now."""
-        if now_ms >= self._next_adjust_ms:
+        if self.adjustment.restart_if_fired(now_ms):
             self._adjust(now_ms)
-        return now_ms >= self._paused_until_ms
+        return not self.pause.running or self.pause.fired(now_ms)
 
     def slice_keys(self) -> int:
         """How many keys (or items) one slice of background work may take."""
         return self._slice
 
     def _adjust(self, now_ms: int) -> None:
-        self._next_adjust_ms = now_ms + self.adjust_interval_ms
         p99 = self.p99_ms(now_ms)
         self.last_p99_ms = p99
         if p99 is not None and p99 > self.target_p99_ms:
             self.decreases += 1
             if self._slice <= self.slice_min:
                 self.pauses += 1
-                self._paused_until_ms = now_ms + self.adjust_interval_ms
+                self.pause.start(now_ms)
             self._slice = max(self.slice_min, self._slice // 2)
         else:
             self._slice = min(self.slice_max, self._slice + self.slice_step)
 
     @property
-    def paused_until_ms(self) -> int:
-        return self._paused_until_ms
+    def paused(self) -> bool:
+        """Whether a pause is in force (until it fires at the next `allow` past its deadline)."""
+        return self.pause.running

@@ -29,6 +29,7 @@ from dynd.core.admission import Pacer, Unlimited
 from dynd.core.cluster import ClusterView
 from dynd.core.ops import DeleteObject, WriteOp
 from dynd.core.ports import Network, Storage
+from dynd.core.timeouts import Timeout
 from dynd.protocol import messages
 from dynd.protocol.errors import DynError
 
@@ -66,7 +67,7 @@ class Handoff:
         self.pending: list[int] = []  # partitions of this pass not yet moved
         self.running = False
         self.moved_keys = 0  # keys of the partition in progress handed off so far
-        self._next_pass_ms = now_ms() + interval_ms
+        self.next_pass = Timeout("handoff pass", interval_ms, start_ms=now_ms())
 
     @property
     def transfers_pending(self) -> int:
@@ -85,9 +86,9 @@ class Handoff:
             partition, self._parked = self._parked, None
             self._next_batch(partition)
             return
-        if self.running or now < self._next_pass_ms:
+        if self.running or not self.next_pass.due(now):
             return
-        self._next_pass_ms = now + self.interval_ms
+        self.next_pass.start(now)
         self.start_pass()
 
     def start_pass(self) -> None:

@@ -4,8 +4,9 @@ Rules:
 - A member the detector (SWIM, `dynd.core.swim`) says is dead is not usable; alive and suspect
   members are (a suspect may only be slow, and a request to it fails over to a spare fallback).
 - Local evidence: a request that found the member unreachable (no connection) makes it unusable
-  for `down_for_ms`, or until a request to it succeeds. The detector hears of every failure (it
-  probes the member at once) and every success (an answer counts as a probe answered).
+  for `down_for_ms` (a named timeout per member, on the monotonic clock), or until a request to
+  it succeeds. The detector hears of every failure (it probes the member at once) and every
+  success (an answer counts as a probe answered).
 - This node is always usable to itself.
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Protocol
+
+from dynd.core.timeouts import Timeout
 
 
 class Detector(Protocol):
@@ -33,23 +36,23 @@ class Health:
         self.now_ms = now_ms
         self.down_for_ms = down_for_ms
         self.detector = detector
-        self._down_until_ms: dict[str, int] = {}
+        self._down: dict[str, Timeout] = {}  # members local evidence holds unusable, until it fires
 
     def usable(self, name: str) -> bool:
         if name == self.name:
             return True
         if self.detector is not None and not self.detector.usable(name):
             return False
-        until = self._down_until_ms.get(name)
-        if until is None:
+        down = self._down.get(name)
+        if down is None:
             return True
-        if self.now_ms() >= until:
-            del self._down_until_ms[name]
+        if down.fired(self.now_ms()):
+            del self._down[name]
             return True
         return False
 
     def report_failure(self, name: str) -> None:
-        self._down_until_ms[name] = self.now_ms() + self.down_for_ms
+        self._down[name] = Timeout(f"{name} down", self.down_for_ms, start_ms=self.now_ms())
         if self.detector is not None:
             self.detector.report_failure(name)
 
@@ -59,7 +62,7 @@ class Health:
             self.detector.report_failure(name)
 
     def report_success(self, name: str) -> None:
-        self._down_until_ms.pop(name, None)
+        self._down.pop(name, None)
         if self.detector is not None:
             self.detector.report_success(name)
 

@@ -23,6 +23,11 @@ primary, and delivering the old value would bring the deleted key back. Whatever
 still holds that is current, the other replicas hold too and anti-entropy brings it over. A hint
 left with no sibling to deliver is deleted unsent. `counts` (hints per target) is read from storage
 once at start and kept up to date as hints are stored and deleted; it feeds `cluster status`.
+
+Two clocks: a hinted sibling's age is read on the wall clock (`wall_ms`), against the timestamp the
+coordinator's wall clock gave it, since it is measured as other nodes measure the age of the
+tombstones they reap; the delivery timer runs on the monotonic clock (`now_ms`), so a wall clock
+that steps neither floods nor stalls delivery.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from dynd.core.health import Health
 from dynd.core.ops import DeleteHint, PutHint
 from dynd.core.ports import Network, Storage
 from dynd.core.replica import decode_record, encode_record
+from dynd.core.timeouts import Timeout
 from dynd.core.versions import SiblingSet
 from dynd.protocol import messages
 from dynd.protocol.errors import DynError
@@ -58,8 +64,11 @@ class HintDelivery:
         grace_ms: int,
         prune_threshold: int,
         now_ms: Callable[[], int],
+        wall_ms: Callable[[], int],
         pacer: Pacer | None = None,
     ) -> None:
+        """`now_ms`: the monotonic clock, for the delivery timer; `wall_ms`: the wall clock, for
+        the age of a hinted sibling (see the module docstring)."""
         self.name = name
         self.pacer: Pacer = pacer or Unlimited()
         self.cluster = cluster
@@ -71,11 +80,12 @@ class HintDelivery:
         self.grace_ms = grace_ms
         self.prune_threshold = prune_threshold
         self.now_ms = now_ms
+        self.wall_ms = wall_ms
         self.expired_total = 0  # hinted siblings not delivered because they outlived the grace period
         self.counts: dict[str, int] = {target: n for target, n in storage.hint_counts().items() if n}
         self.delivered_total = 0
         self.in_flight = False
-        self._next_ms = now_ms() + interval_ms
+        self.delivery = Timeout("hint delivery", interval_ms, start_ms=now_ms())
         self._last_target = ""
 
     @property
@@ -97,11 +107,13 @@ class HintDelivery:
         return [PutHint(target, partition, key, merged)]
 
     def tick(self) -> None:
-        if self.in_flight or not self.counts or self.now_ms() < self._next_ms or not self.pacer.allow(self.now_ms()):
+        now = self.now_ms()
+        # `due`, not `fired`: a batch that found nothing to send leaves it due for the next tick.
+        if self.in_flight or not self.counts or not self.delivery.due(now) or not self.pacer.allow(now):
             return
         target = self._next_target()
         if target is None:
-            self._next_ms = self.now_ms() + self.interval_ms
+            self.delivery.start(now)
             return
         self._deliver(target)
 
@@ -158,7 +170,7 @@ class HintDelivery:
         """The hinted record without the siblings older than the grace period (see the module
         docstring), or None when none is left."""
         held = decode_record(record)
-        oldest_kept_ms = self.now_ms() - self.grace_ms
+        oldest_kept_ms = self.wall_ms() - self.grace_ms
         if all(s.timestamp_ms > oldest_kept_ms for s in held.siblings):
             return record
         kept = tuple(s for s in held.siblings if s.timestamp_ms > oldest_kept_ms)
@@ -188,7 +200,7 @@ class HintDelivery:
                     self.counts.pop(target, None)
                     log.info("delivered every hint held for %s", target)
             # A full batch that went through: more may wait, so go on at the next tick.
-            self._next_ms = self.now_ms() if full and not failed else self.now_ms() + self.interval_ms
+            self.delivery.start(self.now_ms(), 0 if full and not failed else None)
 
         if not deletes:
             done(None)

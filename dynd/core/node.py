@@ -4,7 +4,9 @@ through a callback. Pure.
 The daemon's connection readers (`dynd.shell.server`) and the simulator (`dynd.sim`) call
 `handle(message, reply)` and `tick()`; failure-detector datagrams arrive through
 `receive_datagram`. The node calls back only through its ports (`dynd.core.ports`: the Network
-and the Storage) and `reply`. It never awaits and never reads a clock: `now_ms` is passed in, and
+and the Storage) and `reply`. It never awaits and never reads a clock: `now_ms`
+(monotonic, for every deadline, period and timer) and `wall_ms` (the wall clock, only for what
+nodes compare with each other: sibling timestamps, tombstone and hint age) are passed in, and
 randomness comes from `rng`.
 
 The parts, and the requests each serves (`handlers`):
@@ -72,6 +74,7 @@ class Node:
         *,
         limits: Limits,
         now_ms: Callable[[], int],
+        wall_ms: Callable[[], int],
         rng: RandomSource,
         seeds: Sequence[str] = (),
         actor: str | None = None,
@@ -87,6 +90,7 @@ class Node:
         self.network = network
         self.limits = limits
         self.now_ms = now_ms
+        self.wall_ms = wall_ms
         partitions = membership.params.partitions
         self.replica = LocalReplica(actor or name, limits, partitions, renew_actor=self._renew_actor)
         # Merkle trees of every partition, built once from the store, then kept current by
@@ -138,6 +142,7 @@ class Node:
             grace_ms=limits.tombstone_grace_ms,
             prune_threshold=limits.context_prune_threshold,
             now_ms=now_ms,
+            wall_ms=wall_ms,
             pacer=self.budget,
         )
         self.reaper = Reaper(
@@ -151,16 +156,17 @@ class Node:
             batch_keys=limits.reap_batch_keys,
             grace_ms=limits.tombstone_grace_ms,
             now_ms=now_ms,
+            wall_ms=wall_ms,
             pacer=self.budget,
             renew_actor=self._renew_actor,
         )
 
         # ---- requests from peers and from clients ----
         self.records = PeerRecords(
-            name, self.replica, storage, self.cluster, self.hints, limits=limits, now_ms=now_ms, renew_actor=self._renew_actor
+            name, self.replica, storage, self.cluster, self.hints, limits=limits, wall_ms=wall_ms, renew_actor=self._renew_actor
         )
         self.requests = ClientRequests(
-            name, self.replica, storage, network, self.cluster, self.health, self.hints, self.records, limits=limits, now_ms=now_ms
+            name, self.replica, storage, network, self.cluster, self.health, self.hints, self.records, limits=limits, now_ms=now_ms, wall_ms=wall_ms
         )
 
         # ---- anti-entropy, and the operator's view ----
@@ -270,8 +276,9 @@ class Node:
     def _status(self, request_id: int, pending: dict[str, int]) -> messages.ClusterStatusOk:
         """This node's view, with the members' transfer counts as far as known (StatusGather)."""
         status = self.cluster.status(request_id, pending, self.health, self.hints.counts)
-        exchanged = self.anti_entropy.last_exchange_ms
-        return dataclasses.replace(status, last_exchange_ms=[exchanged.get(p, 0) for p in range(self.replica.partitions)])
+        exchanged = self.anti_entropy.last_exchange_ms  # on the monotonic clock; the operator reads wall time
+        wall_offset_ms = self.wall_ms() - self.now_ms()
+        return dataclasses.replace(status, last_exchange_ms=[exchanged[p] + wall_offset_ms if p in exchanged else 0 for p in range(self.replica.partitions)])
 
     # ---- small requests of the cluster view ----
 

@@ -51,7 +51,7 @@ class PeerRecords:
         hints: HintDelivery,
         *,
         limits: Limits,
-        now_ms: Callable[[], int],
+        wall_ms: Callable[[], int],
         renew_actor: Callable[[], list[WriteOp]],
     ) -> None:
         self.name = name
@@ -60,7 +60,7 @@ class PeerRecords:
         self.cluster = cluster
         self.hints = hints
         self.limits = limits
-        self.now_ms = now_ms
+        self.wall_ms = wall_ms  # tombstone age, which other nodes judge too
         self.renew_actor = renew_actor
 
     # ---- peer requests ----
@@ -146,7 +146,7 @@ class PeerRecords:
 
     def _reaped_already(self, record: bytes) -> bool:
         """An expired tombstone where nothing is stored: it was reaped here; do not bring it back."""
-        return is_expired_tombstone(record, self.now_ms(), self.limits.tombstone_grace_ms)
+        return is_expired_tombstone(record, self.wall_ms(), self.limits.tombstone_grace_ms)
 
     # ---- checks and merges ----
 

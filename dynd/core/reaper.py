@@ -16,6 +16,10 @@ not yet holds the same tombstone; either way the rest may go. Where nothing is s
 tombstone arriving later (anti-entropy, a late hint) is not stored again (`is_expired_tombstone`),
 so reaped keys do not bounce between replicas.
 
+A tombstone's age is read on the wall clock (`wall_ms`, against the timestamp its writer's wall
+clock gave it: an age every node measures alike); the reaping timer runs on the monotonic clock
+(`now_ms`), so a wall clock that steps neither runs every pass at once nor holds reaping off.
+
 The grace period is the operator's promise: a node down for longer than it must be wiped before
 it rejoins (as with Cassandra's gc_grace), or its stale values could come back.
 """
@@ -34,6 +38,7 @@ from dynd.core.merkle import Forest
 from dynd.core.ops import DeleteObject, WriteOp
 from dynd.core.ports import Network, Storage
 from dynd.core.replica import EMPTY_VIEW, decode_record, record_view
+from dynd.core.timeouts import Timeout
 from dynd.core.versions import SiblingSet
 from dynd.protocol import messages
 from dynd.protocol.errors import DynError
@@ -53,12 +58,13 @@ def _same_versions(record: bytes, versions: SiblingSet) -> bool:
         return False
 
 
-def is_expired_tombstone(record: bytes, now_ms: int, grace_ms: int) -> bool:
-    """Every sibling is a tombstone, the newest written more than `grace_ms` ago."""
+def is_expired_tombstone(record: bytes, wall_ms: int, grace_ms: int) -> bool:
+    """Every sibling is a tombstone, the newest written more than `grace_ms` before `wall_ms`
+    (the wall clock: sibling timestamps are the writers' wall clocks)."""
     if record_view(record).siblings_cbor != _NO_LIVE_SIBLINGS:
         return False  # a live value: the cheap answer, without decoding the object
     versions = decode_record(record)
-    return bool(versions.siblings) and not versions.live and max(s.timestamp_ms for s in versions.siblings) + grace_ms <= now_ms
+    return bool(versions.siblings) and not versions.live and max(s.timestamp_ms for s in versions.siblings) + grace_ms <= wall_ms
 
 
 class Reaper:
@@ -75,11 +81,13 @@ class Reaper:
         batch_keys: int,
         grace_ms: int,
         now_ms: Callable[[], int],
+        wall_ms: Callable[[], int],
         pacer: Pacer | None = None,
         renew_actor: Callable[[], list[WriteOp]] = list,
     ) -> None:
-        """`renew_actor`: as for handoff, deleting keys forgets the counters this node issued
-        for them, so each batch of deletes takes a new actor epoch in the same commit."""
+        """`now_ms`: the monotonic clock, for the reaping timer; `wall_ms`: the wall clock, for a
+        tombstone's age. `renew_actor`: as for handoff, deleting keys forgets the counters this
+        node issued for them, so each batch of deletes takes a new actor epoch in the same commit."""
         self.name = name
         self.renew_actor = renew_actor
         self.cluster = cluster
@@ -91,17 +99,18 @@ class Reaper:
         self.batch_keys = batch_keys
         self.grace_ms = grace_ms
         self.now_ms = now_ms
+        self.wall_ms = wall_ms
         self.pacer: Pacer = pacer or Unlimited()
         self.reaped_total = 0
         self.in_flight = False
-        self._next_ms = now_ms() + interval_ms
+        self.reaping = Timeout("reaping", interval_ms, start_ms=now_ms())
         self._last_partition = -1
 
     def tick(self) -> None:
         now = self.now_ms()
-        if self.in_flight or now < self._next_ms or not self.forest.ready or not self.pacer.allow(now):
+        if self.in_flight or not self.reaping.due(now) or not self.forest.ready or not self.pacer.allow(now):
             return
-        self._next_ms = now + self.interval_ms
+        self.reaping.start(now)
         partition = self._next_partition()
         if partition is not None:
             self.reap(partition)
@@ -116,7 +125,7 @@ class Reaper:
 
     def candidates(self, partition: int) -> list[tuple[bytes, bytes, SiblingSet]]:
         """(key, record, versions) of this partition's expired tombstones, at most batch_keys."""
-        now = self.now_ms()
+        now = self.wall_ms()
         found = []
         for segment in range(self.forest.segments):
             for key, _leaf in self.forest.entries(partition, segment):

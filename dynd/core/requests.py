@@ -84,7 +84,10 @@ class ClientRequests:
         *,
         limits: Limits,
         now_ms: Callable[[], int],
+        wall_ms: Callable[[], int],
     ) -> None:
+        """`now_ms`: the monotonic clock of request deadlines; `wall_ms`: the wall clock a write's
+        version is stamped with (other nodes compare it, to prune contexts and age tombstones)."""
         self.name = name
         self.replica = replica
         self.storage = storage
@@ -95,6 +98,7 @@ class ClientRequests:
         self.records = records
         self.limits = limits
         self.now_ms = now_ms
+        self.wall_ms = wall_ms
         self.request_timeout_ms = limits.request_timeout_ms
         # insertion-ordered (a dict, not a set): ticks visit them in the same order on every run
         self.running: dict[Coordination, None] = {}
@@ -152,7 +156,7 @@ class ClientRequests:
         placement = place(preference, self.name, self.health.usable)
         value = request.value if isinstance(request, messages.Put) else None
         stored = self.storage.read_object(partition, request.key)
-        plan = self.replica.write(request.key, value, request.context, stored, self.now_ms(), partition)
+        plan = self.replica.write(request.key, value, request.context, stored, self.wall_ms(), partition)
         self._note(plan.key, plan.sibling_count, plan.object_bytes, plan.pruned_entries)
         ok: messages.PutOk | messages.DeleteOk
         if isinstance(request, messages.Put):

@@ -16,53 +16,11 @@ Probing, each node on its own:
   at its incarnation. A suspect that is not refuted within `swim_suspicion_timeout_ms` of this
   node learning of the suspicion becomes dead.
 
-State of a member, and how updates merge (name, status, incarnation):
-    each member's state is ordered by (incarnation, rank), rank alive 0 < suspect 1 < dead 2;
-    an update replaces the state it is greater than and is ignored otherwise. So a higher
-    incarnation overrides anything (a suspect or dead member that refutes comes back alive), and
-    at equal incarnation dead > suspect > alive. Within the bounds below states only grow (a
-    lattice), so all nodes converge. Updates about names not in the member list are ignored.
-
-    transition                     | cause
-    -------------------------------+---------------------------------------------------------
-    alive@i   -> suspect@i         | our probe got no ack by the period's end, or suspect@i heard
-    suspect@i -> dead@i            | suspicion timeout, or dead@i heard
-    any@i     -> alive@j (j > i)   | the member refuted (heard from it directly, or gossiped)
-    any@i     -> suspect/dead@j    | heard, i < j <= i + INCARNATION_STEP_MAX (or j = i and a
-                                   | higher rank)
-    any@i     -> (ignored)         | a third party's update at j > i + INCARNATION_STEP_MAX
-                                   | (counted: incarnation_jumps)
-    any@i     -> alive@j (j < i)   | the member itself speaks (the header of its own datagram)
-                                   | at j with i > j + INCARNATION_STEP_MAX: our view is beyond
-                                   | anything it has claimed, so its word wins (counted:
-                                   | views_reset). The only step down, and only outside the
-                                   | bounds: an honest verdict is never above the member's own
-                                   | incarnation, which only grows within a boot.
-
-Incarnations may only grow by a bounded step (INCARNATION_STEP_MAX), so one datagram, even from a
-real peer, can never kill a member for good. Every datagram's header carries its sender's own
-incarnation, believed without a bound (after the MAC, replay and source checks: the sender speaks
-for itself), so an observer that restarted, and knows everyone at 0, learns each member's real
-incarnation from the member itself within a round, and ignores gossip far above it meanwhile.
-A member held at an incarnation far above its own, by pushes of INCARNATION_STEP_MAX at a time,
-recovers as soon as it sends this node a datagram (a ping, or the ack to our probe: dead members
-stay in the rotation). A verdict at 2^63-1 about a member whose own incarnation is within a step
-of it cannot be refuted; reaching one takes 2^53 authenticated datagrams, and a restart of the
-member clears it (a process starts at incarnation 0, so the verdict is then beyond a step of the
-member's word, everywhere it hears from the member).
-
-About itself a node is always alive. When it hears it is suspect or dead at incarnation i >= its
-own (and i <= own + INCARNATION_STEP_MAX), it takes incarnation i + 1 and spreads alive@(i + 1) (a
-refutation). When it hears alive at a higher incarnation than its own (within the step; it
-restarted at 0, say), it adopts that number, so its next refutation beats whatever others hold.
-An update about itself more than INCARNATION_STEP_MAX above its own is ignored, counted and logged
-(at most once per LOG_INTERVAL_MS): it is not refuted, since no honest member holds it.
-
-Dissemination: every update this node learns or makes is piggybacked on its pings, ping-reqs and
-acks, fewest transmissions first (so the most recent first), up to `swim_piggyback_max` per
-datagram and as many as fit, each about `swim_retransmit_mult` * ceil(log2(n + 1)) times.
-A ping (direct or relayed) always carries first the target's own state in our view, so a
-suspected or dead member learns it from the next ping and refutes in its ack.
+Each member's state (alive, suspect, dead at an incarnation), how updates about it merge, how this
+node refutes a suspicion of itself, and which updates are piggybacked on the next datagrams are
+the member table's (`dynd.core.swim_members`). A ping (direct or relayed) always carries first
+the target's own state in our view, so a suspected or dead member learns it from the next ping and
+refutes in its ack.
 
 Datagrams (`dynd.protocol.swim_wire`, version 2: body || MAC), checked in this order; a datagram
 that fails a check is dropped, counted, and changes nothing; `receive` never raises on bad input:
@@ -99,6 +57,10 @@ Local evidence from requests (the coordinators' view of TCP):
 - `report_success(name)`: a request to it succeeded: a probe of it in flight counts as acked and a
   pending out-of-turn probe is dropped. Only the member itself can refute a suspicion.
 
+Timers, all named timeouts on the node's monotonic clock (`now_ms`; a wall clock that steps must
+not fire a round of verdicts or hold probing off): the next probe, each probe's ping-req and
+verdict deadlines, each relay's expiry, each suspicion (the member table's).
+
 Pauses of this node: when a tick comes later than two tick intervals and half a ping timeout (the
 process was stopped or the event loop blocked), every deadline this node runs (probes,
 suspicions, relays, the next probe) moves later by the delay, so acks and refutations waiting in
@@ -114,31 +76,31 @@ coordinator acts as without a detector until the membership reaches it); `incarn
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dynd.core.limits import Limits
+from dynd.core.swim_members import INCARNATION_STEP_MAX, STATUS_NAMES, Member, MemberTable, SwimStats
+from dynd.core.timeouts import Timeout
 from dynd.protocol import swim_wire as wire
 from dynd.protocol.auth import Keyring
 from dynd.protocol.swim_wire import ACK, ALIVE, DEAD, PING, PING_REQ, SUSPECT, BadDatagram, BadMac, Datagram, Update
 
+# What other modules import from here (some of it defined in the member table's module).
+__all__ = [
+    "BAD_MAC", "INCARNATION_STEP_MAX", "REPLAY", "SOURCE_MISMATCH", "STATUS_NAMES", "WINDOW_BITS", "WRONG_CLUSTER",
+    "SecurityEventHook", "Swim", "SwimRandom", "SwimStats",
+]  # fmt: skip
+
 log = logging.getLogger("dynd.swim")
 
-STATUS_NAMES = {ALIVE: "alive", SUSPECT: "suspect", DEAD: "dead"}
 STALL_TICKS = 2  # a tick later than this many tick intervals (and half a ping timeout): this node was not running
 SEQ_MODULUS = 2**63
 RELAYS_MAX = 1024  # ping-reqs being served at once; more are dropped
-# The most a third party may raise what this node knows of a member's incarnation in one update
-# (and the most an update about this node may exceed its own). Honest members step by one per
-# refutation, so 1024 leaves room for every refutation a member can make while this node misses
-# its datagrams, and 2^63 is 2^53 authenticated datagrams away.
-INCARNATION_STEP_MAX = 1024
 WINDOW_BITS = 64  # the replay window: this many mseqs at and below the highest seen
 _WINDOW_MASK = (1 << WINDOW_BITS) - 1
 WINDOWS_SPARE = 64  # replay windows kept for former members, beyond one per member
-LOG_INTERVAL_MS = 10_000  # warnings about the same kind of hostile input: at most one per interval
 
 # Kinds passed to `on_security_event`; the first three are `dynd.shell.security`'s own kinds.
 BAD_MAC = "bad_mac"
@@ -155,46 +117,6 @@ class SwimRandom(Protocol):
     def shuffle(self, x: list[Any]) -> None: ...
 
     def sample(self, population: Sequence[Any], k: int) -> list[Any]: ...
-
-
-@dataclass(slots=True)
-class SwimStats:
-    pings_sent: int = 0  # direct probes and pings made for others' ping-reqs
-    pings_received: int = 0
-    acks_sent: int = 0  # direct acks and relayed acks
-    acks_received: int = 0  # acks that completed one of our probes
-    acks_late: int = 0  # acks for probes already judged or unknown
-    acks_relayed: int = 0
-    indirect_probes: int = 0  # ping-reqs sent
-    ping_reqs_received: int = 0
-    ping_reqs_dropped: int = 0  # beyond RELAYS_MAX
-    suspicions: int = 0  # members this node suspected or learned to suspect
-    refutations: int = 0  # times this node refuted a suspicion of itself
-    dead_verdicts: int = 0  # members this node marked dead (timeout or gossip)
-    recoveries: int = 0  # suspect or dead members seen alive again
-    bad_datagrams: int = 0  # too large, a MAC that fails, or malformed
-    bad_macs: int = 0  # of bad_datagrams: the MAC failed (forged, corrupted, another secret)
-    wrong_cluster: int = 0
-    unknown_senders: int = 0
-    source_mismatches: int = 0  # the source address is not the sender's member address
-    replays: int = 0  # an mseq seen before, older than the window, or from an older boot
-    incarnation_jumps: int = 0  # updates ignored: more than INCARNATION_STEP_MAX above what we know
-    views_reset: int = 0  # a member's own word overruled our view of it (far above its claim)
-    misdirected: int = 0  # a ping for another name, a ping-req about a non-member
-    answers_dropped: int = 0  # an answer that could not fit the size of the question
-    stalls: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-@dataclass(slots=True)
-class _Member:
-    name: str
-    address: str
-    status: int = ALIVE
-    incarnation: int = 0
-    suspect_deadline_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -231,9 +153,8 @@ class _Window:
 class _Probe:
     seq: int
     target: str
-    indirect_at_ms: int
-    deadline_ms: int
-    indirect_sent: bool = False
+    indirect: Timeout  # no ack by then: ask others to ping the target (fires once)
+    verdict: Timeout  # no ack by then, direct or relayed: the target is suspect
 
 
 @dataclass(slots=True)
@@ -242,14 +163,7 @@ class _Relay:
     requester_seq: int
     target: str
     answer_bytes_max: int  # the size of the ping-req: the relayed ack may not be larger
-    expires_ms: int
-
-
-@dataclass(slots=True)
-class _Broadcast:
-    update: Update
-    transmits: int
-    order: int  # larger is newer
+    expiry: Timeout  # no ack from the target by then: forget the relay
 
 
 class Swim:
@@ -274,33 +188,39 @@ class Swim:
         self.limits = limits
         self.now_ms = now_ms
         self.rng = rng
-        self.own_incarnation = incarnation
         self.boot = boot
         self._cluster_id: Callable[[], str] = cluster_id if callable(cluster_id) else (lambda: cluster_id)
         self._keyring = keyring
         self.on_security_event = on_security_event
-        self.on_change: list[Callable[[str, str], None]] = []
         self.stats = SwimStats()
+        self.table = MemberTable(name, limits=limits, now_ms=now_ms, stats=self.stats, incarnation=incarnation, on_refuted=self._probe_some_soon)
+        self._members = self.table.members  # the same dict: the table owns it
         self._mseq = 0  # of the last datagram sent
         self._windows: dict[str, _Window] = {}  # replay windows, by sender name
-        self._logged_ms: dict[str, int] = {}  # rate limit of warnings, by kind
-        self._members: dict[str, _Member] = {}
         self._order: list[str] = []  # this round's probe order
         self._order_pos = 0
         self._probes: dict[int, _Probe] = {}  # by seq
         self._relays: dict[int, _Relay] = {}  # by the seq of our ping to the target
-        self._broadcasts: dict[str, _Broadcast] = {}  # by member name, one (the latest) per name
-        self._broadcast_order = 0
         self._urgent: dict[str, None] = {}  # members reported failing: an ordered set
         self._last_probe_ms: dict[str, int] = {}
         self._seq = int(rng.random() * 2**32)
         now = now_ms()
         self._last_tick_ms = now
-        self._next_probe_ms = now + int(rng.random() * limits.swim_period_ms)  # nodes started together spread out
+        self.next_probe = Timeout("next probe", limits.swim_period_ms)
+        self.next_probe.start(now, int(rng.random() * limits.swim_period_ms))  # nodes started together spread out
 
     @property
     def cluster_id(self) -> str:
         return self._cluster_id()
+
+    @property
+    def own_incarnation(self) -> int:
+        return self.table.own_incarnation
+
+    @property
+    def on_change(self) -> list[Callable[[str, str], None]]:
+        """Called with (member, "alive" | "suspect" | "dead") when a member's status changes."""
+        return self.table.on_change
 
     def set_keyring(self, keyring: Keyring | None) -> None:
         """Seal with `keyring.current` from now on and accept any of its secrets (SIGHUP)."""
@@ -342,12 +262,11 @@ class Swim:
             if member is not None:
                 member.address = address
                 continue
-            self._members[name] = _Member(name, address)
+            self.table.add(name, address)
             remaining = len(self._order) - self._order_pos
             self._order.insert(self._order_pos + int(self.rng.random() * (remaining + 1)), name)
         for name in [name for name in self._members if name not in members]:
-            del self._members[name]
-            self._broadcasts.pop(name, None)
+            self.table.remove(name)
             self._urgent.pop(name, None)
             self._last_probe_ms.pop(name, None)
             for seq in [seq for seq, probe in self._probes.items() if probe.target == name]:
@@ -375,19 +294,19 @@ class Swim:
             self._postpone(lag)
         out: list[tuple[str, bytes]] = []
         for probe in list(self._probes.values()):
-            if now >= probe.deadline_ms:
+            if probe.verdict.fired(now):
                 del self._probes[probe.seq]
                 self._probe_failed(probe.target, now)
-            elif not probe.indirect_sent and now >= probe.indirect_at_ms:
-                probe.indirect_sent = True
+            elif probe.indirect.fired(now):
                 self._send_ping_reqs(probe, out)
-        for member in list(self._members.values()):
-            if member.status == SUSPECT and now >= member.suspect_deadline_ms:
-                self._set_state(member, DEAD, member.incarnation, now)
-        for seq in [seq for seq, relay in self._relays.items() if now >= relay.expires_ms]:
+        self.table.expire_suspicions(now)
+        for seq in [seq for seq, relay in self._relays.items() if relay.expiry.fired(now)]:
             del self._relays[seq]
-        if now >= self._next_probe_ms:
-            self._next_probe_ms = max(self._next_probe_ms + self.limits.swim_period_ms, now + self.limits.tick_interval_ms)
+        due_ms = self.next_probe.due_ms
+        if due_ms is not None and self.next_probe.fired(now):
+            # One probe per period on the period's own beat (not from when the tick came), but
+            # never two in one tick.
+            self.next_probe.start(now, max(due_ms + self.limits.swim_period_ms - now, self.limits.tick_interval_ms))
             target = self._next_target()
             if target is not None:
                 self._start_probe(target, now, out)
@@ -411,14 +330,14 @@ class Swim:
             self.stats.misdirected += 1
             return []
         now = self.now_ms()
-        self._heard_from(sender, datagram.incarnation, now)
+        self.table.heard_from(sender, datagram.incarnation, now)
         for update in datagram.updates:
-            self._apply(update, now, datagram.sender)
+            self.table.apply(update, now, datagram.sender)
         out: list[tuple[str, bytes]] = []
         if datagram.kind == PING:
             self.stats.pings_received += 1
             # a pinger we hold suspect or dead hears so first, and refutes at once
-            candidates = self._candidates() if sender.status == ALIVE else [Update(sender.name, sender.status, sender.incarnation), *self._candidates(skip=sender.name)]
+            candidates = self.table.candidates() if sender.status == ALIVE else [Update(sender.name, sender.status, sender.incarnation), *self.table.candidates(skip=sender.name)]
             self._send(sender.address, ACK, datagram.seq, "", candidates, len(payload), out)
         elif datagram.kind == PING_REQ:
             self.stats.ping_reqs_received += 1
@@ -426,7 +345,8 @@ class Swim:
                 self.stats.ping_reqs_dropped += 1
                 return out
             seq = self._next_seq()
-            self._relays[seq] = _Relay(datagram.sender, datagram.seq, datagram.target, len(payload), now + self.limits.swim_period_ms)
+            expiry = Timeout("relay", self.limits.swim_period_ms, start_ms=now)
+            self._relays[seq] = _Relay(datagram.sender, datagram.seq, datagram.target, len(payload), expiry)
             self._send_ping(self._members[datagram.target], seq, out)
         else:
             self._ack(datagram, out)
@@ -479,16 +399,6 @@ class Swim:
         if self.on_security_event is not None:
             self.on_security_event(kind, source_address, detail)
 
-    def _warn(self, kind: str, message: str, *args: Any) -> None:
-        """A warning, at most one of each kind per LOG_INTERVAL_MS (hostile input must not flood the log)."""
-        now = self.now_ms()
-        last = self._logged_ms.get(kind)
-        if last is not None and now < last + LOG_INTERVAL_MS:
-            log.debug(message, *args)
-            return
-        self._logged_ms[kind] = now
-        log.warning(message, *args)
-
     # ---- probing ----
 
     def _next_target(self) -> str | None:
@@ -505,12 +415,13 @@ class Swim:
 
     def _start_probe(self, target: str, now: int, out: list[tuple[str, bytes]]) -> None:
         seq = self._next_seq()
-        self._probes[seq] = _Probe(seq, target, now + self.limits.swim_ping_timeout_ms, now + self.limits.swim_period_ms)
+        indirect = Timeout("ping-req", self.limits.swim_ping_timeout_ms, start_ms=now)
+        self._probes[seq] = _Probe(seq, target, indirect, Timeout("probe verdict", self.limits.swim_period_ms, start_ms=now))
         self._last_probe_ms[target] = now
         self._send_ping(self._members[target], seq, out)
 
-    def _send_ping(self, target: _Member, seq: int, out: list[tuple[str, bytes]]) -> None:
-        candidates = [Update(target.name, target.status, target.incarnation), *self._candidates(skip=target.name)]
+    def _send_ping(self, target: Member, seq: int, out: list[tuple[str, bytes]]) -> None:
+        candidates = [Update(target.name, target.status, target.incarnation), *self.table.candidates(skip=target.name)]
         if self._send(target.address, PING, seq, target.name, candidates, self.limits.datagram_bytes_max, out):
             self.stats.pings_sent += 1
 
@@ -520,7 +431,7 @@ class Swim:
             return
         helpers = [m.name for m in self._members.values() if m.status == ALIVE and m.name != probe.target]
         for name in self.rng.sample(helpers, min(self.limits.swim_indirect_probes, len(helpers))):
-            candidates = [Update(target.name, target.status, target.incarnation), *self._candidates(skip=target.name)]
+            candidates = [Update(target.name, target.status, target.incarnation), *self.table.candidates(skip=target.name)]
             if self._send(self._members[name].address, PING_REQ, probe.seq, target.name, candidates, self.limits.datagram_bytes_max, out):
                 self.stats.indirect_probes += 1
 
@@ -535,7 +446,7 @@ class Swim:
         if relay is not None and relay.target == subject:
             del self._relays[datagram.seq]
             requester = self._members.get(relay.requester)
-            if requester is not None and self._send(requester.address, ACK, relay.requester_seq, relay.target, self._candidates(), relay.answer_bytes_max, out):
+            if requester is not None and self._send(requester.address, ACK, relay.requester_seq, relay.target, self.table.candidates(), relay.answer_bytes_max, out):
                 self.stats.acks_relayed += 1
             return
         self.stats.acks_late += 1
@@ -543,20 +454,17 @@ class Swim:
     def _probe_failed(self, name: str, now: int) -> None:
         member = self._members.get(name)
         if member is not None and member.status == ALIVE:
-            self._set_state(member, SUSPECT, member.incarnation, now)
+            self.table.set_state(member, SUSPECT, member.incarnation, now)
 
     def _postpone(self, lag: int) -> None:
         self.stats.stalls += 1
         level = logging.INFO if lag > self.limits.swim_ping_timeout_ms else logging.DEBUG
         log.log(level, "failure detector ran %d ms late: its deadlines move as much", lag)
-        for probe in self._probes.values():
-            probe.indirect_at_ms += lag
-            probe.deadline_ms += lag
-        for member in self._members.values():
-            member.suspect_deadline_ms += lag
-        for relay in self._relays.values():
-            relay.expires_ms += lag
-        self._next_probe_ms += lag
+        timeouts = [self.next_probe, *(t for p in self._probes.values() for t in (p.indirect, p.verdict)), *(r.expiry for r in self._relays.values())]
+        for timeout in timeouts:
+            if timeout.due_ms is not None:
+                timeout.due_ms += lag
+        self.table.postpone(lag)
         self._probe_some_soon()
 
     def _probe_some_soon(self) -> None:
@@ -570,108 +478,7 @@ class Swim:
         self._seq = (self._seq + 1) % SEQ_MODULUS
         return self._seq
 
-    # ---- state ----
-
-    def _heard_from(self, member: _Member, incarnation: int, now: int) -> None:
-        """The sender's own word about itself (its header): alive at `incarnation`, believed
-        without a bound; and, if our view of it is beyond anything it claims, instead of that view."""
-        if member.incarnation > incarnation + INCARNATION_STEP_MAX:
-            self.stats.views_reset += 1
-            self._warn(
-                "view_reset",
-                "member %s says it is at incarnation %d; this node held it %s@%d: believing the member",
-                member.name,
-                incarnation,
-                STATUS_NAMES[member.status],
-                member.incarnation,
-            )
-            self._set_state(member, ALIVE, incarnation, now)
-        elif incarnation > member.incarnation:
-            self._set_state(member, ALIVE, incarnation, now)
-
-    def _apply(self, update: Update, now: int, sender: str) -> None:
-        if update.name == self.name:
-            self._apply_about_self(update, sender)
-            return
-        member = self._members.get(update.name)
-        if member is None:
-            return
-        if update.name != sender and update.incarnation > member.incarnation + INCARNATION_STEP_MAX:
-            self.stats.incarnation_jumps += 1
-            log.debug(
-                "ignoring %s@%d about %s from %s: more than %d above %d",
-                STATUS_NAMES[update.status],
-                update.incarnation,
-                update.name,
-                sender,
-                INCARNATION_STEP_MAX,
-                member.incarnation,
-            )
-            return
-        if (update.incarnation, update.status) > (member.incarnation, member.status):
-            self._set_state(member, update.status, update.incarnation, now)
-
-    def _apply_about_self(self, update: Update, sender: str) -> None:
-        if update.incarnation > self.own_incarnation + INCARNATION_STEP_MAX:
-            self.stats.incarnation_jumps += 1
-            self._warn(
-                "self_jump",
-                "ignoring %s@%d about this node from %s: more than %d above its incarnation %d",
-                STATUS_NAMES[update.status],
-                update.incarnation,
-                sender,
-                INCARNATION_STEP_MAX,
-                self.own_incarnation,
-            )
-        elif update.status == ALIVE:
-            self.own_incarnation = max(self.own_incarnation, update.incarnation)
-        elif update.incarnation >= wire.INT_MAX:
-            self._warn(
-                "cannot_refute",
-                "cannot refute %s@%d about this node: no higher incarnation; restarting this node clears it",
-                STATUS_NAMES[update.status],
-                update.incarnation,
-            )
-        elif update.incarnation >= self.own_incarnation:
-            self.own_incarnation = update.incarnation + 1
-            self.stats.refutations += 1
-            log.info("refuting %s@%d about this node with incarnation %d", STATUS_NAMES[update.status], update.incarnation, self.own_incarnation)
-            self._broadcast(Update(self.name, ALIVE, self.own_incarnation))
-            self._probe_some_soon()
-        else:
-            # A verdict about an older incarnation: we already refuted it, but whoever still
-            # holds it (a member that restarted and never heard our refutation, say) must hear
-            # our current one, or it keeps us suspect, then dead, for good.
-            self._broadcast(Update(self.name, ALIVE, self.own_incarnation))
-
-    def _set_state(self, member: _Member, status: int, incarnation: int, now: int) -> None:
-        old_status = member.status
-        member.status, member.incarnation = status, incarnation
-        if status == SUSPECT:
-            member.suspect_deadline_ms = now + self.limits.swim_suspicion_timeout_ms
-            self.stats.suspicions += 1
-        elif status == DEAD:
-            self.stats.dead_verdicts += 1
-        elif old_status != ALIVE:
-            self.stats.recoveries += 1
-        self._broadcast(Update(member.name, status, incarnation))
-        if status != old_status:
-            log.info("member %s is %s (incarnation %d)", member.name, STATUS_NAMES[status], incarnation)
-            for callback in self.on_change:
-                callback(member.name, STATUS_NAMES[status])
-
-    # ---- dissemination ----
-
-    def _broadcast(self, update: Update) -> None:
-        self._broadcast_order += 1
-        self._broadcasts[update.name] = _Broadcast(update, 0, self._broadcast_order)
-
-    def _retransmits_max(self) -> int:
-        return self.limits.swim_retransmit_mult * max(1, math.ceil(math.log2(len(self._members) + 2)))
-
-    def _candidates(self, skip: str = "") -> list[Update]:
-        queued = sorted(self._broadcasts.values(), key=lambda b: (b.transmits, -b.order))
-        return [b.update for b in queued if b.update.name != skip]
+    # ---- sending ----
 
     def _send(
         self,
@@ -698,14 +505,7 @@ class Swim:
             return False
         self._mseq += 1
         payload, chosen = packed
-        limit = self._retransmits_max()
-        for index in chosen:
-            name = candidates[index].name
-            queued = self._broadcasts.get(name)
-            if queued is not None and queued.update == candidates[index]:
-                queued.transmits += 1
-                if queued.transmits >= limit:
-                    del self._broadcasts[name]
+        self.table.transmitted(candidates, chosen)
         if kind == ACK:
             self.stats.acks_sent += 1
         out.append((address, payload))

@@ -400,6 +400,10 @@ def put(
         raise EpochExhausted(f"{actor!r} has issued its last counter for this key: take a new actor epoch")
     dot = Dot(actor, counter)
     sibling_context, pruned = context.pruned(prune_threshold)
+    # Stamped no earlier than the newest write it supersedes here: a coordinator whose wall clock
+    # is behind must not give a delete a tombstone older than the values it deletes, since hints
+    # expire and tombstones are reaped by those ages (dynd.core.hints, dynd.core.reaper).
+    now_ms = max(now_ms, max((s.timestamp_ms for s in current.siblings if context.covers(s.dot)), default=0))
     new = Sibling(dot, sibling_context, value, now_ms)
     seen = current.seen.join(context)
     result = _normalise([*current.siblings, new], seen)

@@ -14,7 +14,10 @@ whatever hosts exist) and one kind-specific argument:
     crash       the host's process dies (uncommitted writes are lost)     -
                 and restarts from its store when the fault ends
     pause       the host's process stops (SIGSTOP) until the fault ends   -
-    skew        the host's clock jumps forward (permanently)              jump, ms
+    skew        the host's wall clock jumps forward (permanently)         jump, ms
+    clock-step  the host's wall clock steps forward or back, by up to     step, ms (< 0: back; odd:
+                CLOCK_STEP_MAX_MS; its monotonic clock does not           for good, even: it steps
+                                                                          back when the fault ends)
     join        a new host joins the cluster through a member             -
     leave       a member leaves (hands its data off, then is removed)     -
 
@@ -33,10 +36,11 @@ from dynd.sim.network import Endpoint
 from dynd.sim.process import Process
 from dynd.sim.world import FAULT_DURATION_MAX_MS, FAULT_DURATION_MIN_MS, World
 
-FAULT_KINDS = ("loss", "duplicate", "delay", "partition", "isolate", "oneway", "crash", "pause", "skew", "join", "leave")
+FAULT_KINDS = ("loss", "duplicate", "delay", "partition", "isolate", "oneway", "crash", "pause", "skew", "clock-step", "join", "leave")
 NETWORK_KINDS = ("loss", "duplicate", "delay", "partition", "isolate", "oneway")
 RESTART_SKEW_MS = 3_000  # with skew enabled, a restarted node's clock is off by up to this much
 EXTRA_HOSTS_MAX = 2  # joins add at most this many hosts
+CLOCK_STEP_MAX_MS = 2 * 3_600_000  # an NTP step or an operator's `date -s`: up to two hours either way
 
 
 @dataclass(frozen=True, order=True)
@@ -70,6 +74,8 @@ def draw_arg(rng: random.Random, kind: str) -> int:
         return rng.randint(20, 600)
     if kind == "skew":
         return rng.randint(100, 120_000)
+    if kind == "clock-step":
+        return rng.choice((-1, 1)) * rng.randint(1, CLOCK_STEP_MAX_MS)
     return rng.randrange(64)
 
 
@@ -173,6 +179,15 @@ class FaultInjector:
         elif kind == "skew":
             host.skew_ms += fault.arg
             what = f"clock of {name} jumps +{fault.arg}ms"
+        elif kind == "clock-step":
+            step_ms = fault.arg
+            host.wall_step_ms += step_ms
+            if step_ms % 2 == 0:
+
+                def undo() -> None:
+                    host.wall_step_ms -= step_ms
+
+            what = f"wall clock of {name} steps {step_ms:+}ms" + (" until the fault ends" if step_ms % 2 == 0 else " for good")
         elif kind == "join":
             if len(world.hosts) >= self.max_hosts:
                 return

@@ -253,7 +253,7 @@ class Simulation:
                 continue
             for key in self.workload.keys:
                 record = host.store.get_object(partition_of(key, self.world.params.partitions), key)
-                if record is not None and is_expired_tombstone(record, node.now_ms(), grace_ms):
+                if record is not None and is_expired_tombstone(record, node.wall_ms(), grace_ms):
                     return True
         return False
 

@@ -5,6 +5,14 @@ most one node process at a time; each start builds a new `dynd.core.node.Node` f
 committed (its membership comes from the meta record "membership"), with its own disk (overlay and
 commit queue) and its own network endpoint, so nothing of a crashed incarnation leaks into the next.
 
+Each node process has two clocks, as a real one does. Its monotonic clock (`Node(now_ms=...)`, for
+every deadline and timer) is the loop's virtual time plus an offset of its own, fixed for the life
+of the process: a monotonic clock has an arbitrary origin per process, so nothing may depend on its
+value, only on its differences. Its wall clock (`Node(wall_ms=...)`, for sibling timestamps and
+tombstone and hint age) is EPOCH_MS plus virtual time plus the host's `skew_ms` (set by the skew
+fault, and at a restart) plus its `wall_step_ms` (the clock-step fault: the machine's clock stepped
+by NTP or an operator; it survives a restart of the process).
+
 Every random choice comes from one `random.Random(seed)`: the world draws a sub-stream for each
 concern (network, each disk, each node, the workload) in a fixed order, so adding a draw in one
 concern does not reshuffle the others.
@@ -30,9 +38,10 @@ from dynd.sim.process import Process
 from dynd.storage.memory import MemoryStore
 
 MEMBERSHIP_META = "membership"
-# Node clocks read like wall clocks (timestamps order context entries for pruning), and a clock
-# set back at a restart must not go below zero.
+# Wall clocks read like wall clocks (timestamps order context entries for pruning), and a clock
+# set back at a restart or stepped back must not go below zero.
 EPOCH_MS = 1_700_000_000_000
+MONOTONIC_ORIGIN_MAX_MS = 1 << 40  # a process's monotonic clock starts anywhere below this
 
 # How long a drawn fault lasts (dynd.sim.faults).
 FAULT_DURATION_MIN_MS = 200
@@ -74,6 +83,7 @@ class Host:
     endpoint: Endpoint | None = None
     incarnations: int = 0
     skew_ms: int = 0
+    wall_step_ms: int = 0  # the clock-step fault: the machine's wall clock stepped this far
     rng: random.Random = field(default_factory=random.Random)
 
     @property
@@ -150,9 +160,18 @@ class World:
         p = self.params
         return p.n, p.r, p.w, p.partitions
 
-    def now_of(self, host: Host) -> Callable[[], int]:
+    def monotonic_of(self, host: Host) -> Callable[[], int]:
+        """The monotonic clock of the host's next process: virtual time from an origin of its
+        own. The origin is drawn from (seed, host, start), not from the world's random streams,
+        so it moves no other draw."""
         loop = self.loop
-        return lambda: EPOCH_MS + loop.now_ms + host.skew_ms
+        origin_ms = random.Random(f"{self.seed}/{host.name}/{host.incarnations}").randrange(MONOTONIC_ORIGIN_MAX_MS)
+        return lambda: origin_ms + loop.now_ms
+
+    def wall_of(self, host: Host) -> Callable[[], int]:
+        """The host's wall clock: it follows its skew and steps, whatever process runs."""
+        loop = self.loop
+        return lambda: EPOCH_MS + loop.now_ms + host.skew_ms + host.wall_step_ms
 
     def start(self, host: Host) -> None:
         assert not host.up
@@ -178,7 +197,8 @@ class World:
                 storage,
                 endpoint,
                 limits=self.limits,
-                now_ms=self.now_of(host),
+                now_ms=self.monotonic_of(host),
+                wall_ms=self.wall_of(host),
                 rng=node_rng,
                 seeds=host.seeds,
                 actor=actor,

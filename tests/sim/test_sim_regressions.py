@@ -55,6 +55,9 @@ from dynd.sim.workload import decode_set, encode_set
 from dynd.sim.world import World
 
 KEY = b"set-regression"
+# The fault kinds these seeds were found with. The schedule a seed draws depends on the kinds in
+# the mix, so kinds added since (clock-step, issue 13) must not move the schedules that replay a bug.
+FOUND_WITH_KINDS = ("loss", "duplicate", "delay", "partition", "isolate", "oneway", "crash", "pause", "skew", "join", "leave")
 
 
 def call(world: World, endpoint: Endpoint, address: str, build: Any, within_ms: int = 10_000) -> Any:
@@ -115,12 +118,14 @@ def test_a_write_coordinated_after_handing_the_key_off_survives() -> None:
 
 @pytest.mark.parametrize(("seed", "seconds"), [(25, 10), (70, 10), (80, 10), (21, 10), (99, 10), (1067, 6), (1092, 6)])
 def test_seeds_that_found_bug_1(seed: int, seconds: float) -> None:
-    result = run_seed(SimConfig(seed=seed, seconds=seconds))
+    result = run_seed(SimConfig(seed=seed, seconds=seconds, faults=FOUND_WITH_KINDS))
     assert result.ok, result.report()
 
 
 # The seeds that found it, and one that still replays it under the simulator's longer grace period.
-BUG_2_CONFIGS = [SimConfig(seed=seed, seconds=6) for seed in (21, 135, 231, 943)] + [SimConfig(seed=21, seconds=6, clear_ratio=0.5)]
+BUG_2_CONFIGS = [SimConfig(seed=seed, seconds=6, faults=FOUND_WITH_KINDS) for seed in (21, 135, 231, 943)] + [
+    SimConfig(seed=21, seconds=6, clear_ratio=0.5, faults=FOUND_WITH_KINDS)
+]
 
 
 @pytest.mark.parametrize("config", BUG_2_CONFIGS, ids=lambda c: f"seed{c.seed}")
@@ -135,7 +140,7 @@ def test_without_hint_expiry_a_deleted_value_comes_back(monkeypatch: pytest.Monk
     assert any(f.checker == "resurrected" for f in result.failures), result.report()
 
 
-BUG_3_CONFIG = SimConfig(seed=2448, seconds=10, clear_ratio=0.2)  # 1763 replayed it until the datagrams were authenticated
+BUG_3_CONFIG = SimConfig(seed=2448, seconds=10, clear_ratio=0.2, faults=FOUND_WITH_KINDS)  # 1763 replayed it until the datagrams were authenticated
 
 
 def test_the_seed_that_found_bug_3_passes() -> None:

@@ -47,7 +47,7 @@ def delivery(hints: dict[bytes, bytes]) -> tuple[HintDelivery, FakeStorage, Fake
         storage.hints[("b", 0, key)] = record
     hinted = HintDelivery(
         "a", Cluster(), storage, network, Healthy(),  # type: ignore[arg-type]
-        interval_ms=100, batch_keys=10, grace_ms=GRACE_MS, prune_threshold=10, now_ms=lambda: NOW_MS,
+        interval_ms=100, batch_keys=10, grace_ms=GRACE_MS, prune_threshold=10, now_ms=lambda: NOW_MS, wall_ms=lambda: NOW_MS,
     )  # fmt: skip
     return hinted, storage, network
 

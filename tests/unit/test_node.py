@@ -31,12 +31,18 @@ STEP_MS = LIMITS.tick_interval_ms
 PORT_TIMEOUT_MS = 2 * LIMITS.request_timeout_ms
 
 
+WALL_EPOCH_MS = 1_767_225_600_000  # the wall clock reads far from the monotonic one, as in a daemon
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = START_MS
 
     def now_ms(self) -> int:
         return self.now
+
+    def wall_ms(self) -> int:
+        return WALL_EPOCH_MS + self.now
 
 
 class Link:
@@ -58,7 +64,7 @@ class Link:
         self.nodes = {
             name: Node(
                 name, self.address[name], membership, self.storage[name], self.ports[name],
-                limits=LIMITS, now_ms=self.clock.now_ms, rng=random.Random(i), actor=f"{name}.00000001",
+                limits=LIMITS, now_ms=self.clock.now_ms, wall_ms=self.clock.wall_ms, rng=random.Random(i), actor=f"{name}.00000001",
             )  # fmt: skip
             for i, name in enumerate(names)
         }

@@ -108,7 +108,7 @@ def node(name: str = "n1", limits: Limits = LIMITS) -> tuple[Node, Store, Networ
     store, network = Store(), Network()
     built = Node(
         name, "127.0.0.1:1", membership, store, network,  # type: ignore[arg-type]
-        limits=limits, now_ms=lambda: NOW_MS, rng=random.Random(7), actor=f"{name}.00000001",
+        limits=limits, now_ms=lambda: NOW_MS, wall_ms=lambda: NOW_MS, rng=random.Random(7), actor=f"{name}.00000001",
     )  # fmt: skip
     return built, store, network
 

@@ -43,7 +43,7 @@ def setup(records: dict[bytes, bytes]) -> tuple[Reaper, FakeStorage, FakeNetwork
     forest.mark_ready()
     reaper = Reaper(
         "a", Cluster(("a", "b", "c", "d")), storage, network, forest, Healthy(),  # type: ignore[arg-type]
-        interval_ms=100, batch_keys=10, grace_ms=GRACE_MS, now_ms=lambda: clock[0],
+        interval_ms=100, batch_keys=10, grace_ms=GRACE_MS, now_ms=lambda: clock[0], wall_ms=lambda: clock[0],
         renew_actor=lambda: [PutMeta("actor", b"a.new")],
     )
     return reaper, storage, network, clock
