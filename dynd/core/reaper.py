@@ -33,15 +33,12 @@ from dynd.core.membership import LEAVING
 from dynd.core.merkle import Forest
 from dynd.core.ops import DeleteObject, WriteOp
 from dynd.core.ports import Network, Storage
-from dynd.core.replica import EMPTY_VIEW, decode_record, record_view
+from dynd.core.replica import decode_record, deleted_at_ms
 from dynd.core.versions import SiblingSet
 from dynd.protocol import messages
 from dynd.protocol.errors import DynError
 
 log = logging.getLogger("dynd.reaper")
-
-
-_NO_LIVE_SIBLINGS = EMPTY_VIEW.siblings_cbor
 
 
 def _same_versions(record: bytes, versions: SiblingSet) -> bool:
@@ -55,10 +52,8 @@ def _same_versions(record: bytes, versions: SiblingSet) -> bool:
 
 def is_expired_tombstone(record: bytes, now_ms: int, grace_ms: int) -> bool:
     """Every sibling is a tombstone, the newest written more than `grace_ms` ago."""
-    if record_view(record).siblings_cbor != _NO_LIVE_SIBLINGS:
-        return False  # a live value: the cheap answer, without decoding the object
-    versions = decode_record(record)
-    return bool(versions.siblings) and not versions.live and max(s.timestamp_ms for s in versions.siblings) + grace_ms <= now_ms
+    deleted_ms = deleted_at_ms(record)
+    return deleted_ms is not None and deleted_ms + grace_ms <= now_ms
 
 
 class Reaper:
