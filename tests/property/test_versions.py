@@ -266,6 +266,28 @@ def test_stored_object_encoding_round_trips(history: list[tuple[str, int, int, b
         assert vc.decode_object(vc.encode_object(state)) == state
         live = [s.value for s in state.siblings if s.value is not None]
         assert vc.decode_object(vc.encode_object(state, values=False), live) == state
+        versions = vc.decode_versions(vc.encode_object(state, values=False))
+        assert versions == v.Versions(tuple(s.dot for s in state.siblings), state.seen)
+        if live:
+            with pytest.raises(ValueError, match="more live siblings than values"):
+                vc.decode_object(vc.encode_object(state, values=False))  # never a placeholder for a value
+            with pytest.raises(ValueError, match="more values than live siblings"):
+                vc.decode_object(vc.encode_object(state, values=False), [*live, b"extra"])
+
+
+@settings(max_examples=100, deadline=None)
+@given(histories, st.booleans())
+def test_a_write_superseding_every_sibling_is_versioned_alike_from_the_versions_alone(history: list[tuple[str, int, int, bool]], delete: bool) -> None:
+    world = run(history)
+    state = world.replicas[0].state
+    context = state.read_context(world.prune_threshold)
+    value = None if delete else b"new"
+    whole = v.put(state, context, value, "n0", world.now_ms + 1, **put_kw())
+    alone = v.put(v.Versions(tuple(s.dot for s in state.siblings), state.seen), context, value, "n0", world.now_ms + 1, **put_kw())
+    assert alone == whole
+    if state.siblings:
+        with pytest.raises(ValueError, match="needs their values"):
+            v.put(v.Versions(tuple(s.dot for s in state.siblings), state.seen), v.EMPTY_CLOCK, value, "n0", 1, **put_kw())
 
 
 def _reference_decode(token: bytes, entries_max: int, actor_bytes_max: int) -> v.Clock | None:

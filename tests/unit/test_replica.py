@@ -108,6 +108,28 @@ def test_large_objects_are_not_remembered() -> None:
     assert [key for _, key in replica._objects] == [b"small"]
 
 
+def test_a_deleted_key_says_when_its_newest_tombstone_was_written() -> None:
+    replica = node()
+    live = replica.write(b"k", b"v", None, None, now_ms=10)
+    assert r.deleted_at_ms(live.record) is None
+    other = r.LocalReplica("n2", LIMITS, partitions=256).write(b"k", None, None, None, now_ms=30)
+    beside = r.merge_records(live.record, other.record, LIMITS.context_prune_threshold)
+    assert beside is not None and r.deleted_at_ms(beside) is None, "a tombstone beside a live value is no deletion"
+    deleted = replica.write(b"k", None, live.reply_context, beside, now_ms=20)
+    assert [s.value for s in r.decode_record(deleted.record).siblings] == [None, None]
+    assert r.deleted_at_ms(deleted.record) == 30, "the newest of the tombstones"
+    seen_only = _record(versions.SiblingSet((), r.decode_record(deleted.record).seen))
+    assert r.deleted_at_ms(seen_only) is None, "no sibling at all: nothing to age"
+
+
+def test_the_canonical_parts_leave_out_only_the_pruned_context() -> None:
+    record = node().write(b"k", b"v", None, None, now_ms=1).record
+    head, tail = r.canonical_parts(record)
+    view = r.record_view(record)
+    assert bytes(head).endswith(view.siblings_cbor) and bytes(tail) == versions_codec.encode_object(r.decode_record(record), values=False)
+    assert len(head) + len(tail) + 4 + len(view.context_cbor) == len(record)
+
+
 # ---- records from peers ----
 
 
