@@ -42,10 +42,10 @@ from typing import Any
 import cbor2
 
 from dynd.core import versions
-from dynd.core.versions_codec import decode_context, decode_object, decode_versions, encode_context, encode_object, parse_object
 from dynd.core.limits import Limits
 from dynd.core.ops import WriteOp
 from dynd.core.partition import partition_of
+from dynd.core.versions_codec import decode_context, decode_object, decode_versions, encode_context, encode_object, parse_object
 from dynd.protocol.codec import MAJOR_ARRAY, MAJOR_BYTES, MAJOR_MAP, cbor_head, cbor_text, cbor_uint, loads_strict
 from dynd.protocol.errors import BadFrame, BadRequest, KeyTooLarge, ObjectTooLarge, TooManySiblings, ValueTooLarge
 from dynd.protocol.messages import ClockEntry, SiblingView

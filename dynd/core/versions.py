@@ -57,6 +57,9 @@ COUNTER_MAX = 2**62
 # The most counters one actor epoch issues for one key (2^48 writes: 9 years at a million a
 # second); the next write takes a new epoch. A higher counter no replica holds yet is implausible.
 EPOCH_COUNTER_MAX = 2**48
+# A clock entry's head: clocks are written with the hand-rolled CBOR pieces of
+# `dynd.protocol.codec` (bytes identical to cbor2's), being encoded several times on every put.
+_ENTRY_HEAD = cbor_head(MAJOR_ARRAY, 3)
 
 
 class EpochExhausted(BadRequest):
@@ -269,9 +272,6 @@ def _vector_dominates(big: dict[str, tuple[int, int]], small: dict[str, tuple[in
 
 
 EMPTY_CLOCK = Clock()
-# Written with the hand-rolled CBOR pieces of `dynd.protocol.codec` (bytes identical to cbor2's
-# for the same plain lists): clocks are encoded several times on every put.
-_ENTRY_HEAD = cbor_head(MAJOR_ARRAY, 3)
 
 
 def clock_from_entries(vector: Collection[tuple[str, int, int]], cloud: Collection[tuple[str, int, int]]) -> Clock:
