@@ -42,22 +42,18 @@ _LEAF_HASHER = hashlib.blake2b(digest_size=HASH_BYTES, person=b"dynd-leaf")
 def leaf_hash(key: bytes, record: bytes) -> bytes:
     """A digest of (key, stored record) that depends only on the key and the sibling set held.
 
-    A record is (replica.py) header | siblings view | context token | versions. The view and the
-    versions are canonical encodings of the sibling set (siblings sorted by dot, clock entries
-    sorted, shortest CBOR heads), but the context token is the read context pruned to this
-    node's `context_prune_threshold`, a per-node setting, and a record a replica receives for a
-    key it lacks is stored as sent. Two replicas holding the same sibling set can therefore hold
-    different bytes, so the digest skips the context token: it is derived from the sibling set.
-    The key is hashed in (length first) because two keys often hold byte-identical records (same
-    coordinator, counter, timestamp and value), and equal digests would cancel under XOR.
+    Two replicas holding the same sibling set can hold different record bytes (the read context
+    in a record is pruned per node), so the digest covers only the parts of the record that
+    the sibling set determines (`replica.canonical_parts`). The key is hashed in (length first)
+    because two keys often hold byte-identical records (same coordinator, counter, timestamp and
+    value), and equal digests would cancel under XOR.
     """
-    context_start, context_end, _ = replica._split_record(record)
-    view = memoryview(record)
     digest = _LEAF_HASHER.copy()
     digest.update(len(key).to_bytes(4, "big"))
     digest.update(key)
-    digest.update(view[: context_start - 4])
-    digest.update(view[context_end:])
+    head, tail = replica.canonical_parts(record)
+    digest.update(head)
+    digest.update(tail)
     return digest.digest()
 
 

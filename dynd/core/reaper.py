@@ -37,16 +37,13 @@ from dynd.core.membership import LEAVING
 from dynd.core.merkle import Forest
 from dynd.core.ops import DeleteObject, WriteOp
 from dynd.core.ports import Network, Storage
-from dynd.core.replica import EMPTY_VIEW, decode_record, record_view
+from dynd.core.replica import decode_record, deleted_at_ms
 from dynd.core.timeouts import Timeout
 from dynd.core.versions import SiblingSet
 from dynd.protocol import messages
 from dynd.protocol.errors import DynError
 
 log = logging.getLogger("dynd.reaper")
-
-
-_NO_LIVE_SIBLINGS = EMPTY_VIEW.siblings_cbor
 
 
 def _same_versions(record: bytes, versions: SiblingSet) -> bool:
@@ -61,10 +58,8 @@ def _same_versions(record: bytes, versions: SiblingSet) -> bool:
 def is_expired_tombstone(record: bytes, wall_ms: int, grace_ms: int) -> bool:
     """Every sibling is a tombstone, the newest written more than `grace_ms` before `wall_ms`
     (the wall clock: sibling timestamps are the writers' wall clocks)."""
-    if record_view(record).siblings_cbor != _NO_LIVE_SIBLINGS:
-        return False  # a live value: the cheap answer, without decoding the object
-    versions = decode_record(record)
-    return bool(versions.siblings) and not versions.live and max(s.timestamp_ms for s in versions.siblings) + grace_ms <= wall_ms
+    deleted_ms = deleted_at_ms(record)
+    return deleted_ms is not None and deleted_ms + grace_ms <= wall_ms
 
 
 class Reaper:

@@ -10,7 +10,11 @@ value is stored once, in the view; the versions part refers to it by position.
 
     record = format (1 byte) | length of siblings view (4 bytes, big-endian)
              | siblings view CBOR | length of context (4 bytes) | context CBOR
-             | versions CBOR (versions.encode_object without values)
+             | versions CBOR (versions_codec.encode_object without values)
+
+The format is this module's alone: other modules go through its functions (`decode_record`,
+`encode_record`, `record_view`, `canonical_parts` for Merkle leaves, `deleted_at_ms` for the
+reaper), never through the bytes.
 
 Records from other nodes (replicate, handoff, hints, anti-entropy repairs, a get's fetched
 replies) meet the limits of a client's write before anything is merged (`decode_peer_record`):
@@ -41,6 +45,7 @@ from dynd.core import versions
 from dynd.core.limits import Limits
 from dynd.core.ops import WriteOp
 from dynd.core.partition import partition_of
+from dynd.core.versions_codec import decode_context, decode_object, decode_versions, encode_context, encode_object, parse_object
 from dynd.protocol.codec import MAJOR_ARRAY, MAJOR_BYTES, MAJOR_MAP, cbor_head, cbor_text, cbor_uint, loads_strict
 from dynd.protocol.errors import BadFrame, BadRequest, KeyTooLarge, ObjectTooLarge, TooManySiblings, ValueTooLarge
 from dynd.protocol.messages import ClockEntry, SiblingView
@@ -123,13 +128,13 @@ def _encode_record(obj: versions.SiblingSet, context_token: bytes) -> bytes:
             _LENGTH.pack(len(token_head) + len(context_token)),
             token_head,
             context_token,
-            versions.encode_object(obj, values=False),
+            encode_object(obj, values=False),
         )
     )
 
 
 def encode_record(obj: versions.SiblingSet, prune_threshold: int) -> bytes:
-    return _encode_record(obj, versions.encode_context(obj.read_context(prune_threshold)))
+    return _encode_record(obj, encode_context(obj.read_context(prune_threshold)))
 
 
 def _split_record(record: bytes) -> tuple[int, int, int]:
@@ -147,14 +152,14 @@ def decode_record(record: bytes) -> versions.SiblingSet:
     _, object_start, siblings_len = _split_record(record)
     siblings_start = _FORMAT_AND_LENGTH.size
     views = cbor2.loads(record[siblings_start : siblings_start + siblings_len])
-    return versions.decode_object(record[object_start:], (view["value"] for view in views))
+    return decode_object(record[object_start:], (view["value"] for view in views))
 
 
-def _decode_versions(record: bytes) -> versions.SiblingSet:
-    """The object without its live values (each is True, a placeholder): enough to see what a
-    write supersedes, without decoding the siblings view that holds the values."""
+def _decode_versions(record: bytes) -> versions.Versions:
+    """The object's dots and `seen`, without its values: enough to see what a write supersedes,
+    without decoding the siblings view that holds the values."""
     _, object_start, _ = _split_record(record)
-    return versions.decode_object(record[object_start:])
+    return decode_versions(record[object_start:])
 
 
 def record_view(record: bytes) -> EncodedView:
@@ -163,7 +168,36 @@ def record_view(record: bytes) -> EncodedView:
     return EncodedView(record[siblings_start : siblings_start + siblings_len], record[context_start:context_end])
 
 
-EMPTY_VIEW = EncodedView(cbor2.dumps([]), cbor2.dumps(versions.encode_context(versions.EMPTY_CLOCK)))
+EMPTY_VIEW = EncodedView(cbor2.dumps([]), cbor2.dumps(encode_context(versions.EMPTY_CLOCK)))
+_NO_LIVE_SIBLINGS = EMPTY_VIEW.siblings_cbor
+
+
+def canonical_parts(record: bytes) -> tuple[memoryview, memoryview]:
+    """The parts of a record that depend only on the sibling set it holds (views, no copies):
+    what a Merkle leaf hashes (`merkle.leaf_hash`), so replicas holding equal sibling sets hash
+    equal whatever node encoded them.
+
+    The format byte, the siblings view and its length, and the versions are canonical encodings
+    of the sibling set: siblings sorted by dot, clock entries sorted, shortest CBOR heads. The
+    context token (and its length) is left out: it is the read context pruned to this node's
+    `context_prune_threshold`, a per-node setting, and a record a replica receives for a key it
+    lacks is stored as sent, so two replicas holding the same sibling set can hold different
+    tokens. These are the bytes leaves have always hashed: trees stay comparable with peers.
+    """
+    context_start, context_end, _ = _split_record(record)
+    view = memoryview(record)
+    return view[: context_start - _LENGTH.size], view[context_end:]
+
+
+def deleted_at_ms(record: bytes) -> int | None:
+    """When the newest sibling was written (the coordinator's wall clock), if every sibling is a
+    tombstone; None while a value is live, or when the record holds no sibling at all. A record
+    with a live value answers without its object being decoded."""
+    _, _, siblings_len = _split_record(record)
+    siblings_start = _FORMAT_AND_LENGTH.size
+    if siblings_len != len(_NO_LIVE_SIBLINGS) or record[siblings_start : siblings_start + siblings_len] != _NO_LIVE_SIBLINGS:
+        return None
+    return max((s.timestamp_ms for s in decode_record(record).siblings), default=None)
 
 
 class LocalReplica:
@@ -215,17 +249,17 @@ class LocalReplica:
             partition = self.partition(key)
         context = self._contexts.get(context_token) if context_token is not None else None
         if context is None:
-            context = versions.decode_context(
+            context = decode_context(
                 context_token, entries_max=self.limits.context_entries_max, actor_bytes_max=self.limits.actor_bytes_max
             )
-        current = versions.EMPTY
+        current: versions.SiblingSet | versions.Versions = versions.EMPTY
         if record is not None:
             remembered = self._objects.get((partition, key))
             if remembered is not None and remembered[0] == record:
                 current = remembered[1]
             else:
                 current = _decode_versions(record)
-                if not all(context.covers(s.dot) for s in current.siblings):
+                if not current.covered_by(context):
                     current = decode_record(record)  # some stored values survive this write: read them
         meta_ops: tuple[WriteOp, ...] = ()
         if self.renew_actor is not None and current.max_counter(self.actor) >= versions.EPOCH_COUNTER_MAX:
@@ -242,14 +276,14 @@ class LocalReplica:
             object_bytes_max=self.limits.object_bytes_max,
         )
         read_context = outcome.object.read_context(self.limits.context_prune_threshold)
-        read_token = versions.encode_context(read_context)
+        read_token = encode_context(read_context)
         # Usually the writer's new context is exactly what a read would now return: encode it once,
         # and remember that clock (its encoding kept) for the next write made with the token.
         client_context = outcome.client_context
         if client_context == read_context:
             reply_token, client_context = read_token, read_context
         else:
-            reply_token = versions.encode_context(client_context)
+            reply_token = encode_context(client_context)
         new_record = _encode_record(outcome.object, read_token)
         if len(new_record) <= self.limits.versions_cache_record_bytes_max:
             self._remember(self._objects, (partition, key), (new_record, outcome.object))
@@ -320,8 +354,8 @@ def decode_peer_record(
     if total > limits.object_bytes_max and total > reference().value_bytes:
         raise ObjectTooLarge(f"the record holds {total} bytes of values (object_bytes_max={limits.object_bytes_max})")
     versions_cbor = record[context_end:]
-    obj = versions.parse_object(versions_cbor, values, limits, reference)
-    if versions.encode_object(obj, values=False) != versions_cbor:
+    obj = parse_object(versions_cbor, values, limits, reference)
+    if encode_object(obj, values=False) != versions_cbor:
         raise BadRequest(f"{what}: its versions are not encoded as this node would encode them")
     versions.check_claims(obj.highest(), reference, actor)
     if as_sent:
@@ -333,7 +367,7 @@ def decode_peer_record(
             raise BadRequest(f"{what}: {exc.message}") from None
         if type(token) is not bytes:
             raise BadRequest(f"{what}: its context is not a token")
-        context = versions.decode_context(token, entries_max=limits.context_entries_max, actor_bytes_max=limits.actor_bytes_max)
+        context = decode_context(token, entries_max=limits.context_entries_max, actor_bytes_max=limits.actor_bytes_max)
         if not all(context.covers(s.dot) for s in obj.siblings) or not obj.full_read_context().descends(context):
             raise BadRequest(f"{what}: its context is not a read context of its siblings")
     return obj

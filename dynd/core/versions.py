@@ -33,44 +33,33 @@ would pass it takes a new epoch instead (`dynd.core.replica`), so even a key who
 pushed to the end of its range stays writable; a counter above it that the replica does not hold
 already is refused wherever it comes from. `COUNTER_MAX` is the encoding's bound.
 
-Records from other nodes (`parse_object`, `check_claims`) meet the limits of a client's write and
-must be canonically encoded; see `dynd.core.replica.decode_peer_record`.
+Records from other nodes meet the limits of a client's write and must be canonically encoded
+(`check_claims` here, `versions_codec.parse_object`); see `dynd.core.replica.decode_peer_record`.
+
+This module is the algebra; `dynd.core.versions_codec` holds the encodings of context tokens and
+stored objects, and the strict decoders of what clients and peers send. A clock's own canonical
+encoding (`Clock.encoded`) stays here, with the clock, which keeps it once computed.
 
 Timestamps ride along for pruning only; comparing versions never looks at time.
 """
 
 from __future__ import annotations
 
-import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import cbor2
+from dynd.protocol.codec import MAJOR_ARRAY, cbor_head, cbor_text, cbor_uint
+from dynd.protocol.errors import BadRequest, ObjectTooLarge, TooManySiblings
 
-from dynd.core.limits import Limits
-from dynd.protocol.codec import (
-    CBOR_NULL,
-    CBOR_TRUE,
-    INT_MAX,
-    MAJOR_ARRAY,
-    MAJOR_BYTES,
-    MAJOR_TEXT,
-    MAJOR_UINT,
-    cbor_head,
-    cbor_text,
-    cbor_uint,
-    loads_strict,
-)
-from dynd.protocol.errors import BadFrame, BadRequest, ObjectTooLarge, TooManySiblings, ValueTooLarge
-
-CONTEXT_FORMAT = 1
-OBJECT_FORMAT = 1
 # Counters stay far below the wire's 2^63 limit, so a forged context can never push a dot past it.
 COUNTER_MAX = 2**62
 # The most counters one actor epoch issues for one key (2^48 writes: 9 years at a million a
 # second); the next write takes a new epoch. A higher counter no replica holds yet is implausible.
 EPOCH_COUNTER_MAX = 2**48
+# A clock entry's head: clocks are written with the hand-rolled CBOR pieces of
+# `dynd.protocol.codec` (bytes identical to cbor2's), being encoded several times on every put.
+_ENTRY_HEAD = cbor_head(MAJOR_ARRAY, 3)
 
 
 class EpochExhausted(BadRequest):
@@ -193,6 +182,25 @@ class Clock:
     def cloud_entries(self) -> list[tuple[Dot, int]]:
         return sorted(self._cloud.items())
 
+    def encoded(self) -> bytes:
+        """The clock as CBOR, as two arrays of [actor, counter, timestamp_ms] entries, the vector
+        sorted by actor and the cloud by dot: the part of a context token or stored object that
+        is a clock (`versions_codec`). Kept once computed: a clock is often encoded several
+        times on one put (its context, the client's, the stored object's)."""
+        if self._cbor is None:
+            out: list[bytes] = []
+            vector = self._vector
+            out.append(cbor_head(MAJOR_ARRAY, len(vector)))
+            for actor in sorted(vector) if len(vector) > 1 else vector:
+                counter, timestamp_ms = vector[actor]
+                out += (_ENTRY_HEAD, cbor_text(actor), cbor_uint(counter), cbor_uint(timestamp_ms))
+            cloud = self._cloud
+            out.append(cbor_head(MAJOR_ARRAY, len(cloud)))
+            for dot in sorted(cloud) if len(cloud) > 1 else cloud:
+                out += (_ENTRY_HEAD, cbor_text(dot.actor), cbor_uint(dot.counter), cbor_uint(cloud[dot]))
+            self._cbor = b"".join(out)
+        return self._cbor
+
     # ---- constructions ----
 
     def join(self, other: Clock) -> Clock:
@@ -264,6 +272,14 @@ def _vector_dominates(big: dict[str, tuple[int, int]], small: dict[str, tuple[in
 
 
 EMPTY_CLOCK = Clock()
+
+
+def clock_from_entries(vector: Collection[tuple[str, int, int]], cloud: Collection[tuple[str, int, int]]) -> Clock:
+    """The clock of decoded [actor, counter, timestamp_ms] entries (checked by the caller):
+    `vector` one per actor, `cloud` single dots beyond it."""
+    if not cloud:
+        return Clock._of({a: (c, t) for a, c, t in vector}) if vector else EMPTY_CLOCK
+    return Clock({a: (c, t) for a, c, t in vector}, {Dot(a, c): t for a, c, t in cloud})
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +356,38 @@ EMPTY = SiblingSet()
 
 
 @dataclass(frozen=True, slots=True)
+class Versions:
+    """What an object has seen, without its values or its siblings' contexts: each sibling's dot
+    and `seen`. Enough to version a write whose context covers every sibling (`put`), since
+    none of them survives it; a replica reads this much of a stored object before deciding
+    whether it needs the values at all (`versions_codec.decode_versions`)."""
+
+    dots: tuple[Dot, ...]
+    seen: Clock
+    newest_ms: int  # the newest sibling's timestamp (0 with none): a write is stamped no earlier
+
+    def max_counter(self, actor: str) -> int:
+        """The highest counter of `actor` seen here, in any dot or in `seen`."""
+        highest = self.seen.counter(actor)
+        for dot in self.dots:
+            if dot.actor == actor and dot.counter > highest:
+                highest = dot.counter
+        return highest
+
+    def covered_by(self, context: Clock) -> bool:
+        """Whether a write made with `context` supersedes every sibling."""
+        return all(context.covers(dot) for dot in self.dots)
+
+    def survivors(self, context: Clock) -> tuple[Sibling, ...]:
+        """The siblings a write made with `context` leaves standing: none, when it covers every
+        sibling. For any other write the survivors' values are needed, and they were not
+        decoded: a caller's mistake."""
+        if not self.covered_by(context):
+            raise ValueError("a write that leaves siblings standing needs their values: decode the whole object")
+        return ()
+
+
+@dataclass(frozen=True, slots=True)
 class PutOutcome:
     object: SiblingSet
     dot: Dot
@@ -371,7 +419,7 @@ def merge(a: SiblingSet, b: SiblingSet) -> SiblingSet:
 
 
 def put(
-    current: SiblingSet,
+    current: SiblingSet | Versions,
     context: Clock,
     value: bytes | None,
     actor: str,
@@ -389,6 +437,9 @@ def put(
     a counter of any actor above EPOCH_COUNTER_MAX that this replica does not hold is refused too:
     the write would carry it to replicas that refuse it. When `actor` has issued its last counter
     for the key, EpochExhausted: the caller takes a new epoch and writes again.
+
+    `current` may be the object's `Versions` alone (no values) when `context` covers every
+    sibling: none of them survives the write.
     """
     issued = current.max_counter(actor)
     if context.counter(actor) > issued:
@@ -403,10 +454,16 @@ def put(
     # Stamped no earlier than the newest write it supersedes here: a coordinator whose wall clock
     # is behind must not give a delete a tombstone older than the values it deletes, since hints
     # expire and tombstones are reaped by those ages (dynd.core.hints, dynd.core.reaper).
-    now_ms = max(now_ms, max((s.timestamp_ms for s in current.siblings if context.covers(s.dot)), default=0))
+    if type(current) is SiblingSet:
+        superseded_ms = max((s.timestamp_ms for s in current.siblings if context.covers(s.dot)), default=0)
+    else:  # a Versions: the write covers every sibling (else `survivors` refuses it below)
+        superseded_ms = current.newest_ms
+    now_ms = max(now_ms, superseded_ms)
     new = Sibling(dot, sibling_context, value, now_ms)
     seen = current.seen.join(context)
-    result = _normalise([*current.siblings, new], seen)
+    # Every sibling `seen` now covers is dropped here; a Versions (no values) has none left.
+    standing = current.siblings if type(current) is SiblingSet else current.survivors(context)
+    result = _normalise([*standing, new], seen)
     if len(result.siblings) > siblings_max:
         raise TooManySiblings(
             f"the write would leave {len(result.siblings)} siblings (siblings_max={siblings_max}); "
@@ -421,197 +478,6 @@ def put(
     return PutOutcome(result, dot, client_context, pruned + pruned_client)
 
 
-# ---- encodings ----
-#
-# Written with the hand-rolled CBOR pieces of `dynd.protocol.codec` (bytes identical to cbor2's
-# for the same plain lists): these run several times on every put. A clock is two arrays of
-# [actor, counter, timestamp_ms] entries, the vector sorted by actor and the cloud by dot.
-
-_ENTRY_HEAD = cbor_head(MAJOR_ARRAY, 3)
-_CONTEXT_HEAD = cbor_head(MAJOR_ARRAY, 3) + cbor_uint(CONTEXT_FORMAT)
-_OBJECT_HEAD = cbor_head(MAJOR_ARRAY, 4) + cbor_uint(OBJECT_FORMAT)
-_SIBLING_HEAD = cbor_head(MAJOR_ARRAY, 6)
-
-
-def _append_clock(clock: Clock, out: list[bytes]) -> None:
-    encoded = clock._cbor
-    if encoded is None:
-        pieces: list[bytes] = []
-        _encode_clock(clock, pieces)
-        encoded = clock._cbor = b"".join(pieces)
-    out.append(encoded)
-
-
-def _encode_clock(clock: Clock, out: list[bytes]) -> None:
-    vector = clock._vector
-    out.append(cbor_head(MAJOR_ARRAY, len(vector)))
-    for actor in sorted(vector) if len(vector) > 1 else vector:
-        counter, timestamp_ms = vector[actor]
-        out += (_ENTRY_HEAD, cbor_text(actor), cbor_uint(counter), cbor_uint(timestamp_ms))
-    cloud = clock._cloud
-    out.append(cbor_head(MAJOR_ARRAY, len(cloud)))
-    for dot in sorted(cloud) if len(cloud) > 1 else cloud:
-        out += (_ENTRY_HEAD, cbor_text(dot.actor), cbor_uint(dot.counter), cbor_uint(cloud[dot]))
-
-
-def _clock_from_plain(vector: Any, cloud: Any) -> Clock:
-    if not cloud:
-        return Clock._of({a: (c, t) for a, c, t in vector}) if vector else EMPTY_CLOCK
-    return Clock({a: (c, t) for a, c, t in vector}, {Dot(a, c): t for a, c, t in cloud})
-
-
-def encode_context(clock: Clock) -> bytes:
-    """The opaque context token handed to clients: [CONTEXT_FORMAT, vector, cloud]."""
-    out = [_CONTEXT_HEAD]
-    _append_clock(clock, out)
-    return b"".join(out)
-
-
-# A context entry is at most an array head, a text head (5 bytes at most), the actor, and two
-# 64-bit unsigned integers; a token adds its own array head, the format and two array heads.
-_ENTRY_BYTES_OVER_ACTOR = 1 + 5 + 9 + 9
-_TOKEN_BYTES_OVER_ENTRIES = 32
-
-
-def context_token_bytes_max(entries_max: int, actor_bytes_max: int) -> int:
-    """The longest token of at most `entries_max` entries: anything longer is refused unread."""
-    return _TOKEN_BYTES_OVER_ENTRIES + entries_max * (actor_bytes_max + _ENTRY_BYTES_OVER_ACTOR)
-
-
-def decode_context(token: bytes | None, *, entries_max: int, actor_bytes_max: int) -> Clock:
-    """Parse a client's context token, refusing anything malformed or over the limits.
-
-    The work is bounded before it starts: a token longer than `entries_max` entries of
-    `actor_bytes_max` can need is refused by its length alone, and each array's head is checked
-    against the entries left before any of its items is read. The token is read head by head
-    (the fixed shape [CONTEXT_FORMAT, vector, cloud] of [actor, counter, timestamp_ms] entries,
-    definite lengths only), never handed whole to a general CBOR decoder.
-    """
-    if token is None:
-        return EMPTY_CLOCK
-    if not token:
-        raise BadRequest("invalid context: the token is empty (omit it to write without a context)")
-    bytes_max = context_token_bytes_max(entries_max, actor_bytes_max)
-    if len(token) > bytes_max:
-        raise BadRequest(f"invalid context: {len(token)} bytes is more than {entries_max} entries (context_entries_max) can take ({bytes_max})")
-    major, length, at = _head(token, 0)
-    if major != MAJOR_ARRAY or length != 3:
-        raise BadRequest("invalid context: not a context token")
-    major, fmt, at = _head(token, at)
-    if major != MAJOR_UINT or fmt != CONTEXT_FORMAT:
-        raise BadRequest("invalid context: not a context token")
-    vector, at = _read_entries(token, at, entries_max, actor_bytes_max, unique_actors=True)
-    cloud, at = _read_entries(token, at, entries_max - len(vector), actor_bytes_max, unique_actors=False)
-    if at != len(token):
-        raise BadRequest(f"invalid context: {len(token) - at} trailing bytes")
-    return _clock_from_plain(vector, cloud)
-
-
-def _head(data: bytes, at: int) -> tuple[int, int, int]:
-    """(major type, argument, position after) of the CBOR head at `at`; definite lengths only."""
-    if at >= len(data):
-        raise BadRequest("invalid context: the token is truncated")
-    initial = data[at]
-    major, info = initial >> 5, initial & 0x1F
-    if info < 24:
-        return major, info, at + 1
-    if info > 27:
-        raise BadRequest("invalid context: indefinite lengths and reserved heads are not accepted")
-    end = at + 1 + (1 << (info - 24))
-    if end > len(data):
-        raise BadRequest("invalid context: the token is truncated")
-    return major, int.from_bytes(data[at + 1 : end], "big"), end
-
-
-def _read_entries(
-    data: bytes, at: int, entries_left: int, actor_bytes_max: int, unique_actors: bool
-) -> tuple[list[tuple[str, int, int]], int]:
-    major, count, at = _head(data, at)
-    if major != MAJOR_ARRAY:
-        raise BadRequest("invalid context: not a context token")
-    if count > entries_left:
-        raise BadRequest(f"invalid context: more entries than context_entries_max allows ({count} in one list, {entries_left} left)")
-    entries: list[tuple[str, int, int]] = []
-    append = entries.append
-    try:
-        for _ in range(count):
-            # [actor, counter, timestamp_ms]: the usual short heads read inline, the rest by _head
-            if data[at] != 0x83:
-                raise BadRequest("invalid context: each entry must be [actor, counter, timestamp_ms]")
-            initial = data[at + 1]
-            if 0x61 <= initial <= 0x77:
-                length, at = initial - 0x60, at + 2
-            else:
-                major, length, at = _head(data, at + 1)
-                if major != MAJOR_TEXT or not length:
-                    raise BadRequest(f"invalid context: actor names must be text of 1..{actor_bytes_max} bytes")
-            if length > actor_bytes_max or at + length > len(data):
-                raise BadRequest(f"invalid context: actor names must be text of 1..{actor_bytes_max} bytes")
-            actor = data[at : at + length].decode()
-            at += length
-            counter = data[at]
-            if counter < 24:
-                at += 1
-            else:
-                major, counter, at = _head(data, at)
-                if major != MAJOR_UINT:
-                    raise BadRequest("invalid context: each entry must be [actor, counter, timestamp_ms]")
-            if data[at] == 0x1B:  # a timestamp in milliseconds takes eight bytes
-                timestamp_ms, at = _U64.unpack_from(data, at + 1)[0], at + 9
-            else:
-                major, timestamp_ms, at = _head(data, at)
-                if major != MAJOR_UINT:
-                    raise BadRequest("invalid context: each entry must be [actor, counter, timestamp_ms]")
-            if not 0 < counter < COUNTER_MAX or timestamp_ms > INT_MAX:
-                raise BadRequest(f"invalid context: counters must be in 1..{COUNTER_MAX - 1}")
-            append((actor, counter, timestamp_ms))
-    except (IndexError, struct.error):
-        raise BadRequest("invalid context: the token is truncated") from None
-    except UnicodeDecodeError:
-        raise BadRequest("invalid context: an actor name is not UTF-8") from None
-    distinct = len({actor for actor, _, _ in entries}) if unique_actors else len({(actor, counter) for actor, counter, _ in entries})
-    if distinct != len(entries):
-        raise BadRequest("invalid context: an entry appears twice")
-    return entries, at
-
-
-_U64 = struct.Struct(">Q")
-
-
-def _parse_entries(raw: Any, actor_bytes_max: int, unique_actors: bool = True, what: str = "invalid context") -> list[tuple[str, int, int]]:
-    """Entries decoded by a general CBOR decoder: checked for shape, then as `_check_entries`."""
-    if type(raw) is not list:
-        raise BadRequest(f"{what}: a clock must be a list of [actor, counter, timestamp_ms] entries")
-    if not raw:
-        return raw
-    for entry in raw:
-        if (
-            type(entry) is not list
-            or len(entry) != 3
-            or type(entry[0]) is not str
-            or type(entry[1]) is not int
-            or type(entry[2]) is not int
-        ):
-            raise BadRequest(f"{what}: each entry must be [actor, counter, timestamp_ms]")
-    return _check_entries(raw, actor_bytes_max, unique_actors, what)
-
-
-def _check_entries(entries: Any, actor_bytes_max: int, unique_actors: bool, what: str) -> list[tuple[str, int, int]]:
-    parsed: list[tuple[str, int, int]] = []
-    seen: set[Any] = set()
-    for actor, counter, timestamp_ms in entries:
-        if not actor or len(actor.encode()) > actor_bytes_max:
-            raise BadRequest(f"{what}: actor names must be 1..{actor_bytes_max} bytes")
-        if not 0 < counter < COUNTER_MAX or not 0 <= timestamp_ms <= INT_MAX:
-            raise BadRequest(f"{what}: counters must be in 1..{COUNTER_MAX - 1}")
-        identity = actor if unique_actors else (actor, counter)
-        if identity in seen:
-            raise BadRequest(f"{what}: entry for {actor!r} appears twice")
-        seen.add(identity)
-        parsed.append((actor, counter, timestamp_ms))
-    return parsed
-
-
 class UnissuedCounter(BadRequest):
     """A record claims a counter of this node's own actor above what it issued for the key."""
 
@@ -620,7 +486,7 @@ class UnissuedCounter(BadRequest):
         self.actor = actor
 
 
-def check_claims(tops: dict[str, int], reference: Callable[[], SiblingSet], own_actor: str | None = None) -> None:
+def check_claims(tops: dict[str, int], reference: Callable[[], SiblingSet | Versions], own_actor: str | None = None) -> None:
     """Refuse counters no actor can have issued. `tops`: actor -> highest counter claimed (in a
     record or a context); `reference`: what this replica holds for the key (called only when
     needed); `own_actor`: this node's actor, whose every dot for the key this replica holds.
@@ -631,7 +497,7 @@ def check_claims(tops: dict[str, int], reference: Callable[[], SiblingSet], own_
     - A counter of any actor above EPOCH_COUNTER_MAX is implausible unless the reference holds
       one as high already (a key pushed there before this check existed stays mergeable).
     """
-    held: SiblingSet | None = None
+    held: SiblingSet | Versions | None = None
     if own_actor is not None and own_actor in tops:
         held = reference()
         issued = held.max_counter(own_actor)
@@ -647,99 +513,3 @@ def check_claims(tops: dict[str, int], reference: Callable[[], SiblingSet], own_
             if top > held.max_counter(actor):
                 raise BadRequest(f"it claims counter {top} of {actor!r}, above the {EPOCH_COUNTER_MAX} an actor epoch issues for a key")
 
-
-def parse_object(data: bytes, live_values: list[bytes], limits: Limits, held: Callable[[], SiblingSet] = lambda: EMPTY) -> SiblingSet:
-    """Decode the versions part of a record from another node (encode_object(values=False)),
-    with `live_values` from its siblings view, refusing what a client's write could not make:
-    malformed items, more siblings than siblings_max, a sibling context of more than
-    context_entries_max entries, a `seen` of more than seen_entries_max, actor names over
-    actor_bytes_max, counters out of range, siblings out of order or repeated, a sibling `seen`
-    already supersedes, a sibling context `seen` does not cover. Values are checked by the caller,
-    canonical encoding too. `held`: what this replica holds for the key (asked only when a count
-    is over its limit); as many siblings or entries as it holds are no more than it has already
-    (a key from before the limit was lowered still travels).
-    """
-    what = "malformed record"
-    try:
-        item = loads_strict(data)
-    except BadFrame as exc:
-        raise BadRequest(f"{what}: {exc.message}") from None
-    if type(item) is not list or len(item) != 4 or item[0] != OBJECT_FORMAT or type(item[1]) is not list:
-        raise BadRequest(f"{what}: not an object")
-    _, raw_siblings, seen_vector, seen_cloud = item
-    if len(raw_siblings) > limits.siblings_max and len(raw_siblings) > len(held().siblings):
-        raise TooManySiblings(f"the record holds {len(raw_siblings)} siblings (siblings_max={limits.siblings_max})")
-    if type(seen_vector) is not list or type(seen_cloud) is not list:
-        raise BadRequest(f"{what}: not an object")
-    if len(seen_vector) + len(seen_cloud) > limits.seen_entries_max and len(seen_vector) + len(seen_cloud) > len(held().seen):
-        raise BadRequest(f"{what}: its seen holds {len(seen_vector) + len(seen_cloud)} entries (seen_entries_max={limits.seen_entries_max})")
-    actor_bytes_max = limits.actor_bytes_max
-    seen = _clock_from_plain(
-        _parse_entries(seen_vector, actor_bytes_max, True, what), _parse_entries(seen_cloud, actor_bytes_max, False, what)
-    )
-    supply = iter(live_values)
-    siblings: list[Sibling] = []
-    for raw in raw_siblings:
-        if type(raw) is not list or len(raw) != 6:
-            raise BadRequest(f"{what}: each sibling must be [actor, counter, timestamp_ms, value, vector, cloud]")
-        actor, counter, timestamp_ms, value, vector, cloud = raw
-        if type(actor) is not str or type(counter) is not int or type(timestamp_ms) is not int:
-            raise BadRequest(f"{what}: each sibling must be [actor, counter, timestamp_ms, value, vector, cloud]")
-        _check_entries(((actor, counter, timestamp_ms),), actor_bytes_max, True, what)
-        if type(vector) is not list or type(cloud) is not list:
-            raise BadRequest(f"{what}: a sibling's context must be two lists")
-        if len(vector) + len(cloud) > limits.context_entries_max:
-            raise BadRequest(f"{what}: a sibling's context holds {len(vector) + len(cloud)} entries (context_entries_max={limits.context_entries_max})")
-        if value is True:
-            value = next(supply, None)
-            if value is None:
-                raise BadRequest(f"{what}: more live siblings than values")
-        elif value is not None:
-            raise BadRequest(f"{what}: a sibling's value must be a placeholder or a tombstone")
-        context = _clock_from_plain(_parse_entries(vector, actor_bytes_max, True, what), _parse_entries(cloud, actor_bytes_max, False, what))
-        sibling = Sibling(Dot(actor, counter), context, value, timestamp_ms)
-        if siblings and not siblings[-1].dot < sibling.dot:
-            raise BadRequest(f"{what}: siblings must be sorted by dot, each dot once")
-        if seen.covers(sibling.dot):
-            raise BadRequest(f"{what}: its seen supersedes its own sibling {sibling.dot}")
-        if context and not seen.descends(context):
-            raise BadRequest(f"{what}: a sibling's context is not within the object's seen")
-        siblings.append(sibling)
-    if next(supply, None) is not None:
-        raise BadRequest(f"{what}: more values than live siblings")
-    return SiblingSet(tuple(siblings), seen)
-
-
-def encode_object(obj: SiblingSet, *, values: bool = True) -> bytes:
-    """The object as CBOR: [OBJECT_FORMAT, [[actor, counter, timestamp_ms, value, vector, cloud],
-    ...], seen vector, seen cloud]. With values=False each live value is replaced by True (a
-    tombstone stays None), for a caller that keeps the live values elsewhere, in sibling order."""
-    out = [_OBJECT_HEAD, cbor_head(MAJOR_ARRAY, len(obj.siblings))]
-    for s in obj.siblings:
-        out += (_SIBLING_HEAD, cbor_text(s.dot.actor), cbor_uint(s.dot.counter), cbor_uint(s.timestamp_ms))
-        if s.value is None:
-            out.append(CBOR_NULL)
-        elif values:
-            out += (cbor_head(MAJOR_BYTES, len(s.value)), s.value)
-        else:
-            out.append(CBOR_TRUE)
-        _append_clock(s.context, out)
-    _append_clock(obj.seen, out)
-    return b"".join(out)
-
-
-def decode_object(data: bytes, live_values: Iterable[bytes] | None = None) -> SiblingSet:
-    """Decode a stored object; `live_values` fills in what `encode_object(values=False)` left out.
-
-    Stored bytes were written by us, so a failure here means corruption.
-    """
-    fmt, raw_siblings, seen_vector, seen_cloud = cbor2.loads(data)
-    if fmt != OBJECT_FORMAT:
-        raise ValueError(f"unknown stored object format {fmt!r}")
-    supply = iter(live_values) if live_values is not None else None
-    siblings = []
-    for actor, counter, ts, value, vector, cloud in raw_siblings:
-        if value is True and supply is not None:
-            value = next(supply)
-        siblings.append(Sibling(Dot(actor, counter), _clock_from_plain(vector, cloud), value, ts))
-    return SiblingSet(tuple(siblings), _clock_from_plain(seen_vector, seen_cloud))

@@ -26,7 +26,7 @@ import cbor2
 import pytest
 
 from dynd.client import BlockingClient
-from dynd.core import versions
+from dynd.core import versions, versions_codec
 from dynd.core.membership import JOIN, Membership
 from dynd.protocol import PROTOCOL_VERSION, codec, messages, swim_wire
 from dynd.protocol.errors import DynError
@@ -346,13 +346,13 @@ def forged_record(siblings: list[tuple[str, int, bytes | None]], seen: versions.
     clock = seen
     for sibling in made:
         clock = clock.with_dot(sibling.dot, ts)
-    return versions.encode_object(versions.SiblingSet(tuple(made), clock))
+    return versions_codec.encode_object(versions.SiblingSet(tuple(made), clock))
 
 
 def read_clock(node: DyndProcess, key: bytes) -> versions.Clock:
     with BlockingClient(node.address) as client:
         context = client.get(key, r=3).context
-    return versions.decode_context(context, entries_max=10_000, actor_bytes_max=1024)
+    return versions_codec.decode_context(context, entries_max=10_000, actor_bytes_max=1024)
 
 
 def replicate_everywhere(lab: Lab, conn_for: Any, key: bytes, record: bytes, hint: str | None = None) -> list[messages.Message | None]:

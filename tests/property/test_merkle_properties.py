@@ -14,7 +14,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dynd.core import replica, versions
+from dynd.core import replica, versions_codec
 from dynd.core.exchange import Exchange, ExchangeLimits
 from dynd.core.limits import Limits
 from dynd.core.merkle import MerkleTree, leaf_hash
@@ -86,7 +86,7 @@ def test_leaf_hashes_are_equal_exactly_when_sibling_sets_are(
         local = replica.LocalReplica(ACTORS[at], Limits(context_prune_threshold=thresholds[at]), 256)
         context = None
         if with_context and records[at] is not None:
-            context = versions.encode_context(replica.decode_record(records[at]).read_context(thresholds[at]))  # type: ignore[arg-type]
+            context = versions_codec.encode_context(replica.decode_record(records[at]).read_context(thresholds[at]))  # type: ignore[arg-type]
         records[at] = local.write(b"k", value, context, records[at], now_ms=step).record
         for source, target in merges[step : step + 1]:
             if records[source] is not None:

@@ -177,6 +177,21 @@ def test_equal_sibling_sets_hash_equal_whatever_the_prune_threshold() -> None:
     assert replica.merge_records(None, at_20, 10) == at_20
 
 
+def test_leaf_hashes_stay_what_earlier_builds_computed() -> None:
+    # Peers running an earlier build of the same protocol version compare trees with this one:
+    # these digests were computed before the record format moved behind replica.canonical_parts.
+    a = replica.LocalReplica("n1", LIMITS, 256).write(b"k", b"v1", None, None, 5)
+    b = replica.LocalReplica("n2", LIMITS, 256).write(b"k", b"v2", None, None, 6)
+    merged = replica.merge_records(a.record, b.record, LIMITS.context_prune_threshold)
+    deleted = replica.LocalReplica("n3", LIMITS, 256).write(b"k", None, a.reply_context, a.record, 7).record
+    assert merged is not None
+    assert [leaf_hash(b"k", record).hex() for record in (a.record, merged, deleted)] == [
+        "5efa2a52fdb8b2f0881a5d8566a20a95",
+        "5ac5412c2116046ccd4425919e72fc3c",
+        "45a76f88b976cd951074cf54084f0d5f",
+    ]
+
+
 def test_different_sibling_sets_or_keys_hash_differently() -> None:
     one, two = _record(b"k", b"v1"), _record(b"k", b"v2")
     assert leaf_hash(b"k", one) != leaf_hash(b"k", two)

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from dynd.core import coordinator as co
 from dynd.core import replica as r
 from dynd.core import versions as v
+from dynd.core import versions_codec as vc
 from dynd.core.actors import ACTOR_META
 from dynd.core.limits import Limits
 from dynd.core.membership import JOIN, ClusterParams, create
@@ -287,17 +288,17 @@ def test_a_huge_context_token_is_refused_by_its_length_before_it_is_decoded() ->
     # The 2 MB token of 200,000 entries (its CPU cost is measured in the commit, not here).
     token = cbor2.dumps([1, [[f"a{i}", 1, 0] for i in range(200_000)], []])
     with pytest.raises(BadRequest, match="bytes is more than"):
-        v.decode_context(token, entries_max=LIMITS.context_entries_max, actor_bytes_max=LIMITS.actor_bytes_max)
+        vc.decode_context(token, entries_max=LIMITS.context_entries_max, actor_bytes_max=LIMITS.actor_bytes_max)
 
 
 def test_a_context_array_head_over_the_entries_left_is_refused_before_its_items() -> None:
     # A head promising 60,000 entries, followed by bytes no decoder should walk.
     token = bytes([0x83, 0x01]) + codec.cbor_head(codec.MAJOR_ARRAY, 60_000) + b"\xff" * 64
     with pytest.raises(BadRequest, match="more entries"):
-        v.decode_context(token, entries_max=LIMITS.context_entries_max, actor_bytes_max=LIMITS.actor_bytes_max)
+        vc.decode_context(token, entries_max=LIMITS.context_entries_max, actor_bytes_max=LIMITS.actor_bytes_max)
     cloud_over = bytes([0x83, 0x01, 0x80]) + codec.cbor_head(codec.MAJOR_ARRAY, LIMITS.context_entries_max + 1) + b"\xff"
     with pytest.raises(BadRequest, match="more entries"):
-        v.decode_context(cloud_over, entries_max=LIMITS.context_entries_max, actor_bytes_max=LIMITS.actor_bytes_max)
+        vc.decode_context(cloud_over, entries_max=LIMITS.context_entries_max, actor_bytes_max=LIMITS.actor_bytes_max)
 
 
 # ---- merges: what may grow, and what always resolves ----
@@ -335,8 +336,8 @@ def test_the_read_context_of_siblings_max_siblings_with_gaps_decodes() -> None:
     full = siblings(*(sibling(f"a{i}.1", 3) for i in range(limits.siblings_max)), seen=seen)
     context = full.read_context(limits.context_prune_threshold)
     assert len(context) == 2 * limits.siblings_max
-    token = v.encode_context(context)
-    assert v.decode_context(token, entries_max=limits.context_entries_max, actor_bytes_max=limits.actor_bytes_max) == context
+    token = vc.encode_context(context)
+    assert vc.decode_context(token, entries_max=limits.context_entries_max, actor_bytes_max=limits.actor_bytes_max) == context
     n1, store, _ = node()
     store.objects[(n1.replica.partition(b"k"), b"k")] = record_of(full)
     assert isinstance(put(n1, b"k", b"resolved", token), messages.PutOk)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dynd.core import replica as r
-from dynd.core import versions
+from dynd.core import versions, versions_codec
 from dynd.core.limits import Limits
 from dynd.protocol import codec, messages
 from dynd.protocol.errors import BadRequest, KeyTooLarge, ValueTooLarge
@@ -36,20 +36,20 @@ def test_the_stitched_get_reply_equals_the_plain_one(writes: list[tuple[bytes | 
     expected = messages.GetOk(
         id=5,
         siblings=r.sibling_views(obj),
-        context=versions.encode_context(obj.read_context(LIMITS.context_prune_threshold)),
+        context=versions_codec.encode_context(obj.read_context(LIMITS.context_prune_threshold)),
     )
     view = replica.read(record)
     stitched = codec.encode_get_ok_preencoded(5, view.siblings_cbor, view.context_cbor)
     assert codec.decode_message(stitched) == expected
     assert view.siblings_cbor == cbor2.dumps(codec.to_plain(r.sibling_views(obj)))
-    assert obj == versions.decode_object(versions.encode_object(obj)), "the record round-trips the object"
+    assert obj == versions_codec.decode_object(versions_codec.encode_object(obj)), "the record round-trips the object"
 
 
 def test_a_missing_key_reads_as_no_siblings_and_an_empty_context() -> None:
     view = node().read(None)
     reply = codec.decode_message(codec.encode_get_ok_preencoded(1, view.siblings_cbor, view.context_cbor))
     assert isinstance(reply, messages.GetOk) and reply.siblings == []
-    assert versions.decode_context(reply.context, entries_max=8, actor_bytes_max=8) == versions.EMPTY_CLOCK
+    assert versions_codec.decode_context(reply.context, entries_max=8, actor_bytes_max=8) == versions.EMPTY_CLOCK
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,7 @@ def test_a_missing_key_reads_as_no_siblings_and_an_empty_context() -> None:
         (b"k" * 17, b"v", None, KeyTooLarge),
         (b"k", b"v" * 65, None, ValueTooLarge),
         (b"k", b"v", b"\x01", BadRequest),
-        (b"k", b"v", versions.encode_context(versions.Clock({f"a{i}": (1, 0) for i in range(LIMITS.context_entries_max + 1)})), BadRequest),
+        (b"k", b"v", versions_codec.encode_context(versions.Clock({f"a{i}": (1, 0) for i in range(LIMITS.context_entries_max + 1)})), BadRequest),
     ],
 )
 def test_refused_writes_name_their_reason(key: bytes, value: bytes, context: bytes | None, error: type[Exception]) -> None:
@@ -108,6 +108,28 @@ def test_large_objects_are_not_remembered() -> None:
     assert [key for _, key in replica._objects] == [b"small"]
 
 
+def test_a_deleted_key_says_when_its_newest_tombstone_was_written() -> None:
+    replica = node()
+    live = replica.write(b"k", b"v", None, None, now_ms=10)
+    assert r.deleted_at_ms(live.record) is None
+    other = r.LocalReplica("n2", LIMITS, partitions=256).write(b"k", None, None, None, now_ms=30)
+    beside = r.merge_records(live.record, other.record, LIMITS.context_prune_threshold)
+    assert beside is not None and r.deleted_at_ms(beside) is None, "a tombstone beside a live value is no deletion"
+    deleted = replica.write(b"k", None, live.reply_context, beside, now_ms=20)
+    assert [s.value for s in r.decode_record(deleted.record).siblings] == [None, None]
+    assert r.deleted_at_ms(deleted.record) == 30, "the newest of the tombstones"
+    seen_only = _record(versions.SiblingSet((), r.decode_record(deleted.record).seen))
+    assert r.deleted_at_ms(seen_only) is None, "no sibling at all: nothing to age"
+
+
+def test_the_canonical_parts_leave_out_only_the_pruned_context() -> None:
+    record = node().write(b"k", b"v", None, None, now_ms=1).record
+    head, tail = r.canonical_parts(record)
+    view = r.record_view(record)
+    assert bytes(head).endswith(view.siblings_cbor) and bytes(tail) == versions_codec.encode_object(r.decode_record(record), values=False)
+    assert len(head) + len(tail) + 4 + len(view.context_cbor) == len(record)
+
+
 # ---- records from peers ----
 
 
@@ -141,7 +163,7 @@ def _with_context(record: bytes, token: bytes) -> bytes:
 def _malformed() -> list[tuple[str, bytes]]:
     obj = versions.SiblingSet((_sib("a", 1), _sib("b", 1)), versions.EMPTY_CLOCK)
     record = _record(obj)
-    raw = cbor2.loads(versions.encode_object(obj, values=False))
+    raw = cbor2.loads(versions_codec.encode_object(obj, values=False))
     unsorted = [raw[0], raw[1][::-1], raw[2], raw[3]]
     seen_covers = versions.SiblingSet((_sib("a", 1),), versions.Clock({"a": (1, 0)}))
     stray_context = versions.SiblingSet((_sib("a", 1, context=versions.Clock({"z": (3, 0)})),), versions.EMPTY_CLOCK)
@@ -150,9 +172,9 @@ def _malformed() -> list[tuple[str, bytes]]:
         ("not canonical", _with_versions(record, cbor2.dumps(unsorted))),
         ("seen supersedes a sibling", _record(seen_covers)),
         ("context beyond seen", _record(stray_context)),
-        ("view out of step", _with_versions(record, versions.encode_object(versions.SiblingSet((_sib("a", 1),)), values=False))),
-        ("context covers too little", _with_context(record, versions.encode_context(versions.Clock({"a": (1, 0)})))),
-        ("context covers too much", _with_context(record, versions.encode_context(versions.Clock({"a": (1, 0), "b": (2, 0)})))),
+        ("view out of step", _with_versions(record, versions_codec.encode_object(versions.SiblingSet((_sib("a", 1),)), values=False))),
+        ("context covers too little", _with_context(record, versions_codec.encode_context(versions.Clock({"a": (1, 0)})))),
+        ("context covers too much", _with_context(record, versions_codec.encode_context(versions.Clock({"a": (1, 0), "b": (2, 0)})))),
         ("garbage", b"\x01\x00\x00\x00\x01\x80\x00\x00\x00\x01\x40\xff"),
     ]
 
@@ -186,6 +208,6 @@ def test_a_write_whose_actor_has_issued_its_last_counter_takes_a_new_epoch() -> 
 
 def test_a_client_context_with_an_implausible_counter_is_refused() -> None:
     # It would reach the other replicas in `seen`, and they refuse counters no actor issues.
-    token = versions.encode_context(versions.Clock({"someone": (versions.EPOCH_COUNTER_MAX + 1, 0)}))
+    token = versions_codec.encode_context(versions.Clock({"someone": (versions.EPOCH_COUNTER_MAX + 1, 0)}))
     with pytest.raises(BadRequest, match="above"):
         node().write(b"k", b"v", token, None, now_ms=1)
