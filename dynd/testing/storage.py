@@ -140,6 +140,8 @@ class MemoryStorage:
         """Every committed hint, {(target, partition, key): record}."""
         return {split_hint_key(encoded): record for encoded, record in self.store._hints.items()}
 
-    def meta(self, name: str) -> bytes | None:
-        return self.store.get_meta(name)
+    @property
+    def meta(self) -> dict[str, bytes]:
+        """Every committed meta record, {name: data}."""
+        return {encoded.decode("utf-8"): data for encoded, data in self.store._meta.items()}
 
