@@ -64,7 +64,7 @@ class GroupCommitter:
         self.reader = reader
         self.engine = engine
         self.stats = CommitStats()
-        self._pending_writes_max = pending_writes_max
+        self.pending_writes_max = pending_writes_max
         # Submitted writes not yet committed: the next batch, and what reads must see meanwhile.
         self.queue = QueuedWrites()
         self._queued_objects = self.queue.objects  # bound once: read on every request
@@ -119,8 +119,8 @@ class GroupCommitter:
         """Queue ops for the next commit; `on_done(None)` runs once they are durable."""
         if self._stopping:
             raise ShuttingDown("the node is shutting down")
-        if self.pending_writes >= self._pending_writes_max:
-            raise Overloaded(f"{self._pending_writes_max} writes are already waiting for the disk (pending_writes_max)")
+        if self.pending_writes >= self.pending_writes_max:
+            raise Overloaded(f"{self.pending_writes_max} writes are already waiting for the disk (pending_writes_max)")
         self.queue.add(ops, on_done)
         self._wake.set()
 
