@@ -13,6 +13,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "dynd/protocol": ("dynd.core", "dynd.storage", "dynd.shell", "dynd.sim", "dynd.client", "dynd.cli", "dynd.config", "trio", "lmdb", "socket", "time", "threading", "asyncio"),
     "dynd/core": ("dynd.storage", "dynd.shell", "dynd.sim", "dynd.client", "dynd.cli", "dynd.config", "trio", "lmdb", "socket", "time", "threading", "asyncio", "random"),
     "dynd/storage": ("dynd.shell", "dynd.sim", "dynd.client", "dynd.cli", "trio"),
+    # The shipped test doubles and checks run under any test runner: synchronous, no event loop.
+    "dynd/testing": ("dynd.shell", "dynd.sim", "dynd.client", "dynd.cli", "dynd.config", "trio", "lmdb", "socket", "time", "threading", "asyncio", "random"),
     "dynctl": ("dynd.core", "dynd.storage", "dynd.shell", "dynd.sim", "dynd.cli", "dynd.config", "dynd.__main__"),
 }
 
