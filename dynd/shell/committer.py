@@ -79,9 +79,9 @@ class GroupCommitter:
     def read_object(self, partition: int, key: bytes) -> bytes | None:
         """The newest bytes of an object, committed or still queued."""
         object_key = (partition, key)
-        queued = self._queued_objects.get(object_key, _ABSENT)
-        if queued is not _ABSENT:
-            return queued  # type: ignore[return-value]
+        queued = self._queued_objects
+        if object_key in queued:  # usually not: `in` is the cheapest miss
+            return queued[object_key]
         cached = self._cache.get(object_key, _ABSENT)
         if cached is not _ABSENT:
             return cached  # type: ignore[return-value]
