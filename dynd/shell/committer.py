@@ -14,9 +14,9 @@ entry is replaced when a write to its key commits, and dropped when a commit of 
 (such a batch may or may not be durable, so the key is read from LMDB again).
 
 A failed commit (a full map, a disk error) fails every completion of that batch; its writes stop
-being visible (reads see the store again, unless a write queued since replaced them). Engines (`dynd.shell.commit_engines`): a writer process for LMDB, whose disk
-waits and B-tree work never contend with the event loop for the GIL, and a worker thread for the
-in-memory store.
+being visible (reads see the store again, unless a write queued since replaced them). Engines
+(`dynd.shell.commit_engines`): a writer process for LMDB, whose disk waits and B-tree work never
+contend with the event loop for the GIL, and a worker thread for the in-memory store.
 """
 
 from __future__ import annotations
