@@ -7,7 +7,14 @@ when the test calls `commit()` (or at once, with `autocommit=True`). Faults on d
 `fail_next_commit()` makes the next commit apply nothing and fail every completion of its batch (a
 disk error), `refuse_writes()` makes `submit` raise having queued nothing (a full disk).
 
-Synchronous and single-threaded, like the core: no trio, no clock.
+For assertions: `objects`, `hints` and `meta` are what is committed, `commits` the ops of each
+commit that landed. Synchronous and single-threaded, like the core: no trio, no clock.
+
+    storage = MemoryStorage()
+    storage.submit([PutObject(0, b"k", b"record")], outcomes.append)
+    assert storage.read_object(0, b"k") == b"record" and storage.objects == {}
+    storage.commit()
+    assert outcomes == [None] and storage.objects == {(0, b"k"): b"record"}
 """
 
 from __future__ import annotations
