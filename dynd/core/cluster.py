@@ -161,7 +161,10 @@ class ClusterView:
 
     def _update(self, membership: Membership, force: bool = False) -> None:
         if self._adopt(membership, force):
-            self.storage.submit([PutMeta(MEMBERSHIP_META, membership.encode())], _log_persist_failure)
+            try:  # a refusal (disk full, overloaded) must not escape into whoever brought the news
+                self.storage.submit([PutMeta(MEMBERSHIP_META, membership.encode())], _log_persist_failure)
+            except DynError as exc:
+                _log_persist_failure(exc)
             log.info("membership now %s", ", ".join(f"{m.name}={m.status}" for m in sorted(membership.members.values(), key=lambda m: m.name)))
 
     def merge_from_peer(self, data: bytes) -> bytes:

@@ -8,12 +8,21 @@ and an in-memory disk (`dynd.sim`).
 Contracts the node relies on:
 - Every `send` calls its callback exactly once, later or at once, never raising into the caller:
   a peer that cannot be reached yields `Unreachable`, a reply that does not come in time `Timeout`.
-- `submit` either raises a `DynError` (`Overloaded`, `ShuttingDown`) having queued nothing, or
-  calls its completion exactly once.
-- `read_object` sees every write submitted so far, committed or not (a queued write stays
-  visible to reads and merges until its commit lands or fails).
-- `partition_keys` and `hint_batch` list committed keys in key order (a key still queued may be
-  missing until its commit lands); `read_object` and `read_hint` see queued writes.
+- `submit` either raises a `DynError` (`Overloaded`, `ShuttingDown`, `StorageFull`) having queued
+  nothing, or calls its completion exactly once, later or at once: with None once every op is
+  durable, or with a `DynError` when the commit failed. A failed commit applied none of its ops
+  (a disk error, a full map), or cannot tell (the daemon's writer process died mid-commit): the
+  node must treat its writes as not durable, and not as certainly absent. Completions run in
+  submit order; one may submit again.
+- `read_object` and `read_hint` see every write submitted so far, committed or not: a queued write
+  stays visible to reads and merges until its commit lands or fails; after a failure they see the
+  store again (unless a write queued since replaced the key).
+- `partition_keys`, `partition_items` and `hint_batch` list committed keys in key order (a key still
+  queued may be missing until its commit lands).
+
+Every implementation (the daemon's `dynd.shell.storage_port`, the simulator's `dynd.sim.disk`, the
+test double `dynd.testing.MemoryStorage`) passes `dynd.testing.storage_conformance`, and they share
+one queue of written-but-uncommitted writes (`dynd.storage.queued_writes`).
 """
 
 from __future__ import annotations

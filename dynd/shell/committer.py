@@ -3,8 +3,8 @@
 The event loop never waits on the disk. `submit` queues ops with a completion callback and returns
 at once; the committer task hands *everything* queued to the commit engine as one durable
 transaction (one fsync for all of it), then runs the completions. Until its commit lands, a queued
-object stays visible through `read_object` (the overlay), so a read or a second write to the same
-key sees it.
+object or hint stays visible (`dynd.storage.queued_writes`, the same queue the simulator's disk and
+the test double use), so a read or a second write to the same key sees it.
 
 Every object write of a running node goes through here, so the committer also keeps the objects it
 committed or read most recently (up to `object_cache_bytes_max` bytes of keys and records): a
@@ -13,28 +13,27 @@ an LMDB read transaction. It stays exact because nothing else writes objects whi
 entry is replaced when a write to its key commits, and dropped when a commit of its key fails
 (such a batch may or may not be durable, so the key is read from LMDB again).
 
-A failed commit (a full map, a disk error) fails every completion of that batch; its ops are dropped
-from the overlay. Engines (`dynd.shell.commit_engines`): a writer process for LMDB, whose disk
-waits and B-tree work never contend with the event loop for the GIL, and a worker thread for the
-in-memory store.
+A failed commit (a full map, a disk error) fails every completion of that batch; its writes stop
+being visible (reads see the store again, unless a write queued since replaced them). Engines
+(`dynd.shell.commit_engines`): a writer process for LMDB, whose disk waits and B-tree work never
+contend with the event loop for the GIL, and a worker thread for the in-memory store.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import trio
 
 from dynd.protocol.errors import DynError, Internal, Overloaded, ShuttingDown
-from dynd.storage.base import DeleteObject, PutMeta, PutObject, WriteOp
+from dynd.storage.base import WriteOp
+from dynd.storage.queued_writes import Batch, Completion, ObjectKey, QueuedWrites
 
 log = logging.getLogger("dynd.committer")
 
-Completion = Callable[[DynError | None], None]
-OverlayKey = tuple[int, bytes]
 # What one cached entry costs besides its key and record: the dict slot, the tuple and two objects.
 CACHE_ENTRY_OVERHEAD_BYTES = 128
 _ABSENT = object()
@@ -48,18 +47,6 @@ class CommitEngine(Protocol):
 
 class Reader(Protocol):
     def get_object(self, partition: int, key: bytes) -> bytes | None: ...
-
-
-@dataclass
-class _Batch:
-    ops: list[WriteOp] = field(default_factory=list)
-    completions: list[Completion] = field(default_factory=list)
-    overlay: dict[OverlayKey, bytes | None] = field(default_factory=dict)
-    # Meta records only need their latest value within one commit.
-    meta: dict[str, PutMeta] = field(default_factory=dict)
-
-    def all_ops(self) -> list[WriteOp]:
-        return [*self.ops, *self.meta.values()]
 
 
 @dataclass
@@ -77,47 +64,48 @@ class GroupCommitter:
         self.reader = reader
         self.engine = engine
         self.stats = CommitStats()
-        self._pending_writes_max = pending_writes_max
-        self._overlay: dict[OverlayKey, bytes | None] = {}
+        self.pending_writes_max = pending_writes_max
+        # Submitted writes not yet committed: the next batch, and what reads must see meanwhile.
+        self.queue = QueuedWrites()
+        self._queued_objects = self.queue.objects  # bound once: read on every request
         # Committed objects (None: known absent), oldest first; see the module docstring.
-        self._cache: dict[OverlayKey, bytes | None] = {}
+        self._cache: dict[ObjectKey, bytes | None] = {}
         self._cache_bytes = 0
         self._cache_bytes_max = object_cache_bytes_max
-        self._queued = _Batch()
-        self._in_flight = 0
         self._wake = trio.Event()
         self._stopping = False
         self._stopped = trio.Event()
 
     def read_object(self, partition: int, key: bytes) -> bytes | None:
         """The newest bytes of an object, committed or still queued."""
-        overlay_key = (partition, key)
-        if overlay_key in self._overlay:
-            return self._overlay[overlay_key]
-        cached = self._cache.get(overlay_key, _ABSENT)
+        object_key = (partition, key)
+        queued = self._queued_objects
+        if object_key in queued:  # usually not: `in` is the cheapest miss
+            return queued[object_key]
+        cached = self._cache.get(object_key, _ABSENT)
         if cached is not _ABSENT:
             return cached  # type: ignore[return-value]
         data = self.reader.get_object(partition, key)
-        self._cache_put(overlay_key, data)
+        self._cache_put(object_key, data)
         return data
 
-    def _cache_put(self, overlay_key: OverlayKey, data: bytes | None) -> None:
+    def _cache_put(self, object_key: ObjectKey, data: bytes | None) -> None:
         if not self._cache_bytes_max:
             return
         cache = self._cache
-        self._cache_drop(overlay_key)
-        size = len(overlay_key[1]) + (0 if data is None else len(data)) + CACHE_ENTRY_OVERHEAD_BYTES
+        self._cache_drop(object_key)
+        size = len(object_key[1]) + (0 if data is None else len(data)) + CACHE_ENTRY_OVERHEAD_BYTES
         if size > self._cache_bytes_max:
             return
-        cache[overlay_key] = data
+        cache[object_key] = data
         self._cache_bytes += size
         while self._cache_bytes > self._cache_bytes_max:
             self._cache_drop(next(iter(cache)))  # the oldest
 
-    def _cache_drop(self, overlay_key: OverlayKey) -> None:
-        data = self._cache.pop(overlay_key, _ABSENT)
+    def _cache_drop(self, object_key: ObjectKey) -> None:
+        data = self._cache.pop(object_key, _ABSENT)
         if data is not _ABSENT:
-            self._cache_bytes -= len(overlay_key[1]) + (0 if data is None else len(data)) + CACHE_ENTRY_OVERHEAD_BYTES  # type: ignore[arg-type]
+            self._cache_bytes -= len(object_key[1]) + (0 if data is None else len(data)) + CACHE_ENTRY_OVERHEAD_BYTES  # type: ignore[arg-type]
 
     @property
     def cached_objects(self) -> int:
@@ -125,32 +113,22 @@ class GroupCommitter:
 
     @property
     def pending_writes(self) -> int:
-        return len(self._queued.completions) + self._in_flight
+        return self.queue.waiting
 
     def submit(self, ops: Sequence[WriteOp], on_done: Completion) -> None:
         """Queue ops for the next commit; `on_done(None)` runs once they are durable."""
         if self._stopping:
             raise ShuttingDown("the node is shutting down")
-        if self.pending_writes >= self._pending_writes_max:
-            raise Overloaded(f"{self._pending_writes_max} writes are already waiting for the disk (pending_writes_max)")
-        batch = self._queued
-        for op in ops:
-            if isinstance(op, PutMeta):
-                batch.meta[op.name] = op
-                continue
-            batch.ops.append(op)
-            if isinstance(op, PutObject):
-                self._overlay[(op.partition, op.key)] = batch.overlay[(op.partition, op.key)] = op.data
-            elif isinstance(op, DeleteObject):
-                self._overlay[(op.partition, op.key)] = batch.overlay[(op.partition, op.key)] = None
-        batch.completions.append(on_done)
+        if self.pending_writes >= self.pending_writes_max:
+            raise Overloaded(f"{self.pending_writes_max} writes are already waiting for the disk (pending_writes_max)")
+        self.queue.add(ops, on_done)
         self._wake.set()
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         try:
             while True:
-                if not self._queued.completions:
+                if not self.queue.open.completions:
                     if self._stopping:
                         return
                     await self._wake.wait()
@@ -159,8 +137,7 @@ class GroupCommitter:
                 # Let every task already runnable (readers holding more writes) go first, so this
                 # commit takes everything that arrived in this turn of the event loop.
                 await trio.lowlevel.cancel_shielded_checkpoint()
-                batch, self._queued = self._queued, _Batch()
-                self._in_flight = len(batch.completions)
+                batch = self.queue.take()
                 error: DynError | None = None
                 try:
                     await self.engine.commit(batch.all_ops())
@@ -171,8 +148,6 @@ class GroupCommitter:
                 except Exception as exc:  # a storage bug must not strand the callers
                     log.exception("commit of %d writes failed", len(batch.completions))
                     error = Internal(f"commit failed: {exc!r}")
-                finally:
-                    self._in_flight = 0
                 self._finish(batch, error)
         finally:
             self._stopped.set()
@@ -183,7 +158,7 @@ class GroupCommitter:
         self._wake.set()
         await self._stopped.wait()
 
-    def _finish(self, batch: _Batch, error: DynError | None) -> None:
+    def _finish(self, batch: Batch, error: DynError | None) -> None:
         if error is None:
             self.stats.commits += 1
             self.stats.ops += len(batch.ops)
@@ -191,14 +166,12 @@ class GroupCommitter:
         else:
             self.stats.failures += 1
             log.error("commit of %d writes failed: %s", len(batch.completions), error)
-        for overlay_key, data in batch.overlay.items():
-            # Drop the overlay entry only if no later write replaced it meanwhile.
-            if overlay_key in self._overlay and self._overlay[overlay_key] is data:
-                del self._overlay[overlay_key]
+        self.queue.settle(batch)
+        for object_key, data in batch.objects.items():
             if error is None:
-                self._cache_put(overlay_key, data)
+                self._cache_put(object_key, data)
             else:
-                self._cache_drop(overlay_key)
+                self._cache_drop(object_key)
         for completion in batch.completions:
             try:
                 completion(error)

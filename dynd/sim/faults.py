@@ -20,9 +20,12 @@ whatever hosts exist) and one kind-specific argument:
                                                                           back when the fault ends)
     join        a new host joins the cluster through a member             -
     leave       a member leaves (hands its data off, then is removed)     -
+    disk-error  every commit of the host's disk fails, applying nothing   -
+    disk-full   the host's disk refuses every write (StorageFull)         -
 
 Every fault heals when its duration ends (a skew, join or leave has nothing to undo), and
-`heal_all` heals whatever is still active before the checkers run.
+`heal_all` heals whatever is still active before the checkers run. A disk fault belongs to the
+process's disk (`dynd.sim.disk`): a crash meanwhile ends it, as the process is what saw the error.
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ from dataclasses import dataclass
 
 from dynd.core.membership import JOINED, Membership
 from dynd.protocol import messages
+from dynd.sim.disk import DISK_ERROR, DISK_FULL
 from dynd.sim.network import Endpoint
 from dynd.sim.process import Process
 from dynd.sim.world import FAULT_DURATION_MAX_MS, FAULT_DURATION_MIN_MS, World
 
-FAULT_KINDS = ("loss", "duplicate", "delay", "partition", "isolate", "oneway", "crash", "pause", "skew", "clock-step", "join", "leave")
+FAULT_KINDS = ("loss", "duplicate", "delay", "partition", "isolate", "oneway", "crash", "pause", "skew", "clock-step", "join", "leave", "disk-error", "disk-full")
 NETWORK_KINDS = ("loss", "duplicate", "delay", "partition", "isolate", "oneway")
 RESTART_SKEW_MS = 3_000  # with skew enabled, a restarted node's clock is off by up to this much
 EXTRA_HOSTS_MAX = 2  # joins add at most this many hosts
@@ -205,6 +209,13 @@ class FaultInjector:
             name = members[fault.target % len(members)]
             self._admin(world.hosts[name].address, lambda rid: messages.ClusterLeave(id=rid), f"leave {name}")
             what = f"leave {name}"
+        elif kind in (DISK_ERROR, DISK_FULL):
+            disk = host.disk
+            if disk is None:
+                return
+            disk.faults[kind] += 1  # counted: overlapping faults of one kind heal one at a time
+            undo = lambda: disk.faults.subtract((kind,))  # noqa: E731
+            what = f"{'every commit fails' if kind == DISK_ERROR else 'the disk is full'} on {name}"
         else:
             raise ValueError(f"unknown fault kind {kind!r}")
         self.injected[kind] = self.injected.get(kind, 0) + 1

@@ -7,7 +7,14 @@ when the test calls `commit()` (or at once, with `autocommit=True`). Faults on d
 `fail_next_commit()` makes the next commit apply nothing and fail every completion of its batch (a
 disk error), `refuse_writes()` makes `submit` raise having queued nothing (a full disk).
 
-Synchronous and single-threaded, like the core: no trio, no clock.
+For assertions: `objects`, `hints` and `meta` are what is committed, `commits` the ops of each
+commit that landed. Synchronous and single-threaded, like the core: no trio, no clock.
+
+    storage = MemoryStorage()
+    storage.submit([PutObject(0, b"k", b"record")], outcomes.append)
+    assert storage.read_object(0, b"k") == b"record" and storage.objects == {}
+    storage.commit()
+    assert outcomes == [None] and storage.objects == {(0, b"k"): b"record"}
 """
 
 from __future__ import annotations
@@ -140,6 +147,8 @@ class MemoryStorage:
         """Every committed hint, {(target, partition, key): record}."""
         return {split_hint_key(encoded): record for encoded, record in self.store._hints.items()}
 
-    def meta(self, name: str) -> bytes | None:
-        return self.store.get_meta(name)
+    @property
+    def meta(self) -> dict[str, bytes]:
+        """Every committed meta record, {name: data}."""
+        return {encoded.decode("utf-8"): data for encoded, data in self.store._meta.items()}
 

@@ -15,7 +15,8 @@ from dynd.core.merkle import Forest
 from dynd.core.ops import DeleteObject, PutHint, PutObject
 from dynd.core.replica import decode_record
 from dynd.protocol import codec, messages
-from dynd.protocol.errors import BadRequest, DynError, Overloaded, StorageFull, Unreachable
+from dynd.protocol.errors import BadRequest, Overloaded, StorageFull, Unreachable
+from dynd.testing import MemoryStorage
 from tests.bench.anti_entropy import Link, Replica, repair_all, scheduler
 
 Q = 8
@@ -347,41 +348,8 @@ def test_co_primary_pairs() -> None:
 # ---- keeping the forest current ----
 
 
-class FakeStorage:
-    def __init__(self) -> None:
-        self.objects: dict[tuple[int, bytes], bytes] = {}
-        self.pending: list[tuple[list[Any], Any]] = []
-        self.refuse = False
-
-    def read_object(self, partition: int, key: bytes) -> bytes | None:
-        for ops, _ in reversed(self.pending):
-            for op in reversed(ops):
-                if isinstance(op, (PutObject, DeleteObject)) and (op.partition, op.key) == (partition, key):
-                    return op.data if isinstance(op, PutObject) else None
-        return self.objects.get((partition, key))
-
-    def submit(self, ops: list[Any], on_done: Any) -> None:
-        if self.refuse:
-            raise Overloaded("full")
-        self.pending.append((list(ops), on_done))
-
-    def commit(self, error: DynError | None = None) -> None:
-        batch, self.pending = self.pending, []  # a failed commit drops its writes from view
-        for ops, on_done in batch:
-            if error is None:
-                for op in ops:
-                    if isinstance(op, PutObject):
-                        self.objects[(op.partition, op.key)] = op.data
-                    elif isinstance(op, DeleteObject):
-                        self.objects.pop((op.partition, op.key), None)
-            on_done(error)
-
-    def partition_keys(self, partition: int, limit: int) -> list[bytes]:
-        return sorted(k for p, k in self.objects if p == partition)[:limit]
-
-
 def test_tracked_storage_notes_writes_when_submitted_and_undoes_failed_ones() -> None:
-    inner, forest = FakeStorage(), Forest(Q, segments=16, fanout=4)
+    inner, forest = MemoryStorage(), Forest(Q, segments=16, fanout=4)
     storage = TrackedStorage(inner, forest)
     one, two = Replica("x", Q).put(b"k", b"1"), Replica("y", Q).put(b"k", b"2")
     done: list[Any] = []
@@ -391,12 +359,13 @@ def test_tracked_storage_notes_writes_when_submitted_and_undoes_failed_ones() ->
     inner.commit()
     storage.submit([PutObject(3, b"k", two)], done.append)
     assert forest.root(3) != after_one
-    inner.commit(StorageFull("disk full"))  # the write failed: the forest follows the store back
+    inner.fail_next_commit(StorageFull("disk full"))
+    inner.commit()  # the write failed: the forest follows the store back
     assert forest.root(3) == after_one
     storage.submit([DeleteObject(3, b"k")], done.append)
     assert forest.root(3) == b""
     inner.commit()
-    inner.refuse = True
+    inner.refuse_writes(Overloaded("full"))
     with pytest.raises(Overloaded):
         storage.submit([PutObject(3, b"k", two)], done.append)
     assert forest.root(3) == b"", "a refused submit leaves the forest as the store is"

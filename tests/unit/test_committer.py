@@ -74,6 +74,29 @@ async def test_a_failed_commit_fails_its_writes_and_hides_them_again(nursery: tr
     await committer.aclose()
 
 
+async def test_a_write_queued_behind_a_failing_commit_of_the_same_key_stays_visible(nursery: trio.Nursery) -> None:
+    engine = GatedEngine()
+    engine.store.write([PutObject(0, b"k", b"stored")])
+    committer = GroupCommitter(engine.store, engine, pending_writes_max=100)
+    await nursery.start(committer.run)
+    outcomes: list[DynError | None] = []
+    read_when_the_first_failed: list[bytes | None] = []
+
+    def first_done(error: DynError | None) -> None:
+        outcomes.append(error)
+        read_when_the_first_failed.append(committer.read_object(0, b"k"))
+
+    committer.submit([DeleteObject(0, b"k")], first_done)
+    await engine.entered.wait()  # the first delete is in the engine
+    committer.submit([DeleteObject(0, b"k")], outcomes.append)  # the same delete, queued behind it
+    engine.fail_next = True
+    engine.gate.set()
+    await committer.aclose()
+    assert isinstance(outcomes[0], StorageFull) and outcomes[1:] == [None]
+    assert read_when_the_first_failed == [None], "the second delete is still queued: the key reads as deleted"
+    assert engine.store.get_object(0, b"k") is None
+
+
 async def test_too_many_pending_writes_are_refused_not_queued(nursery: trio.Nursery) -> None:
     engine = GatedEngine()
     committer = GroupCommitter(engine.store, engine, pending_writes_max=3)

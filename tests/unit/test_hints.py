@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from dynd.core.hints import HintDelivery
 from dynd.core.limits import Limits
-from dynd.core.ops import DeleteHint, PutHint
+from dynd.core.ops import PutHint
 from dynd.core.replica import LocalReplica, decode_record
 from dynd.protocol import messages
+from dynd.testing import MemoryStorage
 from tests.support.core_fakes import Cluster, FakeNetwork, Healthy
 
 GRACE_MS = 3_000
@@ -16,35 +15,10 @@ NOW_MS = 10_000
 Q = 4
 
 
-class FakeStorage:
-    def __init__(self) -> None:
-        self.hints: dict[tuple[str, int, bytes], bytes] = {}
-
-    def hint_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for target, _, _ in self.hints:
-            counts[target] = counts.get(target, 0) + 1
-        return counts
-
-    def hint_batch(self, target: str, limit: int) -> list[tuple[int, bytes]]:
-        return sorted((p, k) for t, p, k in self.hints if t == target)[:limit]
-
-    def read_hint(self, target: str, partition: int, key: bytes) -> bytes | None:
-        return self.hints.get((target, partition, key))
-
-    def submit(self, ops: list[Any], on_done: Any) -> None:
-        for op in ops:
-            if isinstance(op, DeleteHint):
-                self.hints.pop((op.target, op.partition, op.key), None)
-            elif isinstance(op, PutHint):
-                self.hints[(op.target, op.partition, op.key)] = op.data
-        on_done(None)
-
-
-def delivery(hints: dict[bytes, bytes]) -> tuple[HintDelivery, FakeStorage, FakeNetwork]:
-    storage, network = FakeStorage(), FakeNetwork()
+def delivery(hints: dict[bytes, bytes]) -> tuple[HintDelivery, MemoryStorage, FakeNetwork]:
+    storage, network = MemoryStorage(autocommit=True), FakeNetwork()
     for key, record in hints.items():
-        storage.hints[("b", 0, key)] = record
+        storage.preload([PutHint("b", 0, key, record)])
     hinted = HintDelivery(
         "a", Cluster(), storage, network, Healthy(),  # type: ignore[arg-type]
         interval_ms=100, batch_keys=10, grace_ms=GRACE_MS, prune_threshold=10, now_ms=lambda: NOW_MS, wall_ms=lambda: NOW_MS,

@@ -36,7 +36,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "dynd/sim": ("dynd.shell", "dynd.client", "dynd.cli", "dynd.config", "dynd.testing", "trio", "lmdb", "socket", "time", "threading", "asyncio"),
     "dynd/shell": ("dynd.sim", "dynd.cli", "dynd.config", "dynd.testing", "dynctl"),
     "dynd/client": ("dynd.core", "dynd.storage", "dynd.shell", "dynd.sim", "dynd.cli", "dynd.config", "dynd.testing", "lmdb"),
-    "dynd/testing": ("dynd.shell", "dynd.sim", "dynd.client", "dynd.cli", "dynd.config", "trio", "lmdb", "socket", "threading", "asyncio"),
+    # The shipped test doubles and checks run under any test runner: synchronous, no event loop.
+    "dynd/testing": ("dynd.shell", "dynd.sim", "dynd.client", "dynd.cli", "dynd.config", "trio", "lmdb", "socket", "time", "threading", "asyncio", "random"),
     "dynctl": ("dynd.core", "dynd.storage", "dynd.shell", "dynd.sim", "dynd.cli", "dynd.config", "dynd.testing", "dynd.__main__"),
 }
 

@@ -8,7 +8,6 @@ goes in through `Node.handle`, the reply and the store are checked, synchronousl
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 from typing import Any
 
 import cbor2
@@ -24,59 +23,14 @@ from dynd.core.actors import ACTOR_META
 from dynd.core.limits import Limits
 from dynd.core.membership import JOIN, ClusterParams, create
 from dynd.core.node import Node
-from dynd.core.ops import DeleteHint, DeleteObject, PutHint, PutMeta, PutObject, WriteOp
+from dynd.core.ops import PutObject
 from dynd.protocol import codec, messages
 from dynd.protocol.errors import BadRequest, ObjectTooLarge, TooManySiblings, ValueTooLarge
+from dynd.testing import MemoryStorage
 
 Q = 8
 NOW_MS = 1_700_000_000_000
 LIMITS = Limits()
-
-
-class Store:
-    """The Storage port in memory: every submit is durable at once."""
-
-    def __init__(self) -> None:
-        self.objects: dict[tuple[int, bytes], bytes] = {}
-        self.hints: dict[tuple[str, int, bytes], bytes] = {}
-        self.meta: dict[str, bytes] = {}
-        self.submits = 0
-
-    def read_object(self, partition: int, key: bytes) -> bytes | None:
-        return self.objects.get((partition, key))
-
-    def submit(self, ops: Sequence[WriteOp], on_done: Any) -> None:
-        self.submits += 1
-        for op in ops:
-            if isinstance(op, PutObject):
-                self.objects[(op.partition, op.key)] = op.data
-            elif isinstance(op, DeleteObject):
-                self.objects.pop((op.partition, op.key), None)
-            elif isinstance(op, PutHint):
-                self.hints[(op.target, op.partition, op.key)] = op.data
-            elif isinstance(op, DeleteHint):
-                self.hints.pop((op.target, op.partition, op.key), None)
-            elif isinstance(op, PutMeta):
-                self.meta[op.name] = op.data
-        on_done(None)
-
-    def partition_keys(self, partition: int, limit: int) -> list[bytes]:
-        return sorted(k for p, k in self.objects if p == partition)[:limit]
-
-    def partition_items(self, partition: int) -> list[tuple[bytes, bytes]]:
-        return sorted((k, d) for (p, k), d in self.objects.items() if p == partition)
-
-    def read_hint(self, target: str, partition: int, key: bytes) -> bytes | None:
-        return self.hints.get((target, partition, key))
-
-    def hint_batch(self, target: str, limit: int) -> list[tuple[int, bytes]]:
-        return sorted((p, k) for t, p, k in self.hints if t == target)[:limit]
-
-    def hint_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for target, _, _ in self.hints:
-            counts[target] = counts.get(target, 0) + 1
-        return counts
 
 
 class Network:
@@ -101,12 +55,12 @@ class Network:
         pass
 
 
-def node(name: str = "n1", limits: Limits = LIMITS) -> tuple[Node, Store, Network]:
+def node(name: str = "n1", limits: Limits = LIMITS) -> tuple[Node, MemoryStorage, Network]:
     """A node of a three-node cluster (N=3: every node is a primary of every key)."""
     membership = create(ClusterParams("test", 3, 2, 2, Q), "n1", "127.0.0.1:1")
     for other, port in (("n2", 2), ("n3", 3)):
         membership = membership.with_event(JOIN, other, "n1", f"127.0.0.1:{port}")
-    store, network = Store(), Network()
+    store, network = MemoryStorage(autocommit=True), Network()
     built = Node(
         name, "127.0.0.1:1", membership, store, network,  # type: ignore[arg-type]
         limits=limits, now_ms=lambda: NOW_MS, wall_ms=lambda: NOW_MS, rng=random.Random(7), actor=f"{name}.00000001",
@@ -195,7 +149,7 @@ def test_a_key_whose_counter_is_exhausted_stays_writable_through_a_new_epoch(cla
     n1, store, _ = node()
     actor = n1.replica.actor
     exhausted = v.Clock({actor: (claimed, NOW_MS)})
-    store.objects[(n1.replica.partition(b"k"), b"k")] = record_of(siblings(sibling("n2.1", 1, b"old", exhausted), seen=exhausted))
+    store.preload([PutObject(n1.replica.partition(b"k"), b"k", record_of(siblings(sibling("n2.1", 1, b"old", exhausted), seen=exhausted)))])
     for value in (b"blind", None):
         assert isinstance(put(n1, b"k", value), (messages.PutOk, messages.DeleteOk))
     assert n1.replica.actor != actor and store.meta[ACTOR_META] == n1.replica.actor.encode()
@@ -339,7 +293,7 @@ def test_the_read_context_of_siblings_max_siblings_with_gaps_decodes() -> None:
     token = vc.encode_context(context)
     assert vc.decode_context(token, entries_max=limits.context_entries_max, actor_bytes_max=limits.actor_bytes_max) == context
     n1, store, _ = node()
-    store.objects[(n1.replica.partition(b"k"), b"k")] = record_of(full)
+    store.preload([PutObject(n1.replica.partition(b"k"), b"k", record_of(full))])
     assert isinstance(put(n1, b"k", b"resolved", token), messages.PutOk)
 
 
@@ -443,7 +397,7 @@ def test_a_key_stored_before_siblings_max_was_lowered_stays_readable_and_resolva
     limits = Limits(siblings_max=4, siblings_warn=4, context_entries_max=18)
     n1, store, network = node(limits=limits)
     oversize = siblings(*(sibling(f"a{i}.1", 1) for i in range(6)))
-    store.objects[(n1.replica.partition(b"k"), b"k")] = record_of(oversize)
+    store.preload([PutObject(n1.replica.partition(b"k"), b"k", record_of(oversize))])
     replies: list[Any] = []
     n1.handle(messages.Get(id=1, key=b"k", r=3), replies.append)
     for _, request, on_reply in list(network.sent):

@@ -2,43 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from dynd.core.limits import Limits
 from dynd.core.membership import LEAVING
 from dynd.core.merkle import Forest
-from dynd.core.ops import DeleteObject, PutMeta
+from dynd.core.ops import DeleteObject, PutMeta, PutObject
 from dynd.core.reaper import Reaper, is_expired_tombstone
 from dynd.core.replica import LocalReplica
 from dynd.protocol import messages
 from dynd.protocol.errors import Timeout
+from dynd.testing import MemoryStorage
 from tests.support.core_fakes import Cluster, FakeNetwork, Healthy
 
 GRACE_MS = 1000
 Q = 4
 
 
-class FakeStorage:
-    def __init__(self) -> None:
-        self.objects: dict[tuple[int, bytes], bytes] = {}
-        self.commits: list[list[Any]] = []
-
-    def read_object(self, partition: int, key: bytes) -> bytes | None:
-        return self.objects.get((partition, key))
-
-    def submit(self, ops: list[Any], on_done: Any) -> None:
-        self.commits.append(list(ops))
-        for op in ops:
-            if isinstance(op, DeleteObject):
-                self.objects.pop((op.partition, op.key), None)
-        on_done(None)
-
-
-def setup(records: dict[bytes, bytes]) -> tuple[Reaper, FakeStorage, FakeNetwork, list[int]]:
+def setup(records: dict[bytes, bytes]) -> tuple[Reaper, MemoryStorage, FakeNetwork, list[int]]:
     clock = [5_000]
-    storage, network, forest = FakeStorage(), FakeNetwork(), Forest(Q, segments=16, fanout=4)
+    storage, network, forest = MemoryStorage(autocommit=True), FakeNetwork(), Forest(Q, segments=16, fanout=4)
     for key, record in records.items():
-        storage.objects[(0, key)] = record
+        storage.preload([PutObject(0, key, record)])
     forest.build(0, [(k, r) for (p, k), r in storage.objects.items() if p == 0])
     forest.mark_ready()
     reaper = Reaper(

@@ -16,7 +16,7 @@ def test_writes_wait_for_commit_and_the_log_keeps_each_landed_batch() -> None:
     storage.submit([PutHint("n", 1, b"h", b"y"), PutMeta("m", b"2")], done.append)
     assert storage.queued == 2 and done == [] and storage.objects == {} and storage.hints == {}
     assert storage.commit() == 2 and done == [None, None]
-    assert storage.objects == {(1, b"b"): b"x"} and storage.hints == {("n", 1, b"h"): b"y"} and storage.meta("m") == b"2"
+    assert storage.objects == {(1, b"b"): b"x"} and storage.hints == {("n", 1, b"h"): b"y"} and storage.meta == {"m": b"2"}
     assert storage.commits == [[PutObject(1, b"b", b"x"), PutHint("n", 1, b"h", b"y"), PutMeta("m", b"2")]]
     assert storage.commit() == 0 and len(storage.commits) == 1, "nothing queued: no commit"
 
