@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from dynd.core.merkle import Forest
+from dynd.core.tracked_storage import TrackedStorage
 from dynd.protocol.errors import Internal
 from dynd.shell.commit_engines import WriterProcessEngine
 from dynd.shell.committer import GroupCommitter
@@ -160,14 +162,36 @@ async def double() -> AsyncIterator[StorageHarness]:
     yield DoubleHarness()
 
 
+# ---- the node's own layer: every read and write of a node passes through TrackedStorage ----
+
+
+PARTITIONS_TRACKED = 16  # the checks use partitions 0..9
+
+
+class TrackedHarness(DoubleHarness):
+    """The double behind TrackedStorage, which keeps the Merkle trees current: it must keep the
+    port's contract too (it wraps completions, and re-reads what a failed commit left)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        forest = Forest(PARTITIONS_TRACKED, segments=16, fanout=4)
+        forest.mark_ready()
+        self.storage = TrackedStorage(self.double, forest)
+
+
+@asynccontextmanager
+async def tracked() -> AsyncIterator[StorageHarness]:
+    yield TrackedHarness()
+
+
 # ---- the checks, on each ----
 
 
-@pytest.fixture(params=["daemon", "sim", "double"])
+@pytest.fixture(params=["daemon", "sim", "double", "tracked"])
 def factory(request: pytest.FixtureRequest, tmp_path: Path) -> StorageFactory:
     if request.param == "daemon":
         return daemon_port(tmp_path)
-    return sim_disk if request.param == "sim" else double
+    return {"sim": sim_disk, "double": double, "tracked": tracked}[request.param]
 
 
 @pytest.mark.parametrize("check", STORAGE_CHECKS, ids=lambda check: check.__name__.removeprefix("check_"))
