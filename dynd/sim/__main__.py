@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -36,7 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--faults", default="all", help="comma-separated fault kinds, 'all' or 'none'")
     parser.add_argument("--clear-ratio", type=float, default=SimConfig(0).clear_ratio, help="share of client ops that delete their key")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes for --seeds")
+    parser.add_argument("--node-logs", action="store_true", help="print the nodes' own warnings (thousands, with disk faults)")
     args = parser.parse_args(argv)
+    if not args.node_logs:
+        # The nodes warn about every refused commit and unreachable peer, which the faults cause on
+        # purpose; what a run must say is in the checkers' report. (Workers inherit this on fork.)
+        logging.getLogger("dynd").setLevel(logging.ERROR)
     try:
         faults = parse_kinds(args.faults)
     except ValueError as exc:
@@ -86,9 +92,11 @@ def _run_all(configs: list[SimConfig], jobs: int) -> Iterator[SimResult]:
 
 def _summary(results: list[SimResult], wall_s: float) -> Table:
     faults: dict[str, int] = {}
+    seeds_with: dict[str, int] = {}  # how many seeds drew each kind at least once
     for r in results:
         for kind, count in r.faults_injected.items():
             faults[kind] = faults.get(kind, 0) + count
+            seeds_with[kind] = seeds_with.get(kind, 0) + (count > 0)
     node_seconds = sum(r.node_seconds for r in results)
     table = Table(title="simulation summary", show_header=False)
     table.add_column(justify="right", style="bold")
@@ -97,6 +105,7 @@ def _summary(results: list[SimResult], wall_s: float) -> Table:
     table.add_row("simulated seconds", f"{sum(r.simulated_ms for r in results) / 1000:,.1f}")
     table.add_row("messages", f"{sum(r.messages for r in results):,}")
     table.add_row("faults injected", f"{sum(faults.values()):,} ({', '.join(f'{k} {v}' for k, v in sorted(faults.items()))})")
+    table.add_row("seeds that drew each", ", ".join(f"{k} {v}" for k, v in sorted(seeds_with.items())))
     table.add_row("operations", ", ".join(f"{k} {v}" for k, v in sorted(_ops(results).items())))
     failed = [r.config.seed for r in results if not r.ok]
     table.add_row("failures", f"[red]{len(failed)}: seeds {', '.join(map(str, failed[:20]))}" if failed else "[green]0")

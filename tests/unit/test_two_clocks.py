@@ -9,11 +9,11 @@ from __future__ import annotations
 from dynd.core.hints import HintDelivery
 from dynd.core.limits import Limits
 from dynd.core.merkle import Forest
+from dynd.core.ops import PutHint, PutObject
 from dynd.core.reaper import Reaper, is_expired_tombstone
 from dynd.core.replica import LocalReplica, decode_record
+from dynd.testing import MemoryStorage
 from tests.support.core_fakes import Cluster, FakeNetwork, Healthy
-from tests.unit.test_hints import FakeStorage as HintStorage
-from tests.unit.test_reaper import FakeStorage as ObjectStorage
 
 GRACE_MS = 5_000
 WALL_MS = 1_700_000_000_000
@@ -43,9 +43,9 @@ def test_a_concurrent_sibling_does_not_move_the_stamp() -> None:
 
 
 def test_hint_age_is_read_on_the_wall_clock() -> None:
-    storage, network = HintStorage(), FakeNetwork()
+    storage, network = MemoryStorage(autocommit=True), FakeNetwork()
     young = LocalReplica("a.1", Limits(), Q).write(b"k", b"v", None, None, now_ms=WALL_MS - 100).record
-    storage.hints[("b", 0, b"k")] = young
+    storage.preload([PutHint("b", 0, b"k", young)])
     hinted = HintDelivery(
         "a", Cluster(), storage, network, Healthy(),  # type: ignore[arg-type]
         interval_ms=100, batch_keys=10, grace_ms=GRACE_MS, prune_threshold=10,
@@ -60,8 +60,8 @@ def test_hint_age_is_read_on_the_wall_clock() -> None:
 def test_tombstone_age_is_read_on_the_wall_clock_and_the_timer_on_the_monotonic_one() -> None:
     value = LocalReplica("a.1", Limits(), Q).write(b"k", b"v", None, None, now_ms=WALL_MS - 2 * GRACE_MS)
     old_tombstone = LocalReplica("a.1", Limits(), Q).write(b"k", None, value.reply_context, value.record, now_ms=WALL_MS - 2 * GRACE_MS).record
-    storage, network, forest = ObjectStorage(), FakeNetwork(), Forest(Q, segments=16, fanout=4)
-    storage.objects[(0, b"k")] = old_tombstone
+    storage, network, forest = MemoryStorage(autocommit=True), FakeNetwork(), Forest(Q, segments=16, fanout=4)
+    storage.preload([PutObject(0, b"k", old_tombstone)])
     forest.build(0, [(b"k", old_tombstone)])
     forest.mark_ready()
     monotonic = [0]
