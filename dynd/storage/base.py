@@ -8,8 +8,8 @@ it returns, the batch survives a crash; when it raises, nothing of it was applie
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
 
 from dynd.core.limits import LMDB_KEY_BYTES_MAX, PARTITION_PREFIX_BYTES
 from dynd.core.ops import DeleteHint, DeleteObject, PutHint, PutMeta, PutObject, WriteOp
@@ -19,7 +19,8 @@ from dynd.protocol.errors import KeyTooLarge
 # here too because every storage engine applies them.
 __all__ = [
     "DeleteHint", "DeleteObject", "PutHint", "PutMeta", "PutObject", "Store", "WriteOp",
-    "hint_key", "hint_prefix", "meta_key", "object_key", "split_hint_key", "split_object_key",
+    "OBJECTS", "HINTS", "META", "Row", "hint_key", "hint_prefix", "meta_key", "object_key", "row_of",
+    "split_hint_key", "split_object_key",
 ]
 
 TARGET_NAME_BYTES_MAX = 255
@@ -93,3 +94,25 @@ def meta_key(name: str) -> bytes:
     if not 0 < len(encoded) <= LMDB_KEY_BYTES_MAX:
         raise KeyTooLarge("meta name must be 1..511 bytes")
     return encoded
+
+
+# ---- a write op as the row it touches, the one place the engines learn the op types ----
+
+OBJECTS, HINTS, META = "objects", "hints", "meta"
+Row = tuple[str, bytes, "bytes | None"]  # (keyspace, encoded key, data; None deletes)
+
+_ROWS: dict[type, Callable[[Any], Row]] = {
+    PutObject: lambda op: (OBJECTS, object_key(op.partition, op.key), op.data),
+    DeleteObject: lambda op: (OBJECTS, object_key(op.partition, op.key), None),
+    PutHint: lambda op: (HINTS, hint_key(op.target, op.partition, op.key), op.data),
+    DeleteHint: lambda op: (HINTS, hint_key(op.target, op.partition, op.key), None),
+    PutMeta: lambda op: (META, meta_key(op.name), op.data),
+}
+
+
+def row_of(op: WriteOp) -> Row:
+    """The keyspace, encoded key and data (None: delete) an op writes."""
+    to_row = _ROWS.get(type(op))
+    if to_row is None:
+        raise TypeError(f"unknown write op {op!r}")
+    return to_row(op)

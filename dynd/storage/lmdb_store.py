@@ -16,7 +16,7 @@ import lmdb
 
 from dynd.protocol.errors import Internal, KeyTooLarge, StorageFull
 from dynd.storage import base
-from dynd.storage.base import DeleteHint, DeleteObject, PutHint, PutMeta, PutObject, WriteOp
+from dynd.storage.base import WriteOp
 
 log = logging.getLogger("dynd.storage")
 
@@ -60,6 +60,7 @@ class LmdbStore:
         self._objects = self._env.open_db(b"objects")
         self._hints = self._env.open_db(b"hints")
         self._meta = self._env.open_db(b"meta")
+        self._dbs = {base.OBJECTS: self._objects, base.HINTS: self._hints, base.META: self._meta}
         self.max_key_bytes = self._env.max_key_size()
 
     def get_object(self, partition: int, key: bytes) -> bytes | None:
@@ -110,18 +111,11 @@ class LmdbStore:
         try:
             with self._env.begin(write=True) as txn:
                 for op in ops:
-                    if isinstance(op, PutObject):
-                        txn.put(base.object_key(op.partition, op.key), op.data, db=self._objects)
-                    elif isinstance(op, DeleteObject):
-                        txn.delete(base.object_key(op.partition, op.key), db=self._objects)
-                    elif isinstance(op, PutHint):
-                        txn.put(base.hint_key(op.target, op.partition, op.key), op.data, db=self._hints)
-                    elif isinstance(op, DeleteHint):
-                        txn.delete(base.hint_key(op.target, op.partition, op.key), db=self._hints)
-                    elif isinstance(op, PutMeta):
-                        txn.put(base.meta_key(op.name), op.data, db=self._meta)
+                    keyspace, encoded, data = base.row_of(op)
+                    if data is None:
+                        txn.delete(encoded, db=self._dbs[keyspace])
                     else:
-                        raise TypeError(f"unknown write op {op!r}")
+                        txn.put(encoded, data, db=self._dbs[keyspace])
         except lmdb.MapFullError:
             raise StorageFull(
                 f"the LMDB map at {self.path} is full; raise lmdb_map_bytes in the config and restart"

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from sortedcontainers import SortedDict
 
 from dynd.storage import base
-from dynd.storage.base import DeleteHint, DeleteObject, PutHint, PutMeta, PutObject, WriteOp
+from dynd.storage.base import WriteOp
 
 
 class MemoryStore:
@@ -49,21 +49,10 @@ class MemoryStore:
 
     def write(self, ops: Iterable[WriteOp]) -> None:
         # Validate every op first so a bad one applies nothing, as a real transaction would.
-        staged: list[tuple[dict[bytes, bytes] | SortedDict, bytes, bytes | None]] = []
-        for op in ops:
-            if isinstance(op, PutObject):
-                staged.append((self._objects, base.object_key(op.partition, op.key), op.data))
-            elif isinstance(op, DeleteObject):
-                staged.append((self._objects, base.object_key(op.partition, op.key), None))
-            elif isinstance(op, PutHint):
-                staged.append((self._hints, base.hint_key(op.target, op.partition, op.key), op.data))
-            elif isinstance(op, DeleteHint):
-                staged.append((self._hints, base.hint_key(op.target, op.partition, op.key), None))
-            elif isinstance(op, PutMeta):
-                staged.append((self._meta, base.meta_key(op.name), op.data))
-            else:
-                raise TypeError(f"unknown write op {op!r}")
-        for table, encoded, data in staged:
+        rows = [base.row_of(op) for op in ops]
+        tables: dict[str, dict[bytes, bytes] | SortedDict] = {base.OBJECTS: self._objects, base.HINTS: self._hints, base.META: self._meta}
+        for keyspace, encoded, data in rows:
+            table = tables[keyspace]
             if data is None:
                 table.pop(encoded, None)
             else:

@@ -17,6 +17,7 @@ parent holds the data directory's lock; this process opens the environment witho
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import cbor2
@@ -27,25 +28,24 @@ from dynd.storage.base import DeleteHint, DeleteObject, PutHint, PutMeta, PutObj
 from dynd.storage.lmdb_store import LmdbStore
 
 
+_ENCODERS: dict[type, Callable[[Any], list[Any]]] = {
+    PutObject: lambda op: ["po", op.partition, op.key, op.data],
+    DeleteObject: lambda op: ["do", op.partition, op.key],
+    PutHint: lambda op: ["ph", op.target, op.partition, op.key, op.data],
+    DeleteHint: lambda op: ["dh", op.target, op.partition, op.key],
+    PutMeta: lambda op: ["pm", op.name, op.data],
+}
+_DECODERS = {"po": PutObject, "do": DeleteObject, "ph": PutHint, "dh": DeleteHint, "pm": PutMeta}
+
+
 def encode_batch(ops: list[WriteOp]) -> bytes:
     plain: list[list[Any]] = []
     for op in ops:
-        if isinstance(op, PutObject):
-            plain.append(["po", op.partition, op.key, op.data])
-        elif isinstance(op, DeleteObject):
-            plain.append(["do", op.partition, op.key])
-        elif isinstance(op, PutHint):
-            plain.append(["ph", op.target, op.partition, op.key, op.data])
-        elif isinstance(op, DeleteHint):
-            plain.append(["dh", op.target, op.partition, op.key])
-        elif isinstance(op, PutMeta):
-            plain.append(["pm", op.name, op.data])
-        else:
+        encode = _ENCODERS.get(type(op))
+        if encode is None:
             raise TypeError(f"unknown write op {op!r}")
+        plain.append(encode(op))
     return encode_frame(cbor2.dumps(plain))
-
-
-_DECODERS = {"po": PutObject, "do": DeleteObject, "ph": PutHint, "dh": DeleteHint, "pm": PutMeta}
 
 
 def decode_batch(payload: bytes) -> list[WriteOp]:
