@@ -28,15 +28,14 @@ from dynd.protocol.errors import DynError, Internal, StorageFull
 from dynd.sim.loop import Loop, Timer
 from dynd.sim.process import Process
 from dynd.storage.memory import MemoryStore
-from dynd.storage.queued_writes import QueuedWrites
+from dynd.storage.queued_writes import QueuedStoreReads, QueuedWrites
 
-_ABSENT = object()
 # The disk's fault kinds (`dynd.sim.faults`).
 DISK_ERROR = "disk-error"  # every commit fails, applying nothing
 DISK_FULL = "disk-full"  # every submit is refused
 
 
-class SimDisk:
+class SimDisk(QueuedStoreReads):
     def __init__(self, store: MemoryStore, process: Process, loop: Loop, rng: random.Random, commit_delay_ms: tuple[int, int]) -> None:
         self.store = store
         self.process = process
@@ -53,12 +52,6 @@ class SimDisk:
 
     # ---- the Storage port ----
 
-    def read_object(self, partition: int, key: bytes) -> bytes | None:
-        queued = self.queue.objects.get((partition, key), _ABSENT)
-        if queued is not _ABSENT:
-            return queued  # type: ignore[return-value]
-        return self.store.get_object(partition, key)
-
     def submit(self, ops: Sequence[WriteOp], on_done: Completion) -> None:
         if self.faults[DISK_FULL] > 0:
             self.refused_submits += 1
@@ -66,37 +59,6 @@ class SimDisk:
         self.queue.add(ops, on_done)
         if self._commit is None:
             self._commit = self.loop.after(self.rng.randint(*self.commit_delay_ms), lambda: self.process.run(self._run_commit))
-
-    def partition_keys(self, partition: int, limit: int) -> list[bytes]:
-        """Committed keys only (the port allows a queued key to be missing until it commits)."""
-        keys = []
-        for key, _ in self.store.iter_partition(partition):
-            if len(keys) >= limit:
-                break
-            keys.append(key)
-        return keys
-
-    def partition_items(self, partition: int) -> list[tuple[bytes, bytes]]:
-        """Every committed (key, record) of the partition, in key order."""
-        return list(self.store.iter_partition(partition))
-
-    def read_hint(self, target: str, partition: int, key: bytes) -> bytes | None:
-        queued = self.queue.hints.get((target, partition, key), _ABSENT)
-        if queued is not _ABSENT:
-            return queued  # type: ignore[return-value]
-        return self.store.get_hint(target, partition, key)
-
-    def hint_batch(self, target: str, limit: int) -> list[tuple[int, bytes]]:
-        """Committed hints only, like `partition_keys`."""
-        batch = []
-        for partition, key, _ in self.store.iter_hints(target):
-            if len(batch) >= limit:
-                break
-            batch.append((partition, key))
-        return batch
-
-    def hint_counts(self) -> dict[str, int]:
-        return self.store.hint_counts()
 
     # ---- machinery ----
 

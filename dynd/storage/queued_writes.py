@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from dynd.core.ops import DeleteHint, DeleteObject, PutHint, PutMeta, PutObject, WriteOp
 from dynd.protocol.errors import DynError
+from dynd.storage.base import Store
 
 ObjectKey = tuple[int, bytes]  # (partition, key)
 HintKey = tuple[str, int, bytes]  # (target, partition, key)
@@ -101,3 +102,43 @@ class QueuedWrites:
         for hint_key in batch.hints:
             if hint_key not in newer_hints:
                 del hints[hint_key]
+
+
+_ABSENT = object()
+
+
+class QueuedStoreReads:
+    """The read half of a Storage port over a `Store` and the writes queued for it, shared by the
+    ports that commit to an in-process store (`dynd.sim.disk.SimDisk`, `dynd.testing.MemoryStorage`):
+    a queued object or hint shadows the store; the scans see only what is committed, as the port
+    allows. A subclass sets `store` and `queue` and supplies `submit`."""
+
+    store: Store
+    queue: QueuedWrites
+
+    def read_object(self, partition: int, key: bytes) -> bytes | None:
+        queued = self.queue.objects.get((partition, key), _ABSENT)
+        if queued is not _ABSENT:
+            return queued  # type: ignore[return-value]
+        return self.store.get_object(partition, key)
+
+    def read_hint(self, target: str, partition: int, key: bytes) -> bytes | None:
+        queued = self.queue.hints.get((target, partition, key), _ABSENT)
+        if queued is not _ABSENT:
+            return queued  # type: ignore[return-value]
+        return self.store.get_hint(target, partition, key)
+
+    def partition_keys(self, partition: int, limit: int) -> list[bytes]:
+        """Committed keys only (the port allows a queued key to be missing until it commits)."""
+        return [key for (key, _record), _ in zip(self.store.iter_partition(partition), range(limit))]
+
+    def partition_items(self, partition: int) -> list[tuple[bytes, bytes]]:
+        """Every committed (key, record) of the partition, in key order."""
+        return list(self.store.iter_partition(partition))
+
+    def hint_batch(self, target: str, limit: int) -> list[tuple[int, bytes]]:
+        """Committed hints only, like `partition_keys`."""
+        return [(partition, key) for (partition, key, _record), _ in zip(self.store.iter_hints(target), range(limit))]
+
+    def hint_counts(self) -> dict[str, int]:
+        return self.store.hint_counts()

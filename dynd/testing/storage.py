@@ -26,12 +26,11 @@ from dynd.core.ports import Completion
 from dynd.protocol.errors import DynError, Internal, StorageFull
 from dynd.storage.base import split_hint_key, split_object_key
 from dynd.storage.memory import MemoryStore
-from dynd.storage.queued_writes import QueuedWrites
-
-_ABSENT = object()
+from dynd.storage.queued_writes import QueuedStoreReads, QueuedWrites
 
 
-class MemoryStorage:
+
+class MemoryStorage(QueuedStoreReads):
     def __init__(self, *, autocommit: bool = False) -> None:
         self.autocommit = autocommit
         self.store = MemoryStore()
@@ -45,12 +44,6 @@ class MemoryStorage:
 
     # ---- the Storage port ----
 
-    def read_object(self, partition: int, key: bytes) -> bytes | None:
-        queued = self.queue.objects.get((partition, key), _ABSENT)
-        if queued is not _ABSENT:
-            return queued  # type: ignore[return-value]
-        return self.store.get_object(partition, key)
-
     def submit(self, ops: Sequence[WriteOp], on_done: Completion) -> None:
         if self._refusal is not None:
             raise self._refusal
@@ -58,34 +51,6 @@ class MemoryStorage:
         self.submits += 1
         if self.autocommit:
             self.commit()
-
-    def partition_keys(self, partition: int, limit: int) -> list[bytes]:
-        keys: list[bytes] = []
-        for key, _record in self.store.iter_partition(partition):
-            if len(keys) >= limit:
-                break
-            keys.append(key)
-        return keys
-
-    def partition_items(self, partition: int) -> list[tuple[bytes, bytes]]:
-        return list(self.store.iter_partition(partition))
-
-    def read_hint(self, target: str, partition: int, key: bytes) -> bytes | None:
-        queued = self.queue.hints.get((target, partition, key), _ABSENT)
-        if queued is not _ABSENT:
-            return queued  # type: ignore[return-value]
-        return self.store.get_hint(target, partition, key)
-
-    def hint_batch(self, target: str, limit: int) -> list[tuple[int, bytes]]:
-        batch: list[tuple[int, bytes]] = []
-        for partition, key, _record in self.store.iter_hints(target):
-            if len(batch) >= limit:
-                break
-            batch.append((partition, key))
-        return batch
-
-    def hint_counts(self) -> dict[str, int]:
-        return self.store.hint_counts()
 
     # ---- control, for the test ----
 
