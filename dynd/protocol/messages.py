@@ -489,6 +489,113 @@ class MemberView:
     hints_pending: int = 0  # hints this node holds for the member
 
 
+# ---- what a node measures (issue 14): admin requests, as they tell load, backlog and disk use ----
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class LatencyView:
+    """One latency histogram's summary, in microseconds. `op`: get, put, delete (as coordinator),
+    replicate, forward (as replica or forwarder); `window`: "60s" (the last 60 s) or "start"
+    (since the node started)."""
+
+    op: str
+    window: str
+    count: int
+    p50_us: int
+    p99_us: int
+    p999_us: int
+    max_us: int
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """One counter or gauge. `label`: one bounded label value ("" for none): an error code, an
+    outcome, a member name, a liveness; never a key."""
+
+    name: str
+    label: str
+    value: int
+
+
+@request(ADMIN)
+@dataclass(frozen=True, slots=True)
+class StatsGet:
+    """This node's latency summaries, counters and gauges."""
+
+    OP: ClassVar[str] = "stats"
+    id: int
+
+
+@reply
+@dataclass(frozen=True, slots=True)
+class StatsOk:
+    """`counters` only grow while the node runs; `gauges` are readings now. `versions_per_get`:
+    how many gets answered with 1, 2, 3 and 4 or more versions (the paper's section 6.3 table)."""
+
+    OP: ClassVar[str] = "stats_ok"
+    id: int
+    node: str
+    uptime_ms: int
+    latencies: list[LatencyView]
+    counters: list[Metric]
+    gauges: list[Metric]
+    versions_per_get: list[int]
+
+
+@request(ADMIN)
+@dataclass(frozen=True, slots=True)
+class InfoGet:
+    """Who and where this node is, and its store."""
+
+    OP: ClassVar[str] = "info"
+    id: int
+
+
+@reply
+@dataclass(frozen=True, slots=True)
+class InfoOk:
+    """`last_exchange_age_ms`: since this node last finished an anti-entropy exchange of any
+    partition (None: never)."""
+
+    OP: ClassVar[str] = "info_ok"
+    id: int
+    node: str
+    version: str
+    protocol_version: int
+    uptime_ms: int
+    listen: str
+    advertise: str
+    data_dir: str
+    keys: int
+    disk_used_bytes: int
+    map_bytes: int
+    pending_writes: int
+    hints_pending: int
+    partitions_owned: int
+    last_exchange_age_ms: int | None = None
+
+
+@request(ADMIN)
+@dataclass(frozen=True, slots=True)
+class LogLevelSet:
+    """Change this node's log level while it runs (DEBUG, INFO, WARNING, ERROR)."""
+
+    OP: ClassVar[str] = "log_level"
+    id: int
+    level: str
+
+
+@reply
+@dataclass(frozen=True, slots=True)
+class LogLevelOk:
+    OP: ClassVar[str] = "log_level_ok"
+    id: int
+    level: str
+    previous: str
+
+
 @request(ADMIN)
 @dataclass(frozen=True, slots=True)
 class ClusterStatus:

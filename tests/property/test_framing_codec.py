@@ -101,6 +101,23 @@ BUILDERS: dict[type, st.SearchStrategy[messages.Message]] = {
         st.lists(st.builds(messages.MemberView, text, text, text, ids, st.booleans(), ids, text, ids, ids), max_size=3),
         st.none() | st.lists(ids, max_size=4),
     ),
+    messages.StatsGet: st.builds(messages.StatsGet, ids),
+    messages.StatsOk: st.builds(
+        messages.StatsOk,
+        ids,
+        text,
+        ids,
+        st.lists(st.builds(messages.LatencyView, text, text, ids, ids, ids, ids, ids), max_size=3),
+        st.lists(st.builds(messages.Metric, text, text, ids), max_size=3),
+        st.lists(st.builds(messages.Metric, text, text, ids), max_size=3),
+        st.lists(ids, max_size=4),
+    ),
+    messages.InfoGet: st.builds(messages.InfoGet, ids),
+    messages.InfoOk: st.builds(
+        messages.InfoOk, ids, text, text, ids, ids, text, text, text, ids, ids, ids, ids, ids, ids, st.none() | ids
+    ),
+    messages.LogLevelSet: st.builds(messages.LogLevelSet, ids, text),
+    messages.LogLevelOk: st.builds(messages.LogLevelOk, ids, text, text),
     messages.RingGet: st.builds(messages.RingGet, ids),
     messages.RingOk: st.builds(
         messages.RingOk, ids, blobs, ids, ids, ids, st.lists(text, max_size=4), st.lists(st.builds(messages.NodeAddress, text, text), max_size=3)
