@@ -17,7 +17,7 @@ _dynctl() {
     local prev=${words[${#words[@]}-1]}
 
     local global_options="--node --timeout --json --token-file --tls-ca --help -h"
-    local commands="get put delete bench repair cluster ring dev"
+    local commands="get put delete bench repair log-level cluster ring dev"
     local command="" subcommand="" i
     for ((i = 1; i < ${#words[@]}; i++)); do
         case ${words[i]} in
@@ -65,6 +65,10 @@ _dynctl() {
         put) options="--file -f --context --w --pw --help -h" ;;
         delete) options="--context --w --pw --help -h" ;;
         repair) options="--partition --help -h" ;;
+        log-level)
+            [[ $cur != -* ]] && COMPREPLY=($(compgen -W "DEBUG INFO WARNING ERROR" -- "$cur")) && return
+            options="--help -h"
+            ;;
         bench) options="--workload --concurrency -c --value-size --seconds --keys --connections --ops --routed --help -h" ;;
         cluster | ring | dev)
             if [[ -z $subcommand ]]; then

@@ -27,6 +27,7 @@ _dynctl() {
         'delete:delete what a context token covers'
         'bench:measure throughput and latency'
         'repair:run an anti-entropy exchange now and show its progress'
+        'log-level:change the node'"'"'s log level while it runs'
         'cluster:change and inspect cluster membership'
         'ring:inspect the ring and where a key lives'
         'dev:run a local development cluster'
@@ -78,6 +79,11 @@ _dynctl() {
           _arguments \
             '--partition=[only this partition]:partition: ' \
             '(- *)'{-h,--help}'[show help and exit]' && ret=0
+          ;;
+        log-level)
+          _arguments \
+            '(- *)'{-h,--help}'[show help and exit]' \
+            '1:level:(DEBUG INFO WARNING ERROR)' && ret=0
           ;;
         cluster) _dynctl_cluster && ret=0 ;;
         ring) _dynctl_ring && ret=0 ;;

@@ -35,6 +35,7 @@ from dynd.core.membership import JOIN, Membership
 from dynd.core.actors import ACTOR_META, CLEAN_STOP_META, actor_at_start, clean_stop
 from dynd.core.node import Node
 from dynd.shell.bootstrap import fetch_membership, new_cluster
+from dynd.shell.logs import SHELL_HANDLERS as LOG_HANDLERS, configure_logging
 from dynd.shell.peers import Peers
 from dynd.shell.security import Security
 from dynd.shell.server import Server
@@ -72,7 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--replicas", type=int, help="N when creating a cluster (default 3)")
     parser.add_argument("--r", type=int, help="default R when creating a cluster (default 2)")
     parser.add_argument("--w", type=int, help="default W when creating a cluster (default 2)")
-    parser.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level", dest="log_level", choices=["debug", "info", "warning", "error"], help="at start (default info); while running: dynctl log-level"
+    )
+    parser.add_argument(
+        "--log-format", dest="log_format", choices=["text", "json"], help="text (default), or json: one object a line with time, level, node, event, fields"
+    )
     parser.add_argument(
         "--secret-file", dest="cluster_secret_file", metavar="PATH", help="the cluster secret (hex; make one with: openssl rand -hex 32; mode 0600)"
     )
@@ -96,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         "data_dir": args.data_dir,
         "partitions": args.partitions,
         "log_level": args.log_level,
+        "log_format": args.log_format,
         "advertise": args.advertise,
         "join": args.join,
         "seeds": args.seeds,
@@ -114,11 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"dynd: {exc}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(config.log_level, config.log_format, config.name, sys.stderr)
     for warning in credentials.warnings:
         log.warning("%s", warning)
     if open_warning is not None:
@@ -359,7 +362,7 @@ async def serve(config: Config, security: Security) -> None:
 
             node.cluster.on_change.append(follow_cluster_id)
             settle_garbage_collector()
-            server = Server(node, limits, security)
+            server = Server(node, limits, security, shell_handlers=LOG_HANDLERS)  # the log level: dynctl log-level
             udp = UdpEndpoint(datagram_bytes_max=limits.datagram_bytes_max)
             async with trio.open_nursery() as front:
                 try:

@@ -5,6 +5,7 @@
     listen = "127.0.0.1:7400"
     data_dir = "/var/lib/dynd"
     log_level = "info"
+    log_format = "text"         # text | json (one object per line: time, level, node, event, fields)
 
     advertise = ""              # HOST:PORT other nodes use to reach this one (default: listen)
     seeds = []                  # HOST:PORT of nodes to gossip with besides the members
@@ -51,6 +52,7 @@ from dynd.protocol.auth import EMPTY_TOKENS, AuthConfigError, Keyring, TokenTabl
 
 NODE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")  # dynd.shell.logs writes them
 DEFAULT_PARTITIONS = 256
 
 
@@ -64,6 +66,7 @@ class Config:
     listen: str = f"127.0.0.1:{DEFAULT_PORT}"
     data_dir: str = ""
     log_level: str = "info"
+    log_format: str = "text"
     advertise: str = ""
     seeds: tuple[str, ...] = ()
     join: str = ""
@@ -98,7 +101,7 @@ class Config:
 
 
 _SECTIONS: dict[str, dict[str, type]] = {
-    "node": {"name": str, "listen": str, "data_dir": str, "log_level": str, "advertise": str, "seeds": list, "join": str},
+    "node": {"name": str, "listen": str, "data_dir": str, "log_level": str, "log_format": str, "advertise": str, "seeds": list, "join": str},
     "cluster": {"partitions": int, "replicas": int, "r": int, "w": int},
     "security": {
         "cluster_secret_file": str,
@@ -171,6 +174,8 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"listen address: {exc}") from None
     if config.log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+    if config.log_format not in LOG_FORMATS:
+        raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}, not {config.log_format!r}")
     try:
         check_partition_count(config.partitions_for_new_cluster)
     except ValueError as exc:

@@ -108,6 +108,10 @@ class BlockingClient:
         assert self._client is not None
         return self._call(self._client.cluster_remove, node)
 
+    def log_level(self, level: str) -> messages.LogLevelOk:
+        assert self._client is not None
+        return self._call(self._client.log_level, level)
+
     def ring(self) -> messages.RingOk:
         assert self._client is not None
         return self._call(self._client.ring)

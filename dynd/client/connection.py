@@ -210,6 +210,12 @@ class Client:
         request = messages.RepairStatus(id=next(self._ids), run=run)
         return expect(await self._call(request, timeout_s), messages.RepairProgressOk, request)
 
+    async def log_level(self, level: str, *, timeout_s: float | None = None) -> messages.LogLevelOk:
+        """Set the node's log level while it runs (DEBUG, INFO, WARNING, ERROR; admin role); the
+        reply names the level now in force and the one before. An unknown level: BadRequest."""
+        request = messages.LogLevelSet(id=next(self._ids), level=level)
+        return expect(await self._call(request, timeout_s), messages.LogLevelOk, request)
+
     async def ring(self, *, timeout_s: float | None = None) -> messages.RingOk:
         """The node's current ring: owners per partition, node addresses, N, R, W."""
         request = messages.RingGet(id=next(self._ids))

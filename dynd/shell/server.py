@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import trio
@@ -69,6 +70,8 @@ CLOSE_LINGER_S = 2.0
 # FRAMES_PER_CLOCK_READ frames, so a short burst pays nothing.
 TURN_S = 0.0003
 FRAMES_PER_CLOCK_READ = 4
+# A request the shell answers itself, as `Node.handle` would: the message, and where its reply goes.
+ShellHandler = Callable[[Any, Callable[[Any], None]], None]
 
 
 
@@ -353,7 +356,7 @@ class Connection:
             return True
         self.inflight += 1
         try:
-            self.node.handle(message, self._complete)
+            self.server.shell_handlers.get(type(message), self.node.handle)(message, self._complete)
         except Exception as exc:
             log.exception("request %s from %s failed", request_id, self.peer)
             self._complete(error_reply(request_id, DynError(f"internal error: {exc!r}")))
@@ -464,10 +467,15 @@ class Connection:
 
 
 class Server:
-    def __init__(self, node: Node, limits: Limits, security: Security | None = None) -> None:
+    def __init__(
+        self, node: Node, limits: Limits, security: Security | None = None, shell_handlers: Mapping[type, ShellHandler] | None = None
+    ) -> None:
+        """`shell_handlers`: requests the process answers rather than the node (the log level, say:
+        the shell's state, which the core must not know), by message type; role-checked like any."""
         self.node = node
         self.limits = limits
         self.security = security if security is not None else Security()
+        self.shell_handlers: Mapping[type, ShellHandler] = shell_handlers or {}
         self.connections = 0
         self.partial_bytes = 0  # partly received frames, all connections together
         self.memory = MemoryGiver()

@@ -39,6 +39,7 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ("[limits]\nsiblings_warn = 500\n", "siblings_warn"),
         ("[limits]\nkey_bytes_max = 600\n", "LMDB"),
         ("[cluster]\npartitions = 100\n", "power of two"),
+        ('[node]\nlog_format = "xml"\n', "log_format must be one of text, json"),
     ],
 )
 def test_bad_config_is_refused_with_the_reason(tmp_path: Path, text: str, fragment: str) -> None:
@@ -53,6 +54,13 @@ def test_bad_config_is_refused_with_the_reason(tmp_path: Path, text: str, fragme
 def test_bad_flags_are_refused(override: dict[str, str], fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         load_config(None, {**BASE, **override})
+
+
+def test_log_format_comes_from_the_file_or_the_flag(tmp_path: Path) -> None:
+    assert load_config(None, BASE).log_format == "text"
+    path = write(tmp_path, '[node]\nlog_format = "json"\n')
+    assert load_config(path, BASE).log_format == "json"
+    assert load_config(path, {**BASE, "log_format": "text"}).log_format == "text"
 
 
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
