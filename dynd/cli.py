@@ -24,9 +24,9 @@ from collections.abc import Callable
 import trio
 
 from dynd import __version__
-from dynd.config import Config, ConfigError, check_protected_mode, load_config, load_credentials
+from dynd.config import Config, ConfigError, check_metrics_listen, check_protected_mode, load_config, load_credentials
 from dynd.protocol.auth import ADMIN, CLIENT, Keyring, TokenTable
-from dynd.protocol.address import format_address
+from dynd.protocol.address import format_address, parse_address
 from dynd.protocol.errors import DynError, Unauthorized
 from dynd.shell.commit_engines import WriterProcessEngine
 from dynd.shell.committer import GroupCommitter
@@ -36,7 +36,10 @@ from dynd.core.actors import ACTOR_META, CLEAN_STOP_META, actor_at_start, clean_
 from dynd.core.node import Node
 from dynd.shell.bootstrap import fetch_membership, new_cluster
 from dynd.shell.logs import SHELL_HANDLERS as LOG_HANDLERS, configure_logging
+from dynd.shell.metrics_http import MetricsServer
+from dynd.shell.node_stats import NodeStats
 from dynd.shell.peers import Peers
+from dynd.shell.prometheus import render
 from dynd.shell.security import Security
 from dynd.shell.server import Server
 from dynd.protocol.tls import TlsConfigError, TlsSettings, client_context, server_context
@@ -90,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         const=True,
         help="without a secret, listen beyond loopback anyway: whoever reaches the port is trusted (logged as a warning)",
     )
+    parser.add_argument("--metrics-listen", dest="metrics_listen", metavar="HOST:PORT", help="serve GET /metrics (Prometheus) here; loopback unless --trusted-network")
     parser.add_argument("--version", action="version", version=f"dynd {__version__}")
     return parser
 
@@ -112,11 +116,13 @@ def main(argv: list[str] | None = None) -> None:
         "cluster_secret_file": args.cluster_secret_file,
         "client_tokens_file": args.client_tokens_file,
         "trusted_network": args.trusted_network,
+        "metrics_listen": args.metrics_listen,
     }
     try:
         config = load_config(args.config, overrides)
         credentials = load_credentials(config)
         open_warning = check_protected_mode(config, has_secret=credentials.keyring is not None)
+        check_metrics_listen(config)  # exits 2 before anything starts; the warning is logged when it opens
         server_ssl, client_ssl = tls_contexts(config)
     except ConfigError as exc:
         print(f"dynd: {exc}", file=sys.stderr)
@@ -376,6 +382,8 @@ async def serve(config: Config, security: Security) -> None:
                 # SIGHUP rereads the credentials (`reload_credentials`); received from before the port opens.
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                     await front.start(trio.serve_listeners, server.handle, listeners)
+                    if config.metrics_listen:
+                        await start_metrics(front, config, node)
                     log.info(
                         "node %s serving on %s (data in %s; cluster secret: %s; client tokens: %s; TLS: %s)",
                         config.name,
@@ -407,6 +415,22 @@ async def serve(config: Config, security: Security) -> None:
         with trio.CancelScope(shield=True):
             await engine.aclose()
         store.close()
+
+
+async def start_metrics(nursery: trio.Nursery, config: Config, node: Node) -> None:
+    """Serve GET /metrics on `metrics_listen` from the node's StatsOk, asked in-process."""
+    host, port = parse_address(config.metrics_listen)
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        reason = "address in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise StartupError(f"cannot serve metrics on {format_address(host, port)}: {reason}") from None
+    stats = NodeStats(node)
+    metrics = MetricsServer(lambda: render(stats.read(), config.name, __version__))
+    await nursery.start(trio.serve_listeners, metrics.handle, listeners)
+    log.info("metrics on http://%s/metrics", format_address(host, port))
+    if (open_warning := check_metrics_listen(config)) is not None:
+        log.warning("%s", open_warning)
 
 
 # The cyclic collector's full passes walk every tracked container, and the node holds many for its

@@ -10,6 +10,7 @@
     advertise = ""              # HOST:PORT other nodes use to reach this one (default: listen)
     seeds = []                  # HOST:PORT of nodes to gossip with besides the members
     join = ""                   # on first start, join the cluster of the node at HOST:PORT
+    metrics_listen = ""         # HOST:PORT serving GET /metrics (Prometheus); off when empty
 
     [security]                  # DESIGN.md section 6a; man dynd(8), SECURITY
     cluster_secret_file = ""    # hex secrets, one or two lines (openssl rand -hex 32); mode 0600
@@ -70,6 +71,7 @@ class Config:
     advertise: str = ""
     seeds: tuple[str, ...] = ()
     join: str = ""
+    metrics_listen: str = ""  # "" : no metrics endpoint
     partitions: int | None = None  # None: the cluster's (when joining or restarting), else DEFAULT_PARTITIONS
     replicas: int = 3
     r: int = 2
@@ -101,7 +103,7 @@ class Config:
 
 
 _SECTIONS: dict[str, dict[str, type]] = {
-    "node": {"name": str, "listen": str, "data_dir": str, "log_level": str, "log_format": str, "advertise": str, "seeds": list, "join": str},
+    "node": {"name": str, "listen": str, "data_dir": str, "log_level": str, "log_format": str, "advertise": str, "seeds": list, "join": str, "metrics_listen": str},
     "cluster": {"partitions": int, "replicas": int, "r": int, "w": int},
     "security": {
         "cluster_secret_file": str,
@@ -180,7 +182,8 @@ def _validate(config: Config) -> None:
         check_partition_count(config.partitions_for_new_cluster)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    for label, address in [("advertise", config.advertise), ("join", config.join), *(("seed", s) for s in config.seeds)]:
+    named = [("advertise", config.advertise), ("join", config.join), ("metrics_listen", config.metrics_listen)]
+    for label, address in [*named, *(("seed", s) for s in config.seeds)]:
         if address:
             try:
                 parse_address(address)
@@ -304,3 +307,24 @@ def check_protected_mode(config: Config, has_secret: bool) -> str | None:
         "change the membership and pose as a member of this cluster; set [security] cluster_secret_file unless only "
         "trusted hosts can reach it"
     )
+
+
+def check_metrics_listen(config: Config) -> str | None:
+    """Raise ConfigError when the metrics endpoint would listen beyond loopback and the network is
+    not declared trusted: /metrics has no authentication (a scraper presents none), and what it
+    serves, request counts, latencies, backlogs and member names, tells a stranger how the cluster
+    is built and loaded (never a key or value). Returns the warning to log when trusted_network is
+    what lets it listen there, else None."""
+    if not config.metrics_listen:
+        return None
+    host, port = parse_address(config.metrics_listen)
+    if is_loopback_host(host):
+        return None
+    address = format_address(host, port)
+    if not config.trusted_network:
+        raise ConfigError(
+            f"refusing to serve metrics on {address}: [node] metrics_listen (--metrics-listen) beyond loopback needs "
+            "[security] trusted_network = true (or --trusted-network), since /metrics has no authentication and "
+            "anyone reaching it reads request counts, latencies and member names; or use 127.0.0.1"
+        )
+    return f"metrics on {address} without authentication (trusted_network = true): whoever reaches it reads request counts, latencies and member names"
