@@ -264,10 +264,44 @@ def test_health_all_fails_within_10_s_of_a_kill_and_recovers_after_restart(tmp_p
         poll_until("a healthy cluster", lambda: health().returncode == 0, deadline_s=HEALTH_DEADLINE_S)
         victim.kill9()
         killed_at = time.monotonic()
-        failed = poll_until("health to fail", lambda: (r := health()) if r.returncode == ExitCode.UNHEALTHY else None, deadline_s=HEALTH_DEADLINE_S)
+        def unhealthy() -> subprocess.CompletedProcess[bytes] | None:
+            result = health()
+            return result if result.returncode == ExitCode.UNHEALTHY else None
+
+        failed = poll_until("health to fail", unhealthy, deadline_s=HEALTH_DEADLINE_S)
         assert time.monotonic() - killed_at < HEALTH_DEADLINE_S
         assert victim.name in failed.stdout.decode()
         victim.restart()
         restarted_at = time.monotonic()
         poll_until("health to recover", lambda: health().returncode == 0, deadline_s=HEALTH_DEADLINE_S)
         assert time.monotonic() - restarted_at < HEALTH_DEADLINE_S
+
+
+# ---- against a real node (needs issue 14's node side; skips when the node refuses stats) ----
+
+
+def test_stats_and_info_on_a_real_node_count_its_writes(on_node: DynctlRunner, dynd_node: Any, dynctl: DynctlRunner, key: str) -> None:
+    if node_side_missing(dynctl, dynd_node.address):
+        pytest.skip("the node does not answer stats/info yet (issue 14's node side is missing)")
+    before = json_of(on_node("stats"))
+    puts_before = before["ops"].get("put", {}).get("start", {}).get("count", 0)
+    assert on_node("put", key, "v").returncode == 0
+    after = json_of(on_node("stats"))
+    assert after["ops"]["put"]["start"]["count"] == puts_before + 1
+    assert json_of(on_node("info"))["node"] == dynd_node.name
+    assert on_node("health").returncode == 0
+
+
+def test_top_on_a_real_cluster_shows_every_member_alive(tmux: Tmux, tmp_path: Path, dynctl: DynctlRunner) -> None:
+    with running_cluster(tmp_path, "tp", 3) as nodes:
+        if node_side_missing(dynctl, nodes[0].address):
+            pytest.skip("the node does not answer stats/info yet (issue 14's node side is missing)")
+        start_top(tmux, nodes[0].address)
+
+        def every_member_alive(screen: str) -> bool:
+            rows = {line.split()[0]: line.split() for line in screen.splitlines() if line.split()}
+            return all(node.name in rows and rows[node.name][1] == "alive" and len(rows[node.name]) == 11 for node in nodes)
+
+        tmux.wait_for("every member alive with its numbers", every_member_alive)
+        tmux.run("send-keys", "-t", "top", "q")
+        assert "top-exited-0" in tmux.wait_for("top to quit", lambda s: "top-exited-" in s, deadline_s=10)
