@@ -17,7 +17,7 @@ _dynctl() {
     local prev=${words[${#words[@]}-1]}
 
     local global_options="--node --timeout --json --token-file --tls-ca --help -h"
-    local commands="get put delete bench repair log-level cluster ring dev"
+    local commands="get put delete bench repair stats info health top log-level cluster ring dev"
     local command="" subcommand="" i
     for ((i = 1; i < ${#words[@]}; i++)); do
         case ${words[i]} in
@@ -49,7 +49,7 @@ _dynctl() {
             COMPREPLY=($(compgen -W "put get mixed insert" -- "$cur"))
             return
             ;;
-        --node | --timeout | --context | --r | --w | --concurrency | -c | --value-size | --seconds | --keys | --connections | --ops | --nodes | --base-port | --n)
+        --node | --timeout | --context | --r | --w | --concurrency | -c | --value-size | --seconds | --keys | --connections | --ops | --nodes | --base-port | --n | --hints-max | --transfers-max | --disk-max-percent)
             COMPREPLY=()  # a value only the user knows
             return
             ;;
@@ -69,6 +69,9 @@ _dynctl() {
             [[ $cur != -* ]] && COMPREPLY=($(compgen -W "DEBUG INFO WARNING ERROR" -- "$cur")) && return
             options="--help -h"
             ;;
+        stats) options="--all --help -h" ;;
+        info | top) options="--help -h" ;;
+        health) options="--all --hints-max --transfers-max --disk-max-percent --help -h" ;;
         bench) options="--workload --concurrency -c --value-size --seconds --keys --connections --ops --routed --help -h" ;;
         cluster | ring | dev)
             if [[ -z $subcommand ]]; then

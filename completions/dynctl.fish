@@ -3,7 +3,7 @@
 # Static on purpose: it never runs dynctl, so TAB is instant and never touches a node.
 # Keys, values and tokens are the user's own, so only commands, options and files complete.
 
-set -l dynctl_commands get put delete bench repair log-level cluster ring dev
+set -l dynctl_commands get put delete bench repair stats info health top log-level cluster ring dev
 
 complete -c dynctl -f
 
@@ -21,6 +21,10 @@ complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a dele
 complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a bench -d 'Measure throughput and latency'
 complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a repair -d 'Run an anti-entropy exchange now'
 complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a log-level -d 'Change the node\'s log level now'
+complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a stats -d 'Rates, latency percentiles, errors per node'
+complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a info -d "The node's version, addresses, store and backlog"
+complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a health -d 'Exit 0 when healthy, 7 with the failed checks'
+complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a top -d 'Live view of every member'
 complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a cluster -d 'Change and inspect cluster membership'
 complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a ring -d 'Inspect the ring and where a key lives'
 complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a dev -d 'Run a local development cluster'
@@ -36,6 +40,10 @@ complete -c dynctl -n "__fish_seen_subcommand_from put delete" -l w -x -d 'Store
 complete -c dynctl -n "__fish_seen_subcommand_from put delete" -l pw -x -d 'Stores that must be on primaries'
 complete -c dynctl -n "__fish_seen_subcommand_from repair" -l partition -x -d 'Only this partition'
 complete -c dynctl -n "__fish_seen_subcommand_from log-level" -a 'DEBUG INFO WARNING ERROR' -d 'Log level'
+complete -c dynctl -n "__fish_seen_subcommand_from stats health" -l all -d 'Ask every member'
+complete -c dynctl -n "__fish_seen_subcommand_from health" -l hints-max -x -d 'Fail when a node holds more hints'
+complete -c dynctl -n "__fish_seen_subcommand_from health" -l transfers-max -x -d 'Fail when a member has more transfers pending'
+complete -c dynctl -n "__fish_seen_subcommand_from health" -l disk-max-percent -x -d 'Fail when a store uses more of its map'
 
 complete -c dynctl -n "__fish_seen_subcommand_from bench" -l workload -x -a 'put get mixed insert' -d 'Operations to run'
 complete -c dynctl -n "__fish_seen_subcommand_from bench" -s c -l concurrency -x -d 'Requests in flight'

@@ -28,6 +28,10 @@ _dynctl() {
         'bench:measure throughput and latency'
         'repair:run an anti-entropy exchange now and show its progress'
         'log-level:change the node'"'"'s log level while it runs'
+        'stats:rates, latency percentiles, errors and versions per get, per node'
+        "info:the node's version, addresses, store and backlog"
+        'health:exit 0 when healthy, else 7 and one line per failed check'
+        'top:a live view of every member'
         'cluster:change and inspect cluster membership'
         'ring:inspect the ring and where a key lives'
         'dev:run a local development cluster'
@@ -84,6 +88,22 @@ _dynctl() {
           _arguments \
             '(- *)'{-h,--help}'[show help and exit]' \
             '1:level:(DEBUG INFO WARNING ERROR)' && ret=0
+          ;;
+        stats)
+          _arguments \
+            '--all[ask every member]' \
+            '(- *)'{-h,--help}'[show help and exit]' && ret=0
+          ;;
+        info | top)
+          _arguments '(- *)'{-h,--help}'[show help and exit]' && ret=0
+          ;;
+        health)
+          _arguments \
+            '--all[ask every member; one that does not answer fails]' \
+            '--hints-max=[fail when a node holds more hints]:count: ' \
+            '--transfers-max=[fail when a member has more transfers pending]:count: ' \
+            '--disk-max-percent=[fail when a store uses more of its map]:percent: ' \
+            '(- *)'{-h,--help}'[show help and exit]' && ret=0
           ;;
         cluster) _dynctl_cluster && ret=0 ;;
         ring) _dynctl_ring && ret=0 ;;

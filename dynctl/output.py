@@ -33,6 +33,7 @@ class ExitCode(enum.IntEnum):
     REFUSED = 4
     SIBLINGS = 5
     UNAUTHORIZED = 6
+    UNHEALTHY = 7  # `dynctl health`: at least one check failed (each on its own line)
     # 128 + SIGPIPE, what a shell reports when a reader such as `head` closes the pipe early.
     BROKEN_PIPE = 141
 
@@ -47,6 +48,7 @@ Exit status:
   4  refused by the node (its error code and message go to stderr)
   5  siblings: the key has concurrent values; resolve them with get --context, then put
   6  unauthorized: the node wants a token (--token-file) or a connection from its own host
+  7  unhealthy: `health` found a failed check (one line each)
 """
 
 

@@ -2,7 +2,7 @@
 
     python tests/cli/fake_cluster_node.py --listen 127.0.0.1:PORT [--without-cluster] [--admin-token TOKEN]
 
-It answers hello, ping, ring_get, cluster_status and cluster_join/leave/remove from the constants
+It answers hello, ping, ring_get, cluster_status, cluster_join/leave/remove, stats and info from the constants
 below (the tests import them to know what to expect), so dynctl's tables, JSON and exit codes are
 tested over a real connection against known numbers, which a real cluster's claim does not fix.
 Every frame goes through `dynd.protocol.codec`, so a request dynctl gets wrong fails here as it
@@ -17,6 +17,7 @@ to admins (membership changes, cluster status) are refused without the admin rol
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import contextlib
 import sys
 from functools import partial
@@ -45,6 +46,47 @@ MEMBERS = [
     messages.MemberView("fake3", "127.0.0.1:7503", "leaving", 2, False, 1, liveness="dead", incarnation=4, hints_pending=7),
     messages.MemberView("fake4", "127.0.0.1:7504", "joining", 0, True, 0),
 ]
+
+# What `stats` and `info` answer (issue 14): two minutes up, known rates, percentiles and shares.
+UPTIME_MS = 120_000
+LATENCIES = [
+    messages.LatencyView("get", "60s", 600, 1_000, 5_000, 9_000, 12_000),
+    messages.LatencyView("get", "start", 1_200, 1_100, 6_000, 10_000, 30_000),
+    messages.LatencyView("put", "60s", 300, 2_000, 8_000, 15_000, 20_000),
+    messages.LatencyView("put", "start", 360, 2_100, 9_000, 16_000, 40_000),
+    messages.LatencyView("replicate", "60s", 120, 300, 900, 1_500, 2_000),
+    messages.LatencyView("replicate", "start", 240, 310, 950, 1_600, 2_500),
+]
+COUNTERS = [
+    messages.Metric("requests", "get:ok", 1_150),
+    messages.Metric("requests", "get:timeout", 50),
+    messages.Metric("requests", "put:ok", 350),
+    messages.Metric("requests", "put:quorum_failed", 10),
+    messages.Metric("hints_stored", "", 12),
+]
+GAUGES = [
+    messages.Metric("keys", "", 4_321),
+    messages.Metric("hints_pending", "fake3", 7),
+    messages.Metric("partitions_in_transfer", "", 2),
+]
+VERSIONS_PER_GET = [900, 80, 15, 5]
+INFO = messages.InfoOk(
+    id=0,
+    node=NODE_NAME,
+    version="0.0-fake",
+    protocol_version=PROTOCOL_VERSION,
+    uptime_ms=UPTIME_MS,
+    listen="127.0.0.1:7501",
+    advertise="127.0.0.1:7501",
+    data_dir="/var/lib/dynd/fake1",
+    keys=4_321,
+    disk_used_bytes=50 * 1024 * 1024,
+    map_bytes=1024 * 1024 * 1024,
+    pending_writes=3,
+    hints_pending=7,
+    partitions_owned=3,
+    last_exchange_age_ms=42_000,
+)
 
 # A member name the fake refuses, as a node refuses to remove a node it does not know.
 UNKNOWN_MEMBER = "ghost"
@@ -92,6 +134,12 @@ def reply_to(request: messages.Message, *, with_cluster: bool) -> messages.Messa
         return messages.RingOk(request.id, RING_VERSION, RING_N, RING_R, RING_W, list(RING_OWNERS), addresses)
     if isinstance(request, messages.ClusterStatus):
         return messages.ClusterStatusOk(id=request.id, node=NODE_NAME, members=list(MEMBERS))
+    if isinstance(request, messages.StatsGet):
+        return messages.StatsOk(
+            request.id, NODE_NAME, UPTIME_MS, list(LATENCIES), list(COUNTERS), list(GAUGES), list(VERSIONS_PER_GET)
+        )
+    if isinstance(request, messages.InfoGet):
+        return dataclasses.replace(INFO, id=request.id)
     if isinstance(request, messages.ClusterJoin):
         return messages.ClusterOk(id=request.id, message=join_message(request.seed))
     if isinstance(request, messages.ClusterLeave | messages.ClusterRemove):
