@@ -108,6 +108,14 @@ class BlockingClient:
         assert self._client is not None
         return self._call(self._client.cluster_remove, node)
 
+    def stats(self) -> messages.StatsOk:
+        assert self._client is not None
+        return self._call(self._client.stats)
+
+    def info(self) -> messages.InfoOk:
+        assert self._client is not None
+        return self._call(self._client.info)
+
     def ring(self) -> messages.RingOk:
         assert self._client is not None
         return self._call(self._client.ring)

@@ -210,6 +210,16 @@ class Client:
         request = messages.RepairStatus(id=next(self._ids), run=run)
         return expect(await self._call(request, timeout_s), messages.RepairProgressOk, request)
 
+    async def stats(self, *, timeout_s: float | None = None) -> messages.StatsOk:
+        """This node's latency summaries, counters and gauges (admin)."""
+        request = messages.StatsGet(id=next(self._ids))
+        return expect(await self._call(request, timeout_s), messages.StatsOk, request)
+
+    async def info(self, *, timeout_s: float | None = None) -> messages.InfoOk:
+        """Who and where this node is, and its store (admin)."""
+        request = messages.InfoGet(id=next(self._ids))
+        return expect(await self._call(request, timeout_s), messages.InfoOk, request)
+
     async def ring(self, *, timeout_s: float | None = None) -> messages.RingOk:
         """The node's current ring: owners per partition, node addresses, N, R, W."""
         request = messages.RingGet(id=next(self._ids))
