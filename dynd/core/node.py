@@ -238,6 +238,8 @@ class Node:
             return
         op = self._timed.get(type(message))
         if op is not None:
+            if op != "replicate" and message.forwarded:
+                op = "forward"  # the node the client asked times and counts it as get/put/delete
             reply = self._timing(op, reply)
         try:
             handler(message, reply)
@@ -279,9 +281,12 @@ class Node:
         return [PutMeta(ACTOR_META, actor.encode())]
 
     def _timing(self, op: str, reply: Reply) -> Reply:
-        """Measure the latency of `op` as the reply goes out; a client request's also feeds admission
-        control and counts its outcome: an ErrorReply's code, or "ok" (a message, or a get's
-        pre-encoded bytes, which are never an error and are not decoded here)."""
+        """Measure the latency of `op` as the reply goes out. A get, put or delete is measured and
+        counted once, by the node the client asked (forwarding included); the node a request was
+        forwarded to measures it as "forward" and does not count it again, so the counters of
+        all nodes add up to the client requests. Foreground requests feed admission control;
+        a client request counts its outcome: an ErrorReply's code, or "ok" (a message, or a
+        get's pre-encoded bytes, which are never an error and are not decoded here)."""
         started_us = self.now_us()
         metrics = self.metrics
         if op == "replicate":
@@ -297,7 +302,8 @@ class Node:
             took_us = self.now_us() - started_us
             metrics.latency(op, took_us, now)
             self.budget.record_ms(took_us / 1000, now)
-            metrics.count("requests", f"{op}:{answer.code if type(answer) is messages.ErrorReply else 'ok'}")
+            if op != "forward":
+                metrics.count("requests", f"{op}:{answer.code if type(answer) is messages.ErrorReply else 'ok'}")
             reply(answer)
 
         return timed

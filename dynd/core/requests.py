@@ -248,16 +248,7 @@ class ClientRequests:
         usable = self.health.usable
         # Healthy primaries first, then healthy fallbacks (sloppy quorum), then the rest.
         healthy = [node for node in preference.all if node != self.name and usable(node)]
-        self._relay(request, healthy + [node for node in preference.primaries if node not in healthy and node != self.name], self._forward_timing(reply))
-
-    def _forward_timing(self, reply: Reply) -> Reply:
-        started = self.now_us()
-
-        def timed(answer: Any) -> None:
-            self.metrics.latency("forward", self.now_us() - started, self.now_ms())
-            reply(answer)
-
-        return timed
+        self._relay(request, healthy + [node for node in preference.primaries if node not in healthy and node != self.name], reply)
 
     def _relay(self, request: Any, candidates: list[str], reply: Reply) -> None:
         """Pass a request to the first candidate that answers; relay its reply under the client's id."""

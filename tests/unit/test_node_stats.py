@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from dynd.protocol import messages
-from tests.unit.test_node import LIMITS, Link, values
+from tests.unit.test_node import LIMITS, Link, keys_whose_primaries_are, values
 
 
 def stats(link: Link, name: str) -> messages.StatsOk:
@@ -90,3 +90,16 @@ def test_a_quorum_failure_names_the_replicas_that_did_not_answer(caplog: pytest.
     failed = [r.getMessage() for r in caplog.records if "failed" in r.getMessage() and "did not answer" in r.getMessage()]
     assert len(failed) == 1 and "failed n3, no answer yet n2" in failed[0], failed
     assert counters(stats(link, "n1"))[("requests", "put:quorum_failed")] == 1
+
+
+def test_a_forwarded_request_is_counted_once_by_the_node_the_client_asked() -> None:
+    link = Link(["n1", "n2", "n3"], n=2, r=2, w=2)
+    key = next(keys_whose_primaries_are(link, {"n1", "n2"}))
+    assert isinstance(link.ask("n3", messages.Put(id=7, key=key, value=b"v")), messages.PutOk)
+    asked = stats(link, "n3")
+    assert counters(asked)[("requests", "put:ok")] == 1
+    assert {(v.op, v.window): v.count for v in asked.latencies}[("put", "start")] == 1
+    coordinator = next(dst for _, dst, sent in link.sent if isinstance(sent, messages.Put))
+    served = stats(link, coordinator)
+    assert ("requests", "put:ok") not in counters(served), "not counted twice"
+    assert {(v.op, v.window): v.count for v in served.latencies}[("forward", "start")] == 1
