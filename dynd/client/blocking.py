@@ -112,6 +112,14 @@ class BlockingClient:
         assert self._client is not None
         return self._call(self._client.log_level, level)
 
+    def stats(self) -> messages.StatsOk:
+        assert self._client is not None
+        return self._call(self._client.stats)
+
+    def info(self) -> messages.InfoOk:
+        assert self._client is not None
+        return self._call(self._client.info)
+
     def ring(self) -> messages.RingOk:
         assert self._client is not None
         return self._call(self._client.ring)

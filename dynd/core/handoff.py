@@ -67,6 +67,8 @@ class Handoff:
         self.pending: list[int] = []  # partitions of this pass not yet moved
         self.running = False
         self.moved_keys = 0  # keys of the partition in progress handed off so far
+        self.keys_total = 0  # keys handed off since start, and their bytes (the node's stats)
+        self.bytes_total = 0
         self.next_pass = Timeout("handoff pass", interval_ms, start_ms=now_ms())
 
     @property
@@ -156,6 +158,8 @@ class Handoff:
                 self._partition_done(partition, False)
                 return
             self.moved_keys += len(deletes)
+            self.keys_total += len(deletes)
+            self.bytes_total += sum(len(item.key) + len(item.record) for item in items)
             self._next_batch(partition)
 
         if not deletes:

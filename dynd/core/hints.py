@@ -84,6 +84,7 @@ class HintDelivery:
         self.expired_total = 0  # hinted siblings not delivered because they outlived the grace period
         self.counts: dict[str, int] = {target: n for target, n in storage.hint_counts().items() if n}
         self.delivered_total = 0
+        self.stored_total = 0  # hints queued since start, a new or a replaced one (the node's stats)
         self.in_flight = False
         self.delivery = Timeout("hint delivery", interval_ms, start_ms=now_ms())
         self._last_target = ""
@@ -94,6 +95,7 @@ class HintDelivery:
 
     def stored(self, target: str, existed: bool) -> None:
         """A hint for `target` was queued; `existed`: it replaced one for the same key."""
+        self.stored_total += 1
         if not existed:
             self.counts[target] = self.counts.get(target, 0) + 1
 

@@ -13,6 +13,9 @@ LMDB_KEY_BYTES_MAX = 511
 PARTITION_PREFIX_BYTES = 2
 
 
+_ZERO_MEANS_OFF = frozenset({"slow_request_ms"})
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     # wire
@@ -65,6 +68,10 @@ class Limits:
     ae_tree_fanout: int = 16
     # admission control: background work backs off while foreground p99 is above this
     background_p99_target_ms: int = 30
+    # observability: a coordinated request slower than this is logged (0: never); the slow-request
+    # and quorum-failure logs write at most this many lines a second, then count what they drop
+    slow_request_ms: int = 1_000
+    slow_log_lines_per_s: int = 10
     # tombstone reaping: a tombstone goes once every primary holds it and this long has passed
     tombstone_grace_ms: int = 864_000_000  # 10 days: a node down longer must be wiped to rejoin
     reap_interval_ms: int = 10_000
@@ -85,7 +92,7 @@ class Limits:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if type(value) is not int or value <= 0:
+            if type(value) is not int or value < 0 or (value == 0 and f.name not in _ZERO_MEANS_OFF):
                 raise ValueError(f"limit {f.name} must be a positive integer, got {value!r}")
         if self.key_bytes_max > LMDB_KEY_BYTES_MAX - PARTITION_PREFIX_BYTES:
             raise ValueError(f"key_bytes_max must be at most {LMDB_KEY_BYTES_MAX - PARTITION_PREFIX_BYTES} (LMDB's key limit)")

@@ -45,6 +45,7 @@ from dynd.core.hints import HintDelivery
 from dynd.core.limits import Limits
 from dynd.core.membership import Membership
 from dynd.core.merkle import Forest
+from dynd.core.metrics import Metrics
 from dynd.core.ops import PutMeta, WriteOp
 from dynd.core.peer_records import PeerRecords
 from dynd.core.ports import Network, Storage
@@ -53,7 +54,8 @@ from dynd.core.replica import LocalReplica
 from dynd.core.requests import ClientRequests
 from dynd.core.swim import Swim
 from dynd.core.tracked_storage import TrackedStorage
-from dynd.protocol import messages
+import dynd
+from dynd.protocol import PROTOCOL_VERSION, messages
 from dynd.protocol.auth import Keyring
 from dynd.protocol.errors import BadRequest, DynError
 from dynd.protocol.messages import error_reply
@@ -80,17 +82,26 @@ class Node:
         actor: str | None = None,
         keyring: Keyring | None = None,
         boot: int = 0,
+        now_us: Callable[[], int] | None = None,
+        shell_readings: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         """`actor`: the id this node's versions carry, its name plus an epoch (`dynd.core.actors`
         says when a start must take a new one; the caller decides and stores it). `keyring`: the
         cluster secrets the failure detector's datagrams are sealed with (None: no secret);
-        `boot`: one more than at this node's previous start (the caller persists it)."""
+        `boot`: one more than at this node's previous start (the caller persists it).
+        `now_us`: the monotonic clock in microseconds, only for latencies (sub-ms gets need
+        it; default now_ms * 1000); `shell_readings`: what only the shell knows, for StatsOk and
+        InfoOk (`SHELL_READINGS` names them; a missing one reads 0 or "")."""
         self.name = name
         self.rng = rng
         self.network = network
         self.limits = limits
         self.now_ms = now_ms
         self.wall_ms = wall_ms
+        self.now_us = now_us or (lambda: now_ms() * 1000)
+        self.shell_readings = shell_readings or dict
+        self.metrics = Metrics()
+        self.started_ms = now_ms()
         partitions = membership.params.partitions
         self.replica = LocalReplica(actor or name, limits, partitions, renew_actor=self._renew_actor)
         # Merkle trees of every partition, built once from the store, then kept current by
@@ -113,7 +124,7 @@ class Node:
             keyring=keyring,
             boot=boot,
         )
-        self.swim.on_change.append(lambda member, status: log.info("%s is %s", member, status))
+        self.swim.on_change.append(self._liveness_changed)
         self.health = Health(name, now_ms=now_ms, down_for_ms=limits.peer_retry_ms, detector=self.swim)
         self.cluster.on_change.append(self._follow_membership)
         self._follow_membership()
@@ -166,7 +177,8 @@ class Node:
             name, self.replica, storage, self.cluster, self.hints, limits=limits, wall_ms=wall_ms, renew_actor=self._renew_actor
         )
         self.requests = ClientRequests(
-            name, self.replica, storage, network, self.cluster, self.health, self.hints, self.records, limits=limits, now_ms=now_ms, wall_ms=wall_ms
+            name, self.replica, storage, network, self.cluster, self.health, self.hints, self.records, limits=limits, now_ms=now_ms, wall_ms=wall_ms,
+            now_us=self.now_us, metrics=self.metrics,
         )
 
         # ---- anti-entropy, and the operator's view ----
@@ -209,9 +221,12 @@ class Node:
             messages.ClusterJoin: self.cluster_join,
             messages.RepairStart: self.repairs.start,
             messages.RepairStatus: self.repairs.status,
+            messages.StatsGet: lambda request, reply: reply(self.stats(request.id)),
+            messages.InfoGet: lambda request, reply: reply(self.info(request.id)),
             **responders(self.forest, self.ae_limits),
         }
-        self._timed = (messages.Get, messages.Put, messages.Delete)
+        # the requests whose latency is measured, under their op's name
+        self._timed = {messages.Get: "get", messages.Put: "put", messages.Delete: "delete", messages.Replicate: "replicate"}
 
     # ---- in: requests, datagrams, the clock ----
 
@@ -221,8 +236,11 @@ class Node:
         if handler is None:
             reply(error_reply(getattr(message, "id", None), BadRequest(f"{message.OP!r} is not a request a node accepts")))
             return
-        if type(message) in self._timed:
-            reply = self._timing(reply)
+        op = self._timed.get(type(message))
+        if op is not None:
+            if op != "replicate" and message.forwarded:
+                op = "forward"  # the node the client asked times and counts it as get/put/delete
+            reply = self._timing(op, reply)
         try:
             handler(message, reply)
         except DynError as exc:
@@ -262,16 +280,114 @@ class Node:
         self.replica.actor = actor
         return [PutMeta(ACTOR_META, actor.encode())]
 
-    def _timing(self, reply: Reply) -> Reply:
-        """Feed the foreground latency to admission control as the reply goes out."""
-        started = self.now_ms()
+    def _timing(self, op: str, reply: Reply) -> Reply:
+        """Measure the latency of `op` as the reply goes out. A get, put or delete is measured and
+        counted once, by the node the client asked (forwarding included); the node a request was
+        forwarded to measures it as "forward" and does not count it again, so the counters of
+        all nodes add up to the client requests. Foreground requests feed admission control;
+        a client request counts its outcome: an ErrorReply's code, or "ok" (a message, or a
+        get's pre-encoded bytes, which are never an error and are not decoded here)."""
+        started_us = self.now_us()
+        metrics = self.metrics
+        if op == "replicate":
+
+            def timed_replica(answer: Any) -> None:
+                metrics.latency(op, self.now_us() - started_us, self.now_ms())
+                reply(answer)
+
+            return timed_replica
 
         def timed(answer: Any) -> None:
             now = self.now_ms()
-            self.budget.record_ms(now - started, now)
+            took_us = self.now_us() - started_us
+            metrics.latency(op, took_us, now)
+            self.budget.record_ms(took_us / 1000, now)
+            if op != "forward":
+                metrics.count("requests", f"{op}:{answer.code if type(answer) is messages.ErrorReply else 'ok'}")
             reply(answer)
 
         return timed
+
+    def _liveness_changed(self, member: str, status: str) -> None:
+        self.metrics.count("swim_changes", status)
+        log.info("%s is %s", member, status)
+
+    # ---- what the node measures (issue 14) ----
+
+    def stats(self, request_id: int) -> messages.StatsOk:
+        """Latencies, counters and gauges now. Counters that other parts keep as totals are read
+        here, so they cost the hot path nothing."""
+        now = self.now_ms()
+        readings = self.shell_readings()
+        metrics = self.metrics
+        totals = self.anti_entropy.totals
+        counters = [
+            *metrics.counter_list(),
+            *(
+                messages.Metric(name, "", value)
+                for name, value in (
+                    ("hints_stored", self.hints.stored_total),
+                    ("hints_delivered", self.hints.delivered_total),
+                    ("hints_expired", self.hints.expired_total),
+                    ("handoff_keys", self.handoff.keys_total),
+                    ("handoff_bytes", self.handoff.bytes_total),
+                    ("ae_rounds", self.anti_entropy.rounds),
+                    ("ae_keys_repaired", totals.repaired_local + totals.repaired_remote),
+                    ("admission_shrinks", self.budget.decreases),
+                    ("connections_refused", int(readings.get("connections_refused", 0))),
+                    ("frames_refused", int(readings.get("frames_refused", 0))),
+                )
+            ),
+        ]
+        liveness = {"alive": 0, "suspect": 0, "dead": 0}
+        for member in self.cluster.membership.active():
+            status = self.swim.status(member.name)
+            liveness[status] = liveness.get(status, 0) + 1
+        gauges = [
+            messages.Metric("keys", "", self.forest.key_count),
+            messages.Metric("lmdb_used_bytes", "", int(readings.get("lmdb_used_bytes", 0))),
+            messages.Metric("lmdb_map_bytes", "", int(readings.get("lmdb_map_bytes", 0))),
+            messages.Metric("pending_writes", "", int(readings.get("pending_writes", 0))),
+            messages.Metric("open_connections", "", int(readings.get("open_connections", 0))),
+            *(messages.Metric("hints_pending", target, count) for target, count in sorted(self.hints.counts.items())),
+            messages.Metric("partitions_owned", "", self._partitions_owned()),
+            messages.Metric("partitions_in_transfer", "", self.handoff.transfers_pending),
+            *(messages.Metric("members", status, count) for status, count in sorted(liveness.items())),
+        ]
+        return messages.StatsOk(
+            id=request_id,
+            node=self.name,
+            uptime_ms=now - self.started_ms,
+            latencies=metrics.latencies(now),
+            counters=counters,
+            gauges=gauges,
+            versions_per_get=list(metrics.versions_per_get),
+        )
+
+    def info(self, request_id: int) -> messages.InfoOk:
+        now = self.now_ms()
+        readings = self.shell_readings()
+        exchanged = self.anti_entropy.last_exchange_ms
+        return messages.InfoOk(
+            id=request_id,
+            node=self.name,
+            version=dynd.__version__,
+            protocol_version=PROTOCOL_VERSION,
+            uptime_ms=now - self.started_ms,
+            listen=str(readings.get("listen", "")),
+            advertise=self.cluster.address,
+            data_dir=str(readings.get("data_dir", "")),
+            keys=self.forest.key_count,
+            disk_used_bytes=int(readings.get("lmdb_used_bytes", 0)),
+            map_bytes=int(readings.get("lmdb_map_bytes", 0)),
+            pending_writes=int(readings.get("pending_writes", 0)),
+            hints_pending=self.hints.pending,
+            partitions_owned=self._partitions_owned(),
+            last_exchange_age_ms=now - max(exchanged.values()) if exchanged else None,
+        )
+
+    def _partitions_owned(self) -> int:
+        return sum(1 for p in range(self.replica.partitions) if self.name in self.cluster.preference_list(p).primaries)
 
     def _status(self, request_id: int, pending: dict[str, int]) -> messages.ClusterStatusOk:
         """This node's view, with the members' transfer counts as far as known (StatusGather)."""

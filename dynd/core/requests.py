@@ -20,6 +20,7 @@ goes back into it. `tick` passes the clock to each, for their deadlines.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from dynd.core.cluster import ClusterView
 from dynd.core.health import Health
 from dynd.core.hints import HintDelivery
 from dynd.core.limits import Limits
+from dynd.core.metrics import LogBudget, Metrics
 from dynd.core.ops import PutObject, WriteOp
 from dynd.core.peer_records import PeerRecords
 from dynd.core.placement import coordinators, place
@@ -54,6 +56,9 @@ class PutRequest(co.PutCoordination):
     request: messages.Put | messages.Delete
     reply: Reply = field(repr=False)
     ok: messages.PutOk | messages.DeleteOk
+    started_us: int = 0
+    answered_by: set[str] = field(default_factory=set)  # replicas that answered well, and those that failed:
+    failed_by: set[str] = field(default_factory=set)  # what the slow-request and quorum-failure logs tell
 
 
 @dataclass(eq=False, kw_only=True)
@@ -62,6 +67,9 @@ class GetRequest(co.GetCoordination):
 
     request: messages.Get
     reply: Reply = field(repr=False)
+    started_us: int = 0
+    answered_by: set[str] = field(default_factory=set)
+    failed_by: set[str] = field(default_factory=set)
 
 
 Coordination = PutRequest | GetRequest
@@ -85,9 +93,12 @@ class ClientRequests:
         limits: Limits,
         now_ms: Callable[[], int],
         wall_ms: Callable[[], int],
+        now_us: Callable[[], int] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """`now_ms`: the monotonic clock of request deadlines; `wall_ms`: the wall clock a write's
-        version is stamped with (other nodes compare it, to prune contexts and age tombstones)."""
+        version is stamped with (other nodes compare it, to prune contexts and age tombstones);
+        `now_us`: the same monotonic clock finer, only for latencies; `metrics`: where counts go."""
         self.name = name
         self.replica = replica
         self.storage = storage
@@ -103,6 +114,10 @@ class ClientRequests:
         # insertion-ordered (a dict, not a set): ticks visit them in the same order on every run
         self.running: dict[Coordination, None] = {}
         self.pruned_entries_total = 0
+        self.now_us = now_us or (lambda: now_ms() * 1000)
+        self.metrics = metrics or Metrics()
+        self.slow_request_us = limits.slow_request_ms * 1000
+        self.log_budget = LogBudget(limits.slow_log_lines_per_s)
         self._effects: dict[type, Callable[[Any, Any], None]] = {
             co.SendReplicate: self._send_replicate,
             co.SendFetch: self._send_fetch,
@@ -141,6 +156,7 @@ class ClientRequests:
             limits=self.limits,
             request=request,
             reply=reply,
+            started_us=self.now_us(),
         )
         self._run(coordination, coordination.start())
 
@@ -192,6 +208,7 @@ class ClientRequests:
             request=request,
             reply=reply,
             ok=ok,
+            started_us=self.now_us(),
         )
 
         def stored_locally(error: DynError | None) -> None:
@@ -274,8 +291,12 @@ class ClientRequests:
     # ---- the effects ----
 
     def _send_replicate(self, coordination: Coordination, effect: co.SendReplicate) -> None:
+        if isinstance(coordination, GetRequest):
+            self.metrics.count("read_repairs")
+
         def on_reply(answer: Any) -> None:
             self._evidence(effect.node, answer)
+            (coordination.answered_by if isinstance(answer, messages.ReplicateOk) else coordination.failed_by).add(effect.node)
             if isinstance(coordination, PutRequest):
                 self._apply(coordination, coordination.on_reply(effect.node, isinstance(answer, messages.ReplicateOk)))
             elif isinstance(answer, DynError):  # a get's read repair: nothing waits for it
@@ -287,14 +308,17 @@ class ClientRequests:
         def on_reply(answer: Any) -> None:
             self._evidence(effect.node, answer)
             if isinstance(answer, messages.FetchOk) and self._fetched_ok(effect.node, effect.key, answer.record, coordination.local_record):
+                coordination.answered_by.add(effect.node)
                 effects = coordination.on_reply(effect.node, answer.record)
             else:
+                coordination.failed_by.add(effect.node)
                 effects = coordination.on_failure(effect.node)
             self._apply(coordination, effects)
 
         self.network.send(effect.node, lambda rid: messages.Fetch(id=rid, key=effect.key, hint=effect.hint), on_reply)
 
     def _store_local(self, coordination: Coordination, effect: co.StoreLocal) -> None:
+        self.metrics.count("read_repairs")
         try:
             self.records.merge_in(effect.key, effect.record, _log_repair_failure)
         except DynError as exc:  # the merge is over a limit: our copy stays as it is
@@ -307,13 +331,41 @@ class ClientRequests:
             _log_hint_failure(exc)
 
     def _answer_put(self, coordination: PutRequest, effect: co.AnswerPut) -> None:
+        self._note_slow(coordination)
         coordination.reply(coordination.ok)
 
     def _answer_get(self, coordination: GetRequest, effect: co.AnswerGet) -> None:
+        self._note_slow(coordination)
         coordination.reply(self._get_payload(coordination.request.id, effect.record))
 
     def _fail(self, coordination: Coordination, effect: co.Fail) -> None:
+        if self.log_budget.allow(self.now_ms()):
+            failed = coordination.failed_by
+            waiting = [node for node, _ in coordination.targets if node not in coordination.answered_by and node not in failed]
+            log.warning(
+                "%s of key %s failed (%s): %s; replicas that did not answer: failed %s, no answer yet %s%s",
+                _op(coordination), _key_hash(coordination.key), effect.code, effect.message,
+                ", ".join(sorted(failed)) or "none", ", ".join(sorted(waiting)) or "none", self._dropped_note(),
+            )  # fmt: skip
         coordination.reply(error_reply(coordination.request.id, _FAILURES.get(effect.code, QuorumFailed)(effect.message)))
+
+    def _note_slow(self, coordination: Coordination) -> None:
+        """Log a coordination slower than slow_request_ms, once, as it answers (never the key)."""
+        if not self.slow_request_us:
+            return
+        took_us = self.now_us() - coordination.started_us
+        if took_us < self.slow_request_us or not self.log_budget.allow(self.now_ms()):
+            return
+        log.warning(
+            "slow %s of key %s: %d ms; replicas asked %d (%s), answered %d (%s)%s",
+            _op(coordination), _key_hash(coordination.key), took_us // 1000,
+            len(coordination.targets), ", ".join(node for node, _ in coordination.targets),
+            len(coordination.answered_by), ", ".join(sorted(coordination.answered_by)), self._dropped_note(),
+        )  # fmt: skip
+
+    def _dropped_note(self) -> str:
+        dropped = self.log_budget.take_dropped()
+        return f" ({dropped} more slow or failed requests not logged)" if dropped else ""
 
     # ---- helpers ----
 
@@ -340,6 +392,7 @@ class ClientRequests:
 
     def _get_payload(self, request_id: int, record: bytes | None) -> bytes:
         view = self.replica.read(record)
+        self.metrics.versions_seen(_array_length(view.siblings_cbor))
         return codec.encode_get_ok_preencoded(request_id, view.siblings_cbor, view.context_cbor)
 
     def _note(self, key: bytes, sibling_count: int, object_bytes: int, pruned: int) -> None:
@@ -349,6 +402,7 @@ class ClientRequests:
         if object_bytes >= limits.object_bytes_warn:
             log.warning("key %r holds %d bytes (object_bytes_warn=%d)", key[:64], object_bytes, limits.object_bytes_warn)
         if pruned:
+            self.metrics.count("contexts_pruned", amount=pruned)
             self.pruned_entries_total += pruned
             log.info("pruned %d context entries of key %r (total %d)", pruned, key[:64], self.pruned_entries_total)
 
@@ -361,3 +415,22 @@ def _log_hint_failure(error: DynError | None) -> None:
 def _log_repair_failure(error: DynError | None) -> None:
     if error is not None:
         log.warning("read repair of the local replica failed: %s", error)
+
+
+def _op(coordination: Coordination) -> str:
+    return type(coordination.request).OP
+
+
+def _key_hash(key: bytes) -> str:
+    """A short hash that tells keys apart in a log without writing the key."""
+    return hashlib.blake2b(key, digest_size=6).hexdigest()
+
+
+def _array_length(cbor: bytes) -> int:
+    """How many items a CBOR array holds, from its head alone (the answer's siblings are already
+    encoded; decoding them again only to count would double a get's CBOR work)."""
+    info = cbor[0] & 0x1F
+    if info < 24:
+        return info
+    width = 1 << (info - 24)  # 24..27: the count follows in 1, 2, 4 or 8 bytes
+    return int.from_bytes(cbor[1 : 1 + width], "big")

@@ -300,6 +300,7 @@ class Connection:
                     frames = decoder.feed(chunk)
                 except FrameTooLarge as exc:
                     log.info("closing %s: %s", self.peer, exc.message)
+                    self.server.frames_refused += 1
                     if not self.greeted:
                         self.security.events.record(events.CONNECTION_LIMIT, self.peer, f"before its hello: {exc.message}")
                     self.send(error_reply(None, exc))
@@ -342,9 +343,11 @@ class Connection:
         try:
             message = codec.decode_message(frame)
         except BadFrame as exc:
+            self.server.frames_refused += 1
             self.send(error_reply(None, exc))
             return self.greeted
         except (BadRequest, UnknownOp) as exc:
+            self.server.frames_refused += 1
             self.send(error_reply(codec.request_id_of(exc), exc))
             return self.greeted
         if not self.greeted:
@@ -439,6 +442,7 @@ class Connection:
         self._decoder.set_frame_bytes_max(self.limits.frame_bytes_max)
 
     def _refuse_hello(self, reason: str) -> bool:
+        self.server.connections_refused += 1
         self.security.events.record(events.HELLO_REFUSED, self.peer, reason)
         self.send(error_reply(None, Unauthorized(f"hello refused: {reason}")))
         return False
@@ -462,6 +466,7 @@ class Connection:
             reason = f"{message.OP} needs an admin token or a connection from the node's own host (this connection holds {held})"
         else:
             reason = f"{message.OP} needs a client token (this connection holds {held})"
+        self.server.frames_refused += 1
         self.security.events.record(events.UNAUTHORIZED, self.peer, reason)
         self.send(error_reply(getattr(message, "id", None), Unauthorized(reason)))
 
@@ -477,6 +482,10 @@ class Server:
         self.security = security if security is not None else Security()
         self.shell_handlers: Mapping[type, ShellHandler] = shell_handlers or {}
         self.connections = 0
+        # since start, for the node's stats: connections refused (over connections_max, or their
+        # hello refused) and frames refused (undecodable, unknown, or above the connection's role)
+        self.connections_refused = 0
+        self.frames_refused = 0
         self.partial_bytes = 0  # partly received frames, all connections together
         self.memory = MemoryGiver()
         self._open: dict[Connection, None] = {}  # least recently active first
@@ -499,6 +508,7 @@ class Server:
         if self.connections >= self.limits.connections_max:
             victim = self._idle_anonymous()
             if victim is None:
+                self.connections_refused += 1
                 self.security.events.record(events.CONNECTION_LIMIT, peer, f"refused: connections_max={self.limits.connections_max}")
                 if self.security.server_ssl is not None:  # a TLS client could not read a frame in the clear
                     await trio.aclose_forcefully(stream)
