@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="without a secret, listen beyond loopback anyway: whoever reaches the port is trusted (logged as a warning)",
     )
     parser.add_argument("--metrics-listen", dest="metrics_listen", metavar="HOST:PORT", help="serve GET /metrics (Prometheus) here; loopback unless --trusted-network")
+    parser.add_argument(
+        "--no-metrics", dest="metrics", action="store_const", const=False, help="keep no latency histograms or request counters (to measure what they cost)"
+    )
     parser.add_argument("--version", action="version", version=f"dynd {__version__}")
     return parser
 
@@ -117,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         "client_tokens_file": args.client_tokens_file,
         "trusted_network": args.trusted_network,
         "metrics_listen": args.metrics_listen,
+        "metrics": args.metrics,
     }
     try:
         config = load_config(args.config, overrides)
@@ -362,6 +366,7 @@ async def serve(config: Config, security: Security) -> None:
                 boot=boot,
                 now_us=monotonic_us,
                 shell_readings=lambda: shell_readings(config, store, committer, server),
+                measure=config.metrics,
             )
             node.swim.on_security_event = security.events.record
 

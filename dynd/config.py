@@ -11,6 +11,7 @@
     seeds = []                  # HOST:PORT of nodes to gossip with besides the members
     join = ""                   # on first start, join the cluster of the node at HOST:PORT
     metrics_listen = ""         # HOST:PORT serving GET /metrics (Prometheus); off when empty
+    metrics = true              # false: no latency histograms or request counters (to measure their cost)
 
     [security]                  # DESIGN.md section 6a; man dynd(8), SECURITY
     cluster_secret_file = ""    # hex secrets, one or two lines (openssl rand -hex 32); mode 0600
@@ -72,6 +73,7 @@ class Config:
     seeds: tuple[str, ...] = ()
     join: str = ""
     metrics_listen: str = ""  # "" : no metrics endpoint
+    metrics: bool = True  # False: the node keeps no latency histograms or request counters
     partitions: int | None = None  # None: the cluster's (when joining or restarting), else DEFAULT_PARTITIONS
     replicas: int = 3
     r: int = 2
@@ -103,7 +105,7 @@ class Config:
 
 
 _SECTIONS: dict[str, dict[str, type]] = {
-    "node": {"name": str, "listen": str, "data_dir": str, "log_level": str, "log_format": str, "advertise": str, "seeds": list, "join": str, "metrics_listen": str},
+    "node": {"name": str, "listen": str, "data_dir": str, "log_level": str, "log_format": str, "advertise": str, "seeds": list, "join": str, "metrics_listen": str, "metrics": bool},
     "cluster": {"partitions": int, "replicas": int, "r": int, "w": int},
     "security": {
         "cluster_secret_file": str,

@@ -84,6 +84,7 @@ class Node:
         boot: int = 0,
         now_us: Callable[[], int] | None = None,
         shell_readings: Callable[[], dict[str, Any]] | None = None,
+        measure: bool = True,
     ) -> None:
         """`actor`: the id this node's versions carry, its name plus an epoch (`dynd.core.actors`
         says when a start must take a new one; the caller decides and stores it). `keyring`: the
@@ -91,7 +92,8 @@ class Node:
         `boot`: one more than at this node's previous start (the caller persists it).
         `now_us`: the monotonic clock in microseconds, only for latencies (sub-ms gets need
         it; default now_ms * 1000); `shell_readings`: what only the shell knows, for StatsOk and
-        InfoOk (`SHELL_READINGS` names them; a missing one reads 0 or "")."""
+        InfoOk (`SHELL_READINGS` names them; a missing one reads 0 or ""); `measure`: False
+        keeps no latency histograms or request counters (to measure what they cost)."""
         self.name = name
         self.rng = rng
         self.network = network
@@ -101,6 +103,7 @@ class Node:
         self.now_us = now_us or (lambda: now_ms() * 1000)
         self.shell_readings = shell_readings or dict
         self.metrics = Metrics()
+        self.measure = measure
         self.started_ms = now_ms()
         partitions = membership.params.partitions
         self.replica = LocalReplica(actor or name, limits, partitions, renew_actor=self._renew_actor)
@@ -227,11 +230,14 @@ class Node:
         }
         # the requests whose latency is measured, under their op's name
         self._timed = {messages.Get: "get", messages.Put: "put", messages.Delete: "delete", messages.Replicate: "replicate"}
+        self._ok_labels = {"get": "get:ok", "put": "put:ok", "delete": "delete:ok", "forward": ""}  # "": not counted here
 
     # ---- in: requests, datagrams, the clock ----
 
-    def handle(self, message: Any, reply: Reply) -> None:
-        """Serve one request. A request the node refuses gets an error reply; bugs propagate."""
+    def handle(self, message: Any, reply: Reply, received_us: int | None = None) -> None:
+        """Serve one request. A request the node refuses gets an error reply; bugs propagate.
+        `received_us` (the `now_us` clock): when the request reached the host, if the shell
+        knows; its latency is timed from there, else from now."""
         handler = self.handlers.get(type(message))
         if handler is None:
             reply(error_reply(getattr(message, "id", None), BadRequest(f"{message.OP!r} is not a request a node accepts")))
@@ -240,7 +246,7 @@ class Node:
         if op is not None:
             if op != "replicate" and message.forwarded:
                 op = "forward"  # the node the client asked times and counts it as get/put/delete
-            reply = self._timing(op, reply)
+            reply = self._timing(op, reply, self.now_us() if received_us is None else received_us)
         try:
             handler(message, reply)
         except DynError as exc:
@@ -280,30 +286,43 @@ class Node:
         self.replica.actor = actor
         return [PutMeta(ACTOR_META, actor.encode())]
 
-    def _timing(self, op: str, reply: Reply) -> Reply:
+    def _timing(self, op: str, reply: Reply, started_us: int) -> Reply:
         """Measure the latency of `op` as the reply goes out. A get, put or delete is measured and
         counted once, by the node the client asked (forwarding included); the node a request was
         forwarded to measures it as "forward" and does not count it again, so the counters of
         all nodes add up to the client requests. Foreground requests feed admission control;
         a client request counts its outcome: an ErrorReply's code, or "ok" (a message, or a
-        get's pre-encoded bytes, which are never an error and are not decoded here)."""
-        started_us = self.now_us()
-        metrics = self.metrics
+        get's pre-encoded bytes, which are never an error and are not decoded here). With
+        `measure` off only admission control hears of it. `now_us` and `now_ms` are one clock,
+        so one reading serves both."""
+        metrics, now_us, budget = self.metrics, self.now_us, self.budget
+        if not self.measure:
+            if op == "replicate":
+                return reply
+
+            def admitted(answer: Any) -> None:
+                ended_us = now_us()
+                budget.record_ms((ended_us - started_us) / 1000, ended_us // 1000)
+                reply(answer)
+
+            return admitted
         if op == "replicate":
 
             def timed_replica(answer: Any) -> None:
-                metrics.latency(op, self.now_us() - started_us, self.now_ms())
+                ended_us = now_us()
+                metrics.latency(op, ended_us - started_us, ended_us // 1000)
                 reply(answer)
 
             return timed_replica
+        ok_label = self._ok_labels[op]
 
         def timed(answer: Any) -> None:
-            now = self.now_ms()
-            took_us = self.now_us() - started_us
+            ended_us = now_us()
+            took_us, now = ended_us - started_us, ended_us // 1000
             metrics.latency(op, took_us, now)
-            self.budget.record_ms(took_us / 1000, now)
-            if op != "forward":
-                metrics.count("requests", f"{op}:{answer.code if type(answer) is messages.ErrorReply else 'ok'}")
+            budget.record_ms(took_us / 1000, now)
+            if ok_label:
+                metrics.count("requests", f"{op}:{answer.code}" if type(answer) is messages.ErrorReply else ok_label)
             reply(answer)
 
         return timed

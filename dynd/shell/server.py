@@ -53,6 +53,7 @@ from dynd.protocol.errors import BadFrame, BadRequest, DynError, Overloaded, Pro
 from dynd.protocol.framing import FrameDecoder, FrameTooLarge, encode_frame
 from dynd.core.node import Node
 from dynd.shell import security as events
+from dynd.shell.arrival import ArrivalReader
 from dynd.shell.memory import LARGE_BUFFER_BYTES, MemoryGiver
 from dynd.shell.security import Security
 from dynd.protocol.tls import TlsError, TlsLayer
@@ -251,12 +252,19 @@ class Connection:
 
     async def reader(self) -> None:
         decoder = self._decoder
-        frame_started: float | None = None
         # One cancel scope for the connection's life, its deadline moved before each read when it
         # falls outside [due, due + slack]: cheaper than a new scope per read. Reads are its only
         # checkpoints besides the wait for replies to drain, which it must not cover, so the
         # deadline is lifted before that wait.
         started = trio.current_time()
+        arrivals = ArrivalReader(self._fd)
+        try:
+            await self._read_frames(decoder, started, arrivals)
+        finally:
+            arrivals.release()
+
+    async def _read_frames(self, decoder: FrameDecoder, started: float, arrivals: ArrivalReader) -> None:
+        frame_started: float | None = None
         with trio.CancelScope() as read_deadline:
             self._read_scope = read_deadline
             while True:
@@ -277,12 +285,13 @@ class Connection:
                 # stream's receive would also pass through it after every successful read.)
                 await trio.lowlevel.wait_readable(self._fd)
                 try:
-                    chunk = os.read(self._fd, RECEIVE_CHUNK_BYTES)
+                    chunk, waited_s = arrivals.read(RECEIVE_CHUNK_BYTES)
                 except BlockingIOError:
                     continue
                 if not chunk:
                     return
-                self.last_active = trio.current_time()
+                self.last_active = now = trio.current_time()
+                received_us = int((now - waited_s) * 1_000_000)
                 self.server.touch(self)
                 if self.tls is not None:
                     try:
@@ -318,7 +327,7 @@ class Connection:
                 self._holding = True
                 turn_ends = trio.current_time() + TURN_S if len(frames) > FRAMES_PER_CLOCK_READ else math.inf
                 for index, frame in enumerate(frames, 1):
-                    if not self.dispatch(frame):
+                    if not self.dispatch(frame, received_us):
                         return
                     if index % FRAMES_PER_CLOCK_READ == 0 and index < len(frames) and trio.current_time() > turn_ends:
                         await self._take_turns()
@@ -338,8 +347,9 @@ class Connection:
             log.info("closing %s: %s within the deadline", self.peer, what)
             self.send(error_reply(None, BadFrame(f"closing: {what} within the deadline")))
 
-    def dispatch(self, frame: bytes) -> bool:
-        """Handle one frame; False means close the connection."""
+    def dispatch(self, frame: bytes, received_us: int | None = None) -> bool:
+        """Handle one frame; False means close the connection. `received_us`: when its bytes
+        reached this host (`dynd.shell.arrival`), where the node starts timing it."""
         try:
             message = codec.decode_message(frame)
         except BadFrame as exc:
@@ -359,7 +369,11 @@ class Connection:
             return True
         self.inflight += 1
         try:
-            self.server.shell_handlers.get(type(message), self.node.handle)(message, self._complete)
+            shell_handler = self.server.shell_handlers.get(type(message))
+            if shell_handler is None:
+                self.node.handle(message, self._complete, received_us)
+            else:
+                shell_handler(message, self._complete)
         except Exception as exc:
             log.exception("request %s from %s failed", request_id, self.peer)
             self._complete(error_reply(request_id, DynError(f"internal error: {exc!r}")))

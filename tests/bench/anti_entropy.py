@@ -131,7 +131,7 @@ class Replica:
 
     # ---- requests ----
 
-    def handle(self, message: Any, reply: Callable[[Any], None]) -> None:
+    def handle(self, message: Any, reply: Callable[[Any], None], received_us: int | None = None) -> None:
         handler = self.handlers.get(type(message))
         try:
             if handler is None:

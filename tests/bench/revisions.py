@@ -1,6 +1,7 @@
 """This checkout beside another revision of dynd, as ratios measured in one run.
 
     python tests/bench/revisions.py --base REV [--rounds 4] [--seconds 6] [--concurrency 32]
+                                    [--base-args ARGS] [--this-args ARGS]
 
 Checks REV out into a temporary git worktree, starts a three-node cluster (N=3 R=2 W=2) of each
 (REV's by `python -m dynd` run inside its worktree, this checkout's the same way here), and runs
@@ -9,12 +10,16 @@ alternating which goes first. Prints, per workload, the median ops/s of each, th
 per-round ratios (this / base) with their range, and server CPU per operation (every process of
 the cluster, LMDB writers included). These machines drift by up to 2x within an hour: only the
 ratios of one run mean anything, and 4 rounds or more are needed to tell 10% apart.
+
+`--base-args` and `--this-args` add dynd flags to every node of one side: with `--base HEAD`
+they compare one revision with itself under two settings, e.g. `--base-args=--no-metrics`.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -30,7 +35,7 @@ WORKLOADS = ("insert", "get")
 READY_DEADLINE_S = 30.0
 
 
-def start_cluster(tree: Path, prefix: str, scratch: Path) -> tuple[list[int], list[subprocess.Popen[bytes]]]:
+def start_cluster(tree: Path, prefix: str, scratch: Path, extra_args: list[str]) -> tuple[list[int], list[subprocess.Popen[bytes]]]:
     from dynd.client import BlockingClient
     from dynd.protocol.errors import DynError
 
@@ -40,6 +45,7 @@ def start_cluster(tree: Path, prefix: str, scratch: Path) -> tuple[list[int], li
     for index, port in enumerate(ports):
         argv = [sys.executable, "-m", "dynd", "--name", f"{prefix}{index}", "--listen", f"{HOST}:{port}", "--data-dir", str(scratch / f"{prefix}{index}")]
         argv += ["--replicas", "3", "--r", "2", "--w", "2"] if index == 0 else ["--join", f"{HOST}:{ports[0]}"]
+        argv += extra_args
         with open(scratch / f"{prefix}{index}.log", "wb") as log:
             procs.append(subprocess.Popen(argv, cwd=tree, env=env, stderr=log, stdin=subprocess.DEVNULL))
     deadline = time.monotonic() + READY_DEADLINE_S
@@ -61,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--base-args", default="", help="dynd flags for the base side's nodes")
+    parser.add_argument("--this-args", default="", help="dynd flags for this checkout's nodes")
     args = parser.parse_args(argv)
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="dynd-revisions-") as scratch_dir:
@@ -69,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(base_tree), args.base], check=True)
         clusters = {}
         try:
-            clusters["base"] = start_cluster(base_tree, "b", scratch)
-            clusters["this"] = start_cluster(ROOT, "t", scratch)
+            clusters["base"] = start_cluster(base_tree, "b", scratch, shlex.split(args.base_args))
+            clusters["this"] = start_cluster(ROOT, "t", scratch, shlex.split(args.this_args))
             for round_index in range(args.rounds):
                 order = ["base", "this"] if round_index % 2 == 0 else ["this", "base"]
                 for workload in WORKLOADS:
@@ -91,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                 for proc in procs:
                     proc.wait(timeout=30)
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_tree)], check=False)
-    print(f"this checkout against {args.base}: 3 nodes, N=3 R=2 W=2, 1 KiB values, concurrency {args.concurrency}, {args.seconds:g} s, {args.rounds} interleaved rounds")
+    flags = f" (base flags: {args.base_args or 'none'}; this: {args.this_args or 'none'})" if args.base_args or args.this_args else ""
+    print(f"this checkout against {args.base}{flags}: 3 nodes, N=3 R=2 W=2, 1 KiB values, concurrency {args.concurrency}, {args.seconds:g} s, {args.rounds} interleaved rounds")
     for workload in WORKLOADS:
         base, this = results[("base", workload)], results[("this", workload)]
         ratios = [t[0] / b[0] for b, t in zip(base, this) if b[0]]

@@ -50,7 +50,7 @@ class FakeNode:
         self.cluster = _Cluster(members)
         self.handled: list[Any] = []
 
-    def handle(self, message: Any, reply: Any) -> None:
+    def handle(self, message: Any, reply: Any, received_us: int | None = None) -> None:
         self.handled.append(message)
         reply(messages.Pong(id=getattr(message, "id", 0) or 0, node=self.name))
 

@@ -103,3 +103,30 @@ def test_a_forwarded_request_is_counted_once_by_the_node_the_client_asked() -> N
     served = stats(link, coordinator)
     assert ("requests", "put:ok") not in counters(served), "not counted twice"
     assert {(v.op, v.window): v.count for v in served.latencies}[("forward", "start")] == 1
+
+
+def test_a_latency_starts_when_the_request_reached_the_host_when_the_shell_knows() -> None:
+    link = Link(["n1", "n2", "n3"], n=3, r=2, w=2)
+    node = link.nodes["n1"]
+    replies: list[Any] = []
+    node.handle(messages.Put(id=1, key=b"k", value=b"v"), replies.append, received_us=node.now_us() - 250_000)  # waited 250 ms in its socket
+    link.deliver()
+    assert isinstance(link.reply_of(replies), messages.PutOk)
+    put = {(v.op, v.window): v for v in stats(link, "n1").latencies}[("put", "start")]
+    assert put.count == 1 and 249_000 <= put.p50_us <= 251_000, put
+
+
+def test_with_measuring_off_no_latency_or_request_count_is_kept_but_admission_control_still_hears() -> None:
+    link = Link(["n1", "n2", "n3"], n=3, r=2, w=2)
+    for node in link.nodes.values():
+        node.measure = False
+    heard: list[float] = []
+    budget = link.nodes["n1"].budget
+    record = budget.record_ms
+    budget.record_ms = lambda latency_ms, now_ms: (heard.append(latency_ms), record(latency_ms, now_ms))  # type: ignore[method-assign]
+    assert isinstance(link.ask("n1", messages.Put(id=1, key=b"k", value=b"v")), messages.PutOk)
+    assert values(link.ask("n1", messages.Get(id=2, key=b"k"))) == [b"v"]
+    found = stats(link, "n1")
+    assert found.latencies == [] and ("requests", "put:ok") not in counters(found)
+    assert stats(link, "n2").latencies == []
+    assert len(heard) == 2, "the put and the get fed admission control"

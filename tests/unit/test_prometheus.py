@@ -121,7 +121,7 @@ class ErringNode:
     def __init__(self) -> None:
         self.asked = 0
 
-    def handle(self, message: object, reply: object) -> None:
+    def handle(self, message: object, reply: object, received_us: int | None = None) -> None:
         assert isinstance(message, StatsGet)
         self.asked += 1
         reply(ErrorReply(id=0, code="bad_request", message="'stats' is not a request a node accepts", retriable=False))  # type: ignore[operator]

@@ -353,7 +353,7 @@ class EchoNode:
         self.cluster = SimpleNamespace(membership=SimpleNamespace(members={n: Member(n, "127.0.0.1:1", JOINED) for n in ("n1", "n2")}))
         self.handled = 0
 
-    def handle(self, message: Any, reply: Callable[[Any], None]) -> None:
+    def handle(self, message: Any, reply: Callable[[Any], None], received_us: int | None = None) -> None:
         from dynd.protocol import messages
 
         self.handled += 1
