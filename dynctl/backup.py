@@ -14,7 +14,8 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
@@ -29,9 +30,11 @@ from dynd import __version__
 from dynd.client import Client
 from dynd.protocol.backup_file import Manifest, encode_tail
 from dynd.protocol.errors import DynError, Internal
+from dynd.protocol.messages import BackupChunk, BackupStartOk
 
 PARTIAL_SUFFIX = ".partial"
 END_TIMEOUT_S = 2.0  # telling the node to drop its copy, after a failure: best effort
+READS_IN_FLIGHT = 4  # so the node reads and sends the next chunks while this side writes the last
 
 
 class ChecksumMismatch(Exception):
@@ -105,33 +108,86 @@ async def stream_backup(client: Client, out: BinaryIO, progress: Progress | None
     once rather than after its idle timeout). The manifest for the file's tail."""
     started = await client.backup_start()
     task = progress.add_task(f"backup of {started.node}", total=started.estimate_bytes or None) if progress is not None else None
-    read_timeout_s = timeout_s + started.read_wait_ms / 1000  # a read may wait that long for the copy
     hasher = hashlib.sha256()
-    offset = 0
+    written = 0
+
+    def write(chunk: BackupChunk) -> None:
+        nonlocal written
+        out.write(chunk.data)
+        hasher.update(chunk.data)
+        written += len(chunk.data)
+        if progress is not None and task is not None:
+            total = chunk.size if chunk.size is not None else max(started.estimate_bytes, chunk.copied_bytes)
+            progress.update(task, completed=written, total=total)
+
     try:
-        while True:
-            chunk = await client.backup_read(started.backup, offset, timeout_s=read_timeout_s)
-            if chunk.offset != offset or (chunk.size is not None and offset + len(chunk.data) > chunk.size):
-                raise Internal(f"the node sent bytes {chunk.offset}..{chunk.offset + len(chunk.data)} for offset {offset}")
-            out.write(chunk.data)
-            hasher.update(chunk.data)
-            offset += len(chunk.data)
-            if progress is not None and task is not None:
-                total = chunk.size if chunk.size is not None else max(started.estimate_bytes, chunk.copied_bytes)
-                progress.update(task, completed=offset, total=total)
-            if chunk.done and offset == chunk.size:
-                break
+        last = await _read_in_order(client, started, timeout_s, write)
     except BaseException:
         with trio.CancelScope(shield=True), trio.move_on_after(END_TIMEOUT_S), contextlib.suppress(DynError):
             await client.backup_end(started.backup, timeout_s=END_TIMEOUT_S)
         raise
     await client.backup_end(started.backup)
-    assert chunk.sha256 is not None and chunk.size is not None
-    if hasher.digest() != chunk.sha256:
-        raise ChecksumMismatch(f"the bytes received hash to {hasher.hexdigest()}, the node's copy to {chunk.sha256.hex()}")
+    assert last.sha256 is not None and last.size is not None
+    if hasher.digest() != last.sha256:
+        raise ChecksumMismatch(f"the bytes received hash to {hasher.hexdigest()}, the node's copy to {last.sha256.hex()}")
     return Manifest(
-        node=started.node, cluster=started.cluster, taken_ms=started.taken_ms, size=chunk.size, sha256=chunk.sha256, agent=f"dynctl {__version__}"
+        node=started.node, cluster=started.cluster, taken_ms=started.taken_ms, size=last.size, sha256=last.sha256, agent=f"dynctl {__version__}"
     )
+
+
+class _Read:
+    """One read in flight: its reply or error, once `arrived` is set."""
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+        self.arrived = trio.Event()
+        self.chunk: BackupChunk | None = None
+        self.error: DynError | None = None
+
+
+async def _read_in_order(client: Client, started: BackupStartOk, timeout_s: float, take: Callable[[BackupChunk], None]) -> BackupChunk:
+    """Hand the backup's chunks to `take` in order, and return the last (it has the copy's size and
+    digest). Up to READS_IN_FLIGHT reads are outstanding, so the node reads and sends the next
+    chunks while this side writes the last. They ask only for whole chunks the node is known to
+    have copied; at the end of what is known, one read goes alone (it may wait for the copy, and
+    bring back less than a chunk)."""
+    read_timeout_s = timeout_s + started.read_wait_ms / 1000  # a read may wait that long for the copy
+    step = started.chunk_bytes
+
+    async def read(pending: _Read) -> None:
+        try:
+            pending.chunk = await client.backup_read(started.backup, pending.offset, timeout_s=read_timeout_s)
+        except DynError as exc:
+            pending.error = exc
+        finally:
+            pending.arrived.set()
+
+    in_flight: deque[_Read] = deque()
+    asked = offset = known = 0  # the next offset to ask for; the next to take; bytes the node has copied
+    async with trio.open_nursery() as nursery:
+        while True:
+            while len(in_flight) < READS_IN_FLIGHT and asked + step <= known:
+                in_flight.append(_Read(asked))
+                nursery.start_soon(read, in_flight[-1])
+                asked += step
+            if not in_flight:
+                in_flight.append(_Read(asked))
+                nursery.start_soon(read, in_flight[-1])
+            pending = in_flight.popleft()
+            await pending.arrived.wait()
+            if pending.error is not None:
+                raise pending.error
+            chunk = pending.chunk
+            assert chunk is not None
+            if chunk.offset != offset or (chunk.size is not None and offset + len(chunk.data) > chunk.size):
+                raise Internal(f"the node sent bytes {chunk.offset}..{chunk.offset + len(chunk.data)} for offset {offset}")
+            offset += len(chunk.data)
+            asked = max(asked, offset)  # after a read at the end, which may bring back less than a chunk
+            known = chunk.size if chunk.size is not None else chunk.copied_bytes
+            take(chunk)
+            if chunk.done and offset == chunk.size:
+                return chunk  # nothing is in flight: every read asked for was of bytes before the end
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager

@@ -160,10 +160,9 @@ class BackupService:
         backup = _Backup(backup_id, path, fd, taken_ms=self._wall_ms())
         self._backups[backup_id] = backup
         self._touch(backup)
-        self._nursery.start_soon(self._run_backup, backup)
         node, cluster = self._identity()
         log.info("backup %016x started: a copy of up to %d bytes into %s", backup_id, estimate, path)
-        reply(messages.BackupStartOk(
+        started = messages.BackupStartOk(
             id=request.id,
             backup=backup_id,
             node=node,
@@ -173,7 +172,18 @@ class BackupService:
             chunk_bytes=limits.backup_chunk_bytes,
             idle_timeout_ms=limits.backup_idle_timeout_ms,
             read_wait_ms=limits.backup_read_wait_ms,
-        ))
+        )
+        self._nursery.start_soon(self._begin, backup, started, reply)
+
+    async def _begin(self, backup: _Backup, started: messages.BackupStartOk, reply: Reply) -> None:
+        """Answer only once the backup's task runs, so the first read finds the backup in place."""
+        assert self._nursery is not None
+        try:
+            await self._nursery.start(self._run_backup, backup)
+        except trio.Cancelled:  # the node is stopping; the backup's task has cleaned up after itself
+            reply(error_reply(started.id, ShuttingDown("the node is stopping")))
+            raise
+        reply(started)
 
     def read(self, request: messages.BackupRead, reply: Reply) -> None:
         backup = self._live(request.id, request.backup, reply)
@@ -211,13 +221,14 @@ class BackupService:
             backup.end_reason = reason
         backup.scope.cancel()
 
-    async def _run_backup(self, backup: _Backup) -> None:
+    async def _run_backup(self, backup: _Backup, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The backup's task: it holds the backup's reads, and cleans up when the backup ends. A
         failure here is the backup's, never the node's: logged, and the backup ends."""
         try:
             with backup.scope:
                 async with trio.open_nursery() as nursery:
                     backup.nursery = nursery
+                    task_status.started()
                     try:
                         self._start_copy(backup)
                     except Exception as exc:  # no pipe or thread to be had (EMFILE, say)

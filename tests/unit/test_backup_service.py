@@ -186,6 +186,28 @@ async def test_the_backup_is_one_snapshot_while_writes_go_on(tmp_path: Path) -> 
     assert generations[0] > 1
 
 
+async def test_a_read_sent_the_moment_the_start_is_answered_finds_the_backup(tmp_path: Path) -> None:
+    """The reply to BackupStart goes out only once the backup can take reads: a client that reads
+    at once (in the same pass of the event loop, here) must not be told there is no such backup."""
+    async with running(tmp_path) as node:
+        fill(node.store)
+        replies: list[Any] = []
+        got_chunk = trio.Event()
+
+        def on_read(reply: Any) -> None:
+            replies.append(reply)
+            got_chunk.set()
+
+        def on_start(reply: Any) -> None:
+            replies.append(reply)
+            node.service.read(messages.BackupRead(id=2, backup=reply.backup, offset=0), on_read)
+
+        node.service.start(messages.BackupStart(id=1), on_start)
+        with trio.fail_after(DEADLINE_S):
+            await got_chunk.wait()
+        assert [type(reply) for reply in replies] == [messages.BackupStartOk, messages.BackupChunk], replies
+
+
 # ---- bad requests ----
 
 
