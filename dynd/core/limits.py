@@ -86,6 +86,7 @@ class Limits:
     backup_chunk_bytes: int = 1024 * 1024  # the most one read returns
     backup_idle_timeout_ms: int = 60_000
     backup_read_wait_ms: int = 1_000  # a read at the end of what is copied so far waits this long for more
+    backup_reads_inflight_max: int = 8  # reads of one backup at once: each holds a chunk in memory
     # failure detection (SWIM over UDP)
     swim_period_ms: int = 1_000
     swim_ping_timeout_ms: int = 400

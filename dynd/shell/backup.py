@@ -79,6 +79,7 @@ class _Backup:
     sha256: bytes | None = None
     error: DynError | None = None
     ended: bool = False
+    reads: int = 0  # reads in progress
     end_reason: str = "no request named it within backup_idle_timeout_ms"
     progressed: trio.Event = field(default_factory=trio.Event)  # replaced after each wake-up
     threads_done: trio.Event = field(default_factory=trio.Event)
@@ -191,6 +192,13 @@ class BackupService:
             return
         assert backup.nursery is not None
         self._touch(backup)
+        if backup.reads >= self._limits.backup_reads_inflight_max:
+            reply(error_reply(request.id, Overloaded(
+                f"{backup.reads} reads of backup {backup.id:x} in progress (backup_reads_inflight_max="
+                f"{self._limits.backup_reads_inflight_max}): wait for their replies"
+            )))
+            return
+        backup.reads += 1
         backup.nursery.start_soon(self._serve_read, backup, request, reply)
 
     def end(self, request: messages.BackupEnd, reply: Reply) -> None:
@@ -294,6 +302,7 @@ class BackupService:
             answer(error_reply(request.id, Internal(f"cannot read the backup's copy: {exc.strerror}")))
             self._finish(backup, f"its copy could not be read: {exc.strerror}")
         finally:
+            backup.reads -= 1
             if not answered:  # cancelled: the backup ended while this read waited
                 reply(error_reply(request.id, BadRequest(f"backup {backup.id:x} ended ({backup.end_reason})")))
 

@@ -254,6 +254,27 @@ async def test_a_second_backup_is_refused_while_one_runs_and_taken_once_it_ends(
             assert isinstance(second, messages.BackupStartOk) and second.backup != first.backup
 
 
+async def test_reads_of_one_backup_in_flight_are_bounded(tmp_path: Path) -> None:
+    """Each read holds a chunk until its reply is sent: a client pipelining more than
+    backup_reads_inflight_max is told to wait, and the reads it had in flight are answered."""
+    store = EndlessStore()  # a copy that stays at its end: each read there waits for more
+    limits = dataclasses.replace(LIMITS, backup_reads_inflight_max=2, backup_read_wait_ms=2_000)
+    async with running(tmp_path, limits, store=store) as node:
+        async with node.admin() as conn:
+            started = await ask(conn, messages.BackupStart(id=1))
+            first = await ask(conn, messages.BackupRead(id=2, backup=started.backup, offset=0))
+            end = first.copied_bytes
+            for request_id in (3, 4, 5):  # all at the end of the copy so far: the first two wait
+                await conn.send(messages.BackupRead(id=request_id, backup=started.backup, offset=end))
+            replies = {}
+            for _ in range(3):
+                reply = await conn.receive()
+                replies[reply.id] = reply
+            assert replies[5].code == "overloaded" and "backup_reads_inflight_max=2" in replies[5].message
+            assert isinstance(replies[3], messages.BackupChunk) and isinstance(replies[4], messages.BackupChunk)
+            await ask(conn, messages.BackupEnd(id=6, backup=started.backup))
+
+
 async def test_backups_max_allows_more_at_once(tmp_path: Path) -> None:
     async with running(tmp_path, dataclasses.replace(LIMITS, backups_max=2)) as node:
         fill(node.store)
