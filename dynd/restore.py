@@ -12,7 +12,7 @@ each of which leaves DIR as it was if it fails:
    anti-entropy would bring them back; --allow-old restores it anyway.
 3. DIR must be empty, or --force (which replaces DIR/lmdb, nothing else in DIR).
 4. The copy is written to DIR/lmdb.restoring, its meta moved forward (below), synced, and renamed
-   to DIR/lmdb.
+   to DIR/lmdb. Run as root into a DIR that exists, the store is given to DIR's owner.
 
 What moves forward, and why (the rest of the meta is kept: the node's name, its partitions and
 its membership, which gossip brings up to date as it merges forward only):
@@ -123,12 +123,14 @@ def restore(path: str, *, data_dir: str | None, config_path: str | None, force: 
         check_age(manifest, now_ms, config.limits.tombstone_grace_ms, allow_old)
         directory = config.data_dir
         _check_directory(directory, force)
+        owner = _owner(directory)
         os.makedirs(directory, mode=0o700, exist_ok=True)
         staging = os.path.join(directory, STAGING_DIR)
         shutil.rmtree(staging, ignore_errors=True)  # left by a restore that was interrupted
         try:
             _copy_store(source, manifest, staging, path)
             actor = _stamp(staging, manifest, config.limits.lmdb_map_bytes, now_ms)
+            _give(staging, owner)
             target = _install(staging, directory)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -255,6 +257,28 @@ def _stamp(staging: str, manifest: Manifest, map_bytes: int, now_ms: int) -> str
     finally:
         store.close()
     return actor
+
+
+def _owner(directory: str) -> tuple[int, int] | None:
+    """Who the store should belong to: the data directory's owner, when root restores into a
+    directory that exists (a systemd StateDirectory, say), so the node can open what root wrote."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        info = os.stat(directory)
+    except OSError:
+        return None
+    return (info.st_uid, info.st_gid) if (info.st_uid, info.st_gid) != (0, 0) else None
+
+
+def _give(staging: str, owner: tuple[int, int] | None) -> None:
+    if owner is None:
+        return
+    try:
+        for path in [staging, *(os.path.join(staging, name) for name in os.listdir(staging))]:
+            os.chown(path, *owner)
+    except OSError as exc:
+        raise Refused(f"cannot give the store to uid {owner[0]}: {exc.strerror}", EXIT_STARTUP) from None
 
 
 def _install(staging: str, directory: str) -> str:

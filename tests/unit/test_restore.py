@@ -217,3 +217,14 @@ def test_the_store_opens_as_lmdb_after_restore(tmp_path: Path, backup: Path) -> 
         assert env.stat()["entries"] >= 3  # the objects, hints and meta databases
     finally:
         env.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give files to another user")
+def test_root_gives_the_store_to_the_data_directorys_owner(tmp_path: Path, backup: Path) -> None:
+    data_dir = tmp_path / "state"
+    data_dir.mkdir()
+    os.chown(data_dir, 4321, 4321)  # the user the node runs as (a systemd StateDirectory)
+    assert run(backup, "--data-dir", data_dir) == 0
+    store_dir = data_dir / "lmdb"
+    owners = {(path.stat().st_uid, path.stat().st_gid) for path in [store_dir, *store_dir.iterdir()]}
+    assert owners == {(4321, 4321)}
