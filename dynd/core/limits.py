@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 # LMDB's compiled-in key limit is 511 bytes; object keys carry a 2-byte partition prefix.
 LMDB_KEY_BYTES_MAX = 511
 PARTITION_PREFIX_BYTES = 2
+BACKUP_CHUNK_BYTES_MAX = 16 * 1024 * 1024
 
 
 _ZERO_MEANS_OFF = frozenset({"slow_request_ms"})
@@ -127,9 +128,10 @@ class Limits:
             raise ValueError("partial_frames_bytes_max must be at least frame_bytes_max (one whole frame must fit)")
         if self.handshake_frame_bytes_max > self.frame_bytes_max:
             raise ValueError("handshake_frame_bytes_max must not exceed frame_bytes_max")
-        # a backup chunk travels as one reply frame; a reader waiting for more must not look idle
-        if self.backup_chunk_bytes > self.frame_bytes_max - 1024:
-            raise ValueError("backup_chunk_bytes must leave 1024 bytes of a frame_bytes_max frame for the reply around it")
+        # a backup chunk travels as one reply frame (clients take replies of up to 64 MiB); a reader
+        # waiting for more must not look idle
+        if self.backup_chunk_bytes > BACKUP_CHUNK_BYTES_MAX:
+            raise ValueError(f"backup_chunk_bytes must be at most {BACKUP_CHUNK_BYTES_MAX}")
         if self.backup_chunk_bytes > self.connection_outbuf_bytes_max:
             raise ValueError("backup_chunk_bytes must not exceed connection_outbuf_bytes_max")
         if self.backup_read_wait_ms >= self.backup_idle_timeout_ms:

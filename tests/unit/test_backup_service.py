@@ -397,7 +397,7 @@ async def test_copies_left_by_a_killed_node_are_removed_at_start(tmp_path: Path)
 
 def test_backup_limits_are_checked() -> None:
     with pytest.raises(ValueError, match="backup_chunk_bytes"):
-        Limits(backup_chunk_bytes=Limits().frame_bytes_max)
+        Limits(backup_chunk_bytes=16 * 1024 * 1024 + 1)
     with pytest.raises(ValueError, match="backup_read_wait_ms"):
         Limits(backup_read_wait_ms=5_000, backup_idle_timeout_ms=5_000)
     with pytest.raises(ValueError, match="backups_max"):
