@@ -17,7 +17,7 @@ _dynctl() {
     local prev=${words[${#words[@]}-1]}
 
     local global_options="--node --timeout --json --token-file --tls-ca --help -h"
-    local commands="get put delete bench repair stats info health top log-level cluster ring dev"
+    local commands="get put delete bench repair backup stats info health top log-level cluster ring dev"
     local command="" subcommand="" i
     for ((i = 1; i < ${#words[@]}; i++)); do
         case ${words[i]} in
@@ -65,6 +65,7 @@ _dynctl() {
         put) options="--file -f --context --w --pw --help -h" ;;
         delete) options="--context --w --pw --help -h" ;;
         repair) options="--partition --help -h" ;;
+        backup) options="--force --help -h" ;;  # FILE: files, by complete -o default
         log-level)
             [[ $cur != -* ]] && COMPREPLY=($(compgen -W "DEBUG INFO WARNING ERROR" -- "$cur")) && return
             options="--help -h"

@@ -3,7 +3,7 @@
 # Static on purpose: it never runs dynctl, so TAB is instant and never touches a node.
 # Keys, values and tokens are the user's own, so only commands, options and files complete.
 
-set -l dynctl_commands get put delete bench repair stats info health top log-level cluster ring dev
+set -l dynctl_commands get put delete bench repair backup stats info health top log-level cluster ring dev
 
 complete -c dynctl -f
 
@@ -20,6 +20,7 @@ complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a put 
 complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a delete -d 'Delete what a context token covers'
 complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a bench -d 'Measure throughput and latency'
 complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a repair -d 'Run an anti-entropy exchange now'
+complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a backup -d "Copy the node's store to a file while it serves"
 complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a log-level -d 'Change the node\'s log level now'
 complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a stats -d 'Rates, latency percentiles, errors per node'
 complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a info -d "The node's version, addresses, store and backlog"
@@ -39,6 +40,8 @@ complete -c dynctl -n "__fish_seen_subcommand_from delete" -l context -x -d 'Tok
 complete -c dynctl -n "__fish_seen_subcommand_from put delete" -l w -x -d 'Stores to wait for'
 complete -c dynctl -n "__fish_seen_subcommand_from put delete" -l pw -x -d 'Stores that must be on primaries'
 complete -c dynctl -n "__fish_seen_subcommand_from repair" -l partition -x -d 'Only this partition'
+complete -c dynctl -n "__fish_seen_subcommand_from backup" -F -d 'Backup file'
+complete -c dynctl -n "__fish_seen_subcommand_from backup" -l force -d 'Replace FILE if it exists, once the backup is complete'
 complete -c dynctl -n "__fish_seen_subcommand_from log-level" -a 'DEBUG INFO WARNING ERROR' -d 'Log level'
 complete -c dynctl -n "__fish_seen_subcommand_from stats health" -l all -d 'Ask every member'
 complete -c dynctl -n "__fish_seen_subcommand_from health" -l hints-max -x -d 'Fail when a node holds more hints'

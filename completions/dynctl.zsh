@@ -27,6 +27,7 @@ _dynctl() {
         'delete:delete what a context token covers'
         'bench:measure throughput and latency'
         'repair:run an anti-entropy exchange now and show its progress'
+        'backup:copy the node'"'"'s store to a file while it serves'
         'log-level:change the node'"'"'s log level while it runs'
         'stats:rates, latency percentiles, errors and versions per get, per node'
         "info:the node's version, addresses, store and backlog"
@@ -83,6 +84,12 @@ _dynctl() {
           _arguments \
             '--partition=[only this partition]:partition: ' \
             '(- *)'{-h,--help}'[show help and exit]' && ret=0
+          ;;
+        backup)
+          _arguments \
+            '--force[replace FILE if it exists, once the new backup is complete]' \
+            '(- *)'{-h,--help}'[show help and exit]' \
+            '1:backup file:_files' && ret=0
           ;;
         log-level)
           _arguments \

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from dynctl import bench, cluster, dev, health, kv, log_level, repair, ring, stats, top
+from dynctl import backup, bench, cluster, dev, health, kv, log_level, repair, ring, stats, top
 from dynctl.node import Session
 from dynctl.output import EXIT_CODES_HELP, Output
 from dynd.protocol.address import DEFAULT_PORT, format_address, parse_address
@@ -125,6 +125,7 @@ app.command("stats", epilog=EXIT_CODES_HELP)(stats.stats)
 app.command("info", epilog=EXIT_CODES_HELP)(stats.info)
 app.command("health", epilog=EXIT_CODES_HELP)(health.health)
 app.command("top", epilog=EXIT_CODES_HELP)(top.top)
+app.command("backup", epilog=EXIT_CODES_HELP)(backup.backup)
 app.add_typer(cluster.app, name="cluster")
 app.add_typer(ring.app, name="ring")
 app.add_typer(dev.app, name="dev")

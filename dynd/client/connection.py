@@ -210,6 +210,22 @@ class Client:
         request = messages.RepairStatus(id=next(self._ids), run=run)
         return expect(await self._call(request, timeout_s), messages.RepairProgressOk, request)
 
+    async def backup_start(self, *, timeout_s: float | None = None) -> messages.BackupStartOk:
+        """Start a consistent copy of this node's store (admin); read it with `backup_read`."""
+        request = messages.BackupStart(id=next(self._ids))
+        return expect(await self._call(request, timeout_s), messages.BackupStartOk, request)
+
+    async def backup_read(self, backup: int, offset: int, *, timeout_s: float | None = None) -> messages.BackupChunk:
+        """The next bytes of backup `backup` from `offset` (empty when the copy has not got further
+        yet); once `done`, the reply carries the copy's size and SHA-256."""
+        request = messages.BackupRead(id=next(self._ids), backup=backup, offset=offset)
+        return expect(await self._call(request, timeout_s), messages.BackupChunk, request)
+
+    async def backup_end(self, backup: int, *, timeout_s: float | None = None) -> None:
+        """Stop backup `backup` and let the node delete its copy."""
+        request = messages.BackupEnd(id=next(self._ids), backup=backup)
+        expect(await self._call(request, timeout_s), messages.BackupEndOk, request)
+
     async def log_level(self, level: str, *, timeout_s: float | None = None) -> messages.LogLevelOk:
         """Set the node's log level while it runs (DEBUG, INFO, WARNING, ERROR; admin role); the
         reply names the level now in force and the one before. An unknown level: BadRequest."""

@@ -690,6 +690,92 @@ class RepairProgressOk:
     errors: list[str]
 
 
+# ---- backup (dynctl backup; the node's side is dynd.shell.backup) ----
+#
+# Admin only: a backup is every key and value the node holds. A stranger who reaches the port is
+# refused with `unauthorized` (with a secret, only the node's own host or an admin token may ask),
+# and learns nothing, not even whether a backup is running.
+
+
+@request(ADMIN)
+@dataclass(frozen=True, slots=True)
+class BackupStart:
+    """Begin a consistent copy of this node's whole store (LMDB's compacting copy of one read
+    snapshot, while the node keeps serving). Refused with `overloaded` while `backups_max` copies
+    are in progress, and with `storage_full` when the data directory has no room for one."""
+
+    OP: ClassVar[str] = "backup_start"
+    id: int
+
+
+@reply
+@dataclass(frozen=True, slots=True)
+class BackupStartOk:
+    """`backup`: the id to read it by. `taken_ms`: the node's wall clock when the snapshot was
+    taken. `estimate_bytes`: the store's used size, at least what the copy will hold. A backup
+    nobody reads for `idle_timeout_ms` is stopped and deleted; a read may wait `read_wait_ms`
+    for the copy to get further."""
+
+    OP: ClassVar[str] = "backup_start_ok"
+    id: int
+    backup: int
+    node: str
+    cluster: str
+    taken_ms: int
+    estimate_bytes: int
+    chunk_bytes: int
+    idle_timeout_ms: int
+    read_wait_ms: int
+
+
+@request(ADMIN)
+@dataclass(frozen=True, slots=True)
+class BackupRead:
+    """Up to `backup_chunk_bytes` of backup `backup` from `offset`, which may be anything up to
+    what is copied so far (so a lost reply can be asked again). At the end of what is copied, the
+    node waits up to `backup_read_wait_ms` for more before answering with what it has."""
+
+    OP: ClassVar[str] = "backup_read"
+    id: int
+    backup: int
+    offset: int
+
+
+@reply
+@dataclass(frozen=True, slots=True)
+class BackupChunk:
+    """`data` starts at `offset`; `copied_bytes`: how much of the copy exists so far. Once `done`,
+    `size` is the copy's length and `sha256` its digest, computed by the node as it copied."""
+
+    OP: ClassVar[str] = "backup_chunk"
+    id: int
+    backup: int
+    offset: int
+    data: bytes
+    copied_bytes: int
+    done: bool
+    size: int | None = None
+    sha256: bytes | None = None
+
+
+@request(ADMIN)
+@dataclass(frozen=True, slots=True)
+class BackupEnd:
+    """Stop backup `backup` (if it is still copying) and delete the node's copy of it."""
+
+    OP: ClassVar[str] = "backup_end"
+    id: int
+    backup: int
+
+
+@reply
+@dataclass(frozen=True, slots=True)
+class BackupEndOk:
+    OP: ClassVar[str] = "backup_end_ok"
+    id: int
+    backup: int
+
+
 # ---- the tables, built once from the declarations above ----
 
 MESSAGE_TYPES: tuple[type, ...] = tuple(_messages)

@@ -37,7 +37,7 @@ def app_options() -> dict[str, list[str]]:
 
 def test_the_app_has_the_commands_the_completions_know() -> None:
     assert set(app_options()) == {
-        "", "get", "put", "delete", "bench", "repair", "stats", "info", "health", "top", "log-level",
+        "", "get", "put", "delete", "bench", "repair", "backup", "stats", "info", "health", "top", "log-level",
         "cluster join", "cluster leave", "cluster remove", "cluster status",
         "ring status", "ring key",
         "dev up",
@@ -84,7 +84,7 @@ def bash_completions(line: str) -> list[str]:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("dynctl ", {"get", "put", "delete", "bench", "repair", "stats", "info", "health", "top", "log-level", "cluster", "ring", "dev", "--node", "--timeout", "--json", "--token-file", "--tls-ca", "--help", "-h"}),
+        ("dynctl ", {"get", "put", "delete", "bench", "repair", "backup", "stats", "info", "health", "top", "log-level", "cluster", "ring", "dev", "--node", "--timeout", "--json", "--token-file", "--tls-ca", "--help", "-h"}),
         ("dynctl --token-file t get --", {"--context", "--r", "--pr", "--help"}),
         ("dynctl de", {"delete", "dev"}),
         ("dynctl --node 127.0.0.1:7400 get --", {"--context", "--r", "--pr", "--help"}),
@@ -103,6 +103,8 @@ def bash_completions(line: str) -> list[str]:
         ("dynctl stats --", {"--all", "--help"}),
         ("dynctl health --hints-max ", set()),
         ("dynctl t", {"top"}),
+        ("dynctl b", {"bench", "backup"}),
+        ("dynctl backup --", {"--force", "--help"}),
     ],
 )
 def test_bash_completion(line: str, expected: set[str]) -> None:

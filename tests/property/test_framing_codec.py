@@ -135,6 +135,12 @@ BUILDERS: dict[type, st.SearchStrategy[messages.Message]] = {
     messages.RepairProgressOk: st.builds(
         messages.RepairProgressOk, ids, ids, ids, ids, ids, ids, ids, ids, ids, st.booleans(), st.lists(text, max_size=3)
     ),
+    messages.BackupStart: st.builds(messages.BackupStart, ids),
+    messages.BackupStartOk: st.builds(messages.BackupStartOk, ids, ids, text, text, ids, ids, ids, ids, ids),
+    messages.BackupRead: st.builds(messages.BackupRead, ids, ids, ids),
+    messages.BackupChunk: st.builds(messages.BackupChunk, ids, ids, ids, blobs, ids, st.booleans(), st.none() | ids, st.none() | blobs),
+    messages.BackupEnd: st.builds(messages.BackupEnd, ids, ids),
+    messages.BackupEndOk: st.builds(messages.BackupEndOk, ids, ids),
 }
 every_message = st.one_of(*BUILDERS.values())
 
