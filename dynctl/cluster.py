@@ -241,12 +241,11 @@ async def _follow_leave(session: Session, name: str, address: str) -> dict[str, 
                 if own.safe_to_stop:
                     break
                 if progress is not None and task is not None:
-                    progress.update(
-                        task,
-                        total=handed + own.keys_pending,
-                        completed=handed,
-                        description=f"{name}: {own.partitions_pending} partitions left, {rate.keys_per_s:.0f} keys/s",
-                    )
+                    if own.status == "leaving":
+                        description = f"{name}: {own.partitions_pending} partitions left, {rate.keys_per_s:.0f} keys/s"
+                    else:
+                        description = f"{name}: " + ("removed; waiting for a member to confirm" if own.status == "removed" else "has not heard of its leave yet")
+                    progress.update(task, total=handed + own.keys_pending, completed=handed, description=description)
                 elif now - last_line >= PROGRESS_LINE_S or own.partitions_pending != last_pending:
                     output.note(leave_progress_line(name, own, handed, rate))
                     last_line, last_pending = now, own.partitions_pending

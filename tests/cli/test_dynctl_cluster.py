@@ -28,7 +28,7 @@ import fake_cluster_node as fake
 import pytest
 from dynctl_testing import DYNCTL_DEADLINE_S, HOST, REPO, DynctlRunner, RunningServer, dynctl_env, start_server, stop_server
 
-from dynctl.cluster import ring_shares
+from dynctl.cluster import HandoffRate, ring_shares, status_table
 from dynctl.dev import CreationSettings, creation_settings, ensure_secret_file, example_commands, plan_cluster
 from dynd.protocol.auth import load_keyring
 from dynctl.ring import summarize_ring
@@ -296,6 +296,13 @@ def test_leave_wait_prints_a_sentence_without_json(on_fake: DynctlRunner) -> Non
     assert text.endswith(" s, holds nothing, and is safe to stop\n")
 
 
+def test_leave_wait_for_another_member_follows_it_at_its_own_address(on_fake: DynctlRunner) -> None:
+    # fake2's address (from the fake's cluster status) has nothing listening: the wait ends at once.
+    result = on_fake("cluster", "leave", "fake2", "--wait")
+    assert result.returncode == 3, result.stderr
+    assert fake.NODE_ADDRESSES["fake2"] in result.stderr.decode() and result.stdout == b""
+
+
 def test_transfers_json_lists_each_members_handoff_and_the_transfers(on_fake: DynctlRunner) -> None:
     document = json_of(on_fake("--json", "cluster", "transfers"))
     assert document["node"] == "fake1"
@@ -420,6 +427,24 @@ def test_shares_are_fractions_of_the_partitions_owned() -> None:
     assert ring_shares(fake.MEMBERS) == {"fake1": 0.375, "fake2": 0.375, "fake3": 0.25, "fake4": 0.0}
     nobody_owns = [messages.MemberView("a", "x:1", "joining", 0, True, 0)]
     assert ring_shares(nobody_owns) == {"a": 0.0}
+
+
+def test_the_status_of_a_node_that_left_says_it_is_not_a_member() -> None:
+    members = [messages.MemberView("a", "x:1", "joined", 8, True, 0, "unknown"), messages.MemberView("b", "x:2", "removed", 0, True, 0)]
+    caption = str(status_table(messages.ClusterStatusOk(id=1, node="b", members=members)).caption)
+    assert "b is not a member any more: it serves no data" in caption
+    assert "not a member" not in str(status_table(messages.ClusterStatusOk(id=1, node="a", members=members)).caption)
+
+
+def test_the_handoff_rate_is_measured_over_the_recent_window() -> None:
+    rate = HandoffRate(window_s=10)
+    assert rate.keys_per_s == 0 and rate.eta_s(100) is None
+    rate.add(0.0, 0)
+    rate.add(5.0, 500)
+    assert rate.keys_per_s == 100 and rate.eta_s(300) == 3
+    for t in range(6, 31):  # a stall: the old fast samples age out of the window
+        rate.add(float(t), 500)
+    assert rate.keys_per_s == 0 and rate.eta_s(300) is None
 
 
 def test_a_node_with_an_address_but_no_partitions_lowers_the_balance() -> None:

@@ -17,6 +17,7 @@ import trio
 from dynd.client import BlockingClient, open_cluster_client
 from dynd.protocol.errors import DynError
 from tests.support.cluster import FAST_TIMERS, poll_until, running_cluster, settled, status
+from tests.support.hostile import write_secret_file
 from tests.support.procs import DyndProcess
 
 DYNCTL_TIMEOUT_S = 120.0
@@ -51,14 +52,17 @@ def ring_version(node: DyndProcess) -> bytes:
 
 
 def test_dry_runs_are_what_join_and_remove_do_and_remove_refuses_a_live_member(tmp_path: Path) -> None:
-    with running_cluster(tmp_path, "p", 3) as nodes:
+    # With a cluster secret, as in production: the plans' requests between nodes prove it too.
+    write_secret_file(tmp_path / "secret")
+    config = f'[security]\ncluster_secret_file = "{tmp_path / "secret"}"\n{FAST_TIMERS}'
+    with running_cluster(tmp_path, "p", 3, config_text=config) as nodes:
         first = nodes[0]
         with BlockingClient(first.address) as client:
             for i in range(100):
                 client.put(f"before{i:03d}", b"v" * 50)
 
         # join: a node alone in its own cluster (same Q) plans its join through the seed, then joins
-        newcomer = DyndProcess(tmp_path / "p4", name="p4", config_text=FAST_TIMERS, extra_args=("--partitions", "64")).start()
+        newcomer = DyndProcess(tmp_path / "p4", name="p4", config_text=config, extra_args=("--partitions", "64")).start()
         nodes.append(newcomer)  # stopped by running_cluster with the rest
         plan = plan_of(newcomer, "join", first.address)
         assert (plan["action"], plan["node"], plan["planned_by"]) == ("join", "p4", "p1"), "the seed planned p4's join"
