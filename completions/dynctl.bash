@@ -78,7 +78,7 @@ _dynctl() {
             if [[ -z $subcommand ]]; then
                 local subcommands
                 case $command in
-                    cluster) subcommands="join leave remove status" ;;
+                    cluster) subcommands="join leave remove status transfers" ;;
                     ring) subcommands="status key" ;;
                     dev) subcommands="up" ;;
                 esac
@@ -86,7 +86,10 @@ _dynctl() {
                 return
             fi
             case "$command $subcommand" in
-                "cluster join" | "cluster leave" | "cluster remove" | "cluster status") options="--help -h" ;;
+                "cluster join") options="--dry-run --help -h" ;;
+                "cluster leave") options="--dry-run --wait --help -h" ;;
+                "cluster remove") options="--dry-run --force --help -h" ;;
+                "cluster status" | "cluster transfers") options="--help -h" ;;
                 "ring status" | "ring key") options="--help -h" ;;
                 "dev up") options="--nodes --dir --base-port --n --r --w --help -h" ;;
                 *) return ;;

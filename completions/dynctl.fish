@@ -59,11 +59,15 @@ complete -c dynctl -n "__fish_seen_subcommand_from bench" -l routed -d 'Send eac
 
 # cluster, ring and dev are groups of subcommands; their arguments are node names, addresses and
 # keys only the user knows.
-set -l cluster_commands join leave remove status
+set -l cluster_commands join leave remove status transfers
 complete -c dynctl -n "__fish_seen_subcommand_from cluster; and not __fish_seen_subcommand_from $cluster_commands" -a join -d 'Join the cluster of a seed node'
 complete -c dynctl -n "__fish_seen_subcommand_from cluster; and not __fish_seen_subcommand_from $cluster_commands" -a leave -d 'Hand off partitions and leave'
 complete -c dynctl -n "__fish_seen_subcommand_from cluster; and not __fish_seen_subcommand_from $cluster_commands" -a remove -d 'Drop a dead member at once'
 complete -c dynctl -n "__fish_seen_subcommand_from cluster; and not __fish_seen_subcommand_from $cluster_commands" -a status -d 'Show every member'
+complete -c dynctl -n "__fish_seen_subcommand_from cluster; and not __fish_seen_subcommand_from $cluster_commands" -a transfers -d 'List the partition transfers in flight'
+complete -c dynctl -n "__fish_seen_subcommand_from cluster; and __fish_seen_subcommand_from join leave remove" -l dry-run -d 'Print the plan and change nothing'
+complete -c dynctl -n "__fish_seen_subcommand_from cluster; and __fish_seen_subcommand_from leave" -l wait -d 'Show progress; return once the node is safe to stop'
+complete -c dynctl -n "__fish_seen_subcommand_from cluster; and __fish_seen_subcommand_from remove" -l force -d 'Remove the member even if it is alive'
 
 set -l ring_commands status key
 complete -c dynctl -n "__fish_seen_subcommand_from ring; and not __fish_seen_subcommand_from $ring_commands" -a status -d 'Show Q, N, R, W and partitions per node'

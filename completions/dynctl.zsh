@@ -135,15 +135,30 @@ _dynctl_cluster() {
         'leave:hand off partitions and leave'
         'remove:drop a dead member at once'
         'status:show every member'
+        'transfers:list the partition transfers in flight'
       )
       _describe -t commands 'cluster command' commands && ret=0
       ;;
     argument)
       case $words[1] in
-        join) _arguments '(- *)'{-h,--help}'[show help and exit]' '1:seed (host\:port): ' && ret=0 ;;
-        leave) _arguments '(- *)'{-h,--help}'[show help and exit]' '1::node name (default: the --node): ' && ret=0 ;;
-        remove) _arguments '(- *)'{-h,--help}'[show help and exit]' '1:node name: ' && ret=0 ;;
-        status) _arguments '(- *)'{-h,--help}'[show help and exit]' && ret=0 ;;
+        join)
+          _arguments '(- *)'{-h,--help}'[show help and exit]' \
+            '--dry-run[print the plan and change nothing]' \
+            '1:seed (host\:port): ' && ret=0
+          ;;
+        leave)
+          _arguments '(- *)'{-h,--help}'[show help and exit]' \
+            '(--wait)--dry-run[print the plan and change nothing]' \
+            '(--dry-run)--wait[show progress; return once the node is safe to stop]' \
+            '1::node name (default: the --node): ' && ret=0
+          ;;
+        remove)
+          _arguments '(- *)'{-h,--help}'[show help and exit]' \
+            '--dry-run[print the plan and change nothing]' \
+            '--force[remove the member even if it is alive]' \
+            '1:node name: ' && ret=0
+          ;;
+        status | transfers) _arguments '(- *)'{-h,--help}'[show help and exit]' && ret=0 ;;
       esac
       ;;
   esac

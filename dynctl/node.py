@@ -17,7 +17,7 @@ import trio
 
 from dynctl.output import ExitCode, Output
 from dynd.client import Client, ClusterClient, open_client, open_cluster_client
-from dynd.protocol.errors import DynError, Timeout, Unauthorized, Unreachable
+from dynd.protocol.errors import DynError, NotAMember, Timeout, Unauthorized, Unreachable
 
 AGENT = "dynctl"
 
@@ -57,7 +57,8 @@ UNAUTHORIZED_HINT = "give an admin token with --token-file, or run this on the n
 
 
 def exit_code_for(error: DynError) -> ExitCode:
-    if isinstance(error, (Unreachable, Timeout)):
+    # A node that left the cluster cannot serve this, like one that cannot be reached: ask another.
+    if isinstance(error, (Unreachable, Timeout, NotAMember)):
         return ExitCode.UNREACHABLE
     if isinstance(error, Unauthorized):
         return ExitCode.UNAUTHORIZED
@@ -68,6 +69,8 @@ def describe_node_error(error: DynError) -> str:
     """The line dynctl prints for a node's error; a refusal says what would be let in."""
     if isinstance(error, Unauthorized):
         return f"the node refused: {error.message} \N{EM DASH} {UNAUTHORIZED_HINT}"
+    if isinstance(error, NotAMember):
+        return f"not a member: {error.message} (point --node at one)"
     return str(error)
 
 

@@ -191,9 +191,30 @@ class Client:
         """Hand off `node`'s partitions (this node's when None), then remove it from the cluster."""
         return await self._cluster_call(messages.ClusterLeave(id=next(self._ids), node=node), timeout_s)
 
-    async def cluster_remove(self, node: str, *, timeout_s: float | None = None) -> str:
-        """Drop a dead node at once; its partitions are reassigned to the others."""
-        return await self._cluster_call(messages.ClusterRemove(id=next(self._ids), node=node), timeout_s)
+    async def cluster_remove(self, node: str, *, force: bool = False, timeout_s: float | None = None) -> str:
+        """Drop a dead node at once; its partitions are reassigned to the others. A node that
+        answers the node's probe is refused (BadRequest) unless `force`."""
+        return await self._cluster_call(messages.ClusterRemove(id=next(self._ids), node=node, force=force or None), timeout_s)
+
+    async def cluster_plan(
+        self,
+        action: str,
+        node: str | None = None,
+        *,
+        seed: str | None = None,
+        address: str | None = None,
+        timeout_s: float | None = None,
+    ) -> messages.ClusterPlanOk:
+        """What a membership change would do, changing nothing: `action` is "leave" (`node`,
+        default this node), "remove" (`node`) or "join" (`seed`: this node joining seed's
+        cluster; or `node` and `address`: that node joining this node's cluster)."""
+        request = messages.ClusterPlan(id=next(self._ids), action=action, node=node, seed=seed, address=address)
+        return expect(await self._call(request, timeout_s), messages.ClusterPlanOk, request)
+
+    async def cluster_transfers(self, *, local_only: bool = False, timeout_s: float | None = None) -> messages.ClusterTransfersOk:
+        """The partition transfers in flight on every member (`local_only`: on this node only)."""
+        request = messages.ClusterTransfers(id=next(self._ids), local_only=local_only or None)
+        return expect(await self._call(request, timeout_s), messages.ClusterTransfersOk, request)
 
     async def cluster_status(self, *, local_only: bool = False, timeout_s: float | None = None) -> messages.ClusterStatusOk:
         """The cluster as this node sees it; `local_only` skips gathering each member's own

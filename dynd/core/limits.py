@@ -59,6 +59,11 @@ class Limits:
     gossip_interval_ms: int = 1_000
     handoff_interval_ms: int = 2_000
     handoff_batch_keys: int = 128
+    # membership plans and transfer listings: how long a node waits for the members' answers
+    # (a dead member does not hold the operator back longer), and how many keys of each
+    # partition it reads to estimate the partition's bytes
+    gather_timeout_ms: int = 2_000
+    plan_sample_keys: int = 16
     # anti-entropy (Merkle trees; segments and fanout must match across the cluster)
     ae_interval_ms: int = 10_000
     ae_indexes_max: int = 1_024

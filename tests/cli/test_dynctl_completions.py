@@ -38,7 +38,7 @@ def app_options() -> dict[str, list[str]]:
 def test_the_app_has_the_commands_the_completions_know() -> None:
     assert set(app_options()) == {
         "", "get", "put", "delete", "bench", "repair", "backup", "stats", "info", "health", "top", "log-level",
-        "cluster join", "cluster leave", "cluster remove", "cluster status",
+        "cluster join", "cluster leave", "cluster remove", "cluster status", "cluster transfers",
         "ring status", "ring key",
         "dev up",
     }
@@ -91,9 +91,11 @@ def bash_completions(line: str) -> list[str]:
         ("dynctl bench --workload m", {"mixed"}),
         ("dynctl --timeout 3 put key --w", {"--w"}),
         ("dynctl delete key --context ", set()),
-        ("dynctl cluster ", {"join", "leave", "remove", "status", "--help", "-h"}),
+        ("dynctl cluster ", {"join", "leave", "remove", "status", "transfers", "--help", "-h"}),
+        ("dynctl cluster leave --", {"--dry-run", "--wait", "--help"}),
+        ("dynctl cluster remove n3 --", {"--dry-run", "--force", "--help"}),
         ("dynctl --json ring k", {"key"}),
-        ("dynctl --node 127.0.0.1:7400 cluster join --", {"--help"}),
+        ("dynctl --node 127.0.0.1:7400 cluster join --", {"--dry-run", "--help"}),
         ("dynctl dev up --", {"--nodes", "--dir", "--base-port", "--n", "--r", "--w", "--help"}),
         ("dynctl dev up --nodes 3 --r", {"--r"}),
         ("dynctl dev up --base-port ", set()),
