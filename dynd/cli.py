@@ -73,12 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
         "SIGHUP rereads the secret and tokens files. Without a secret, only a loopback listen address is "
         "allowed (protected mode) unless --trusted-network; see dynd(8), SECURITY.",
     )
-    parser.add_argument("--name", help="this node's name (its identity; fixed for a data directory)")
+    parser.add_argument("--name", help="this node's name (its identity; fixed for a data directory); required, here or in --config")
     parser.add_argument("--listen", help="HOST:PORT to serve on (default 127.0.0.1:7400)")
     parser.add_argument("--data-dir", dest="data_dir", help="directory of the node's LMDB environment")
     parser.add_argument("--config", help="TOML config file (see deploy/dynd.toml)")
-    parser.add_argument("--advertise", help="HOST:PORT other nodes use to reach this one (default: --listen)")
-    parser.add_argument("--join", metavar="SEED", help="on first start, join the cluster of the node at SEED (HOST:PORT)")
+    parser.add_argument(
+        "--advertise", help="HOST:PORT other nodes use to reach this one (default: --listen; required when that is 0.0.0.0 or [::]); a change is gossiped"
+    )
+    parser.add_argument(
+        "--join", metavar="SEED", help="on first start (empty data directory), join the cluster of the node at SEED (HOST:PORT); later starts check SEED is in it"
+    )
     parser.add_argument("--seed", dest="seeds", action="append", metavar="HOST:PORT", help="a node to gossip with (repeatable)")
     parser.add_argument("--partitions", type=int, help="Q when creating a cluster (power of two; default 256); a joining node takes the cluster's")
     parser.add_argument("--replicas", type=int, help="N when creating a cluster (default 3)")
@@ -384,7 +388,7 @@ async def check_join_target(config: Config, membership: Membership, security: Se
     must be in the cluster the data directory belongs to. An address the membership knows needs no
     question; any other seed is asked once. One that does not answer lets the start go on, with a
     warning: a restart must not depend on one other machine being up."""
-    if config.join in {m.address for m in membership.members.values()}:
+    if format_address(*parse_address(config.join)) in {m.address for m in membership.members.values()}:
         return
     ours = membership.params.cluster_id
     try:
