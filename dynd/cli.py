@@ -523,7 +523,7 @@ async def run_node(
             now_ms=monotonic_ms,
             wall_ms=wall_clock_ms,
             rng=random.Random(),
-            seeds=list(config.seeds),
+            seeds=list(config.seed_addresses),
             actor=actor,
             keyring=security.keyring,
             boot=boot,

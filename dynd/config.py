@@ -102,6 +102,11 @@ class Config:
         return format_address(*parse_address(self.advertise or self.listen))
 
     @property
+    def seed_addresses(self) -> tuple[str, ...]:
+        """`seeds`, each written as the membership writes addresses (so a node knows itself among them)."""
+        return tuple(format_address(*parse_address(seed)) for seed in self.seeds)
+
+    @property
     def listen_host_port(self) -> tuple[str, int]:
         return parse_address(self.listen)
 

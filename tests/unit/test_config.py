@@ -385,9 +385,11 @@ def test_joining_through_ones_own_address_is_refused(listen: str, advertise: str
         load_config(None, {**BASE, "listen": listen, "advertise": advertise, "join": join})
 
 
-def test_the_advertised_address_is_written_one_way() -> None:
+def test_the_advertised_and_seed_addresses_are_written_one_way() -> None:
+    """As the membership writes them, so a node finds itself among the seeds and join targets."""
     assert load_config(None, {**BASE, "listen": "127.0.0.1"}).advertised_address == "127.0.0.1:7400"
     assert load_config(None, {**BASE, "listen": "[::1]:7401"}).advertised_address == "[::1]:7401"
+    assert load_config(None, {**BASE, "seeds": [" 10.0.0.1", "[::1]:7401"]}).seed_addresses == ("10.0.0.1:7400", "[::1]:7401")
 
 
 @pytest.mark.parametrize(
