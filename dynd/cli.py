@@ -3,11 +3,18 @@
 Before anything touches the data directory: the config, the [security] files (secret, tokens,
 TLS) and protected mode are checked, and any problem exits 2 naming the setting. SIGHUP rereads
 the secret and tokens files (a rotation, DESIGN.md section 6a) without a restart.
+
+Start-up is atomic: the ports are bound, the data directory checked, the seed asked (`join`) and
+the storage writer started before anything is written; then the node's identity, actor epoch, boot
+number and membership are written in one transaction. A start that fails before that leaves the
+data directory as it found it, and exits 1 when a retry may help (a port in use, a seed down) or 2
+when it cannot (a data directory of another node or cluster): systemd restarts the first kind only.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import functools
 import hashlib
@@ -20,6 +27,7 @@ import ssl
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import trio
 
@@ -46,8 +54,8 @@ from dynd.shell.server import Server
 from dynd.protocol.tls import TlsConfigError, TlsSettings, client_context, server_context
 from dynd.shell.storage_port import CommitterStorage
 from dynd.shell.udp import UdpEndpoint
-from dynd.storage.base import PutMeta
-from dynd.storage.lmdb_store import LmdbStore
+from dynd.storage.base import PutMeta, WriteOp
+from dynd.storage.lmdb_store import LOCK_FILE, LmdbStore
 
 log = logging.getLogger("dynd")
 
@@ -67,12 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
         "allowed (protected mode) unless --trusted-network; see dynd(8), SECURITY. "
         "`dynd restore FILE --data-dir DIR` restores a backup made by `dynctl backup` (dynd restore --help).",
     )
-    parser.add_argument("--name", help="this node's name (its identity; fixed for a data directory)")
+    parser.add_argument("--name", help="this node's name (its identity; fixed for a data directory); required, here or in --config")
     parser.add_argument("--listen", help="HOST:PORT to serve on (default 127.0.0.1:7400)")
     parser.add_argument("--data-dir", dest="data_dir", help="directory of the node's LMDB environment")
     parser.add_argument("--config", help="TOML config file (see deploy/dynd.toml)")
-    parser.add_argument("--advertise", help="HOST:PORT other nodes use to reach this one (default: --listen)")
-    parser.add_argument("--join", metavar="SEED", help="on first start, join the cluster of the node at SEED (HOST:PORT)")
+    parser.add_argument(
+        "--advertise", help="HOST:PORT other nodes use to reach this one (default: --listen; required when that is 0.0.0.0 or [::]); a change is gossiped"
+    )
+    parser.add_argument(
+        "--join", metavar="SEED", help="on first start (empty data directory), join the cluster of the node at SEED (HOST:PORT); later starts check SEED is in it"
+    )
     parser.add_argument("--seed", dest="seeds", action="append", metavar="HOST:PORT", help="a node to gossip with (repeatable)")
     parser.add_argument("--partitions", type=int, help="Q when creating a cluster (power of two; default 256); a joining node takes the cluster's")
     parser.add_argument("--replicas", type=int, help="N when creating a cluster (default 3)")
@@ -156,9 +168,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         trio.run(serve, config, security)
     except* StartupError as group:  # raised at start, possibly from inside the node's nursery
-        for exc in _leaves(group):
+        failures = _leaves(group)
+        for exc in failures:
             log.error("%s", exc)
-        sys.exit(EXIT_STARTUP)
+        sys.exit(max(getattr(exc, "exit_code", EXIT_STARTUP) for exc in failures))
     except* KeyboardInterrupt:
         pass
 
@@ -168,7 +181,17 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:  # type: ignore[t
 
 
 class StartupError(Exception):
-    pass
+    """The node could not start, and its data directory is as it was. Exit 1: a later try may
+    succeed (a port freed, a seed up)."""
+
+    exit_code = EXIT_STARTUP
+
+
+class MisconfiguredStart(StartupError):
+    """The configuration does not fit the data directory or the cluster: no retry can help, so
+    exit 2, as for a bad config (the unit's RestartPreventExitStatus)."""
+
+    exit_code = EXIT_CONFIG
 
 
 def tls_contexts(config: Config) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
@@ -243,24 +266,71 @@ def describe_tokens_change(old: TokenTable, new: TokenTable) -> str:
     return f"client tokens now {describe_tokens(new)} ({len(after - before)} added, {len(before - after)} removed)"
 
 
-def open_store(config: Config) -> LmdbStore:
-    """Open the data directory and check it belongs to this node."""
-    try:
-        store = LmdbStore(os.path.join(config.data_dir, "lmdb"), map_bytes=config.limits.lmdb_map_bytes)
-    except Exception as exc:
-        raise StartupError(f"cannot open storage in {config.data_dir}: {exc}") from None
-    owner = store.get_meta(NODE_NAME_META)
-    partitions = store.get_meta(PARTITIONS_META)
-    explicit = config.partitions
-    if owner is not None and owner.decode() != config.name:
-        store.close()
-        raise StartupError(f"{config.data_dir} belongs to node {owner.decode()!r}, not {config.name!r}")
-    if partitions is not None and explicit is not None and int(partitions) != explicit:
-        store.close()
-        raise StartupError(f"{config.data_dir} was created with {int(partitions)} partitions, not {explicit}")
-    if owner is None:
-        store.write([PutMeta(NODE_NAME_META, config.name.encode())])
-    return store
+# ---- start-up: everything that can fail is tried before the data directory changes ----
+
+
+class StoreAtStart:
+    """The data directory, opened and checked but not yet written: what a start will commit in
+    one transaction once everything that can fail has been tried (`commit_start`). A first start
+    that fails before that gives back the LMDB files it made (`give_up`), so a failed start leaves
+    no identity, cluster or address behind, and the next start (with the right --join, say) begins
+    from nothing."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.lmdb_path = os.path.join(config.data_dir, "lmdb")
+        self.made = [path for path in (config.data_dir, self.lmdb_path) if not os.path.exists(path)]
+        try:
+            self.store = LmdbStore(self.lmdb_path, map_bytes=config.limits.lmdb_map_bytes)
+        except Exception as exc:
+            raise StartupError(f"cannot open storage in {config.data_dir}: {exc}") from None
+        self.committed = False
+        try:
+            self._check_owner()
+        except BaseException:
+            self.give_up()
+            raise
+
+    def _check_owner(self) -> None:
+        config, store = self.config, self.store
+        owner = store.get_meta(NODE_NAME_META)
+        partitions = store.get_meta(PARTITIONS_META)
+        if owner is not None and owner.decode() != config.name:
+            raise MisconfiguredStart(f"{config.data_dir} belongs to node {owner.decode()!r}, not {config.name!r}")
+        if partitions is not None and config.partitions is not None and int(partitions) != config.partitions:
+            raise MisconfiguredStart(f"{config.data_dir} was created with {int(partitions)} partitions, not {config.partitions}")
+
+    def commit_start(self, membership: Membership, stored_membership: bool) -> tuple[str, int]:
+        """Write this start's identity, actor epoch, boot number and (when new) membership in one
+        transaction; return the actor and boot to serve with (`dynd.core.actors`, `next_boot`)."""
+        store = self.store
+        ops: list[WriteOp] = []
+        if store.get_meta(NODE_NAME_META) is None:
+            ops.append(PutMeta(NODE_NAME_META, self.config.name.encode()))
+        actor, actor_ops = actor_at_start(self.config.name, store.get_meta(ACTOR_META), store.get_meta(CLEAN_STOP_META), random.SystemRandom())
+        ops += actor_ops
+        boot = next_boot(store.get_meta(BOOT_META), wall_clock_ms())
+        ops.append(PutMeta(BOOT_META, str(boot).encode()))
+        if not stored_membership:
+            ops += [PutMeta(MEMBERSHIP_META, membership.encode()), PutMeta(PARTITIONS_META, str(membership.params.partitions).encode())]
+        store.write(ops)
+        self.committed = True
+        return actor, boot
+
+    def give_up(self) -> None:
+        """Close the store; if this start made the LMDB environment and wrote nothing, remove it
+        (and the data directory, if this start made that too)."""
+        self.store.close()
+        if self.lmdb_path in self.made and not self.committed:
+            for name in LMDB_FILES:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.lmdb_path, name))
+            for directory in reversed(self.made):
+                with contextlib.suppress(OSError):  # not empty: what else is in there is not ours to remove
+                    os.rmdir(directory)
+
+
+LMDB_FILES = ("data.mdb", "lock.mdb", LOCK_FILE)  # what opening an environment creates
 
 
 def next_boot(stored: bytes | None, wall_ms: int) -> int:
@@ -270,181 +340,261 @@ def next_boot(stored: bytes | None, wall_ms: int) -> int:
     return max(previous + 1, wall_ms)
 
 
-def start_boot(store: LmdbStore) -> int:
-    """The boot number to serve with (peers tell a restarted node from a replayed one by it),
-    stored before serving."""
-    boot = next_boot(store.get_meta(BOOT_META), wall_clock_ms())
-    store.write([PutMeta(BOOT_META, str(boot).encode())])
-    return boot
-
-
-def start_actor(store: LmdbStore, name: str) -> str:
-    """The actor epoch to serve with, stored before serving (`dynd.core.actors`): the last one
-    after a clean stop, a new one after a crash or on a new data directory."""
-    actor, ops = actor_at_start(name, store.get_meta(ACTOR_META), store.get_meta(CLEAN_STOP_META), random.SystemRandom())
-    store.write(ops)
-    return actor
-
-
-JOIN_DEADLINE_S = 60.0
 JOIN_RETRY_S = 0.5
 
 
-async def initial_membership(config: Config, store: LmdbStore, security: Security) -> Membership:
-    """The stored membership; else join through --join, or create a new cluster. Persisted at once."""
+async def initial_membership(config: Config, store: LmdbStore, security: Security) -> tuple[Membership, bool]:
+    """The membership to start with, and whether the data directory holds it already. Without one:
+    the cluster of the node at `join`, with this node's join event, or a new cluster. Nothing is
+    written here (`StoreAtStart.commit_start` does)."""
     stored = store.get_meta(MEMBERSHIP_META)
     if stored is not None:
-        return Membership.decode(stored)
+        membership = Membership.decode(stored)
+        if config.join:
+            await check_join_target(config, membership, security)
+        return membership, True
     address = config.advertised_address
     if config.join:
-        deadline = trio.current_time() + JOIN_DEADLINE_S
-        while True:
-            try:
-                theirs = await fetch_membership(config.join, config.limits.request_timeout_ms / 1000, security=security, name=config.name)
-                break
-            except Unauthorized as exc:  # another secret, another cluster: waiting will not help
-                raise StartupError(f"cannot join through {config.join}: {exc.message}") from None
-            except DynError as exc:
-                if trio.current_time() > deadline:
-                    raise StartupError(f"cannot join through {config.join}: {exc.message}") from None
-                log.info("waiting for seed %s: %s", config.join, exc.message)
-                await trio.sleep(JOIN_RETRY_S)
+        theirs = await fetch_seed_membership(config, security)
         if config.partitions is not None and theirs.params.partitions != config.partitions:
-            raise StartupError(
+            raise MisconfiguredStart(
                 f"the cluster at {config.join} uses {theirs.params.partitions} partitions; "
-                f"start this node with --partitions {theirs.params.partitions} on an empty data directory"
+                f"start this node with --partitions {theirs.params.partitions} (or none) on an empty data directory"
             )
-        membership = theirs.with_event(JOIN, config.name, origin=config.name, address=address)
         log.info("joining cluster %s through %s", theirs.params.cluster_id, config.join)
-    else:
+        return theirs.with_event(JOIN, config.name, origin=config.name, address=address), False
+    try:
+        membership = new_cluster(config.name, address, config.replicas, config.r, config.w, config.partitions_for_new_cluster)
+    except DynError as exc:
+        raise MisconfiguredStart(exc.message) from None
+    log.info("created cluster %s (N=%d R=%d W=%d Q=%d)", membership.params.cluster_id, config.replicas, config.r, config.w, membership.params.partitions)
+    return membership, False
+
+
+async def fetch_seed_membership(config: Config, security: Security) -> Membership:
+    """The membership of the node at `join`, asked until `join_timeout_ms` has passed (it may be
+    starting too). A seed that refuses this node's credentials is not asked again."""
+    deadline = trio.current_time() + config.limits.join_timeout_ms / 1000
+    request_timeout_s = config.limits.request_timeout_ms / 1000
+    while True:
+        remaining = deadline - trio.current_time()
         try:
-            membership = new_cluster(config.name, address, config.replicas, config.r, config.w, config.partitions_for_new_cluster)
+            return await fetch_membership(config.join, max(0.05, min(request_timeout_s, remaining)), security=security, name=config.name)
+        except Unauthorized as exc:  # another secret, another cluster: waiting will not help
+            raise StartupError(f"cannot join through {config.join}: {exc.message}") from None
         except DynError as exc:
-            raise StartupError(exc.message) from None
-        log.info("created cluster %s (N=%d R=%d W=%d Q=%d)", membership.params.cluster_id, config.replicas, config.r, config.w, membership.params.partitions)
-    store.write([PutMeta(MEMBERSHIP_META, membership.encode()), PutMeta(PARTITIONS_META, str(membership.params.partitions).encode())])
-    return membership
+            if trio.current_time() >= deadline:
+                waited = config.limits.join_timeout_ms / 1000
+                raise StartupError(f"cannot join through {config.join} (tried for {waited:g} s, join_timeout_ms): {exc.message}") from None
+            log.info("waiting for seed %s: %s", config.join, exc.message)
+            await trio.sleep(min(JOIN_RETRY_S, max(0.0, deadline - trio.current_time())))
+
+
+async def check_join_target(config: Config, membership: Membership, security: Security) -> None:
+    """A restart with `join` set (as every start from a config file that names it is): the seed
+    must be in the cluster the data directory belongs to. An address the membership knows needs no
+    question; any other seed is asked once. One that does not answer lets the start go on, with a
+    warning: a restart must not depend on one other machine being up."""
+    if format_address(*parse_address(config.join)) in {m.address for m in membership.members.values()}:
+        return
+    ours = membership.params.cluster_id
+    try:
+        theirs = await fetch_membership(config.join, config.limits.request_timeout_ms / 1000, security=security, name=config.name)
+    except DynError as exc:
+        log.warning("could not check that %s (join) is in cluster %s, which %s belongs to: %s", config.join, ours, config.data_dir, exc.message)
+        return
+    if theirs.params.cluster_id == ours:
+        return
+    members = ", ".join(sorted(m.name for m in membership.active())) or "none"
+    hint = (
+        f"; or, as {config.name} is alone in its cluster, start it without join and run "
+        f"`dynctl --node {config.advertised_address} cluster join {config.join}`"
+        if [m.name for m in membership.active()] == [config.name]
+        else ""
+    )
+    raise MisconfiguredStart(
+        f"{config.data_dir} belongs to cluster {ours} (members: {members}), but the node at {config.join} is in cluster "
+        f"{theirs.params.cluster_id}: join takes effect only on an empty data directory. To restart in cluster {ours}, "
+        f"remove the join setting (or point it at one of its members); to move {config.name} to the other cluster, "
+        f"start it on an empty data directory{hint}"
+    )
+
+
+@dataclass
+class BoundPorts:
+    """The node's sockets, bound before anything else at start."""
+
+    listeners: list[trio.SocketListener]
+    udp: UdpEndpoint
+    metrics: list[trio.SocketListener]
+
+    async def aclose(self) -> None:
+        self.udp.close()
+        for listener in [*self.listeners, *self.metrics]:
+            await listener.aclose()
+
+
+async def bind_ports(config: Config) -> BoundPorts:
+    """Bind the TCP port, the failure detector's UDP port (the same number) and the metrics port,
+    or raise StartupError naming the one that failed, with none left open."""
+    host, port = config.listen_host_port
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {format_address(host, port)}: {_reason(exc)}") from None
+    bound = BoundPorts(listeners, UdpEndpoint(datagram_bytes_max=config.limits.datagram_bytes_max), [])
+    try:
+        try:
+            await bound.udp.bind(host, port)
+        except OSError as exc:
+            raise StartupError(f"cannot open the failure detector's UDP port {format_address(host, port)}: {_reason(exc)}") from None
+        if config.metrics_listen:
+            metrics_host, metrics_port = parse_address(config.metrics_listen)
+            try:
+                bound.metrics = await trio.open_tcp_listeners(metrics_port, host=metrics_host)
+            except OSError as exc:
+                raise StartupError(f"cannot serve metrics on {format_address(metrics_host, metrics_port)}: {_reason(exc)}") from None
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await bound.aclose()
+        raise
+    return bound
+
+
+def _reason(exc: OSError) -> str:
+    return "address in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
 
 
 async def serve(config: Config, security: Security) -> None:
-    store = open_store(config)
-    actor = start_actor(store, config.name)
-    boot = start_boot(store)
-    host, port = config.listen_host_port
-    engine = WriterProcessEngine(store.path, config.limits.lmdb_map_bytes)
-    limits = config.limits
+    ports = await bind_ports(config)
     try:
-        membership = await initial_membership(config, store, security)
-        security.cluster_id = membership.params.cluster_id
+        at_start = StoreAtStart(config)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await ports.aclose()
+        raise
+    store = at_start.store
+    engine = WriterProcessEngine(store.path, config.limits.lmdb_map_bytes)
+    try:
+        membership, stored_membership = await initial_membership(config, store, security)
         try:
             await engine.start()
         except DynError as exc:
             raise StartupError(f"cannot start the storage writer: {exc}") from None
-        committer = GroupCommitter(
-            store, engine, pending_writes_max=limits.pending_writes_max, object_cache_bytes_max=limits.object_cache_bytes_max
-        )
-        try:
-            listeners = await trio.open_tcp_listeners(port, host=host)
-        except OSError as exc:
-            reason = "address in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-            raise StartupError(f"cannot listen on {format_address(host, port)}: {reason}") from None
-        async with trio.open_nursery() as background:
-            await background.start(committer.run)
-            peers = Peers(
-                config.name,
-                background,
-                request_timeout_s=limits.request_timeout_ms / 1000,
-                retry_s=limits.peer_retry_ms / 1000,
-                security=security,
-            )
-            node = Node(
-                config.name,
-                config.advertised_address,
-                membership,
-                CommitterStorage(committer, store),
-                peers,
-                limits=limits,
-                now_ms=monotonic_ms,
-                wall_ms=wall_clock_ms,
-                rng=random.Random(),
-                seeds=list(config.seeds),
-                actor=actor,
-                keyring=security.keyring,
-                boot=boot,
-                now_us=monotonic_us,
-                shell_readings=lambda: shell_readings(config, store, committer, server),
-                measure=config.metrics,
-            )
-            node.swim.on_security_event = security.events.record
-
-            def follow_cluster_id() -> None:  # a running node that joins another cluster takes its id
-                security.cluster_id = node.cluster.params.cluster_id
-
-            node.cluster.on_change.append(follow_cluster_id)
-            settle_garbage_collector()
-            backups = BackupService(store, config.data_dir, limits, identity=lambda: (node.name, node.cluster.params.cluster_id), wall_ms=wall_clock_ms)
-            await background.start(backups.run)  # in `background`: ends (copies stopped) before the store closes
-            server = Server(node, limits, security, shell_handlers={**LOG_HANDLERS, **backups.handlers})  # log level; dynctl backup
-            udp = UdpEndpoint(datagram_bytes_max=limits.datagram_bytes_max)
-            async with trio.open_nursery() as front:
-                try:
-                    await front.start(functools.partial(udp.run, node.swim, host, port))
-                except OSError as exc:
-                    raise StartupError(f"cannot open the failure detector's UDP port {format_address(host, port)}: {exc}") from None
-                peers.datagram_sink = udp.flush
-                front.start_soon(_tick_forever, node, limits.tick_interval_ms / 1000)
-                if config.join:  # tell the seed at once rather than at the next gossip round
-                    node.cluster.announce(config.join)
-                # SIGHUP rereads the credentials (`reload_credentials`); received from before the port opens.
-                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-                    await front.start(trio.serve_listeners, server.handle, listeners)
-                    if config.metrics_listen:
-                        await start_metrics(front, config, node)
-                    log.info(
-                        "node %s serving on %s (data in %s; cluster secret: %s; client tokens: %s; TLS: %s)",
-                        config.name,
-                        format_address(host, port),
-                        config.data_dir,
-                        describe_keyring(security.keyring),
-                        describe_tokens(security.tokens),
-                        "on" if security.server_ssl is not None else "off",
-                    )
-                    async for signum in signals:
-                        if signum == signal.SIGHUP:
-                            reload_credentials(config, security, node.swim.set_keyring)
-                            continue
-                        log.info("received %s: stopping", signal.Signals(signum).name)
-                        break
-                    front.cancel_scope.cancel()
-            peers.close()
-            # Writes already queued commit before the node exits; new ones are refused. Then,
-            # and only if all of that committed, the epoch may be kept by the next start.
-            with trio.CancelScope(shield=True):
-                await committer.aclose()
-                try:
-                    await engine.commit(clean_stop(node.replica.actor))
-                except DynError as exc:
-                    log.error("could not record the clean stop (the next start takes a new actor epoch): %s", exc)
-            background.cancel_scope.cancel()
-        log.info("stopped cleanly after %d commits", committer.stats.commits)
+        actor, boot = at_start.commit_start(membership, stored_membership)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await engine.aclose()
+            await ports.aclose()
+        at_start.give_up()
+        raise
+    try:
+        await run_node(config, security, store, engine, ports, membership, actor, boot)
     finally:
         with trio.CancelScope(shield=True):
             await engine.aclose()
         store.close()
 
 
-async def start_metrics(nursery: trio.Nursery, config: Config, node: Node) -> None:
-    """Serve GET /metrics on `metrics_listen` from the node's StatsOk, asked in-process."""
-    host, port = parse_address(config.metrics_listen)
-    try:
-        listeners = await trio.open_tcp_listeners(port, host=host)
-    except OSError as exc:
-        reason = "address in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-        raise StartupError(f"cannot serve metrics on {format_address(host, port)}: {reason}") from None
+async def run_node(
+    config: Config,
+    security: Security,
+    store: LmdbStore,
+    engine: WriterProcessEngine,
+    ports: BoundPorts,
+    membership: Membership,
+    actor: str,
+    boot: int,
+) -> None:
+    """Serve from started (the data directory written) until SIGTERM or SIGINT."""
+    host, port = config.listen_host_port
+    limits = config.limits
+    security.cluster_id = membership.params.cluster_id
+    committer = GroupCommitter(store, engine, pending_writes_max=limits.pending_writes_max, object_cache_bytes_max=limits.object_cache_bytes_max)
+    async with trio.open_nursery() as background:
+        await background.start(committer.run)
+        peers = Peers(
+            config.name,
+            background,
+            request_timeout_s=limits.request_timeout_ms / 1000,
+            retry_s=limits.peer_retry_ms / 1000,
+            security=security,
+        )
+        node = Node(
+            config.name,
+            config.advertised_address,
+            membership,
+            CommitterStorage(committer, store),
+            peers,
+            limits=limits,
+            now_ms=monotonic_ms,
+            wall_ms=wall_clock_ms,
+            rng=random.Random(),
+            seeds=list(config.seed_addresses),
+            actor=actor,
+            keyring=security.keyring,
+            boot=boot,
+            now_us=monotonic_us,
+            shell_readings=lambda: shell_readings(config, store, committer, server),
+            measure=config.metrics,
+        )
+        node.swim.on_security_event = security.events.record
+
+        def follow_cluster_id() -> None:  # a running node that joins another cluster takes its id
+            security.cluster_id = node.cluster.params.cluster_id
+
+        node.cluster.on_change.append(follow_cluster_id)
+        settle_garbage_collector()
+        backups = BackupService(store, config.data_dir, limits, identity=lambda: (node.name, node.cluster.params.cluster_id), wall_ms=wall_clock_ms)
+        await background.start(backups.run)  # in `background`: ends (copies stopped) before the store closes
+        server = Server(node, limits, security, shell_handlers={**LOG_HANDLERS, **backups.handlers})  # log level; dynctl backup
+        async with trio.open_nursery() as front:
+            await front.start(functools.partial(ports.udp.run, node.swim, host, port))
+            peers.datagram_sink = ports.udp.flush
+            front.start_soon(_tick_forever, node, limits.tick_interval_ms / 1000)
+            if config.join:  # tell the seed at once rather than at the next gossip round
+                node.cluster.announce(config.join)
+            # SIGHUP rereads the credentials (`reload_credentials`); received from before the port opens.
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+                await front.start(trio.serve_listeners, server.handle, ports.listeners)
+                if ports.metrics:
+                    await serve_metrics(front, config, node, ports.metrics)
+                log.info(
+                    "node %s serving on %s (advertised as %s; data in %s; cluster secret: %s; client tokens: %s; TLS: %s)",
+                    config.name,
+                    format_address(host, port),
+                    config.advertised_address,
+                    config.data_dir,
+                    describe_keyring(security.keyring),
+                    describe_tokens(security.tokens),
+                    "on" if security.server_ssl is not None else "off",
+                )
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        reload_credentials(config, security, node.swim.set_keyring)
+                        continue
+                    log.info("received %s: stopping", signal.Signals(signum).name)
+                    break
+                front.cancel_scope.cancel()
+        peers.close()
+        # Writes already queued commit before the node exits; new ones are refused. Then,
+        # and only if all of that committed, the epoch may be kept by the next start.
+        with trio.CancelScope(shield=True):
+            await committer.aclose()
+            try:
+                await engine.commit(clean_stop(node.replica.actor))
+            except DynError as exc:
+                log.error("could not record the clean stop (the next start takes a new actor epoch): %s", exc)
+        background.cancel_scope.cancel()
+    log.info("stopped cleanly after %d commits", committer.stats.commits)
+
+
+async def serve_metrics(nursery: trio.Nursery, config: Config, node: Node, listeners: list[trio.SocketListener]) -> None:
+    """Serve GET /metrics on the bound `metrics_listen` from the node's StatsOk, asked in-process."""
     stats = NodeStats(node)
     metrics = MetricsServer(lambda: render(stats.read(), config.name, __version__))
     await nursery.start(trio.serve_listeners, metrics.handle, listeners)
-    log.info("metrics on http://%s/metrics", format_address(host, port))
+    log.info("metrics on http://%s/metrics", config.metrics_listen)
     if (open_warning := check_metrics_listen(config)) is not None:
         log.warning("%s", open_warning)
 

@@ -97,7 +97,14 @@ class Config:
 
     @property
     def advertised_address(self) -> str:
-        return self.advertise or self.listen
+        """HOST:PORT the other nodes and the clients they refer reach this node at: `advertise`,
+        else `listen` (which `_validate` requires not to be a wildcard then)."""
+        return format_address(*parse_address(self.advertise or self.listen))
+
+    @property
+    def seed_addresses(self) -> tuple[str, ...]:
+        """`seeds`, each written as the membership writes addresses (so a node knows itself among them)."""
+        return tuple(format_address(*parse_address(seed)) for seed in self.seeds)
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -165,13 +172,18 @@ def _check_table(section: str, table: Any, schema: dict[str, type]) -> dict[str,
     return checked
 
 
+WILDCARD_HOSTS = ("0.0.0.0", "::")
+
+
 def _validate(config: Config) -> None:
+    if not config.name:
+        raise ConfigError("no node name: give --name NAME, or --config FILE with [node] name (see dynd --help)")
     if not NODE_NAME_PATTERN.match(config.name):
         raise ConfigError(
             f"node name {config.name!r} must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     if not config.data_dir:
-        raise ConfigError("data_dir is required (--data-dir or [node] data_dir)")
+        raise ConfigError("no data directory: give --data-dir DIR, or [node] data_dir in the --config file")
     try:
         config.listen_host_port
     except ValueError as exc:
@@ -191,11 +203,41 @@ def _validate(config: Config) -> None:
                 parse_address(address)
             except ValueError as exc:
                 raise ConfigError(f"{label} address: {exc}") from None
+    _validate_advertise(config)
     _validate_tls(config)
     if not 1 <= config.replicas <= 16:
         raise ConfigError("replicas (N) must be in 1..16")
     if not 1 <= config.r <= config.replicas or not 1 <= config.w <= config.replicas:
         raise ConfigError(f"need 1 <= r, w <= replicas; got replicas={config.replicas} r={config.r} w={config.w}")
+
+
+def _validate_advertise(config: Config) -> None:
+    """The address the node gives the others must be one they can reach it at. A wildcard listen
+    (0.0.0.0, ::) is no such address, so it needs `advertise`. The failure detector's datagrams
+    leave from the listen port and members drop those whose source is not the sender's advertised
+    address, so the two ports must match; and a node cannot join the cluster through itself."""
+    listen_host, listen_port = config.listen_host_port
+    if not config.advertise:
+        if listen_host in WILDCARD_HOSTS:
+            raise ConfigError(
+                f"listen {config.listen} is every address of this host, which the other nodes cannot use to reach it: "
+                f"set [node] advertise (or --advertise) to the HOST:{listen_port} they reach this node at"
+            )
+        advertise_host, advertise_port = listen_host, listen_port
+    else:
+        advertise_host, advertise_port = parse_address(config.advertise)
+        if advertise_host in WILDCARD_HOSTS:
+            raise ConfigError(f"advertise {config.advertise} is a wildcard: give the HOST:PORT the other nodes reach this node at")
+        if advertise_port != listen_port:
+            raise ConfigError(
+                f"advertise {config.advertise} and listen {config.listen} must use the same port: the failure detector's "
+                "datagrams leave from the listen port, and members drop those whose source is not the advertised address"
+            )
+    if config.join and parse_address(config.join) == (advertise_host, advertise_port):
+        raise ConfigError(
+            f"join {config.join} is this node's own address: on the node that creates the cluster leave join empty; "
+            "on the others, name a node already in the cluster"
+        )
 
 
 def _validate_tls(config: Config) -> None:

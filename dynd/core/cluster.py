@@ -12,6 +12,11 @@ Rules:
   back from its peers).
 - A node alone in its own one-node cluster may join another cluster: it adopts theirs, adds its
   JOIN event and pushes the result to the seed. A joined member joining again is a no-op.
+- A node serves at the address it was started with: when the membership holds another one for it
+  (it restarted with a new `advertise`), it records an address event at start, and again whenever
+  gossip brings an older address back (a change lost in a crash before it was stored), at most
+  `ADDRESS_CLAIMS_MAX` times per start: two processes started with one name must not out-claim each
+  other forever, growing the membership; past that the conflict is logged.
 - `reachable(member)`: connected now, or a gossip exchange with it succeeded within
   `4 * gossip_interval_ms` (SWIM failure detection replaces this with issue 5).
 - Each change is checked, and its next membership made, by one function (`leave_change`,
@@ -49,6 +54,7 @@ log = logging.getLogger("dynd.cluster")
 MEMBERSHIP_META = "membership"
 HEARD_WITHIN_GOSSIP_INTERVALS = 4
 STATUS_GATHER_MS = 1_000  # how long cluster status waits for members' own transfer counts
+ADDRESS_CLAIMS_MAX = 3  # address events a node records per start (see the rules above)
 
 
 class RandomSource(Protocol):
@@ -98,7 +104,12 @@ class ClusterView:
         self.on_change: list[Callable[[], None]] = []
         self.removed = False  # this node's own status is removed: it is not a member
         self.removal_known = False  # ... and some member has shown it that removal
-        self._adopt(membership, force=True)
+        self._address_claims = 0
+        self._address_conflict_logged = False
+        claimed = self._claim_address(membership)
+        self._adopt(claimed, force=True)
+        if claimed is not membership:
+            self._persist(claimed)
 
     # ---- what the request handlers ask ----
 
@@ -186,12 +197,35 @@ class ClusterView:
                 callback()
         return changed
 
+    def _claim_address(self, membership: Membership) -> Membership:
+        """`membership`, with this node at the address it serves at (see the rules above)."""
+        claimed = membership.at_address(self.name, self.address)
+        if claimed is membership:
+            return membership
+        held = membership.address_of(self.name)
+        if self._address_claims < ADDRESS_CLAIMS_MAX:
+            self._address_claims += 1
+            log.info("%s now at %s (was %s): telling the cluster", self.name, self.address, held)
+            return claimed
+        if not self._address_conflict_logged:
+            self._address_conflict_logged = True
+            log.error(
+                "the cluster keeps %s at %s, not at %s where this node serves, after %d corrections: "
+                "is another node running with the name %s?",
+                self.name, held, self.address, ADDRESS_CLAIMS_MAX, self.name,
+            )
+        return membership
+
+    def _persist(self, membership: Membership) -> None:
+        try:  # a refusal (disk full, overloaded) must not escape into whoever brought the news
+            self.storage.submit([PutMeta(MEMBERSHIP_META, membership.encode())], _log_persist_failure)
+        except DynError as exc:
+            _log_persist_failure(exc)
+
     def _update(self, membership: Membership, force: bool = False) -> None:
+        membership = self._claim_address(membership)
         if self._adopt(membership, force):
-            try:  # a refusal (disk full, overloaded) must not escape into whoever brought the news
-                self.storage.submit([PutMeta(MEMBERSHIP_META, membership.encode())], _log_persist_failure)
-            except DynError as exc:
-                _log_persist_failure(exc)
+            self._persist(membership)
             log.info("membership now %s", ", ".join(f"{m.name}={m.status}" for m in sorted(membership.members.values(), key=lambda m: m.name)))
 
     def merge_from_peer(self, data: bytes) -> bytes:

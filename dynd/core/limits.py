@@ -54,6 +54,7 @@ class Limits:
     lmdb_map_bytes: int = 16 * 1024**3
     # requests and background work
     request_timeout_ms: int = 5_000
+    join_timeout_ms: int = 60_000  # a first start with `join` waits this long for the seed, then fails
     tick_interval_ms: int = 50
     peer_retry_ms: int = 1_000
     gossip_interval_ms: int = 1_000

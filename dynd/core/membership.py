@@ -5,6 +5,9 @@ Rules:
   travel with the membership. Memberships of different clusters never merge.
 - Each admin act adds one event: join (member, address), leave (member), remove (member). Events
   never change or disappear, so two nodes merge by set union and gossip converges.
+- A member that starts at another address than the membership holds for it (a new `advertise`)
+  adds an address event (member, address): it changes that member's address and nothing else, so
+  the ring and every status stay as they were. Only the member itself records one.
 - The node that records an event stamps it with one more than the highest stamp it has seen.
   Every node orders events by (stamp, origin, kind, member) and folds them into the same member
   table and the same ring: concurrent changes made on different nodes reconcile deterministically,
@@ -27,8 +30,8 @@ from dynd.core.claim import claim
 from dynd.core.ring import Ring
 
 MEMBERSHIP_FORMAT = 1
-JOIN, LEAVE, REMOVE = "join", "leave", "remove"
-EVENT_KINDS = (JOIN, LEAVE, REMOVE)
+JOIN, LEAVE, REMOVE, ADDRESS = "join", "leave", "remove", "address"
+EVENT_KINDS = (JOIN, LEAVE, REMOVE, ADDRESS)
 JOINED, LEAVING, REMOVED = "joined", "leaving", "removed"
 
 
@@ -89,6 +92,8 @@ class Membership:
                 members[event.member] = Member(held.name, held.address, LEAVING)
             elif held is not None and event.kind == REMOVE:
                 members[event.member] = Member(held.name, held.address, REMOVED)
+            elif held is not None and event.kind == ADDRESS:
+                members[event.member] = Member(held.name, event.address, held.status)
             after = _owners(members)
             if after != before and after:
                 ring = claim(ring, after, partitions=self.params.partitions, n_replicas=self.params.n)
@@ -126,8 +131,18 @@ class Membership:
             raise MembershipError(f"unknown membership change {kind!r}")
         if kind != JOIN and member not in self.members:
             raise MembershipError(f"{member!r} is not a member of this cluster")
+        if kind == ADDRESS and not address:
+            raise MembershipError(f"an address change of {member!r} needs the new address")
         event = MemberEvent(self.stamp + 1, origin, kind, member, address)
         return Membership(self.params, self.events | {event})
+
+    def at_address(self, member: str, address: str) -> Membership:
+        """This membership with `member` (an active member) at `address`: itself when the member
+        is there already or is not active, else with one address event more, recorded by the member."""
+        held = self.members.get(member)
+        if held is None or held.status == REMOVED or held.address == address:
+            return self
+        return self.with_event(ADDRESS, member, origin=member, address=address)
 
     def merge(self, other: Membership) -> Membership:
         if other.params != self.params:

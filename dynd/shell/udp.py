@@ -1,6 +1,7 @@
 """The failure detector's datagrams: one UDP socket on the node's listen host and TCP port number.
 
-`run` binds the socket, then reads datagrams and hands each to `swim.receive`; what the detector
+`bind` binds the socket (the daemon does it before anything else at start) and `run` (binding
+first, unless `bind` did) reads datagrams and hands each to `swim.receive`; what the detector
 returns, and what the node's tick passes to `flush(swim.tick())`, goes through a bounded queue to
 one sender task. `flush` never blocks: with the queue full, datagrams are dropped and counted (the
 detector copes with loss). Addresses are "host:port"; host names are resolved off the event loop
@@ -65,6 +66,7 @@ class UdpEndpoint:
         self.datagram_bytes_max = datagram_bytes_max
         self.stats = UdpStats()
         self.bound: tuple[str, int] | None = None
+        self._sock: trio.socket.SocketType | None = None
         self._family = stdlib_socket.AF_INET
         self._queue_in, self._queue_out = trio.open_memory_channel[tuple[str, bytes]](SEND_QUEUE_MAX)
         self._resolved: dict[str, tuple[Any, float]] = {}  # "host:port" -> (sockaddr, expires)
@@ -79,18 +81,36 @@ class UdpEndpoint:
             except trio.WouldBlock:
                 self.stats.dropped_queue_full += 1
 
-    async def run(self, swim: Detector, host: str, port: int, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Bind host:port (UDP), then serve until cancelled. `task_status.started(bound port)`."""
+    async def bind(self, host: str, port: int) -> None:
+        """Bind host:port (UDP) now, so a port in use fails a start before anything else happens."""
         infos = await trio.socket.getaddrinfo(host or None, port, type=stdlib_socket.SOCK_DGRAM, flags=stdlib_socket.AI_PASSIVE)
         if not infos:
             raise OSError(f"cannot resolve {host!r} for UDP")
         family, kind, proto, _, sockaddr = infos[0]
         sock = trio.socket.socket(family, kind, proto)
-        with sock:
+        try:
             await sock.bind(sockaddr)
-            self._family = family
-            bound = sock.getsockname()
-            self.bound = (bound[0], bound[1])
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self._family = family
+        bound = sock.getsockname()
+        self.bound = (bound[0], bound[1])
+
+    def close(self) -> None:
+        """Give the socket back (a start that failed after `bind`)."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    async def run(self, swim: Detector, host: str, port: int, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind host:port (UDP) unless `bind` did, then serve until cancelled. `task_status.started(bound port)`."""
+        if self._sock is None:
+            await self.bind(host, port)
+        sock = self._sock
+        assert sock is not None and self.bound is not None
+        with sock:
             log.info("failure detector listening on udp %s", format_address(*self.bound))
             task_status.started(self.bound[1])
             async with trio.open_nursery() as nursery:

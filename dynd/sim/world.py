@@ -236,6 +236,15 @@ class World:
             host.skew_ms = skew_ms  # a clock may be set back across a restart
         self.start(host)
 
+    def move(self, host: Host, address: str) -> None:
+        """A stopped host comes back at another address (a new `advertise`): its next process
+        listens there, and datagrams it sends carry it as their source."""
+        assert not host.up, "a host moves only while its node is down"
+        self.net.host_of_address.pop(host.address, None)  # nothing answers at the old address
+        host.address = address
+        self.net.register(host.name, address)
+        self.loop.trace("move", host.name, address)
+
     def pause(self, host: Host) -> None:
         if host.process is not None:
             host.process.pause()

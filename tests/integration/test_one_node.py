@@ -406,12 +406,13 @@ def test_missing_config_file_exits_2(tmp_path: Path) -> None:
 
 
 def test_data_dir_of_another_node_refuses_to_start(dynd_factory: DyndFactory) -> None:
+    """Exit 2, a configuration error: restarting cannot help, so the unit does not restart it."""
     first = dynd_factory("owner1")
     with BlockingClient(first.address) as client:
         client.put(b"mine", b"owner1's")
     assert first.stop() == 0
     result = run_dynd("--name", "intruder", "--listen", first.address, "--data-dir", str(first.data_dir))
-    assert result.returncode == 1, result
+    assert result.returncode == 2, result
     assert "owner1" in result.stderr and "intruder" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     # and the rightful owner still starts with its data intact
@@ -424,7 +425,7 @@ def test_data_dir_created_with_other_partitions_refuses_to_start(dynd_factory: D
     first = dynd_factory("parts1")
     assert first.stop() == 0
     result = run_dynd("--name", "parts1", "--listen", first.address, "--data-dir", str(first.data_dir), "--partitions", "64")
-    assert result.returncode == 1, result
+    assert result.returncode == 2, result
     assert "64" in result.stderr and "256" in result.stderr, result.stderr
 
 

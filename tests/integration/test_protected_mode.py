@@ -53,7 +53,8 @@ def round_trip(node: DyndProcess, key: bytes) -> None:
 
 def test_a_wildcard_listen_without_a_secret_exits_2_naming_the_settings(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    result = run_dynd("--name", "open1", "--listen", f"0.0.0.0:{free_port()}", "--data-dir", str(data_dir))
+    port = free_port()
+    result = run_dynd("--name", "open1", "--listen", f"0.0.0.0:{port}", "--advertise", f"127.0.0.1:{port}", "--data-dir", str(data_dir))
     assert result.returncode == 2, result
     assert "protected mode" in result.stderr, result.stderr
     assert "cluster_secret_file" in result.stderr and "trusted_network" in result.stderr, result.stderr

@@ -37,6 +37,7 @@ from dynd.client import open_client
 from dynd.protocol.address import format_address, parse_address
 
 LOOPBACK = "127.0.0.1"
+WILDCARD_HOSTS = ("0.0.0.0", "::")
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 PROBE_TIMEOUT_S = 1.0
@@ -201,6 +202,8 @@ class DyndProcess:
 
     def argv(self) -> list[str]:
         args = ["--name", self.name, "--listen", self.address, "--data-dir", str(self.data_dir)]
+        if self.host in WILDCARD_HOSTS:  # every address of this host: tell the others the loopback one
+            args += ["--advertise", format_address(LOOPBACK, self.port)]
         if self.config_path is not None:
             args += ["--config", str(self.config_path)]
         return [*self.wrapper, *dynd_command(*args, *self.extra_args)]

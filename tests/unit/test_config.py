@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -245,7 +248,7 @@ def test_loopback_needs_no_secret(listen: str) -> None:
 
 @pytest.mark.parametrize("listen", ["0.0.0.0:7400", "[::]:7400", "10.0.0.1:7400", "db1.example:7400"])
 def test_beyond_loopback_without_a_secret_is_refused_naming_both_settings(listen: str) -> None:
-    config = load_config(None, {**BASE, "listen": listen})
+    config = load_config(None, {**BASE, "listen": listen, "advertise": "10.0.0.1:7400"})
     with pytest.raises(ConfigError, match="protected mode") as caught:
         check_protected_mode(config, has_secret=False)
     assert "cluster_secret_file" in str(caught.value) and "trusted_network" in str(caught.value)
@@ -253,7 +256,7 @@ def test_beyond_loopback_without_a_secret_is_refused_naming_both_settings(listen
 
 
 def test_trusted_network_lets_a_node_without_a_secret_listen_anywhere_with_a_warning() -> None:
-    config = load_config(None, {**BASE, "listen": "0.0.0.0:7400", "trusted_network": True})
+    config = load_config(None, {**BASE, "listen": "0.0.0.0:7400", "advertise": "10.0.0.1:7400", "trusted_network": True})
     warning = check_protected_mode(config, has_secret=False)
     assert warning is not None and "anyone who reaches 0.0.0.0:7400 can" in warning
 
@@ -324,10 +327,79 @@ def test_sighup_cannot_add_a_secret_to_a_node_that_started_without_one(caplog: p
     assert "one cannot be added to a running node" in caplog.text
 
 
+SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "dynd.toml"
+
+
 def test_the_shipped_config_listens_beyond_loopback_only_with_a_secret() -> None:
-    shipped = Path(__file__).resolve().parents[2] / "deploy" / "dynd.toml"
-    config = load_config(str(shipped), {})
+    config = load_config(str(SHIPPED), {})
     assert config.listen.startswith("0.0.0.0:")
     assert config.cluster_secret_file == "/etc/dynd/secret" and not config.trusted_network
     with pytest.raises(ConfigError, match="protected mode"):
         check_protected_mode(config, has_secret=False)
+
+
+def test_the_shipped_config_lists_every_limit_at_its_default() -> None:
+    """An example that silently sets a limit away from its default changes how a node copied
+    from it behaves; one that leaves a limit out hides it from the operator."""
+    config = load_config(str(SHIPPED), {})
+    assert config.limits == Limits()
+    listed = set(tomllib.loads(SHIPPED.read_text())["limits"])
+    assert listed == {f.name for f in dataclasses.fields(Limits)}
+
+
+def test_join_and_seeds_come_from_the_file_alone(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[node]\nname = "b"\ndata_dir = "/d"\nlisten = "0.0.0.0:7400"\nadvertise = "10.0.0.2:7400"\n'
+        'join = "10.0.0.1:7400"\nseeds = ["10.0.0.1:7400", "10.0.0.3:7400"]\n',
+    )
+    config = load_config(path, {"join": None, "seeds": None})  # what dynd passes when no flag is given
+    assert config.join == "10.0.0.1:7400" and config.seeds == ("10.0.0.1:7400", "10.0.0.3:7400")
+    assert config.advertised_address == "10.0.0.2:7400"
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:7400", "[::]:7400"])
+def test_a_wildcard_listen_needs_an_advertise_address(listen: str) -> None:
+    with pytest.raises(ConfigError, match=r"set \[node\] advertise \(or --advertise\) to the HOST:7400"):
+        load_config(None, {**BASE, "listen": listen})
+    assert load_config(None, {**BASE, "listen": listen, "advertise": "db1.example:7400"}).advertised_address == "db1.example:7400"
+
+
+@pytest.mark.parametrize(
+    ("advertise", "fragment"),
+    [
+        ("0.0.0.0:7400", "is a wildcard"),
+        ("[::]:7400", "is a wildcard"),
+        ("10.0.0.1:7500", "must use the same port"),
+        ("10.0.0.1:x", "bad port"),
+    ],
+)
+def test_a_bad_advertise_address_is_refused(advertise: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(None, {**BASE, "listen": "0.0.0.0:7400", "advertise": advertise})
+
+
+@pytest.mark.parametrize(("listen", "advertise", "join"), [("127.0.0.1:7400", "", "127.0.0.1:7400"), ("0.0.0.0:7400", "10.0.0.1:7400", "10.0.0.1:7400")])
+def test_joining_through_ones_own_address_is_refused(listen: str, advertise: str, join: str) -> None:
+    with pytest.raises(ConfigError, match="is this node's own address"):
+        load_config(None, {**BASE, "listen": listen, "advertise": advertise, "join": join})
+
+
+def test_the_advertised_and_seed_addresses_are_written_one_way() -> None:
+    """As the membership writes them, so a node finds itself among the seeds and join targets."""
+    assert load_config(None, {**BASE, "listen": "127.0.0.1"}).advertised_address == "127.0.0.1:7400"
+    assert load_config(None, {**BASE, "listen": "[::1]:7401"}).advertised_address == "[::1]:7401"
+    assert load_config(None, {**BASE, "seeds": [" 10.0.0.1", "[::1]:7401"]}).seed_addresses == ("10.0.0.1:7400", "[::1]:7401")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({}, "no node name: give --name NAME, or --config FILE with [node] name"),
+        ({"name": "n1"}, "no data directory: give --data-dir DIR"),
+        ({"name": "-bad"}, "node name '-bad' must be"),
+    ],
+)
+def test_a_missing_name_or_data_dir_is_named(overrides: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        load_config(None, overrides)

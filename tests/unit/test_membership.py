@@ -6,7 +6,24 @@ import random
 
 import pytest
 
-from dynd.core.membership import JOIN, LEAVE, LEAVING, REMOVE, REMOVED, ClusterParams, Membership, MembershipError, create
+from dynd.core.cluster import ADDRESS_CLAIMS_MAX, MEMBERSHIP_META, ClusterView
+from dynd.core.limits import Limits
+from dynd.core.membership import (
+    ADDRESS,
+    JOIN,
+    JOINED,
+    LEAVE,
+    LEAVING,
+    Member,
+    REMOVE,
+    REMOVED,
+    ClusterParams,
+    Membership,
+    MembershipError,
+    create,
+)
+from dynd.core.ops import PutMeta
+from dynd.protocol import messages
 
 PARAMS = ClusterParams("c1", n=3, r=2, w=2, partitions=64)
 
@@ -68,3 +85,112 @@ def test_encoding_round_trips_and_refuses_garbage() -> None:
 def test_unknown_members_cannot_leave() -> None:
     with pytest.raises(MembershipError):
         grown(["a"]).with_event(LEAVE, "zz", origin="a")
+
+
+# ---- address changes ----
+
+
+def test_an_address_event_moves_a_member_and_nothing_else() -> None:
+    before = grown(["a", "b", "c"]).with_event(LEAVE, "c", origin="a")
+    after = before.at_address("c", "c:2").at_address("b", "b:2")
+    assert after.address_of("b") == "b:2" and after.address_of("c") == "c:2"
+    assert {m.name: m.status for m in after.members.values()} == {"a": JOINED, "b": JOINED, "c": LEAVING}
+    assert after.ring == before.ring
+    assert Membership.decode(after.encode()).members == after.members
+
+
+def test_at_address_changes_nothing_when_the_member_is_there_already_or_gone() -> None:
+    membership = grown(["a", "b"]).with_event(REMOVE, "b", origin="a")
+    assert membership.at_address("a", "a:1") is membership
+    assert membership.at_address("b", "b:9") is membership  # removed: no one reaches it any more
+    assert membership.at_address("zz", "zz:1") is membership
+    with pytest.raises(MembershipError, match="needs the new address"):
+        membership.with_event(ADDRESS, "a", origin="a")
+
+
+def test_the_latest_address_wins_in_every_order_of_delivery() -> None:
+    base = grown(["a", "b", "c"])
+    moved = base.at_address("b", "b:2")
+    moved_again = moved.at_address("b", "b:3")
+    elsewhere = base.with_event(LEAVE, "c", origin="a")  # concurrent with both moves
+    for merged in (moved_again.merge(elsewhere), elsewhere.merge(moved).merge(moved_again), moved.merge(elsewhere).merge(moved_again)):
+        assert merged.address_of("b") == "b:3"
+        assert merged.members["c"].status == LEAVING
+
+
+def test_a_rejoin_after_removal_brings_its_own_address() -> None:
+    membership = grown(["a", "b"]).at_address("b", "b:2").with_event(REMOVE, "b", origin="a")
+    back = membership.with_event(JOIN, "b", origin="b", address="b:3")
+    assert back.members["b"] == Member("b", "b:3", JOINED)
+
+
+class Disk:
+    """The Storage port as ClusterView uses it: every submitted write, committed at once."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def submit(self, ops: list[PutMeta], on_done: object) -> None:
+        self.written += [op.data for op in ops if op.name == MEMBERSHIP_META]
+        on_done(None)  # type: ignore[operator]
+
+
+class Wire:
+    """The Network port: the addresses the view hands it, and the gossip it sends (unanswered)."""
+
+    def __init__(self) -> None:
+        self.addresses: dict[str, str] = {}
+        self.sent: list[tuple[str, object]] = []
+
+    def set_addresses(self, addresses: dict[str, str]) -> None:
+        self.addresses = dict(addresses)
+
+    def connected(self, node: str) -> bool:
+        return False
+
+    def send(self, node: str, build: object, on_reply: object) -> None:
+        self.sent.append((node, build(1)))  # type: ignore[operator]
+
+    def send_to_address(self, address: str, build: object, on_reply: object) -> None:
+        self.sent.append((address, build(1)))  # type: ignore[operator]
+
+
+def view(name: str, address: str, membership: Membership) -> tuple[ClusterView, Disk, Wire]:
+    disk, wire = Disk(), Wire()
+    cluster = ClusterView(name, address, membership, disk, wire, limits=Limits(), now_ms=lambda: 0, rng=random.Random(1))  # type: ignore[arg-type]
+    return cluster, disk, wire
+
+
+def test_a_node_started_at_a_new_address_records_it_stores_it_and_gossips_it() -> None:
+    stored = grown(["a", "b", "c"])
+    b, disk, wire = view("b", "b:2", stored)
+    assert b.membership.address_of("b") == "b:2"
+    assert [Membership.decode(data).address_of("b") for data in disk.written] == ["b:2"]  # kept across a restart
+    a, _, a_wire = view("a", "a:1", stored)
+    assert a_wire.addresses["b"] == "b:1"
+    b.gossip_once()
+    (target, gossip), *_ = wire.sent
+    assert isinstance(gossip, messages.Gossip)
+    a.merge_from_peer(gossip.membership)
+    assert a.membership.address_of("b") == "b:2" and a_wire.addresses["b"] == "b:2"
+
+
+def test_a_node_at_its_recorded_address_records_nothing() -> None:
+    b, disk, _ = view("b", "b:1", grown(["a", "b"]))
+    assert disk.written == [] and len(b.membership.events) == 2
+
+
+def test_gossip_bringing_an_older_address_back_is_corrected_a_bounded_number_of_times(caplog: pytest.LogCaptureFixture) -> None:
+    """Another process under the same name (or a change lost in a crash) keeps the old address
+    coming: the node corrects it, but only ADDRESS_CLAIMS_MAX times, so two processes that share a
+    name cannot grow the membership without end."""
+    stored = grown(["a", "b"])
+    b, _, _ = view("b", "b:2", stored)
+    for round_ in range(ADDRESS_CLAIMS_MAX + 3):
+        impostor = b.membership.with_event(ADDRESS, "b", origin="b", address=f"b:old{round_}")
+        b.merge_from_peer(impostor.encode())
+    claims = [e for e in b.membership.events if e.kind == ADDRESS and e.address == "b:2"]
+    assert len(claims) == ADDRESS_CLAIMS_MAX
+    assert b.membership.address_of("b") != "b:2"
+    assert "is another node running with the name b?" in caplog.text
+    assert caplog.text.count("is another node running") == 1
