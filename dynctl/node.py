@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from dynctl.output import ExitCode, Output
 from dynd.client.errors import CannotConnect, NotADyndNode
-from dynd.protocol.errors import DynError, Timeout, Unauthorized, Unreachable
+from dynd.protocol.errors import DynError, QuorumFailed, Timeout, Unauthorized, Unreachable
 
 if TYPE_CHECKING:
     import ssl
@@ -92,6 +92,8 @@ def describe_node_error(error: DynError) -> str:
 
 def hint_for(error: DynError) -> str | None:
     """What to check next, when the error alone does not say."""
+    if isinstance(error, QuorumFailed) and "not undone" in error.message:
+        return "To replace it rather than add a sibling, put again with the token from: dynctl get --context KEY"
     if not isinstance(error, (CannotConnect, NotADyndNode)):
         return None
     from_environment = os.environ.get("DYNCTL_NODE")
