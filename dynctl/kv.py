@@ -23,6 +23,7 @@ from dynctl.node import Session, run_sync
 from dynctl.output import ExitCode, Output
 from dynctl.tokens import BadToken, context_from_token, encode_token
 from dynd.client.results import REPLICAS_MAX, GetResult, Sibling
+from dynd.protocol.errors import QuorumFailed
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -236,7 +237,7 @@ def put(
     def store(client: SyncClient) -> bytes:
         return client.put(raw_key, payload, seen, w=w, pw=pw)
 
-    new_context = run_sync(session, store)
+    new_context = run_sync(session, store, {QuorumFailed: _not_undone_hint(key)})
     _print_context(session.output, key, new_context)
 
 
@@ -256,8 +257,13 @@ def delete(
     session: Session = ctx.obj
     raw_key = request_key(key)
     seen = context_bytes(context)
-    new_context = run_sync(session, lambda client: client.delete(raw_key, seen, w=w, pw=pw))
+    new_context = run_sync(session, lambda client: client.delete(raw_key, seen, w=w, pw=pw), {QuorumFailed: _not_undone_hint(key)})
     _print_context(session.output, key, new_context)
+
+
+def _not_undone_hint(key: str) -> str:
+    # A write that missed its quorum may still be on some replicas (the node's message says how many).
+    return f"If it was stored, it stays: to replace it rather than add a sibling, put with the token from: dynctl get --context {key!r}"
 
 
 def _print_context(output: Output, key: str, context: bytes) -> None:

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from dynctl.output import ExitCode, Output
 from dynd.client.errors import CannotConnect, NotADyndNode
-from dynd.protocol.errors import DynError, QuorumFailed, Timeout, Unauthorized, Unreachable
+from dynd.protocol.errors import DynError, Timeout, Unauthorized, Unreachable
 
 if TYPE_CHECKING:
     import ssl
@@ -92,8 +92,6 @@ def describe_node_error(error: DynError) -> str:
 
 def hint_for(error: DynError) -> str | None:
     """What to check next, when the error alone does not say."""
-    if isinstance(error, QuorumFailed) and "not undone" in error.message:
-        return "To replace it rather than add a sibling, put again with the token from: dynctl get --context KEY"
     if not isinstance(error, (CannotConnect, NotADyndNode)):
         return None
     from_environment = os.environ.get("DYNCTL_NODE")
@@ -119,20 +117,22 @@ def sole_node_error(exc: BaseException) -> DynError | None:
 
 
 @contextlib.contextmanager
-def node_errors_become_exit_codes(output: Output) -> Iterator[None]:
-    """Turn any node error in the block into `abort` with its exit code; let the rest through."""
+def node_errors_become_exit_codes(output: Output, hints: Mapping[type[DynError], str] | None = None) -> Iterator[None]:
+    """Turn any node error in the block into `abort` with its exit code; let the rest through.
+    `hints`: what to suggest after an error of a given class (else `hint_for`'s)."""
     try:
         yield
     except BaseException as exc:
         error = sole_node_error(exc)
         if error is None:
             raise
-        output.abort(describe_node_error(error), exit_code_for(error), hint=hint_for(error))
+        hint = (hints or {}).get(type(error)) or hint_for(error)
+        output.abort(describe_node_error(error), exit_code_for(error), hint=hint)
 
 
-def run_sync(session: Session, operation: Callable[[SyncClient], T]) -> T:
+def run_sync(session: Session, operation: Callable[[SyncClient], T], hints: Mapping[type[DynError], str] | None = None) -> T:
     """Connect to the session's node over a blocking socket, run `operation(client)`, return its result."""
-    with node_errors_become_exit_codes(session.output), session.sync_client() as client:
+    with node_errors_become_exit_codes(session.output, hints), session.sync_client() as client:
         return operation(client)
 
 
