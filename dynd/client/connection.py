@@ -468,7 +468,9 @@ class Client:
                 for frame in frames:
                     self._deliver(codec.decode_message(frame))
             except DynError as exc:
-                if not self._hello_done:
+                # Bytes that are no frame or no CBOR map, before the hello: not a dynd node. A
+                # well-formed message of an unknown op or field is a dynd of another version.
+                if not self._hello_done and isinstance(exc, BadFrame):
                     self._fail_all(not_a_dynd_node(self.address, self._first_bytes))
                 else:
                     self._fail_all(BadFrame(f"bad reply from {self.address}: {exc.message}"))

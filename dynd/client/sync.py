@@ -44,7 +44,6 @@ if TYPE_CHECKING:  # ssl and the TLS layer load only when a connection uses TLS
     from dynd.protocol.tls import TlsError, TlsLayer
 
 RECEIVE_CHUNK_BYTES = 256 * 1024
-HELLO = "hello"
 
 
 class SyncClient:
@@ -86,7 +85,7 @@ class SyncClient:
 
                 self._tls = TlsLayer.client(ssl_context, server_hostname=host)
             self._send(client_hello(agent, token), deadline)
-            reply = self._receive(None, deadline, HELLO)
+            reply = self._receive(None, deadline, f"no hello reply from {address} within {timeout_s:g} s")
             if not isinstance(reply, messages.HelloOk):
                 raise BadFrame(f"expected hello_ok from {address}, got {type(reply).__name__}")
         except BaseException:
@@ -155,7 +154,7 @@ class SyncClient:
         limit = self.timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + limit
         self._send(request, deadline)
-        return self._receive(request.id, deadline, request.OP)  # type: ignore[attr-defined]
+        return self._receive(request.id, deadline, f"no reply from {self.address} within {limit:g} s")  # type: ignore[attr-defined]
 
     def _send(self, message: messages.Message, deadline: float) -> None:
         data = encode_frame(codec.encode_message(message))
@@ -164,11 +163,12 @@ class SyncClient:
             data = self._tls.outgoing()
         self._write(data, deadline)
 
-    def _receive(self, request_id: int | None, deadline: float, what: str) -> messages.Message:
-        """The reply to `request_id` (None: the hello's reply); a node's error is raised."""
+    def _receive(self, request_id: int | None, deadline: float, too_late: str) -> messages.Message:
+        """The reply to `request_id` (None: the hello's reply); a node's error is raised, and
+        Timeout(`too_late`) when the deadline passes first."""
         while True:
             while not self._replies:
-                self._read_some(deadline, what)
+                self._read_some(deadline, too_late)
             reply = self._replies.popleft()
             if isinstance(reply, messages.ErrorReply) and reply.id is None:
                 raise error_from_code(reply.code, reply.message)  # about the connection, not one request
@@ -178,8 +178,8 @@ class SyncClient:
                 raise error_from_code(reply.code, reply.message)
             return reply
 
-    def _read_some(self, deadline: float, what: str) -> None:
-        raw = self._recv(deadline, what)
+    def _read_some(self, deadline: float, too_late: str) -> None:
+        raw = self._recv(deadline, too_late)
         if not raw:
             if not self._hello_done and self._decoder.has_partial_frame:
                 self._fail(not_a_dynd_node(self.address, self._first_bytes))
@@ -200,19 +200,19 @@ class SyncClient:
             for frame in self._decoder.feed(chunk):
                 self._replies.append(codec.decode_message(frame))
         except DynError as exc:
-            if not self._hello_done:
+            if not self._hello_done and isinstance(exc, BadFrame):  # as in `dynd.client.connection`
                 self._fail(not_a_dynd_node(self.address, self._first_bytes))
             self._fail(BadFrame(f"bad reply from {self.address}: {exc.message}"))
 
-    def _recv(self, deadline: float, what: str) -> bytes:
+    def _recv(self, deadline: float, too_late: str) -> bytes:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise Timeout(f"no {what} reply from {self.address} within {self.timeout_s:g} s")
+            raise Timeout(too_late)
         self._socket.settimeout(remaining)
         try:
             return self._socket.recv(RECEIVE_CHUNK_BYTES)
         except TimeoutError:
-            raise Timeout(f"no {what} reply from {self.address} within {self.timeout_s:g} s") from None
+            raise Timeout(too_late) from None
         except OSError as exc:
             self._fail(Unreachable(f"connection to {self.address} lost: {exc.strerror or exc}"))
 

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,9 @@ import trustme
 
 from dynd.client import BlockingClient, CannotConnect, NotADyndNode, SyncClient
 from dynd.client.errors import describe_foreign
+from dynd.protocol import PROTOCOL_VERSION, codec, messages
 from dynd.protocol.errors import BadRequest, Timeout, Unauthorized, Unreachable
+from dynd.protocol.framing import FrameDecoder, encode_frame
 from dynd.protocol.tls import client_context
 from tests.support.foreign import HTTP_REPLY, SSH_BANNER, ForeignServer
 from tests.support.procs import PROBE_INTERVAL_S, START_TIMEOUT_S, DyndError, DyndProcess
@@ -66,6 +69,44 @@ def test_importing_it_loads_no_event_loop() -> None:
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+class SlowFirstPong:
+    """A node of one connection that says hello, then answers ping 1 late and ping 2 at once."""
+
+    LATE_S = 0.5
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        connection, _ = self.listener.accept()
+        decoder = FrameDecoder(1 << 20)
+        with connection:
+            connection.settimeout(10.0)
+            while chunk := connection.recv(65536):
+                for frame in decoder.feed(chunk):
+                    request = codec.decode_message(frame)
+                    if isinstance(request, messages.Hello):
+                        reply: Any = messages.HelloOk(version=PROTOCOL_VERSION, node="slow", roles=["client"])
+                    else:
+                        if request.id == 1:
+                            time.sleep(self.LATE_S)
+                        reply = messages.Pong(id=request.id, node=f"pong {request.id}")
+                    connection.sendall(encode_frame(codec.encode_message(reply)))
+
+
+def test_a_reply_that_comes_after_its_call_timed_out_is_skipped() -> None:
+    server = SlowFirstPong()
+    with SyncClient(server.address, timeout_s=5.0) as client:
+        with pytest.raises(Timeout, match="within 0.1 s"):
+            client.ping(timeout_s=0.1)
+        assert client.ping() == "pong 2", "pong 1 arrives first, late: it is not taken for pong 2's reply"
+    server.thread.join(timeout=10.0)
+    server.listener.close()
 
 
 # ---- when there is no dynd node ----
