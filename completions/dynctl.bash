@@ -19,7 +19,7 @@ _dynctl() {
     # The global options come before the command or after it (and after a group's subcommand).
     local late_options="--node --timeout --json --token-file --tls-ca"
     local global_options="$late_options --version --help -h"
-    local commands="get put delete bench repair stats info health top log-level cluster ring dev"
+    local commands="get put delete bench repair backup stats info health top log-level cluster ring dev"
     local command="" subcommand="" i
     for ((i = 1; i < ${#words[@]}; i++)); do
         case ${words[i]} in
@@ -68,6 +68,7 @@ _dynctl() {
         put) options="--file -f --context --w --pw --help -h" ;;
         delete) options="--context --w --pw --help -h" ;;
         repair) options="--partition --help -h" ;;
+        backup) options="--force --help -h" ;;  # FILE: files, by complete -o default
         log-level)
             [[ $cur != -* ]] && COMPREPLY=($(compgen -W "DEBUG INFO WARNING ERROR" -- "$cur")) && return
             options="--help -h"
@@ -80,7 +81,7 @@ _dynctl() {
             if [[ -z $subcommand ]]; then
                 local subcommands
                 case $command in
-                    cluster) subcommands="join leave remove status" ;;
+                    cluster) subcommands="join leave remove status transfers" ;;
                     ring) subcommands="status key" ;;
                     dev) subcommands="up" ;;
                 esac
@@ -88,7 +89,10 @@ _dynctl() {
                 return
             fi
             case "$command $subcommand" in
-                "cluster join" | "cluster leave" | "cluster remove" | "cluster status") options="--help -h" ;;
+                "cluster join") options="--dry-run --help -h" ;;
+                "cluster leave") options="--dry-run --wait --help -h" ;;
+                "cluster remove") options="--dry-run --force --help -h" ;;
+                "cluster status" | "cluster transfers") options="--help -h" ;;
                 "ring status" | "ring key") options="--help -h" ;;
                 "dev up") options="--nodes --dir --base-port --n --r --w --help -h" ;;
                 *) return ;;

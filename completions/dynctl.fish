@@ -3,7 +3,7 @@
 # Static on purpose: it never runs dynctl, so TAB is instant and never touches a node.
 # Keys, values and tokens are the user's own, so only commands, options and files complete.
 
-set -l dynctl_commands get put delete bench repair stats info health top log-level cluster ring dev
+set -l dynctl_commands get put delete bench repair backup stats info health top log-level cluster ring dev
 
 complete -c dynctl -f
 
@@ -21,6 +21,7 @@ complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a put 
 complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a delete -d 'Delete what a context token covers'
 complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a bench -d 'Measure throughput and latency'
 complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a repair -d 'Run an anti-entropy exchange now'
+complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a backup -d "Copy the node's store to a file while it serves"
 complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a log-level -d 'Change the node\'s log level now'
 complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a stats -d 'Rates, latency percentiles, errors per node'
 complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a info -d "The node's version, addresses, store and backlog"
@@ -40,6 +41,8 @@ complete -c dynctl -n "__fish_seen_subcommand_from delete" -l context -x -d 'Tok
 complete -c dynctl -n "__fish_seen_subcommand_from put delete" -l w -x -d 'Stores to wait for'
 complete -c dynctl -n "__fish_seen_subcommand_from put delete" -l pw -x -d 'Stores that must be on primaries'
 complete -c dynctl -n "__fish_seen_subcommand_from repair" -l partition -x -d 'Only this partition'
+complete -c dynctl -n "__fish_seen_subcommand_from backup" -F -d 'Backup file'
+complete -c dynctl -n "__fish_seen_subcommand_from backup" -l force -d 'Replace FILE if it exists, once the backup is complete'
 complete -c dynctl -n "__fish_seen_subcommand_from log-level" -a 'DEBUG INFO WARNING ERROR' -d 'Log level'
 complete -c dynctl -n "__fish_seen_subcommand_from stats health" -l all -d 'Ask every member'
 complete -c dynctl -n "__fish_seen_subcommand_from health" -l hints-max -x -d 'Fail when a node holds more hints'
@@ -57,11 +60,15 @@ complete -c dynctl -n "__fish_seen_subcommand_from bench" -l routed -d 'Send eac
 
 # cluster, ring and dev are groups of subcommands; their arguments are node names, addresses and
 # keys only the user knows.
-set -l cluster_commands join leave remove status
+set -l cluster_commands join leave remove status transfers
 complete -c dynctl -n "__fish_seen_subcommand_from cluster; and not __fish_seen_subcommand_from $cluster_commands" -a join -d 'Join the cluster of a seed node'
 complete -c dynctl -n "__fish_seen_subcommand_from cluster; and not __fish_seen_subcommand_from $cluster_commands" -a leave -d 'Hand off partitions and leave'
 complete -c dynctl -n "__fish_seen_subcommand_from cluster; and not __fish_seen_subcommand_from $cluster_commands" -a remove -d 'Drop a dead member at once'
 complete -c dynctl -n "__fish_seen_subcommand_from cluster; and not __fish_seen_subcommand_from $cluster_commands" -a status -d 'Show every member'
+complete -c dynctl -n "__fish_seen_subcommand_from cluster; and not __fish_seen_subcommand_from $cluster_commands" -a transfers -d 'List the partition transfers in flight'
+complete -c dynctl -n "__fish_seen_subcommand_from cluster; and __fish_seen_subcommand_from join leave remove" -l dry-run -d 'Print the plan and change nothing'
+complete -c dynctl -n "__fish_seen_subcommand_from cluster; and __fish_seen_subcommand_from leave" -l wait -d 'Show progress; return once the node is safe to stop'
+complete -c dynctl -n "__fish_seen_subcommand_from cluster; and __fish_seen_subcommand_from remove" -l force -d 'Remove the member even if it is alive'
 
 set -l ring_commands status key
 complete -c dynctl -n "__fish_seen_subcommand_from ring; and not __fish_seen_subcommand_from $ring_commands" -a status -d 'Show Q, N, R, W and partitions per node'

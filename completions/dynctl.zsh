@@ -38,6 +38,7 @@ _dynctl() {
         'delete:delete what a context token covers'
         'bench:measure throughput and latency'
         'repair:run an anti-entropy exchange now and show its progress'
+        'backup:copy the node'"'"'s store to a file while it serves'
         'log-level:change the node'"'"'s log level while it runs'
         'stats:rates, latency percentiles, errors and versions per get, per node'
         "info:the node's version, addresses, store and backlog"
@@ -95,6 +96,12 @@ _dynctl() {
             '--partition=[only this partition]:partition: ' \
             '(- *)'{-h,--help}'[show help and exit]' && ret=0
           ;;
+        backup)
+          _dynctl_command_arguments \
+            '--force[replace FILE if it exists, once the new backup is complete]' \
+            '(- *)'{-h,--help}'[show help and exit]' \
+            '1:backup file:_files' && ret=0
+          ;;
         log-level)
           _dynctl_command_arguments \
             '(- *)'{-h,--help}'[show help and exit]' \
@@ -139,15 +146,30 @@ _dynctl_cluster() {
         'leave:hand off partitions and leave'
         'remove:drop a dead member at once'
         'status:show every member'
+        'transfers:list the partition transfers in flight'
       )
       _describe -t commands 'cluster command' commands && ret=0
       ;;
     argument)
       case $words[1] in
-        join) _dynctl_command_arguments '(- *)'{-h,--help}'[show help and exit]' '1:seed (host\:port): ' && ret=0 ;;
-        leave) _dynctl_command_arguments '(- *)'{-h,--help}'[show help and exit]' '1::node name (default: the --node): ' && ret=0 ;;
-        remove) _dynctl_command_arguments '(- *)'{-h,--help}'[show help and exit]' '1:node name: ' && ret=0 ;;
-        status) _dynctl_command_arguments '(- *)'{-h,--help}'[show help and exit]' && ret=0 ;;
+        join)
+          _dynctl_command_arguments '(- *)'{-h,--help}'[show help and exit]' \
+            '--dry-run[print the plan and change nothing]' \
+            '1:seed (host\:port): ' && ret=0
+          ;;
+        leave)
+          _dynctl_command_arguments '(- *)'{-h,--help}'[show help and exit]' \
+            '(--wait)--dry-run[print the plan and change nothing]' \
+            '(--dry-run)--wait[show progress; return once the node is safe to stop]' \
+            '1::node name (default: the --node): ' && ret=0
+          ;;
+        remove)
+          _dynctl_command_arguments '(- *)'{-h,--help}'[show help and exit]' \
+            '--dry-run[print the plan and change nothing]' \
+            '--force[remove the member even if it is alive]' \
+            '1:node name: ' && ret=0
+          ;;
+        status | transfers) _dynctl_command_arguments '(- *)'{-h,--help}'[show help and exit]' && ret=0 ;;
       esac
       ;;
   esac

@@ -36,6 +36,7 @@ COMMANDS = {
     "info": "dynctl.stats:info",
     "health": "dynctl.health:health",
     "top": "dynctl.top:top",
+    "backup": "dynctl.backup:backup",
     "cluster": "dynctl.cluster:app",
     "ring": "dynctl.ring:app",
     "dev": "dynctl.dev:app",

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from dynctl.output import ExitCode, Output
 from dynd.client.errors import CannotConnect, NotADyndNode
-from dynd.protocol.errors import DynError, Timeout, Unauthorized, Unreachable
+from dynd.protocol.errors import DynError, NotAMember, Timeout, Unauthorized, Unreachable
 
 if TYPE_CHECKING:
     import ssl
@@ -74,7 +74,8 @@ UNAUTHORIZED_HINT = "give an admin token with --token-file, or run this on the n
 
 
 def exit_code_for(error: DynError) -> ExitCode:
-    if isinstance(error, (Unreachable, Timeout)):
+    # A node that left the cluster cannot serve this, like one that cannot be reached: ask another.
+    if isinstance(error, (Unreachable, Timeout, NotAMember)):
         return ExitCode.UNREACHABLE
     if isinstance(error, Unauthorized):
         return ExitCode.UNAUTHORIZED
@@ -87,6 +88,8 @@ def describe_node_error(error: DynError) -> str:
         return f"the node refused: {error.message} \N{EM DASH} {UNAUTHORIZED_HINT}"
     if isinstance(error, NotADyndNode):
         return error.message
+    if isinstance(error, NotAMember):
+        return f"not a member: {error.message} (point --node at one)"
     return str(error)
 
 

@@ -32,7 +32,7 @@ class ExitCode(enum.IntEnum):
     OK = 0
     NOT_FOUND = 1
     USAGE = 2
-    UNREACHABLE = 3
+    UNREACHABLE = 3  # also: the node is not a member any more (not_a_member): ask another
     REFUSED = 4
     SIBLINGS = 5
     UNAUTHORIZED = 6
@@ -48,7 +48,8 @@ Exit status:
   1  not found (the key has no live value)
   2  usage error (bad option, argument or context token; nothing was sent)
   3  node unreachable: nothing accepts connections at --node, what answers
-     is not a dynd node, or no reply came within --timeout
+     is not a dynd node, no reply came within --timeout, or the node left
+     the cluster
   4  refused by the node (its error code and message go to stderr)
   5  siblings: the key has concurrent values; resolve them with get --context, then put
   6  unauthorized: the node wants a token (--token-file) or a connection from its own host

@@ -34,6 +34,7 @@ from dynd.core.cluster import MEMBERSHIP_META
 from dynd.core.membership import JOIN, Membership
 from dynd.core.actors import ACTOR_META, CLEAN_STOP_META, actor_at_start, clean_stop
 from dynd.core.node import Node
+from dynd.shell.backup import BackupService
 from dynd.shell.bootstrap import fetch_membership, new_cluster
 from dynd.shell.logs import SHELL_HANDLERS as LOG_HANDLERS, configure_logging
 from dynd.shell.metrics_http import MetricsServer
@@ -63,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="dynd: a Dynamo-style key-value store node. Serves get/put/delete over CBOR frames on TCP.",
         epilog="Flags override the config file. Logs go to stderr. SIGTERM or SIGINT stops the node cleanly; "
         "SIGHUP rereads the secret and tokens files. Without a secret, only a loopback listen address is "
-        "allowed (protected mode) unless --trusted-network; see dynd(8), SECURITY.",
+        "allowed (protected mode) unless --trusted-network; see dynd(8), SECURITY. "
+        "`dynd restore FILE --data-dir DIR` restores a backup made by `dynctl backup` (dynd restore --help).",
     )
     parser.add_argument("--name", help="this node's name (its identity; fixed for a data directory)")
     parser.add_argument("--listen", help="HOST:PORT to serve on (default 127.0.0.1:7400)")
@@ -102,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["restore"]:  # `dynd restore FILE --data-dir DIR`: see dynd.restore
+        from dynd.restore import main as restore
+
+        sys.exit(restore(argv[1:]))
     args = build_parser().parse_args(argv)
     overrides = {
         "name": args.name,
@@ -375,7 +382,9 @@ async def serve(config: Config, security: Security) -> None:
 
             node.cluster.on_change.append(follow_cluster_id)
             settle_garbage_collector()
-            server = Server(node, limits, security, shell_handlers=LOG_HANDLERS)  # the log level: dynctl log-level
+            backups = BackupService(store, config.data_dir, limits, identity=lambda: (node.name, node.cluster.params.cluster_id), wall_ms=wall_clock_ms)
+            await background.start(backups.run)  # in `background`: ends (copies stopped) before the store closes
+            server = Server(node, limits, security, shell_handlers={**LOG_HANDLERS, **backups.handlers})  # log level; dynctl backup
             udp = UdpEndpoint(datagram_bytes_max=limits.datagram_bytes_max)
             async with trio.open_nursery() as front:
                 try:

@@ -105,9 +105,17 @@ class BlockingClient:
         assert self._client is not None
         return self._call(self._client.cluster_leave, node)
 
-    def cluster_remove(self, node: str) -> str:
+    def cluster_remove(self, node: str, *, force: bool = False) -> str:
         assert self._client is not None
-        return self._call(self._client.cluster_remove, node)
+        return self._call(self._client.cluster_remove, node, force=force)
+
+    def cluster_plan(self, action: str, node: str | None = None, *, seed: str | None = None, address: str | None = None) -> messages.ClusterPlanOk:
+        assert self._client is not None
+        return self._call(self._client.cluster_plan, action, node, seed=seed, address=address)
+
+    def cluster_transfers(self, *, local_only: bool = False) -> messages.ClusterTransfersOk:
+        assert self._client is not None
+        return self._call(self._client.cluster_transfers, local_only=local_only)
 
     def log_level(self, level: str) -> messages.LogLevelOk:
         assert self._client is not None

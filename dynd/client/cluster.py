@@ -19,7 +19,7 @@ import trio
 from dynd.client.connection import Client, open_client, unwrap_group
 from dynd.client.results import DEFAULT_TIMEOUT_S, GetResult, KeyLike, key_bytes
 from dynd.protocol import messages
-from dynd.protocol.errors import DynError, StaleRing, Timeout, Unreachable
+from dynd.protocol.errors import DynError, NotAMember, StaleRing, Timeout, Unreachable
 from dynd.protocol.keyspace import check_partition_count, partition_of, preference_order
 
 AVOID_FAILED_S = 5.0  # a routing client tries a node that just failed only after the others
@@ -149,11 +149,12 @@ class ClusterClient:
                     result = await call(client, ring.version)
                     self._failed_at.pop(node, None)
                     return result
-                except (Unreachable, StaleRing, Timeout) as exc:
+                except (Unreachable, StaleRing, NotAMember, Timeout) as exc:
                     # A node that is down, paused or cut off: the next one coordinates. A put that
                     # timed out may still land, so a retried put can leave a duplicate sibling,
-                    # never a lost write.
-                    if not isinstance(exc, StaleRing):
+                    # never a lost write. One that left the cluster (NotAMember) or that our ring
+                    # calls a primary wrongly (StaleRing): the next one, then a fresh ring.
+                    if not isinstance(exc, (StaleRing, NotAMember)):
                         self._failed_at[node] = trio.current_time()
                     last = exc
             if attempt == 0:

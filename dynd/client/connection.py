@@ -182,9 +182,30 @@ class Client:
         """Hand off `node`'s partitions (this node's when None), then remove it from the cluster."""
         return await self._cluster_call(messages.ClusterLeave(id=next(self._ids), node=node), timeout_s)
 
-    async def cluster_remove(self, node: str, *, timeout_s: float | None = None) -> str:
-        """Drop a dead node at once; its partitions are reassigned to the others."""
-        return await self._cluster_call(messages.ClusterRemove(id=next(self._ids), node=node), timeout_s)
+    async def cluster_remove(self, node: str, *, force: bool = False, timeout_s: float | None = None) -> str:
+        """Drop a dead node at once; its partitions are reassigned to the others. A node that
+        answers the node's probe is refused (BadRequest) unless `force`."""
+        return await self._cluster_call(messages.ClusterRemove(id=next(self._ids), node=node, force=force or None), timeout_s)
+
+    async def cluster_plan(
+        self,
+        action: str,
+        node: str | None = None,
+        *,
+        seed: str | None = None,
+        address: str | None = None,
+        timeout_s: float | None = None,
+    ) -> messages.ClusterPlanOk:
+        """What a membership change would do, changing nothing: `action` is "leave" (`node`,
+        default this node), "remove" (`node`) or "join" (`seed`: this node joining seed's
+        cluster; or `node` and `address`: that node joining this node's cluster)."""
+        request = messages.ClusterPlan(id=next(self._ids), action=action, node=node, seed=seed, address=address)
+        return expect(await self._call(request, timeout_s), messages.ClusterPlanOk, request)
+
+    async def cluster_transfers(self, *, local_only: bool = False, timeout_s: float | None = None) -> messages.ClusterTransfersOk:
+        """The partition transfers in flight on every member (`local_only`: on this node only)."""
+        request = messages.ClusterTransfers(id=next(self._ids), local_only=local_only or None)
+        return expect(await self._call(request, timeout_s), messages.ClusterTransfersOk, request)
 
     async def cluster_status(self, *, local_only: bool = False, timeout_s: float | None = None) -> messages.ClusterStatusOk:
         """The cluster as this node sees it; `local_only` skips gathering each member's own
@@ -200,6 +221,22 @@ class Client:
     async def repair_status(self, run: int, *, timeout_s: float | None = None) -> messages.RepairProgressOk:
         request = messages.RepairStatus(id=next(self._ids), run=run)
         return expect(await self._call(request, timeout_s), messages.RepairProgressOk, request)
+
+    async def backup_start(self, *, timeout_s: float | None = None) -> messages.BackupStartOk:
+        """Start a consistent copy of this node's store (admin); read it with `backup_read`."""
+        request = messages.BackupStart(id=next(self._ids))
+        return expect(await self._call(request, timeout_s), messages.BackupStartOk, request)
+
+    async def backup_read(self, backup: int, offset: int, *, timeout_s: float | None = None) -> messages.BackupChunk:
+        """The next bytes of backup `backup` from `offset` (empty when the copy has not got further
+        yet); once `done`, the reply carries the copy's size and SHA-256."""
+        request = messages.BackupRead(id=next(self._ids), backup=backup, offset=offset)
+        return expect(await self._call(request, timeout_s), messages.BackupChunk, request)
+
+    async def backup_end(self, backup: int, *, timeout_s: float | None = None) -> None:
+        """Stop backup `backup` and let the node delete its copy."""
+        request = messages.BackupEnd(id=next(self._ids), backup=backup)
+        expect(await self._call(request, timeout_s), messages.BackupEndOk, request)
 
     async def log_level(self, level: str, *, timeout_s: float | None = None) -> messages.LogLevelOk:
         """Set the node's log level while it runs (DEBUG, INFO, WARNING, ERROR; admin role); the

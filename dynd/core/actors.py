@@ -22,6 +22,10 @@ Two more reasons to move on, neither about forgetting (`dynd.core.versions` has 
   this node's next writes of the key and drop them on arrival. A new epoch is beyond every such
   claim (`Node`, on refusing the record).
 
+- A store restored from a backup is a wiped directory with a past: the node may have issued any
+  number of dots after the backup was taken, and its store remembers none of them
+  (`actor_after_restore`).
+
 A clean shutdown records the epoch it stopped with (`CLEAN_STOP_META`) once every queued write has
 committed; only a start that finds that record matching the stored epoch keeps it. Epochs are
 random, so a new one never repeats an earlier one in practice (32 bits per node name).
@@ -55,3 +59,14 @@ def actor_at_start(name: str, stored: bytes | None, clean_stop: bytes | None, rn
 def clean_stop(actor: str) -> list[WriteOp]:
     """The meta write that lets the next start keep `actor`: commit it only after everything else."""
     return [PutMeta(CLEAN_STOP_META, actor.encode())]
+
+
+def actor_after_restore(name: str, stored: bytes | None, rng: RandomSource) -> tuple[str, list[WriteOp]]:
+    """The meta writes that make a store restored from a backup safe to start: a new epoch, and
+    no clean-stop record (so the start takes yet another; a backup is a copy of a running node's
+    store, whose record is empty anyway, but a restore must not depend on that). The new epoch
+    differs from the backup's (`stored`), whose counters the node went on issuing after the copy."""
+    actor = new_actor(name, rng)
+    while stored is not None and actor.encode() == stored:  # 1 in 2^32; cheap to rule out
+        actor = new_actor(name, rng)
+    return actor, [PutMeta(ACTOR_META, actor.encode()), PutMeta(CLEAN_STOP_META, b"")]

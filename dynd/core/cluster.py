@@ -14,6 +14,15 @@ Rules:
   JOIN event and pushes the result to the seed. A joined member joining again is a no-op.
 - `reachable(member)`: connected now, or a gossip exchange with it succeeded within
   `4 * gossip_interval_ms` (SWIM failure detection replaces this with issue 5).
+- Each change is checked, and its next membership made, by one function (`leave_change`,
+  `remove_change`, `membership_after_join`) that both the change and its plan (`dynd.core.plan`)
+  call, so a dry run shows exactly what the change would do.
+- `remove` refuses a member that answers a probe (a Ping, within `gather_timeout_ms`) unless
+  forced: a live member retires with `leave`, which hands its data over first.
+- A node whose own status is removed is not a member: it serves no data (`not_a_member`), and
+  once some member has shown it the membership that records its removal (`removal_known`), the
+  others have it too and it is safe to stop. A leaving node that records its own removal pushes
+  it to every member at once, so that moment comes quickly.
 
 `StatusGather` answers `dynctl cluster status`: this node's view, with each reachable member's
 own count of pending transfers, gathered for at most `STATUS_GATHER_MS`.
@@ -33,7 +42,7 @@ from dynd.core.preflist import PreferenceList, preference_list
 from dynd.core.ring import Ring
 from dynd.core.timeouts import Timeout
 from dynd.protocol import messages
-from dynd.protocol.errors import BadRequest, DynError
+from dynd.protocol.errors import BadRequest, DynError, NotAMember
 
 log = logging.getLogger("dynd.cluster")
 
@@ -85,7 +94,10 @@ class ClusterView:
         self._heard_at_ms: dict[str, int] = {}
         self._gossip = Timeout("gossip round", limits.gossip_interval_ms)
         self._gossip.start(now_ms(), 0)  # the first round at the first tick
+        self._probes: list[tuple[Timeout, Callable[[Any], None]]] = []  # remove's liveness probes: (deadline, answer now)
         self.on_change: list[Callable[[], None]] = []
+        self.removed = False  # this node's own status is removed: it is not a member
+        self.removal_known = False  # ... and some member has shown it that removal
         self._adopt(membership, force=True)
 
     # ---- what the request handlers ask ----
@@ -122,6 +134,8 @@ class ClusterView:
         """`transfers_pending`: each member's own count, as far as it is known (0 otherwise);
         `hints`: how many hints this node holds per member."""
         counts = self.ring.counts()
+        # A node that is not a member runs no failure detector (the members no longer answer its
+        # probes): it cannot tell who is alive, and says so rather than calling them dead.
         members = [
             messages.MemberView(
                 name=m.name,
@@ -130,7 +144,7 @@ class ClusterView:
                 partitions=counts.get(m.name, 0),
                 reachable=self.reachable(m.name),
                 transfers_pending=transfers_pending.get(m.name, 0),
-                liveness=health.status(m.name),
+                liveness="unknown" if self.removed and m.name != self.name else health.status(m.name),
                 incarnation=health.incarnation(m.name),
                 hints_pending=hints.get(m.name, 0),
             )
@@ -147,6 +161,15 @@ class ClusterView:
     def other_members(self) -> list[str]:
         return [m.name for m in self.membership.active() if m.name != self.name]
 
+    def not_a_member(self) -> NotAMember:
+        """The error a node that is not a member answers data requests with: where to go instead."""
+        members = sorted(self.membership.active(), key=lambda m: m.name)
+        where = ", ".join(f"{m.name} at {m.address}" for m in members[:3]) or "none known"
+        return NotAMember(
+            f"{self.name} is not a member of cluster {self.params.cluster_id} any more (it left or was removed) "
+            f"and serves no data; ask a member: {where}"
+        )
+
     # ---- changes ----
 
     def _adopt(self, membership: Membership, force: bool = False) -> bool:
@@ -154,6 +177,10 @@ class ClusterView:
         self.membership = membership
         if changed:
             self._preflists = {}
+            me = membership.members.get(self.name)
+            self.removed = me is not None and me.status == REMOVED
+            if not self.removed:
+                self.removal_known = False
             self.network.set_addresses({m.name: m.address for m in membership.active()})
             for callback in self.on_change:
                 callback()
@@ -177,7 +204,17 @@ class ClusterView:
                 raise BadRequest(str(exc)) from None
         return self.membership.encode()
 
-    def leave(self, node: str | None) -> str:
+    def _note_removal_seen(self, theirs: Membership) -> None:
+        """A member answered our gossip with its membership: if that records our removal, the
+        members have it (they spread it among themselves), and this node may go."""
+        if self.removed and not self.removal_known:
+            me = theirs.members.get(self.name)
+            if me is not None and me.status == REMOVED:
+                self.removal_known = True
+
+    def leave_change(self, node: str | None) -> Membership | str:
+        """The membership after `node` (this node when None) leaves, or why nothing would change;
+        BadRequest for a leave that may not be made."""
         target = node or self.name
         member = self.membership.members.get(target)
         if member is None or member.status == REMOVED:
@@ -186,23 +223,77 @@ class ClusterView:
             return f"{target} is already leaving"
         if len([m for m in self.membership.members.values() if m.status == JOINED]) <= 1:
             raise BadRequest(f"{target} is the last member; it cannot leave")
-        self._update(self.membership.with_event(LEAVE, target, origin=self.name))
-        return f"{target} is leaving: its partitions move to the other members, then it is removed"
+        return self.membership.with_event(LEAVE, target, origin=self.name)
 
-    def remove(self, node: str) -> str:
+    def remove_change(self, node: str) -> Membership:
+        """The membership after `node` is removed; BadRequest for a removal that may not be made."""
         member = self.membership.members.get(node)
         if member is None or member.status == REMOVED:
             raise BadRequest(f"{node!r} is not a member")
         if node == self.name:
             raise BadRequest("a node cannot remove itself; use leave")
-        self._update(self.membership.with_event(REMOVE, node, origin=self.name))
-        return f"{node} removed; its partitions were reassigned"
+        return self.membership.with_event(REMOVE, node, origin=self.name)
+
+    def leave(self, node: str | None) -> str:
+        change = self.leave_change(node)
+        if isinstance(change, str):
+            return change
+        self._update(change)
+        return f"{node or self.name} is leaving: its partitions move to the other members, then it is removed"
+
+    def remove(self, node: str, done: Callable[[str | DynError], None], *, force: bool = False, liveness: str = "") -> None:
+        """Remove `node`; `done` gets the message or the refusal. Unless `force`, the node is
+        probed first, and one that answers is refused (BadRequest): nothing changes."""
+        self.remove_change(node)  # refuse at once what may not be removed at all
+
+        def apply() -> None:
+            try:
+                change = self.remove_change(node)  # again: the membership may have changed meanwhile
+            except DynError as exc:
+                done(exc)
+                return
+            self._update(change)
+            done(f"{node} removed; its partitions were reassigned")
+
+        if force:
+            apply()
+            return
+        answered = False
+
+        def probed(answer: Any) -> None:
+            nonlocal answered
+            if answered:
+                return
+            answered = True
+            if isinstance(answer, messages.Pong) and answer.node == node:
+                seen = f" ({liveness} to {self.name}'s failure detector)" if liveness else ""
+                done(
+                    BadRequest(
+                        f"{node} is alive and answers{seen}: removing it would drop its replicas without handing them over. "
+                        f"To retire it, `dynctl cluster leave {node}` hands its data to the others first; "
+                        "to drop it anyway, remove it with --force"
+                    )
+                )
+                return
+            apply()
+
+        self._probes.append((Timeout("remove probe", self.limits.gather_timeout_ms, start_ms=self.now_ms()), lambda: probed(None)))
+        self.network.send(node, lambda rid: messages.Ping(id=rid), probed)
+
+    def partition_mismatch(self, seed: str, theirs: int) -> BadRequest:
+        return BadRequest(
+            f"the cluster at {seed} uses {theirs} partitions and this node {self.params.partitions}; "
+            "restart this node on an empty data directory with the cluster's --partitions"
+        )
 
     def finish_leaving(self) -> None:
-        """Called once a leaving node has handed everything off."""
+        """Called once a leaving node has handed everything off: record its removal, and push it
+        to every member at once (each answer that shows it makes `removal_known`)."""
         me = self.membership.members.get(self.name)
         if me is not None and me.status == LEAVING:
             self._update(self.membership.with_event(REMOVE, self.name, origin=self.name))
+            for member in sorted(self.other_members()):
+                self.network.send(member, self._gossip_request, lambda answer, m=member: self._merge_reply(m, answer, member=m))
 
     @property
     def is_leaving(self) -> bool:
@@ -235,18 +326,14 @@ class ClusterView:
                 done(BadRequest(f"seed {seed} sent a bad membership: {exc}"))
                 return
             if theirs.params.partitions != self.params.partitions:
-                done(
-                    BadRequest(
-                        f"the cluster at {seed} uses {theirs.params.partitions} partitions and this node {self.params.partitions}; "
-                        "restart this node on an empty data directory with the cluster's --partitions"
-                    )
-                )
+                done(self.partition_mismatch(seed, theirs.params.partitions))
                 return
-            if self.name in theirs.members and theirs.members[self.name].status == JOINED and theirs.address_of(self.name) == self.address:
+            change = membership_after_join(theirs, self.name, self.address)
+            if isinstance(change, str):
                 self._update(theirs, force=True)
-                done(f"{self.name} is already a member of cluster {theirs.params.cluster_id}")
+                done(change)
                 return
-            self._update(theirs.with_event(JOIN, self.name, origin=self.name, address=self.address), force=True)
+            self._update(change, force=True)
 
             def pushed(answer: Any) -> None:
                 if isinstance(answer, DynError):
@@ -267,6 +354,12 @@ class ClusterView:
 
     def tick(self) -> None:
         now = self.now_ms()
+        if self._probes:
+            due = [answer for deadline, answer in self._probes if deadline.fired(now)]
+            if due:
+                self._probes = [(deadline, answer) for deadline, answer in self._probes if deadline.running]
+                for answer in due:
+                    answer()  # no answer in time: the member does not answer
         if not self._gossip.fired(now):
             return
         # Jitter keeps nodes out of step.
@@ -297,9 +390,22 @@ class ClusterView:
         if member is not None:
             self._heard_at_ms[member] = self.now_ms()
         try:
-            self._update(self.membership.merge(Membership.decode(answer.membership)))
+            theirs = Membership.decode(answer.membership)
+            self._update(self.membership.merge(theirs))
         except MembershipError as exc:
             log.warning("gossip from %s refused: %s", source, exc)
+            return
+        if member is not None:
+            self._note_removal_seen(theirs)
+
+
+def membership_after_join(theirs: Membership, node: str, address: str) -> Membership | str:
+    """The membership after `node` at `address` joins `theirs` (the cluster's, as its seed has
+    it), or why nothing would change: it is a joined member at that address already."""
+    member = theirs.members.get(node)
+    if member is not None and member.status == JOINED and member.address == address:
+        return f"{node} is already a member of cluster {theirs.params.cluster_id}"
+    return theirs.with_event(JOIN, node, origin=node, address=address)
 
 
 class StatusGather:

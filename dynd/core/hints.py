@@ -113,6 +113,8 @@ class HintDelivery:
         # `due`, not `fired`: a batch that found nothing to send leaves it due for the next tick.
         if self.in_flight or not self.counts or not self.delivery.due(now) or not self.pacer.allow(now):
             return
+        if self.cluster.removed:
+            return  # not a member: the members take no replica from it (a leaving node delivers first)
         target = self._next_target()
         if target is None:
             self.delivery.start(now)

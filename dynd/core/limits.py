@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 # LMDB's compiled-in key limit is 511 bytes; object keys carry a 2-byte partition prefix.
 LMDB_KEY_BYTES_MAX = 511
 PARTITION_PREFIX_BYTES = 2
+BACKUP_CHUNK_BYTES_MAX = 16 * 1024 * 1024
 
 
 _ZERO_MEANS_OFF = frozenset({"slow_request_ms"})
@@ -58,6 +59,11 @@ class Limits:
     gossip_interval_ms: int = 1_000
     handoff_interval_ms: int = 2_000
     handoff_batch_keys: int = 128
+    # membership plans and transfer listings: how long a node waits for the members' answers
+    # (a dead member does not hold the operator back longer), and how many keys of each
+    # partition it reads to estimate the partition's bytes
+    gather_timeout_ms: int = 2_000
+    plan_sample_keys: int = 16
     # anti-entropy (Merkle trees; segments and fanout must match across the cluster)
     ae_interval_ms: int = 10_000
     ae_indexes_max: int = 1_024
@@ -80,6 +86,13 @@ class Limits:
     hint_delivery_interval_ms: int = 1_000
     hint_batch_keys: int = 64
     hints_max: int = 1_000_000
+    # backups (`dynctl backup`, dynd.shell.backup): a consistent copy of the store streamed to an
+    # admin in chunks; an abandoned one (no read for the idle timeout) is stopped and deleted
+    backups_max: int = 1  # copies in progress at once (each holds an LMDB reader and disk space)
+    backup_chunk_bytes: int = 1024 * 1024  # the most one read returns
+    backup_idle_timeout_ms: int = 60_000
+    backup_read_wait_ms: int = 1_000  # a read at the end of what is copied so far waits this long for more
+    backup_reads_inflight_max: int = 8  # reads of one backup at once: each holds a chunk in memory
     # failure detection (SWIM over UDP)
     swim_period_ms: int = 1_000
     swim_ping_timeout_ms: int = 400
@@ -120,5 +133,13 @@ class Limits:
             raise ValueError("partial_frames_bytes_max must be at least frame_bytes_max (one whole frame must fit)")
         if self.handshake_frame_bytes_max > self.frame_bytes_max:
             raise ValueError("handshake_frame_bytes_max must not exceed frame_bytes_max")
+        # a backup chunk travels as one reply frame (clients take replies of up to 64 MiB); a reader
+        # waiting for more must not look idle
+        if self.backup_chunk_bytes > BACKUP_CHUNK_BYTES_MAX:
+            raise ValueError(f"backup_chunk_bytes must be at most {BACKUP_CHUNK_BYTES_MAX}")
+        if self.backup_chunk_bytes > self.connection_outbuf_bytes_max:
+            raise ValueError("backup_chunk_bytes must not exceed connection_outbuf_bytes_max")
+        if self.backup_read_wait_ms >= self.backup_idle_timeout_ms:
+            raise ValueError("backup_read_wait_ms must be below backup_idle_timeout_ms")
         if not 512 <= self.datagram_bytes_max <= 65_507:
             raise ValueError("datagram_bytes_max must be 512..65507 (the largest UDP payload)")

@@ -14,7 +14,11 @@ The parts, and the requests each serves (`handlers`):
 - `records` (`dynd.core.peer_records`): replicate, fetch and handoff from other replicas, and the
   checks every record from a peer meets.
 - `cluster` (`dynd.core.cluster`): membership, gossip, the ring, join/leave/remove; `status` the
-  cluster status gather.
+  cluster status gather; `planner` (`dynd.core.plan`) the plans of membership changes, and
+  `gathers` (`dynd.core.gather`) the members' answers they and the transfer listing wait for.
+- Not a member: a node whose own status is removed answers get, put, delete and the peers'
+  replicate, fetch and handoff with `not_a_member` (a coordinator whose ring is stale then uses
+  another replica), runs no failure detector, and logs once that it is safe to stop.
 - `anti_entropy`, `repairs` (`dynd.core.anti_entropy`) and the tree responders
   (`dynd.core.exchange`): replicas compare hash trees; `dynctl repair`.
 - `swim` and `health`: who is alive; `handoff`, `hints`, `reaper`: moving partitions, delivering
@@ -39,6 +43,7 @@ from dynd.core.admission import BackgroundBudget
 from dynd.core.anti_entropy import AntiEntropy, RepairRuns, co_primary_pairs
 from dynd.core.cluster import ClusterView, RandomSource, StatusGather
 from dynd.core.exchange import ExchangeLimits, responders
+from dynd.core.gather import Answers, Gathers
 from dynd.core.handoff import Handoff
 from dynd.core.health import Health
 from dynd.core.hints import HintDelivery
@@ -48,6 +53,7 @@ from dynd.core.merkle import Forest
 from dynd.core.metrics import Metrics
 from dynd.core.ops import PutMeta, WriteOp
 from dynd.core.peer_records import PeerRecords
+from dynd.core.plan import Planner, local_sizes
 from dynd.core.ports import Network, Storage
 from dynd.core.reaper import Reaper
 from dynd.core.replica import LocalReplica
@@ -63,6 +69,9 @@ from dynd.protocol.messages import error_reply
 log = logging.getLogger("dynd.node")
 
 Reply = Callable[[Any], None]  # a message, or pre-encoded payload bytes
+
+# What a node that is not a member refuses: data, from clients and from peers whose ring is stale.
+MEMBERS_ONLY = frozenset({messages.Get, messages.Put, messages.Delete, messages.Replicate, messages.Fetch, messages.Handoff})
 
 
 class Node:
@@ -144,6 +153,8 @@ class Node:
             now_ms=now_ms,
             pacer=self.budget,
             renew_actor=self._renew_actor,
+            forest=self.forest,
+            hints_pending=lambda: self.hints.pending,
         )
         self.hints = HintDelivery(
             name,
@@ -206,6 +217,15 @@ class Node:
         self.status = StatusGather(
             self.cluster, network, now_ms=now_ms, transfers_pending=lambda: self.handoff.transfers_pending, describe=self._status
         )
+        self.gathers = Gathers(network, now_ms=now_ms, timeout_ms=limits.gather_timeout_ms)
+        self.planner = Planner(
+            self.cluster,
+            network,
+            self.gathers,
+            local_sizes=lambda: local_sizes(self.forest, storage, partitions, limits.plan_sample_keys),
+            liveness=self.health.status,
+        )
+        self._said_safe_to_stop = False
 
         # ---- who serves each request ----
         self.handlers: dict[type, Callable[[Any, Reply], None]] = {
@@ -220,8 +240,11 @@ class Node:
             messages.RingGet: lambda request, reply: reply(self.cluster.ring_reply(request.id)),
             messages.ClusterStatus: self.status.handle,
             messages.ClusterLeave: lambda request, reply: reply(messages.ClusterOk(id=request.id, message=self.cluster.leave(request.node))),
-            messages.ClusterRemove: lambda request, reply: reply(messages.ClusterOk(id=request.id, message=self.cluster.remove(request.node))),
+            messages.ClusterRemove: self.cluster_remove,
             messages.ClusterJoin: self.cluster_join,
+            messages.ClusterPlan: self.planner.handle,
+            messages.ClusterTransfers: self.cluster_transfers,
+            messages.PartitionSizes: self.partition_sizes,
             messages.RepairStart: self.repairs.start,
             messages.RepairStatus: self.repairs.status,
             messages.StatsGet: lambda request, reply: reply(self.stats(request.id)),
@@ -248,6 +271,8 @@ class Node:
                 op = "forward"  # the node the client asked times and counts it as get/put/delete
             reply = self._timing(op, reply, self.now_us() if received_us is None else received_us)
         try:
+            if self.cluster.removed and type(message) in MEMBERS_ONLY:
+                raise self.cluster.not_a_member()
             handler(message, reply)
         except DynError as exc:
             reply(error_reply(getattr(message, "id", None), exc))
@@ -261,8 +286,10 @@ class Node:
         if self.requests.running:
             self.requests.tick(self.now_ms())
         self.status.tick()
+        self.gathers.tick()
         self.network.send_datagrams(self.swim.tick())
         self.cluster.tick()
+        self._tell_when_safe_to_stop()
         self.handoff.tick()
         self.hints.tick()
         self.anti_entropy.tick()
@@ -275,7 +302,32 @@ class Node:
     # ---- wiring ----
 
     def _follow_membership(self) -> None:
-        self.swim.set_members({m.name: m.address for m in self.cluster.membership.active()})
+        # A node that is not a member probes no one: the members no longer answer it, and it
+        # would only come to think them all dead.
+        members = {} if self.cluster.removed else {m.name: m.address for m in self.cluster.membership.active()}
+        self.swim.set_members(members)
+
+    @property
+    def safe_to_stop(self) -> bool:
+        """Not a member, and the members know it: stopping this node loses nothing they count on."""
+        return self.cluster.removed and self.cluster.removal_known
+
+    def _tell_when_safe_to_stop(self) -> None:
+        if not self.cluster.removed:
+            self._said_safe_to_stop = False
+            return
+        if self._said_safe_to_stop or not self.cluster.removal_known:
+            return
+        self._said_safe_to_stop = True
+        keys, hints = self.forest.key_count, self.hints.pending
+        left = "" if not keys and not hints else (
+            f"; it still holds {keys} keys and {hints} hints that no member took over "
+            "(a removed node hands nothing off): the members' own replicas, read repair and anti-entropy cover them"
+        )  # fmt: skip
+        log.warning(
+            "%s is no longer a member of cluster %s and the members know it: it serves no data, and it is safe to stop%s",
+            self.name, self.cluster.params.cluster_id, left,
+        )  # fmt: skip
 
     def _renew_actor(self) -> list[WriteOp]:
         """Handoff or reaping is about to delete keys, and with them the only record of the
@@ -419,6 +471,67 @@ class Node:
 
     def gossip(self, request: messages.Gossip, reply: Reply) -> None:
         reply(messages.GossipOk(id=request.id, membership=self.cluster.merge_from_peer(request.membership)))
+
+    def cluster_remove(self, request: messages.ClusterRemove, reply: Reply) -> None:
+        """Removing probes the member first (unless forced); the reply comes when that is done."""
+
+        def done(outcome: str | DynError) -> None:
+            if isinstance(outcome, DynError):
+                reply(error_reply(request.id, outcome))
+            else:
+                reply(messages.ClusterOk(id=request.id, message=outcome))
+
+        self.cluster.remove(request.node, done, force=bool(request.force), liveness=self.health.status(request.node))
+
+    def partition_sizes(self, request: messages.PartitionSizes, reply: Reply) -> None:
+        sizes = local_sizes(self.forest, self.storage, self.replica.partitions, self.limits.plan_sample_keys)
+        reply(messages.PartitionSizesOk(id=request.id, node=self.name, keys=list(sizes.keys), bytes=list(sizes.bytes)))
+
+    def local_transfers(self) -> messages.NodeTransfers:
+        """This node's handoff as `dynctl cluster transfers` and `leave --wait` show it."""
+        handoff = self.handoff
+        transfers = handoff.transfers(self.wall_ms() - self.now_ms())
+        pending = handoff.partitions_to_move()
+        me = self.cluster.membership.members.get(self.name)
+        # bytes still to send: what was sent per key so far, else nothing known
+        keys_pending = sum(handoff.keys_held(p) for p in pending)
+        per_key = handoff.bytes_total / handoff.keys_total if handoff.keys_total else 0
+        return messages.NodeTransfers(
+            node=self.name,
+            status=me.status if me is not None else "",
+            answered=True,
+            partitions_pending=len(pending),
+            keys_pending=keys_pending,
+            bytes_pending=int(keys_pending * per_key),
+            partitions_sent=handoff.partitions_total,
+            keys_sent=handoff.keys_total,
+            bytes_sent=handoff.bytes_total,
+            hints_pending=self.hints.pending,
+            safe_to_stop=self.safe_to_stop,
+            transfers=transfers,
+        )
+
+    def cluster_transfers(self, request: messages.ClusterTransfers, reply: Reply) -> None:
+        """This node's transfers, and unless `local_only` every other member's (gathered for
+        at most `gather_timeout_ms`; one that does not answer is listed as not answering)."""
+        own = self.local_transfers()
+        others = self.cluster.other_members()
+        if request.local_only or not others:
+            reply(messages.ClusterTransfersOk(id=request.id, node=self.name, nodes=[own]))
+            return
+
+        def gathered(answers: Answers) -> None:
+            nodes = [own]
+            for member in sorted(others):
+                answer = answers.get(member)
+                theirs = next((n for n in answer.nodes if n.node == member), None) if isinstance(answer, messages.ClusterTransfersOk) else None
+                if theirs is None:
+                    known = self.cluster.membership.members.get(member)
+                    theirs = messages.NodeTransfers(member, known.status if known else "", False, 0, 0, 0, 0, 0, 0, 0, False, [])
+                nodes.append(theirs)
+            reply(messages.ClusterTransfersOk(id=request.id, node=self.name, nodes=nodes))
+
+        self.gathers.start(others, lambda rid: messages.ClusterTransfers(id=rid, local_only=True), gathered)
 
     def cluster_join(self, request: messages.ClusterJoin, reply: Reply) -> None:
         """Joining talks to the seed; the reply comes when that exchange is done."""

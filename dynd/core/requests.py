@@ -39,7 +39,7 @@ from dynd.core.ports import Network, Storage
 from dynd.core.preflist import PreferenceList
 from dynd.core.replica import LocalReplica
 from dynd.protocol import codec, messages
-from dynd.protocol.errors import BadRequest, DynError, QuorumFailed, StaleRing, Timeout, Unreachable
+from dynd.protocol.errors import BadRequest, DynError, NotAMember, QuorumFailed, StaleRing, Timeout, Unreachable
 from dynd.protocol.messages import error_reply
 
 log = logging.getLogger("dynd.node")
@@ -259,7 +259,7 @@ class ClientRequests:
 
         def on_reply(answer: Any) -> None:
             self._evidence(node, answer)
-            if isinstance(answer, Unreachable):
+            if isinstance(answer, (Unreachable, NotAMember)):  # NotAMember: it left; our ring is behind
                 self._relay(request, rest, reply)
             elif isinstance(answer, DynError):
                 reply(error_reply(request.id, answer))

@@ -104,6 +104,13 @@ class Internal(DynError):
     code = "internal"
 
 
+class NotAMember(DynError):
+    """This node left the cluster (or was removed): it serves no data. Send the request to a
+    member (the message names some); this node will never serve it, so retrying here cannot help."""
+
+    code = "not_a_member"
+
+
 class Unauthorized(DynError):
     """The connection does not hold the role this request needs, or its credential was refused.
     Nothing was changed."""
@@ -130,6 +137,7 @@ _BY_CODE: dict[str, type[DynError]] = {
         Unreachable,
         ShuttingDown,
         Internal,
+        NotAMember,
         Unauthorized,
     )
 }

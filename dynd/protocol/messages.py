@@ -460,11 +460,14 @@ class ClusterLeave:
 @request(ADMIN)
 @dataclass(frozen=True, slots=True)
 class ClusterRemove:
-    """Drop a dead node at once; its partitions go to the others."""
+    """Drop a dead node at once; its partitions go to the others, nothing is handed off. A node
+    that answers a probe from this one is refused (bad_request, nothing changes) unless `force`:
+    a live member retires with ClusterLeave, which hands its data over first."""
 
     OP: ClassVar[str] = "cluster_remove"
     id: int
     node: str
+    force: bool | None = None
 
 
 @reply
@@ -487,6 +490,179 @@ class MemberView:
     liveness: str = "alive"  # the failure detector's verdict: alive, suspect or dead
     incarnation: int = 0
     hints_pending: int = 0  # hints this node holds for the member
+
+
+# ---- plans and transfers of membership changes (dynd.core.plan, dynd.core.handoff) ----
+
+
+@request(ADMIN)
+@dataclass(frozen=True, slots=True)
+class ClusterPlan:
+    """What a membership change would do, changing nothing (`dynctl cluster ... --dry-run`).
+
+    `action` is join, leave or remove. leave: `node` leaves (this node when None); remove: `node`
+    is dropped. join, with `seed`: this node plans its own join of the cluster `seed` (HOST:PORT)
+    belongs to, by asking the seed; join, with `node` and `address`: this node plans that node
+    joining its own cluster (what the seed answers). The node computes the membership the change
+    would make with the very code the change runs, and asks every member for its partition sizes.
+
+    Admin role: a stranger who reaches the port gets `unauthorized`. An admin learns the ring
+    before and after, member names and how many keys (and about how many bytes) each partition
+    holds: no key, no value."""
+
+    OP: ClassVar[str] = "cluster_plan"
+    id: int
+    action: str
+    node: str | None = None
+    seed: str | None = None
+    address: str | None = None
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class PartitionMove:
+    """A partition whose owner changes, with its size as the members reported it (estimated)."""
+
+    partition: int
+    source: str
+    target: str
+    keys: int
+    bytes: int
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class PlanMember:
+    """One member before and after the change. `gives`/`takes`: partitions it stops or starts
+    owning; `keys_in`/`bytes_in`: what it must receive for the replicas it gains; `keys_out`/
+    `bytes_out`: what it hands off for the replicas it loses (estimated)."""
+
+    name: str
+    status_before: str
+    status_after: str
+    partitions_before: int
+    partitions_after: int
+    gives: int
+    takes: int
+    keys_in: int
+    bytes_in: int
+    keys_out: int
+    bytes_out: int
+
+
+@reply
+@dataclass(frozen=True, slots=True)
+class ClusterPlanOk:
+    """The plan. `changes` False: the change would do nothing (`summary` says why). `owners_*`:
+    the ring before and after (owners[p] owns partition p). `windows_repeated`: the first
+    partition of each window of N consecutive partitions that would not have N distinct owners
+    after the change (`windows_repeated_before`: how many had not before). `keys_to_move`,
+    `bytes_to_move`: the copies new replicas must receive, estimated from the sizes that
+    `sizes_from` reported (`sizes_missing` did not answer). `notes`: what the operator should know."""
+
+    OP: ClassVar[str] = "cluster_plan_ok"
+    id: int
+    node: str
+    action: str
+    target: str
+    changes: bool
+    summary: str
+    n: int
+    owners_before: list[str]
+    owners_after: list[str]
+    members: list[PlanMember]
+    moves: list[PartitionMove]
+    windows_repeated: list[int]
+    windows_repeated_before: int
+    keys_to_move: int
+    bytes_to_move: int
+    sizes_from: list[str]
+    sizes_missing: list[str]
+    notes: list[str]
+
+
+@request(PEER)
+@dataclass(frozen=True, slots=True)
+class PartitionSizes:
+    """How many keys this node holds in each partition, and about how many bytes (a plan's
+    estimate). Peer role: a stranger gets `unauthorized`."""
+
+    OP: ClassVar[str] = "partition_sizes"
+    id: int
+
+
+@reply
+@dataclass(frozen=True, slots=True)
+class PartitionSizesOk:
+    """`keys[p]` exact (writes not yet committed included); `bytes[p]` estimated from a sample."""
+
+    OP: ClassVar[str] = "partition_sizes_ok"
+    id: int
+    node: str
+    keys: list[int]
+    bytes: list[int]
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class TransferView:
+    """One partition a node hands off. `state`: sending (a batch is out), paced (held back while
+    foreground latency is high), queued (later in this pass). `keys_total`: the keys it held
+    when the transfer started (or holds, when queued); `started_ms`: wall clock, 0 when queued."""
+
+    source: str
+    partition: int
+    targets: list[str]
+    state: str
+    keys_sent: int
+    bytes_sent: int
+    keys_total: int
+    started_ms: int
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class NodeTransfers:
+    """One node's handoff, as it reports it. `status`: its own membership status; `answered`:
+    False when it did not answer the gather (the rest is then zero). `partitions_pending`,
+    `keys_pending`, `bytes_pending` (estimated): what it holds for partitions it no longer
+    replicates; `*_sent`: what it has handed off since it started; `hints_pending`: hints it
+    holds. `safe_to_stop`: it is not a member any more, the others know, and (after a leave) it
+    holds nothing."""
+
+    node: str
+    status: str
+    answered: bool
+    partitions_pending: int
+    keys_pending: int
+    bytes_pending: int
+    partitions_sent: int
+    keys_sent: int
+    bytes_sent: int
+    hints_pending: int
+    safe_to_stop: bool
+    transfers: list[TransferView]
+
+
+@request(ADMIN)
+@dataclass(frozen=True, slots=True)
+class ClusterTransfers:
+    """The partition transfers in flight on every member (`local_only`: on this node alone; the
+    progress `dynctl cluster leave --wait` polls on the leaving node). Admin role: a stranger gets
+    `unauthorized`; an admin learns member names, partition numbers and key counts."""
+
+    OP: ClassVar[str] = "cluster_transfers"
+    id: int
+    local_only: bool | None = None
+
+
+@reply
+@dataclass(frozen=True, slots=True)
+class ClusterTransfersOk:
+    OP: ClassVar[str] = "cluster_transfers_ok"
+    id: int
+    node: str
+    nodes: list[NodeTransfers]
 
 
 # ---- what a node measures (issue 14): admin requests, as they tell load, backlog and disk use ----
@@ -688,6 +864,92 @@ class RepairProgressOk:
     repaired_remote: int
     finished: bool
     errors: list[str]
+
+
+# ---- backup (dynctl backup; the node's side is dynd.shell.backup) ----
+#
+# Admin only: a backup is every key and value the node holds. A stranger who reaches the port is
+# refused with `unauthorized` (with a secret, only the node's own host or an admin token may ask),
+# and learns nothing, not even whether a backup is running.
+
+
+@request(ADMIN)
+@dataclass(frozen=True, slots=True)
+class BackupStart:
+    """Begin a consistent copy of this node's whole store (LMDB's compacting copy of one read
+    snapshot, while the node keeps serving). Refused with `overloaded` while `backups_max` copies
+    are in progress, and with `storage_full` when the data directory has no room for one."""
+
+    OP: ClassVar[str] = "backup_start"
+    id: int
+
+
+@reply
+@dataclass(frozen=True, slots=True)
+class BackupStartOk:
+    """`backup`: the id to read it by. `taken_ms`: the node's wall clock when the snapshot was
+    taken. `estimate_bytes`: the store's used size, at least what the copy will hold. A backup
+    nobody reads for `idle_timeout_ms` is stopped and deleted; a read may wait `read_wait_ms`
+    for the copy to get further."""
+
+    OP: ClassVar[str] = "backup_start_ok"
+    id: int
+    backup: int
+    node: str
+    cluster: str
+    taken_ms: int
+    estimate_bytes: int
+    chunk_bytes: int
+    idle_timeout_ms: int
+    read_wait_ms: int
+
+
+@request(ADMIN)
+@dataclass(frozen=True, slots=True)
+class BackupRead:
+    """Up to `backup_chunk_bytes` of backup `backup` from `offset`, which may be anything up to
+    what is copied so far (so a lost reply can be asked again). At the end of what is copied, the
+    node waits up to `backup_read_wait_ms` for more before answering with what it has."""
+
+    OP: ClassVar[str] = "backup_read"
+    id: int
+    backup: int
+    offset: int
+
+
+@reply
+@dataclass(frozen=True, slots=True)
+class BackupChunk:
+    """`data` starts at `offset`; `copied_bytes`: how much of the copy exists so far. Once `done`,
+    `size` is the copy's length and `sha256` its digest, computed by the node as it copied."""
+
+    OP: ClassVar[str] = "backup_chunk"
+    id: int
+    backup: int
+    offset: int
+    data: bytes
+    copied_bytes: int
+    done: bool
+    size: int | None = None
+    sha256: bytes | None = None
+
+
+@request(ADMIN)
+@dataclass(frozen=True, slots=True)
+class BackupEnd:
+    """Stop backup `backup` (if it is still copying) and delete the node's copy of it."""
+
+    OP: ClassVar[str] = "backup_end"
+    id: int
+    backup: int
+
+
+@reply
+@dataclass(frozen=True, slots=True)
+class BackupEndOk:
+    OP: ClassVar[str] = "backup_end_ok"
+    id: int
+    backup: int
 
 
 # ---- the tables, built once from the declarations above ----

@@ -319,11 +319,6 @@ class Connection:
                     self.security.events.record(events.CONNECTION_LIMIT, self.peer, f"partly received frames of all connections over {limit} bytes")
                     self.send(error_reply(None, Overloaded(f"closing: partly received frames exceed partial_frames_bytes_max={limit}")))
                     return
-                if decoder.has_partial_frame:
-                    if frame_started is None or frames:
-                        frame_started = trio.current_time()
-                else:
-                    frame_started = None
                 self._holding = True
                 turn_ends = trio.current_time() + TURN_S if len(frames) > FRAMES_PER_CLOCK_READ else math.inf
                 for index, frame in enumerate(frames, 1):
@@ -333,12 +328,23 @@ class Connection:
                         await self._take_turns()
                         turn_ends = trio.current_time() + TURN_S
                 self._holding = False
+                # A frame's deadline runs from its first byte we read, or from the end of the chunk
+                # before it (the time spent serving that chunk is ours, not the client's).
+                if decoder.has_partial_frame:
+                    if frame_started is None or frames:
+                        frame_started = trio.current_time()
+                else:
+                    frame_started = None
                 if (self._outgoing or self._tls_owed()) and not self._writer_sending:
                     self._flush()
                 if self.inflight >= self.limits.connection_inflight_max or self._outgoing_bytes >= self.limits.connection_outbuf_bytes_max:
                     read_deadline.deadline = math.inf
                     self._drained = trio.Event()
                     await self._drained.wait()
+                    if frame_started is not None:
+                        # The rest of a frame may have waited unread in the socket all that time:
+                        # the client's frame deadline runs from when we read again, not before.
+                        frame_started = trio.current_time()
         if read_deadline.cancelled_caught:
             if self.evicted:
                 self.send(error_reply(None, Overloaded("closing this idle connection: the node is at connections_max")))

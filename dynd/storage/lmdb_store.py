@@ -125,6 +125,13 @@ class LmdbStore:
         except lmdb.Error as exc:
             raise Internal(f"storage error: {exc}") from exc
 
+    def copy_compacted(self, fd: int) -> None:
+        """Write a consistent copy of the whole environment to `fd` (a pipe will do): LMDB's
+        compacting copy of one read snapshot, taken when this is called; writers go on meanwhile.
+        Blocks for as long as the copy takes (call it from a thread: it releases the GIL); a
+        write error on `fd` (such as EPIPE once the reader is gone) ends it with lmdb.Error."""
+        self._env.copyfd(fd, compact=True)
+
     def stat(self) -> dict[str, int]:
         info = self._env.info()
         return {"map_bytes": info["map_size"], "last_page": info["last_pgno"], "page_bytes": self._env.stat()["psize"]}

@@ -2,8 +2,8 @@
 
     python tests/cli/fake_cluster_node.py --listen 127.0.0.1:PORT [--without-cluster] [--admin-token TOKEN]
 
-It answers hello, ping, ring_get, cluster_status, cluster_join/leave/remove, stats and info from the constants
-below (the tests import them to know what to expect), so dynctl's tables, JSON and exit codes are
+It answers hello, ping, ring_get, cluster_status, cluster_join/leave/remove, cluster_plan,
+cluster_transfers, stats and info from the constants below (the tests import them to know what to expect), so dynctl's tables, JSON and exit codes are
 tested over a real connection against known numbers, which a real cluster's claim does not fix.
 Every frame goes through `dynd.protocol.codec`, so a request dynctl gets wrong fails here as it
 would on a node. With --without-cluster it refuses every cluster and ring request with
@@ -90,6 +90,53 @@ INFO = messages.InfoOk(
 
 # A member name the fake refuses, as a node refuses to remove a node it does not know.
 UNKNOWN_MEMBER = "ghost"
+# A member that answers probes: removing it needs force, as a node refuses to remove a live member.
+LIVE_MEMBER = "fake2"
+
+# The plan of every change: fake3 leaves (or is removed); its two partitions go to fake1 and fake2.
+PLAN_OWNERS_AFTER = ["fake1", "fake2", "fake1", "fake1", "fake2", "fake2", "fake1", "fake2"]
+PLAN_MEMBERS = [
+    messages.PlanMember("fake1", "valid", "valid", 3, 4, 0, 1, 120, 2_400, 0, 0),
+    messages.PlanMember("fake2", "valid", "valid", 3, 4, 0, 1, 80, 1_600, 0, 0),
+    messages.PlanMember("fake3", "leaving", "removed", 2, 0, 2, 0, 0, 0, 200, 4_000),
+]
+PLAN_MOVES = [messages.PartitionMove(2, "fake3", "fake1", 120, 2_400), messages.PartitionMove(5, "fake3", "fake2", 80, 1_600)]
+PLAN_NOTES = ["fake4 did not answer: what only it holds is not counted"]
+
+
+def plan_for(request: messages.ClusterPlan) -> messages.ClusterPlanOk:
+    target = request.node or request.seed or NODE_NAME
+    return messages.ClusterPlanOk(
+        id=request.id, node=NODE_NAME, action=request.action, target=target, changes=True, summary=f"{request.action} {target}",
+        n=RING_N, owners_before=list(RING_OWNERS), owners_after=list(PLAN_OWNERS_AFTER), members=list(PLAN_MEMBERS),
+        moves=list(PLAN_MOVES), windows_repeated=[3, 7], windows_repeated_before=0, keys_to_move=200, bytes_to_move=4_000,
+        sizes_from=["fake1", "fake2", "fake3"], sizes_missing=["fake4"], notes=list(PLAN_NOTES),
+    )  # fmt: skip
+
+
+# `cluster transfers`: fake3 sends partition 2 to fake1 and fake2 (started STARTED_MS), partition 5 queued.
+STARTED_MS = 1_767_225_600_000
+TRANSFERS = [
+    messages.NodeTransfers("fake1", "valid", True, 0, 0, 0, 0, 0, 0, 0, False, []),
+    messages.NodeTransfers(
+        "fake3", "leaving", True, 2, 150, 3_000, 1, 50, 1_000, 0, False,
+        [
+            messages.TransferView("fake3", 2, ["fake1", "fake2"], "sending", 30, 600, 120, STARTED_MS),
+            messages.TransferView("fake3", 5, ["fake2", "fake1"], "queued", 0, 0, 80, 0),
+        ],
+    ),  # fmt: skip
+    messages.NodeTransfers("fake4", "joining", False, 0, 0, 0, 0, 0, 0, 0, False, []),
+]
+
+# What the leaving node reports to `leave --wait`, poll by poll (the last one repeats): keys
+# handed off grow from 100 to 300 while the partitions left fall to none.
+LEAVE_PROGRESS = [
+    messages.NodeTransfers(NODE_NAME, "leaving", True, 4, 200, 4_000, 2, 100, 2_000, 0, False, []),
+    messages.NodeTransfers(NODE_NAME, "leaving", True, 2, 100, 2_000, 4, 200, 4_000, 0, False, []),
+    messages.NodeTransfers(NODE_NAME, "removed", True, 0, 0, 0, 6, 300, 6_000, 0, False, []),
+    messages.NodeTransfers(NODE_NAME, "removed", True, 0, 0, 0, 6, 300, 6_000, 0, True, []),
+]
+_leave_polls = [0]  # local transfer requests answered since the last leave
 
 
 def join_message(seed: str) -> str:
@@ -104,7 +151,10 @@ def remove_message(node: str) -> str:
     return f"{node} removed; its partitions go to the other members"
 
 
-CLUSTER_REQUESTS = (messages.ClusterJoin, messages.ClusterLeave, messages.ClusterRemove, messages.ClusterStatus, messages.RingGet)
+CLUSTER_REQUESTS = (
+    messages.ClusterJoin, messages.ClusterLeave, messages.ClusterRemove, messages.ClusterStatus, messages.RingGet,
+    messages.ClusterPlan, messages.ClusterTransfers,
+)  # fmt: skip
 CLIENT, ADMIN = "client", "admin"
 
 
@@ -142,12 +192,23 @@ def reply_to(request: messages.Message, *, with_cluster: bool) -> messages.Messa
         return dataclasses.replace(INFO, id=request.id)
     if isinstance(request, messages.ClusterJoin):
         return messages.ClusterOk(id=request.id, message=join_message(request.seed))
-    if isinstance(request, messages.ClusterLeave | messages.ClusterRemove):
+    if isinstance(request, messages.ClusterLeave | messages.ClusterRemove | messages.ClusterPlan):
         if request.node == UNKNOWN_MEMBER:
             raise BadRequest(f"no member named {request.node!r}")
+        if isinstance(request, messages.ClusterPlan):
+            return plan_for(request)
         if isinstance(request, messages.ClusterLeave):
+            _leave_polls[0] = 0
             return messages.ClusterOk(id=request.id, message=leave_message(request.node))
+        if request.node == LIVE_MEMBER and not request.force:
+            raise BadRequest(f"{LIVE_MEMBER} is alive and answers: remove it with --force")
         return messages.ClusterOk(id=request.id, message=remove_message(request.node))
+    if isinstance(request, messages.ClusterTransfers):
+        if not request.local_only:
+            return messages.ClusterTransfersOk(id=request.id, node=NODE_NAME, nodes=list(TRANSFERS))
+        index = min(_leave_polls[0], len(LEAVE_PROGRESS) - 1)
+        _leave_polls[0] += 1
+        return messages.ClusterTransfersOk(id=request.id, node=NODE_NAME, nodes=[LEAVE_PROGRESS[index]])
     raise BadRequest(f"the fake node does not serve {request.OP!r}")
 
 

@@ -28,7 +28,7 @@ import fake_cluster_node as fake
 import pytest
 from dynctl_testing import DYNCTL_DEADLINE_S, HOST, REPO, DynctlRunner, RunningServer, dynctl_env, start_server, stop_server
 
-from dynctl.cluster import ring_shares
+from dynctl.cluster import HandoffRate, ring_shares, status_table
 from dynctl.dev import CreationSettings, creation_settings, ensure_secret_file, example_commands, plan_cluster
 from dynd.protocol.auth import load_keyring
 from dynctl.ring import summarize_ring
@@ -92,9 +92,11 @@ def text_of(result: subprocess.CompletedProcess[bytes]) -> str:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["cluster", "--help"], ["join", "leave", "remove", "status"]),
-        (["cluster", "join", "--help"], ["SEED", "Exit status"]),
-        (["cluster", "leave", "--help"], ["[NODE]", "remove"]),
+        (["cluster", "--help"], ["join", "leave", "remove", "status", "transfers"]),
+        (["cluster", "join", "--help"], ["SEED", "Exit status", "--dry-run"]),
+        (["cluster", "leave", "--help"], ["[NODE]", "remove", "--dry-run", "--wait", "safe to stop"]),
+        (["cluster", "remove", "--help"], ["--dry-run", "--force", "refuses"]),
+        (["cluster", "transfers", "--help"], ["in flight", "queued"]),
         (["cluster", "status", "--help"], ["share of the ring", "transfers still pending"]),
         (["ring", "--help"], ["status", "key"]),
         (["ring", "status", "--help"], ["balance"]),
@@ -216,6 +218,111 @@ def test_a_refused_membership_change_exits_4_with_the_nodes_reason(on_fake: Dync
     assert f"bad_request: no member named '{fake.UNKNOWN_MEMBER}'" in result.stderr.decode()
 
 
+# ---- plans, remove --force, leave --wait and transfers against the fake node ----
+
+
+@pytest.mark.parametrize(
+    ("args", "action", "target"),
+    [
+        (["cluster", "leave", "fake3", "--dry-run"], "leave", "fake3"),
+        (["cluster", "remove", "fake3", "--dry-run"], "remove", "fake3"),
+        (["cluster", "join", "127.0.0.1:7502", "--dry-run"], "join", "127.0.0.1:7502"),
+    ],
+)
+def test_a_dry_run_prints_the_nodes_plan_as_json(on_fake: DynctlRunner, args: list[str], action: str, target: str) -> None:
+    document = json_of(on_fake("--json", *args))
+    assert (document["dry_run"], document["action"], document["node"], document["planned_by"]) == (True, action, target, "fake1")
+    assert document["moves"] == [
+        {"partition": 2, "from": "fake3", "to": "fake1", "keys": 120, "bytes": 2400},
+        {"partition": 5, "from": "fake3", "to": "fake2", "keys": 80, "bytes": 1600},
+    ]
+    assert {m["name"]: (m["partitions_before"], m["partitions_after"]) for m in document["members"]} == {"fake1": (3, 4), "fake2": (3, 4), "fake3": (2, 0)}
+    assert (document["keys_to_move"], document["bytes_to_move"], document["windows_repeated"]) == (200, 4000, [3, 7])
+    assert document["sizes_missing"] == ["fake4"] and document["notes"] == fake.PLAN_NOTES
+    assert document["owners_after"] == fake.PLAN_OWNERS_AFTER
+
+
+def test_a_dry_run_prints_the_plan_as_a_table_and_changes_nothing(on_fake: DynctlRunner) -> None:
+    result = on_fake("cluster", "leave", "fake3", "--dry-run")
+    text = text_of(result)
+    assert "plan: leave fake3 (computed by fake1; nothing has changed)" in text
+    fake3_row = next(line for line in text.splitlines() if line.startswith("fake3"))
+    assert fake3_row.split() == ["fake3", "leaving", "->", "removed", "2", "->", "0", "2", "0", "0", "200"]
+    for expected in [
+        "2 of 8 partitions change owner:",
+        "  fake3 -> fake1: 2",
+        "  fake3 -> fake2: 5",
+        "windows of 2 partitions without 2 distinct owners after the change: 2 (starting at 3, 7) (before: none)",
+        "to copy to new replicas: about 200 keys, 3.9 KiB (estimated from fake1, fake2, fake3)",
+        "note: fake4 did not answer",
+    ]:
+        assert expected in text, expected
+    assert "nothing has changed" in result.stderr.decode()
+
+
+def test_leave_refuses_wait_with_dry_run(on_fake: DynctlRunner) -> None:
+    result = on_fake("cluster", "leave", "--dry-run", "--wait")
+    assert result.returncode == 2 and b"--wait and --dry-run do not go together" in result.stderr
+
+
+def test_remove_of_a_live_member_needs_force(on_fake: DynctlRunner) -> None:
+    refused = on_fake("cluster", "remove", fake.LIVE_MEMBER)
+    assert refused.returncode == 4 and refused.stdout == b""
+    assert "is alive and answers" in refused.stderr.decode()
+    assert text_of(on_fake("cluster", "remove", fake.LIVE_MEMBER, "--force")) == fake.remove_message(fake.LIVE_MEMBER) + "\n"
+
+
+def test_leave_wait_follows_the_handoff_until_the_node_is_safe_to_stop(on_fake: DynctlRunner) -> None:
+    result = on_fake("--json", "cluster", "leave", "--wait")
+    document = json_of(result)
+    first, last = fake.LEAVE_PROGRESS[0], fake.LEAVE_PROGRESS[-1]
+    assert document["left"] is True and document["node"] == fake.NODE_NAME
+    assert (document["partitions_handed_off"], document["keys_handed_off"], document["bytes_handed_off"]) == (
+        last.partitions_sent - first.partitions_sent,
+        last.keys_sent - first.keys_sent,
+        last.bytes_sent - first.bytes_sent,
+    )
+    assert "safe to stop" in document["message"] and document["seconds"] > 0
+    lines = result.stderr.decode().splitlines()  # no terminal: plain progress lines on stderr
+    assert lines[0] == fake.leave_message(None)
+    assert "fake1 leaving: 4 partitions (200 keys) left; 0 keys handed off" in lines[1]
+    assert any("fake1 leaving: 2 partitions (100 keys) left; 100 keys handed off (" in line and "keys/s, about" in line for line in lines), lines
+    assert any("holds nothing more and is removed; waiting for a member to confirm it" in line for line in lines), lines
+
+
+def test_leave_wait_prints_a_sentence_without_json(on_fake: DynctlRunner) -> None:
+    text = text_of(on_fake("cluster", "leave", "--wait"))  # (the seconds it took vary)
+    assert text.startswith("fake1 has left: it handed off 4 partitions (200 keys, 3.9 KiB) in ")
+    assert text.endswith(" s, holds nothing, and is safe to stop\n")
+
+
+def test_leave_wait_for_another_member_follows_it_at_its_own_address(on_fake: DynctlRunner) -> None:
+    # fake2's address (from the fake's cluster status) has nothing listening: the wait ends at once.
+    result = on_fake("cluster", "leave", "fake2", "--wait")
+    assert result.returncode == 3, result.stderr
+    assert fake.NODE_ADDRESSES["fake2"] in result.stderr.decode() and result.stdout == b""
+
+
+def test_transfers_json_lists_each_members_handoff_and_the_transfers(on_fake: DynctlRunner) -> None:
+    document = json_of(on_fake("--json", "cluster", "transfers"))
+    assert document["node"] == "fake1"
+    assert [(m["name"], m["answered"], m["partitions_pending"]) for m in document["members"]] == [("fake1", True, 0), ("fake3", True, 2), ("fake4", False, 0)]
+    assert document["transfers"] == [
+        {"from": "fake3", "partition": 2, "to": ["fake1", "fake2"], "state": "sending", "keys_sent": 30, "bytes_sent": 600, "keys_total": 120, "started_ms": fake.STARTED_MS},
+        {"from": "fake3", "partition": 5, "to": ["fake2", "fake1"], "state": "queued", "keys_sent": 0, "bytes_sent": 0, "keys_total": 80, "started_ms": None},
+    ]
+
+
+def test_transfers_table_shows_progress_and_who_did_not_answer(on_fake: DynctlRunner) -> None:
+    text = text_of(on_fake("cluster", "transfers"))
+    assert "partition hand-offs, as gathered by fake1" in text
+    assert next(line for line in text.splitlines() if line.startswith("fake4")).split()[1:] == ["joining", "no", "answer"]
+    sending = next(line for line in text.splitlines() if line.startswith("fake3") and "sending" in line)
+    assert sending.split()[:6] == ["fake3", "2", "fake1,fake2", "sending", "30/120", "(25%)"]
+    queued = next(line for line in text.splitlines() if "queued" in line)
+    assert queued.split() == ["fake3", "5", "fake2,fake1", "queued", "0/80", "(0%)", "0", "B", "-"]
+
+
 # ---- ring against the fake node ----
 
 
@@ -320,6 +427,24 @@ def test_shares_are_fractions_of_the_partitions_owned() -> None:
     assert ring_shares(fake.MEMBERS) == {"fake1": 0.375, "fake2": 0.375, "fake3": 0.25, "fake4": 0.0}
     nobody_owns = [messages.MemberView("a", "x:1", "joining", 0, True, 0)]
     assert ring_shares(nobody_owns) == {"a": 0.0}
+
+
+def test_the_status_of_a_node_that_left_says_it_is_not_a_member() -> None:
+    members = [messages.MemberView("a", "x:1", "joined", 8, True, 0, "unknown"), messages.MemberView("b", "x:2", "removed", 0, True, 0)]
+    caption = str(status_table(messages.ClusterStatusOk(id=1, node="b", members=members)).caption)
+    assert "b is not a member any more: it serves no data" in caption
+    assert "not a member" not in str(status_table(messages.ClusterStatusOk(id=1, node="a", members=members)).caption)
+
+
+def test_the_handoff_rate_is_measured_over_the_recent_window() -> None:
+    rate = HandoffRate(window_s=10)
+    assert rate.keys_per_s == 0 and rate.eta_s(100) is None
+    rate.add(0.0, 0)
+    rate.add(5.0, 500)
+    assert rate.keys_per_s == 100 and rate.eta_s(300) == 3
+    for t in range(6, 31):  # a stall: the old fast samples age out of the window
+        rate.add(float(t), 500)
+    assert rate.keys_per_s == 0 and rate.eta_s(300) is None
 
 
 def test_a_node_with_an_address_but_no_partitions_lowers_the_balance() -> None:

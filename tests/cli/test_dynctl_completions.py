@@ -39,8 +39,8 @@ def app_options() -> dict[str, list[str]]:
 
 def test_the_app_has_the_commands_the_completions_know() -> None:
     assert set(app_options()) == {
-        "", "get", "put", "delete", "bench", "repair", "stats", "info", "health", "top", "log-level",
-        "cluster join", "cluster leave", "cluster remove", "cluster status",
+        "", "get", "put", "delete", "bench", "repair", "backup", "stats", "info", "health", "top", "log-level",
+        "cluster join", "cluster leave", "cluster remove", "cluster status", "cluster transfers",
         "ring status", "ring key",
         "dev up",
     }
@@ -89,7 +89,7 @@ def bash_completions(line: str) -> list[str]:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("dynctl ", {"get", "put", "delete", "bench", "repair", "stats", "info", "health", "top", "log-level", "cluster", "ring", "dev", *GLOBAL, "--version", "--help", "-h"}),
+        ("dynctl ", {"get", "put", "delete", "bench", "repair", "backup", "stats", "info", "health", "top", "log-level", "cluster", "ring", "dev", *GLOBAL, "--version", "--help", "-h"}),
         ("dynctl --token-file t get --", {"--context", "--r", "--pr", "--help", *GLOBAL}),
         ("dynctl de", {"delete", "dev"}),
         ("dynctl --node 127.0.0.1:7400 get --", {"--context", "--r", "--pr", "--help", *GLOBAL}),
@@ -100,9 +100,11 @@ def bash_completions(line: str) -> list[str]:
         ("dynctl bench --workload m", {"mixed"}),
         ("dynctl --timeout 3 put key --w", {"--w"}),
         ("dynctl delete key --context ", set()),
-        ("dynctl cluster ", {"join", "leave", "remove", "status", "--help", "-h"}),
+        ("dynctl cluster ", {"join", "leave", "remove", "status", "transfers", "--help", "-h"}),
+        ("dynctl cluster leave --", {"--dry-run", "--wait", "--help", *GLOBAL}),
+        ("dynctl cluster remove n3 --", {"--dry-run", "--force", "--help", *GLOBAL}),
         ("dynctl --json ring k", {"key"}),
-        ("dynctl --node 127.0.0.1:7400 cluster join --", {"--help", *GLOBAL}),
+        ("dynctl --node 127.0.0.1:7400 cluster join --", {"--dry-run", "--help", *GLOBAL}),
         ("dynctl dev up --", {"--nodes", "--dir", "--base-port", "--n", "--r", "--w", "--help", *GLOBAL}),
         ("dynctl dev up --nodes 3 --r", {"--r"}),
         ("dynctl dev up --base-port ", set()),
@@ -112,6 +114,8 @@ def bash_completions(line: str) -> list[str]:
         ("dynctl stats --", {"--all", "--help", *GLOBAL}),
         ("dynctl health --hints-max ", set()),
         ("dynctl t", {"top"}),
+        ("dynctl b", {"bench", "backup"}),
+        ("dynctl backup --", {"--force", "--help", *GLOBAL}),
     ],
 )
 def test_bash_completion(line: str, expected: set[str]) -> None:

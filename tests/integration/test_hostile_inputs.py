@@ -311,8 +311,10 @@ def _noise_frames(target: Target) -> None:
 @hostile_input("1,000 fuzzed requests (random fields of random types)")
 def _fuzzed(target: Target) -> None:
     rng = random.Random(SEED + 1)
-    ops = ["ping", "get", "put", "delete", "replicate", "fetch", "gossip", "cluster_remove", "hello", "hello_proof", "handoff", "ring_get"]
-    fields = ["id", "key", "value", "context", "w", "r", "node", "record", "membership", "proof", "items", "partition", "hint"]
+    ops = ["ping", "get", "put", "delete", "replicate", "fetch", "gossip", "cluster_remove", "hello", "hello_proof", "handoff", "ring_get",
+           "cluster_plan", "cluster_transfers", "partition_sizes"]  # fmt: skip
+    fields = ["id", "key", "value", "context", "w", "r", "node", "record", "membership", "proof", "items", "partition", "hint",
+              "action", "seed", "address", "force", "local_only"]  # fmt: skip
     values: list[object] = [0, 1, -1, 2**63, 2**64 - 1, "", "x" * 100, b"", b"k", b"\x00" * 300, None, True, 1.5, [], {}, [b"a"] * 10]
     payloads = [cbor2.dumps({"op": rng.choice(ops), **{rng.choice(fields): rng.choice(values) for _ in range(rng.randrange(5))}}) for _ in range(1_000)]
     replies = send_frames_then_close(target, payloads, expect=1_000)

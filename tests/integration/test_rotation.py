@@ -121,7 +121,6 @@ def test_rolling_rotation_under_write_load_loses_nothing_and_refuses_no_peer(tmp
             written_before_end = len(load.acked)
             poll_until("the load goes on after the rotation", lambda: len(load.acked) >= written_before_end + 20)
         assert load.failed_twice == [], f"puts that failed twice: {load.failed_twice[:5]} (retried {load.retried})"
-        assert len(load.acked) > 100
         print(f"rotation: {len(load.acked)} puts acknowledged, {load.retried} retried")
 
         # the old secret is now refused by every node, for new peer connections

@@ -166,6 +166,9 @@ def test_cluster_changes_from_a_remote_client_without_a_token_are_refused(lab: L
                 messages.ClusterJoin(id=4, seed=f"127.0.0.1:{free_port()}"),
                 messages.RepairStart(id=5),
                 messages.ClusterStatus(id=6),
+                messages.ClusterPlan(id=7, action="remove", node="s2"),
+                messages.ClusterTransfers(id=8),
+                messages.PartitionSizes(id=10),
             ]
             for request, reply in zip(requests, sequence(conn, requests)):
                 assert_unauthorized(reply, f"{request.OP} through {node.name}")

@@ -91,7 +91,30 @@ BUILDERS: dict[type, st.SearchStrategy[messages.Message]] = {
     messages.GossipOk: st.builds(messages.GossipOk, ids, blobs),
     messages.ClusterJoin: st.builds(messages.ClusterJoin, ids, text),
     messages.ClusterLeave: st.builds(messages.ClusterLeave, ids, st.none() | text),
-    messages.ClusterRemove: st.builds(messages.ClusterRemove, ids, text),
+    messages.ClusterRemove: st.builds(messages.ClusterRemove, ids, text, st.none() | st.booleans()),
+    messages.ClusterPlan: st.builds(messages.ClusterPlan, ids, text, st.none() | text, st.none() | text, st.none() | text),
+    messages.ClusterPlanOk: st.builds(
+        messages.ClusterPlanOk,
+        ids, text, text, text, st.booleans(), text, ids, st.lists(text, max_size=4), st.lists(text, max_size=4),
+        st.lists(st.builds(messages.PlanMember, text, text, text, ids, ids, ids, ids, ids, ids, ids, ids), max_size=3),
+        st.lists(st.builds(messages.PartitionMove, ids, text, text, ids, ids), max_size=3),
+        st.lists(ids, max_size=4), ids, ids, ids, st.lists(text, max_size=3), st.lists(text, max_size=3), st.lists(text, max_size=3),
+    ),  # fmt: skip
+    messages.PartitionSizes: st.builds(messages.PartitionSizes, ids),
+    messages.PartitionSizesOk: st.builds(messages.PartitionSizesOk, ids, text, st.lists(ids, max_size=4), st.lists(ids, max_size=4)),
+    messages.ClusterTransfers: st.builds(messages.ClusterTransfers, ids, st.none() | st.booleans()),
+    messages.ClusterTransfersOk: st.builds(
+        messages.ClusterTransfersOk,
+        ids,
+        text,
+        st.lists(
+            st.builds(
+                messages.NodeTransfers, text, text, st.booleans(), ids, ids, ids, ids, ids, ids, ids, st.booleans(),
+                st.lists(st.builds(messages.TransferView, text, ids, st.lists(text, max_size=3), text, ids, ids, ids, ids), max_size=2),
+            ),  # fmt: skip
+            max_size=3,
+        ),
+    ),
     messages.ClusterOk: st.builds(messages.ClusterOk, ids, text),
     messages.ClusterStatus: st.builds(messages.ClusterStatus, ids, st.none() | st.booleans()),
     messages.ClusterStatusOk: st.builds(
@@ -135,6 +158,12 @@ BUILDERS: dict[type, st.SearchStrategy[messages.Message]] = {
     messages.RepairProgressOk: st.builds(
         messages.RepairProgressOk, ids, ids, ids, ids, ids, ids, ids, ids, ids, st.booleans(), st.lists(text, max_size=3)
     ),
+    messages.BackupStart: st.builds(messages.BackupStart, ids),
+    messages.BackupStartOk: st.builds(messages.BackupStartOk, ids, ids, text, text, ids, ids, ids, ids, ids),
+    messages.BackupRead: st.builds(messages.BackupRead, ids, ids, ids),
+    messages.BackupChunk: st.builds(messages.BackupChunk, ids, ids, ids, blobs, ids, st.booleans(), st.none() | ids, st.none() | blobs),
+    messages.BackupEnd: st.builds(messages.BackupEnd, ids, ids),
+    messages.BackupEndOk: st.builds(messages.BackupEndOk, ids, ids),
 }
 every_message = st.one_of(*BUILDERS.values())
 

@@ -40,6 +40,7 @@ class Cluster:
 
     def __init__(self, members: tuple[str, ...] = PRIMARIES) -> None:
         self.membership = Membership(members)
+        self.removed = False  # this node is a member
 
     def preference_list(self, partition: int) -> PreferenceList:
         return PreferenceList(partition, self.PRIMARIES, ())

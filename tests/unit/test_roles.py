@@ -39,3 +39,9 @@ def test_a_forwarded_request_needs_the_peer_role() -> None:
 
 def test_roles_nest() -> None:
     assert auth.ROLE_GRANTS[auth.CLIENT] < auth.ROLE_GRANTS[auth.ADMIN] < auth.ROLE_GRANTS[auth.PEER]
+
+
+def test_backups_are_admin_only() -> None:
+    """A backup is every key and value the node holds: no client role reaches it."""
+    for cls in (messages.BackupStart, messages.BackupRead, messages.BackupEnd):
+        assert messages.REQUIRED_ROLE[cls] == auth.ADMIN
