@@ -2,13 +2,13 @@
 
 Typer 0.2x converts every option value through a pydantic TypeAdapter, and importing pydantic and
 building the adapters costs about 70 ms: more than the rest of `dynctl get`. dynctl's options are
-text, whole numbers and decimals with bounds, paths, and flags; `speed_up(command)` gives each such
+text, whole numbers and decimals with bounds, paths, and flags; `speed_up_command` gives each such
 parameter a converter written here, and leaves any other (choices, lists, a custom parser) to Typer.
 
 It relies on two details of Typer's parameters, `type_descriptor` and the lazily built
 `_runtime_param`, and touches a parameter only when both are there as expected: a Typer without them
 (older, or changed) keeps its own conversion, which is slower but right. The test
-`test_a_plain_get_loads_no_heavy_module` notices when that happens.
+`test_a_plain_get_put_and_delete_load_no_heavy_module` (tests/cli/test_dynctl_errors.py) notices.
 """
 
 from __future__ import annotations
