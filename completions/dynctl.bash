@@ -16,7 +16,9 @@ _dynctl() {
     fi
     local prev=${words[${#words[@]}-1]}
 
-    local global_options="--node --timeout --json --token-file --tls-ca --help -h"
+    # The global options come before the command or after it (and after a group's subcommand).
+    local late_options="--node --timeout --json --token-file --tls-ca"
+    local global_options="$late_options --version --help -h"
     local commands="get put delete bench repair backup stats info health top log-level cluster ring dev"
     local command="" subcommand="" i
     for ((i = 1; i < ${#words[@]}; i++)); do
@@ -26,9 +28,10 @@ _dynctl() {
             *) command=${words[i]}; break ;;
         esac
     done
-    # cluster, ring and dev are groups: their first word is a subcommand (no group takes options).
+    # cluster, ring and dev are groups: their first word is a subcommand (a global option may come first).
     for ((i++; i < ${#words[@]}; i++)); do
         case ${words[i]} in
+            --node | --timeout | --token-file | --tls-ca) ((i++)) ;;
             -*) ;;
             *) subcommand=${words[i]}; break ;;
         esac
@@ -98,7 +101,7 @@ _dynctl() {
         *) return ;;
     esac
     if [[ $cur == -* ]]; then
-        COMPREPLY=($(compgen -W "$options" -- "$cur"))
+        COMPREPLY=($(compgen -W "$options $late_options" -- "$cur"))
     fi
 }
 

@@ -7,12 +7,13 @@ set -l dynctl_commands get put delete bench repair backup stats info health top 
 
 complete -c dynctl -f
 
-# Global options come before the command.
-complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -l node -x -d 'Node HOST:PORT (env DYNCTL_NODE)'
-complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -l timeout -x -d 'Seconds to wait for each reply'
-complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -l json -d 'Machine-readable JSON on stdout'
-complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -l token-file -r -F -d 'File holding a token (env DYNCTL_TOKEN_FILE)'
-complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -l tls-ca -r -F -d 'CA file to verify the node over TLS (env DYNCTL_TLS_CA)'
+# Global options: before the command, or after any command or subcommand.
+complete -c dynctl -l node -x -d 'Node HOST:PORT (env DYNCTL_NODE)'
+complete -c dynctl -l timeout -x -d 'Seconds to wait for each reply'
+complete -c dynctl -l json -d 'Machine-readable JSON on stdout'
+complete -c dynctl -l token-file -r -F -d 'File holding a token (env DYNCTL_TOKEN_FILE)'
+complete -c dynctl -l tls-ca -r -F -d 'CA file to verify the node over TLS (env DYNCTL_TLS_CA)'
+complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -l version -d 'Print the version and exit'
 complete -c dynctl -s h -l help -d 'Show help and exit'
 
 complete -c dynctl -n "not __fish_seen_subcommand_from $dynctl_commands" -a get -d 'Write the value of a key to stdout'

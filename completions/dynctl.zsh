@@ -5,16 +5,27 @@
 # or source this file after compinit. Static on purpose: it never runs dynctl, so TAB is instant.
 # Keys, values and tokens are the user's own, so only commands, options and files complete.
 
+# The global options: before the command, and after any command or subcommand too.
+_dynctl_global_specs=(
+  '--node=[node to talk to (env DYNCTL_NODE, default 127.0.0.1:7400)]:host\:port: '
+  '--timeout=[seconds to wait for the connection and each reply]:seconds: '
+  '--json[machine-readable JSON on stdout]'
+  '--token-file=[file holding a client or admin token (env DYNCTL_TOKEN_FILE)]:token file:_files'
+  '--tls-ca=[CA file to verify the node over TLS (env DYNCTL_TLS_CA)]:CA file:_files'
+)
+
+# A command's own options and arguments, and the global options.
+_dynctl_command_arguments() {
+  _arguments "$@" $_dynctl_global_specs
+}
+
 _dynctl() {
   local curcontext=$curcontext state line ret=1
   typeset -A opt_args
 
   _arguments -C \
-    '--node=[node to talk to (env DYNCTL_NODE, default 127.0.0.1:7400)]:host\:port: ' \
-    '--timeout=[seconds to wait for the connection and each reply]:seconds: ' \
-    '--json[machine-readable JSON on stdout]' \
-    '--token-file=[file holding a client or admin token (env DYNCTL_TOKEN_FILE)]:token file:_files' \
-    '--tls-ca=[CA file to verify the node over TLS (env DYNCTL_TLS_CA)]:CA file:_files' \
+    $_dynctl_global_specs \
+    '(- *)--version[print the version and exit]' \
     '(- *)'{-h,--help}'[show help and exit]' \
     '1:command:->command' \
     '*::argument:->argument' && ret=0
@@ -43,7 +54,7 @@ _dynctl() {
       curcontext=${curcontext%:*:*}:dynctl-$words[1]:
       case $words[1] in
         get)
-          _arguments \
+          _dynctl_command_arguments \
             '--context[print only the context token]' \
             '--r=[replies to wait for]:count: ' \
             '--pr=[replies that must come from primaries]:count: ' \
@@ -51,7 +62,7 @@ _dynctl() {
             '1:key: ' && ret=0
           ;;
         put)
-          _arguments \
+          _dynctl_command_arguments \
             '(-f --file 2)'{-f+,--file=}'[read the value from a file]:file:_files' \
             '--context=[token from get --context: the versions this write supersedes]:token: ' \
             '--w=[stores to wait for]:count: ' \
@@ -61,7 +72,7 @@ _dynctl() {
             '2:value (- reads stdin): ' && ret=0
           ;;
         delete)
-          _arguments \
+          _dynctl_command_arguments \
             '--context=[token from get --context: the versions to delete]:token: ' \
             '--w=[stores to wait for]:count: ' \
             '--pw=[stores that must be on primaries]:count: ' \
@@ -69,7 +80,7 @@ _dynctl() {
             '1:key: ' && ret=0
           ;;
         bench)
-          _arguments \
+          _dynctl_command_arguments \
             '--workload=[operations to run]:workload:(put get mixed insert)' \
             '(-c --concurrency)'{-c+,--concurrency=}'[requests in flight]:count: ' \
             '--value-size=[bytes per value]:bytes: ' \
@@ -81,31 +92,31 @@ _dynctl() {
             '(- *)'{-h,--help}'[show help and exit]' && ret=0
           ;;
         repair)
-          _arguments \
+          _dynctl_command_arguments \
             '--partition=[only this partition]:partition: ' \
             '(- *)'{-h,--help}'[show help and exit]' && ret=0
           ;;
         backup)
-          _arguments \
+          _dynctl_command_arguments \
             '--force[replace FILE if it exists, once the new backup is complete]' \
             '(- *)'{-h,--help}'[show help and exit]' \
             '1:backup file:_files' && ret=0
           ;;
         log-level)
-          _arguments \
+          _dynctl_command_arguments \
             '(- *)'{-h,--help}'[show help and exit]' \
             '1:level:(DEBUG INFO WARNING ERROR)' && ret=0
           ;;
         stats)
-          _arguments \
+          _dynctl_command_arguments \
             '--all[ask every member]' \
             '(- *)'{-h,--help}'[show help and exit]' && ret=0
           ;;
         info | top)
-          _arguments '(- *)'{-h,--help}'[show help and exit]' && ret=0
+          _dynctl_command_arguments '(- *)'{-h,--help}'[show help and exit]' && ret=0
           ;;
         health)
-          _arguments \
+          _dynctl_command_arguments \
             '--all[ask every member; one that does not answer fails]' \
             '--hints-max=[fail when a node holds more hints]:count: ' \
             '--transfers-max=[fail when a member has more transfers pending]:count: ' \
@@ -142,23 +153,23 @@ _dynctl_cluster() {
     argument)
       case $words[1] in
         join)
-          _arguments '(- *)'{-h,--help}'[show help and exit]' \
+          _dynctl_command_arguments '(- *)'{-h,--help}'[show help and exit]' \
             '--dry-run[print the plan and change nothing]' \
             '1:seed (host\:port): ' && ret=0
           ;;
         leave)
-          _arguments '(- *)'{-h,--help}'[show help and exit]' \
+          _dynctl_command_arguments '(- *)'{-h,--help}'[show help and exit]' \
             '(--wait)--dry-run[print the plan and change nothing]' \
             '(--dry-run)--wait[show progress; return once the node is safe to stop]' \
             '1::node name (default: the --node): ' && ret=0
           ;;
         remove)
-          _arguments '(- *)'{-h,--help}'[show help and exit]' \
+          _dynctl_command_arguments '(- *)'{-h,--help}'[show help and exit]' \
             '--dry-run[print the plan and change nothing]' \
             '--force[remove the member even if it is alive]' \
             '1:node name: ' && ret=0
           ;;
-        status | transfers) _arguments '(- *)'{-h,--help}'[show help and exit]' && ret=0 ;;
+        status | transfers) _dynctl_command_arguments '(- *)'{-h,--help}'[show help and exit]' && ret=0 ;;
       esac
       ;;
   esac
@@ -181,8 +192,8 @@ _dynctl_ring() {
       ;;
     argument)
       case $words[1] in
-        status) _arguments '(- *)'{-h,--help}'[show help and exit]' && ret=0 ;;
-        key) _arguments '(- *)'{-h,--help}'[show help and exit]' '1:key: ' && ret=0 ;;
+        status) _dynctl_command_arguments '(- *)'{-h,--help}'[show help and exit]' && ret=0 ;;
+        key) _dynctl_command_arguments '(- *)'{-h,--help}'[show help and exit]' '1:key: ' && ret=0 ;;
       esac
       ;;
   esac
@@ -203,7 +214,7 @@ _dynctl_dev() {
     argument)
       case $words[1] in
         up)
-          _arguments \
+          _dynctl_command_arguments \
             '--nodes=[how many nodes]:count: ' \
             '--dir=[directory for data and logs]:directory:_directories' \
             '--base-port=[port of the first node]:port: ' \

@@ -1,33 +1,73 @@
-"""The `dynctl` Typer app: global options on the callback, commands from their group modules."""
+"""The `dynctl` Typer app: the global options on the root callback, and the table of commands.
+
+A command is a row of `COMMANDS`, "module:attribute" naming a command function or a Typer app of
+subcommands (a group); its module is imported only when the command is used (`dynctl.commands`),
+so each command pays only for its own imports. The global options may come before or after the
+command (`dynctl.global_options`); a command does not declare them.
+"""
 
 from __future__ import annotations
 
-import ssl
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dynctl import backup, bench, cluster, dev, health, kv, log_level, repair, ring, stats, top
+from dynctl.commands import lazy_group
 from dynctl.node import Session
 from dynctl.output import EXIT_CODES_HELP, Output
 from dynd.protocol.address import DEFAULT_PORT, format_address, parse_address
-from dynd.protocol.auth import AuthConfigError, read_token_file
+
+if TYPE_CHECKING:
+    import ssl
 
 DEFAULT_NODE = f"127.0.0.1:{DEFAULT_PORT}"
 DEFAULT_TIMEOUT_S = 5.0
+
+# In the order `dynctl --help` lists them.
+COMMANDS = {
+    "get": "dynctl.kv:get",
+    "put": "dynctl.kv:put",
+    "delete": "dynctl.kv:delete",
+    "bench": "dynctl.bench:bench",
+    "repair": "dynctl.repair:repair",
+    "log-level": "dynctl.log_level:log_level",
+    "stats": "dynctl.stats:stats",
+    "info": "dynctl.stats:info",
+    "health": "dynctl.health:health",
+    "top": "dynctl.top:top",
+    "backup": "dynctl.backup:backup",
+    "cluster": "dynctl.cluster:app",
+    "ring": "dynctl.ring:app",
+    "dev": "dynctl.dev:app",
+}
 
 app = typer.Typer(
     name="dynctl",
     help="Read, write and load-test a dynd key-value store; manage its cluster.\n\n"
     "Keys are UTF-8 text; values are raw bytes. A context token (base64url) says which versions "
-    "you have seen: pass the one from `get --context` to put or delete to supersede them.",
+    "you have seen: pass the one from `get --context` to put or delete to supersede them.\n\n"
+    "The options below may also follow the command (`dynctl get KEY --json`).",
     epilog=EXIT_CODES_HELP,
     context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode=None,
+    cls=lazy_group(COMMANDS),
 )
+
+
+def version_text() -> str:
+    from dynd import __version__
+    from dynd.protocol import PROTOCOL_VERSION
+
+    return f"dynctl {__version__} (dynd protocol {PROTOCOL_VERSION})"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit()
 
 
 def _check_node(address: str) -> str:
@@ -47,6 +87,8 @@ def read_token(path: Path | None) -> str | None:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise typer.BadParameter(f"cannot read {path}: {reason}", param_hint="'--token-file' / DYNCTL_TOKEN_FILE") from None
+    from dynd.protocol.auth import AuthConfigError, read_token_file
+
     try:
         return read_token_file(text, str(path))
     except AuthConfigError as exc:
@@ -57,6 +99,8 @@ def tls_context(ca_file: Path | None) -> ssl.SSLContext | None:
     """TLS to the node, verifying its certificate (and host name) against `ca_file`."""
     if ca_file is None:
         return None
+    import ssl
+
     try:
         return ssl.create_default_context(cafile=str(ca_file))
     except (OSError, ssl.SSLError) as exc:
@@ -105,6 +149,10 @@ def global_options(
             help="Connect with TLS, verifying the node's certificate against this CA file (PEM).",
         ),
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_print_version, help="Print dynctl's version and exit."),
+    ] = False,
 ) -> None:
     ctx.obj = Session(
         node_address=node,
@@ -113,22 +161,6 @@ def global_options(
         token=read_token(token_file),
         ssl_context=tls_context(tls_ca),
     )
-
-
-app.command("get", epilog=EXIT_CODES_HELP)(kv.get)
-app.command("put", epilog=EXIT_CODES_HELP)(kv.put)
-app.command("delete", epilog=EXIT_CODES_HELP)(kv.delete)
-app.command("bench", epilog=EXIT_CODES_HELP)(bench.bench)
-app.command("repair", epilog=EXIT_CODES_HELP)(repair.repair)
-app.command("log-level", epilog=EXIT_CODES_HELP)(log_level.log_level)
-app.command("stats", epilog=EXIT_CODES_HELP)(stats.stats)
-app.command("info", epilog=EXIT_CODES_HELP)(stats.info)
-app.command("health", epilog=EXIT_CODES_HELP)(health.health)
-app.command("top", epilog=EXIT_CODES_HELP)(top.top)
-app.command("backup", epilog=EXIT_CODES_HELP)(backup.backup)
-app.add_typer(cluster.app, name="cluster")
-app.add_typer(ring.app, name="ring")
-app.add_typer(dev.app, name="dev")
 
 
 def main() -> None:

@@ -3,6 +3,11 @@
 Siblings are never silently collapsed: when a key holds concurrent values, `get` exits 5 and, in a
 pipe, writes nothing to stdout, so a script cannot take one sibling for the value. The way out is
 the context: `get --context` prints a token covering every sibling, and a put with it supersedes them.
+
+Each command makes one request over a blocking socket (`dynctl.node.run_sync`): no trio, and rich
+only for the sibling table on a terminal, so a shell loop over keys pays for little but Python.
+What can be checked here is checked before connecting (an empty key, a token that cannot be a
+context, a quorum outside 1..16): a usage error (exit 2) that sends nothing.
 """
 
 from __future__ import annotations
@@ -10,31 +15,38 @@ from __future__ import annotations
 import base64
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
-from dynctl.node import Session, run_with_client
+from dynctl.node import Session, run_sync
 from dynctl.output import ExitCode, Output
-from dynctl.tokens import BadToken, decode_token, encode_token
-from dynd.client import Client, GetResult, Sibling
+from dynctl.tokens import BadToken, context_from_token, encode_token
+from dynd.client.results import REPLICAS_MAX, GetResult, Sibling
+from dynd.protocol.errors import QuorumFailed
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from dynd.client.sync import SyncClient
 
 PREVIEW_CHARS_MAX = 40
 PREVIEW_BYTES_MAX = 16
 
 KEY_HELP = "The key, as UTF-8 text."
-R_HELP = "Replies to wait for before answering (default: the cluster's R)."
-W_HELP = "Stores to wait for before answering (default: the cluster's W)."
+# The client cannot know the cluster's N, but no cluster has more than REPLICAS_MAX replicas of a
+# key: above that (or below 1) is a usage error here; above N, the node refuses it (exit 4).
+QUORUM_NOTE = f" 1 to {REPLICAS_MAX}; above the cluster's N the node refuses it."
+R_HELP = "Replies to wait for before answering (default: the cluster's R)." + QUORUM_NOTE
+W_HELP = "Stores to wait for before answering (default: the cluster's W)." + QUORUM_NOTE
 
 KeyArgument = Annotated[str, typer.Argument(metavar="KEY", help=KEY_HELP, show_default=False)]
-ReadQuorumOption = Annotated[int | None, typer.Option("--r", min=1, metavar="N", help=R_HELP)]
-WriteQuorumOption = Annotated[int | None, typer.Option("--w", min=1, metavar="N", help=W_HELP)]
+ReadQuorumOption = Annotated[int | None, typer.Option("--r", min=1, max=REPLICAS_MAX, metavar="N", help=R_HELP)]
+WriteQuorumOption = Annotated[int | None, typer.Option("--w", min=1, max=REPLICAS_MAX, metavar="N", help=W_HELP)]
 PR_HELP = "How many of the replies must come from primaries, not fallbacks standing in (default: none)."
 PW_HELP = "How many of the stores must be on primaries, not fallbacks standing in (default: none)."
-PrimaryReadOption = Annotated[int | None, typer.Option("--pr", min=1, metavar="N", help=PR_HELP)]
-PrimaryWriteOption = Annotated[int | None, typer.Option("--pw", min=1, metavar="N", help=PW_HELP)]
+PrimaryReadOption = Annotated[int | None, typer.Option("--pr", min=1, max=REPLICAS_MAX, metavar="N", help=PR_HELP)]
+PrimaryWriteOption = Annotated[int | None, typer.Option("--pw", min=1, max=REPLICAS_MAX, metavar="N", help=PW_HELP)]
 
 
 def key_bytes(key: str) -> bytes:
@@ -45,9 +57,16 @@ def key_bytes(key: str) -> bytes:
         raise typer.BadParameter("the key must be valid UTF-8", param_hint="KEY") from None
 
 
+def request_key(key: str) -> bytes:
+    """The key of a get, put or delete: a node stores no empty key, so one is a usage error here."""
+    if not key:
+        raise typer.BadParameter("the key is empty", param_hint="KEY")
+    return key_bytes(key)
+
+
 def context_bytes(token: str, option: str = "--context") -> bytes:
     try:
-        return decode_token(token)
+        return context_from_token(token)
     except BadToken as exc:
         raise typer.BadParameter(str(exc), param_hint=f"'{option}'") from None
 
@@ -92,6 +111,9 @@ def _clock_text(clock: dict[str, int]) -> str:
 
 
 def _sibling_table(key: str, result: GetResult) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=f"{len(result.siblings)} siblings of {key!r}", title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("value")
@@ -140,12 +162,8 @@ def get(
     """
     session: Session = ctx.obj
     output = session.output
-    raw_key = key_bytes(key)
-
-    async def fetch(client: Client) -> GetResult:
-        return await client.get(raw_key, r=r, pr=pr)
-
-    result = run_with_client(session, fetch)
+    raw_key = request_key(key)
+    result = run_sync(session, lambda client: client.get(raw_key, r=r, pr=pr))
     if context_only:
         if output.json_mode:
             output.write_json({"key": key, "context": encode_token(result.context)})
@@ -211,15 +229,15 @@ def put(
     and pass it with your next put to overwrite this value rather than add a sibling.
     """
     session: Session = ctx.obj
-    raw_key = key_bytes(key)
+    raw_key = request_key(key)
     # An empty token is "no context": the same as leaving --context out.
     seen = context_bytes(context) if context else None
     payload = _read_value(value, file)
 
-    async def store(client: Client) -> bytes:
-        return await client.put(raw_key, payload, seen, w=w, pw=pw)
+    def store(client: SyncClient) -> bytes:
+        return client.put(raw_key, payload, seen, w=w, pw=pw)
 
-    new_context = run_with_client(session, store)
+    new_context = run_sync(session, store, {QuorumFailed: _not_undone_hint(key)})
     _print_context(session.output, key, new_context)
 
 
@@ -237,14 +255,15 @@ def delete(
     The token is required so a delete never removes a value its author has not seen.
     """
     session: Session = ctx.obj
-    raw_key = key_bytes(key)
+    raw_key = request_key(key)
     seen = context_bytes(context)
-
-    async def remove(client: Client) -> bytes:
-        return await client.delete(raw_key, seen, w=w, pw=pw)
-
-    new_context = run_with_client(session, remove)
+    new_context = run_sync(session, lambda client: client.delete(raw_key, seen, w=w, pw=pw), {QuorumFailed: _not_undone_hint(key)})
     _print_context(session.output, key, new_context)
+
+
+def _not_undone_hint(key: str) -> str:
+    # A write that missed its quorum may still be on some replicas (the node's message says how many).
+    return f"If it was stored, it stays: to replace it rather than add a sibling, put with the token from: dynctl get --context {key!r}"
 
 
 def _print_context(output: Output, key: str, context: bytes) -> None:

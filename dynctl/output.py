@@ -6,23 +6,26 @@ Rules, so scripts can trust stdout:
 - Everything else (notes, warnings, errors, progress) goes to stderr, whatever --json says.
 - Expected failures call `abort(message, exit_code)`; the exit codes are the `ExitCode` table, which
   the --help epilog and the man page repeat.
+
+rich is imported only when something needs it (a table, a progress bar, a diagnostic on a
+terminal, where it adds colour): `dynctl get` in a script never loads it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
-import json
 import os
 import sys
 from collections.abc import Iterator, Mapping
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
-from rich.table import Table
-from rich.text import Text
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
 
 
 class ExitCode(enum.IntEnum):
@@ -43,8 +46,10 @@ EXIT_CODES_HELP = """\b
 Exit status:
   0  success
   1  not found (the key has no live value)
-  2  usage error (bad option, argument or context token)
-  3  node unreachable, no reply within --timeout, or the node left the cluster
+  2  usage error (bad option, argument or context token; nothing was sent)
+  3  node unreachable: nothing accepts connections at --node, what answers
+     is not a dynd node, no reply came within --timeout, or the node left
+     the cluster
   4  refused by the node (its error code and message go to stderr)
   5  siblings: the key has concurrent values; resolve them with get --context, then put
   6  unauthorized: the node wants a token (--token-file) or a connection from its own host
@@ -57,8 +62,19 @@ class Output:
 
     def __init__(self, *, json_mode: bool = False) -> None:
         self.json_mode = json_mode
-        self._stdout_console = Console(highlight=False)
-        self._stderr_console = Console(stderr=True, highlight=False, soft_wrap=True)
+        self._consoles: dict[str, Console] = {}
+
+    def _console(self, stream: str) -> Console:
+        console = self._consoles.get(stream)
+        if console is None:
+            from rich.console import Console
+
+            if stream == "stderr":
+                console = Console(stderr=True, highlight=False, soft_wrap=True)
+            else:
+                console = Console(highlight=False)
+            self._consoles[stream] = console
+        return console
 
     # ---- where we are writing ----
 
@@ -86,22 +102,33 @@ class Output:
 
     def write_json(self, document: Mapping[str, Any]) -> None:
         """One JSON document on one line, so `jq` and line-oriented tools both read it."""
+        import json
+
         self.write_line(json.dumps(document, ensure_ascii=False, separators=(",", ":")))
 
     def write_table(self, table: Table) -> None:
         with self._stdout_guard():
-            self._stdout_console.print(table)
+            self._console("stdout").print(table)
 
     # ---- diagnostics (stderr) ----
 
     def note(self, message: str) -> None:
-        self._stderr_console.print(Text(message))
+        self._diagnostic("", "", message)
 
     def warn(self, message: str) -> None:
-        self._stderr_console.print(Text.assemble(("warning: ", "bold yellow"), message))
+        self._diagnostic("warning: ", "bold yellow", message)
 
     def error(self, message: str) -> None:
-        self._stderr_console.print(Text.assemble(("error: ", "bold red"), message))
+        self._diagnostic("error: ", "bold red", message)
+
+    def _diagnostic(self, label: str, style: str, message: str) -> None:
+        if not self.stderr_is_terminal:  # no colour to add: the same line rich would write, without rich
+            sys.stderr.write(f"{label}{message}\n")
+            sys.stderr.flush()
+            return
+        from rich.text import Text
+
+        self._console("stderr").print(Text.assemble((label, style), message))
 
     def abort(self, message: str, exit_code: ExitCode, *, hint: str | None = None) -> NoReturn:
         """Report an expected failure (and what to do about it) on stderr and leave with `exit_code`."""
@@ -114,12 +141,14 @@ class Output:
         """A progress bar on stderr when a person is watching it, else None (so logs stay clean)."""
         if not self.stderr_is_terminal:
             return contextlib.nullcontext()
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
         return Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             TaskProgressColumn(),
             TimeRemainingColumn(),
-            console=self._stderr_console,
+            console=self._console("stderr"),
             transient=True,
         )
 

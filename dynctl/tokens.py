@@ -1,7 +1,9 @@
 """Context tokens on the command line: the node's opaque context bytes as unpadded base64url.
 
 base64url because a token must survive shells, URLs and file names unquoted; no padding because
-`=` adds nothing a decoder needs. The bytes stay opaque: dynctl never looks inside them.
+`=` adds nothing a decoder needs. The bytes stay opaque: dynctl checks only that they are what
+every context is (DESIGN.md section 2), one CBOR array, so a token cut short or mangled is a usage
+error here instead of a refusal from the node; what is inside is the node's to judge.
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+
+from dynd.protocol.codec import loads_strict
+from dynd.protocol.errors import DynError
 
 _TOKEN_ALPHABET = re.compile(r"[A-Za-z0-9_-]*")
 
@@ -35,3 +40,22 @@ def decode_token(token: str) -> bytes:
         return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (binascii.Error, ValueError) as exc:
         raise BadToken(f"not a base64url token: {exc}") from None
+
+
+def context_from_token(token: str) -> bytes:
+    """The context `token` carries; raise BadToken, naming the problem, if it cannot be one."""
+    context = decode_token(token)
+    check_context(context)
+    return context
+
+
+def check_context(context: bytes) -> None:
+    """Raise BadToken unless `context` is one well-formed CBOR array, as every context is."""
+    if not context:
+        raise BadToken("the token is empty")
+    try:
+        item = loads_strict(context)
+    except DynError:
+        item = None
+    if not isinstance(item, list):
+        raise BadToken("not a context token: it decodes, but not to a context (cut short, or from somewhere else?)")

@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 
 import trio
 
-from dynd.client.connection import DEFAULT_TIMEOUT_S, Client, GetResult, KeyLike, open_client
+from dynd.client.connection import Client, open_client
+from dynd.client.results import DEFAULT_TIMEOUT_S, GetResult, KeyLike
 from dynd.protocol import messages
 from dynd.protocol.errors import Unreachable
 

@@ -16,7 +16,8 @@ from typing import TypeVar
 
 import trio
 
-from dynd.client.connection import DEFAULT_TIMEOUT_S, Client, GetResult, KeyLike, key_bytes, open_client, unwrap_group
+from dynd.client.connection import Client, open_client, unwrap_group
+from dynd.client.results import DEFAULT_TIMEOUT_S, GetResult, KeyLike, key_bytes
 from dynd.protocol import messages
 from dynd.protocol.errors import DynError, NotAMember, StaleRing, Timeout, Unreachable
 from dynd.protocol.keyspace import check_partition_count, partition_of, preference_order

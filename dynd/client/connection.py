@@ -25,23 +25,48 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import trio
 
+from dynd.client.errors import FIRST_BYTES_KEPT, CannotConnect, copy_error, is_known_server, not_a_dynd_node
+from dynd.client.results import (
+    DEFAULT_TIMEOUT_S,
+    HELLO_REPLY_BYTES_MAX,
+    REPLY_FRAME_BYTES_MAX,
+    GetResult,
+    KeyLike,
+    Sibling,
+    client_hello,
+    expect,
+    get_result,
+    key_bytes,
+)
 from dynd.protocol import PROTOCOL_VERSION, auth, codec, messages
 from dynd.protocol.address import parse_address
-from dynd.protocol.errors import BadFrame, DynError, Internal, Timeout, Unauthorized, Unreachable, error_from_code
+from dynd.protocol.errors import BadFrame, DynError, Timeout, Unauthorized, Unreachable, error_from_code
 from dynd.protocol.framing import FrameDecoder, encode_frame
 from dynd.protocol.tls import TlsError, TlsLayer
 
 log = logging.getLogger("dynd.client")
 
-DEFAULT_TIMEOUT_S = 5.0
-REPLY_FRAME_BYTES_MAX = 64 * 1024 * 1024
 RECEIVE_CHUNK_BYTES = 256 * 1024
 
-KeyLike = bytes | str
+# Re-exported: they were defined here before `dynd.client.results` held them.
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "REPLY_FRAME_BYTES_MAX",
+    "Client",
+    "GetResult",
+    "KeyLike",
+    "PeerCredentials",
+    "Sibling",
+    "Waiter",
+    "expect",
+    "key_bytes",
+    "open_client",
+    "unwrap_group",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,40 +77,6 @@ class PeerCredentials:
     name: str
     cluster: str
     keyring: auth.Keyring | None
-
-
-@dataclass(frozen=True, slots=True)
-class Sibling:
-    value: bytes
-    dot: tuple[str, int]
-    clock: dict[str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class GetResult:
-    """`values` is empty when the key is not found (or deleted); `context` is opaque."""
-
-    values: list[bytes]
-    context: bytes
-    siblings: list[Sibling]
-
-    @property
-    def found(self) -> bool:
-        return bool(self.values)
-
-
-def key_bytes(key: KeyLike) -> bytes:
-    return key.encode("utf-8") if isinstance(key, str) else bytes(key)
-
-
-_Reply = TypeVar("_Reply")
-
-
-def expect(reply: messages.Message, kind: type[_Reply], request: messages.Message) -> _Reply:
-    """`reply` as the `kind` of reply `request` should get; anything else is the node's bug."""
-    if not isinstance(reply, kind):
-        raise Internal(f"unexpected reply {type(reply).__name__} to {request.OP}")
-    return reply
 
 
 class Waiter(Protocol):
@@ -130,6 +121,11 @@ class Client:
         self._broken: DynError | None = None
         self._broken_event = trio.Event()
         self._nursery: trio.Nursery | None = None
+        # Until the hello is done, replies are short, and the first bytes tell a dynd node from
+        # some other server (`dynd.client.errors`).
+        self._decoder = FrameDecoder(HELLO_REPLY_BYTES_MAX)
+        self._hello_done = False
+        self._first_bytes = b""
 
     # ---- requests ----
 
@@ -144,12 +140,7 @@ class Client:
     ) -> GetResult:
         """`r` replies (the cluster's default when None), `pr` of them from primaries themselves."""
         request = messages.Get(id=next(self._ids), key=key_bytes(key), r=r, ring=ring, pr=pr)
-        reply = expect(await self._call(request, timeout_s), messages.GetOk, request)
-        siblings = [
-            Sibling(view.value, (view.actor, view.counter), {entry.actor: entry.counter for entry in view.clock})
-            for view in reply.siblings
-        ]
-        return GetResult([s.value for s in siblings], reply.context, siblings)
+        return get_result(expect(await self._call(request, timeout_s), messages.GetOk, request))
 
     async def put(
         self,
@@ -302,7 +293,7 @@ class Client:
     def submit(self, build: Callable[[int], messages.Message], waiter: Waiter) -> None:
         """Send `build(request_id)` with a fresh id; its reply goes to `waiter`. Never awaits."""
         if self._broken is not None:
-            waiter.resolve(_copy_error(self._broken))
+            waiter.resolve(copy_error(self._broken))
             return
         request = build(next(self._ids))
         self._waiting[request.id] = waiter  # type: ignore[attr-defined]
@@ -324,7 +315,7 @@ class Client:
 
     async def _call(self, request: Any, timeout_s: float | None) -> messages.Message:
         if self._broken is not None:
-            raise _copy_error(self._broken)
+            raise copy_error(self._broken)
         waiter = _AwaitedReply()
         self._waiting[request.id] = waiter
         self._send(request)
@@ -381,11 +372,13 @@ class Client:
             data, self._unsent = self._unsent + data, b""
         return data
 
-    def _tls_error(self, error: TlsError) -> DynError:
+    def _tls_error(self, error: TlsError, raw: bytes) -> DynError:
         if error.clean:
             return Unreachable(f"{self.address} closed the connection")
         if error.refused:
             return Unauthorized(f"TLS with {self.address}: {error.message}")
+        if error.not_tls and not self._hello_done and is_known_server(raw):
+            return not_a_dynd_node(self.address, raw)  # an HTTP server, say, rather than a dynd node without TLS
         if error.not_tls:
             return Unreachable(f"{self.address} does not speak TLS (is TLS configured on that node?): {error.message}")
         return Unreachable(f"TLS with {self.address} failed: {error.message}")
@@ -428,6 +421,8 @@ class Client:
             raise Unreachable(f"{self.address} is node {reply.node!r}, not {expect_node!r}")
         self.node_name = reply.node
         self.roles = frozenset(reply.roles or ())
+        self._hello_done = True  # a dynd node: from now on a bad frame is the node's bug, not a stranger
+        self._decoder.set_frame_bytes_max(REPLY_FRAME_BYTES_MAX)
         if keyring is None or peer is None or nonce is None:
             return
         cluster = reply.cluster or ""
@@ -473,7 +468,7 @@ class Client:
             await self._stream.send_all(memoryview(data)[sent:])
 
     async def _reader(self) -> None:
-        decoder = FrameDecoder(REPLY_FRAME_BYTES_MAX)
+        decoder = self._decoder
         fd = self._stream.socket.fileno()  # the stream closes only after this task has ended
         while True:
             try:
@@ -487,24 +482,35 @@ class Client:
                 self._fail_all(Unreachable(f"connection to {self.address} lost: {exc}"))
                 return
             if not chunk:
-                self._fail_all(Unreachable(f"{self.address} closed the connection"))
+                if not self._hello_done and decoder.has_partial_frame:
+                    self._fail_all(not_a_dynd_node(self.address, self._first_bytes))
+                else:
+                    self._fail_all(Unreachable(f"{self.address} closed the connection"))
                 return
             if self._tls is not None:
+                raw = chunk
                 try:
                     chunk = self._tls.receive(chunk)
                 except TlsError as exc:
-                    self._fail_all(self._tls_error(exc))
+                    self._fail_all(self._tls_error(exc, raw))
                     return
                 if self._tls.wants_write:  # handshake records, and the requests queued behind them
                     self._wake_writer.set()
                 if not chunk:
                     continue
+            if not self._hello_done and len(self._first_bytes) < FIRST_BYTES_KEPT:
+                self._first_bytes += chunk[: FIRST_BYTES_KEPT - len(self._first_bytes)]
             try:
                 frames = decoder.feed(chunk)
                 for frame in frames:
                     self._deliver(codec.decode_message(frame))
             except DynError as exc:
-                self._fail_all(BadFrame(f"bad reply from {self.address}: {exc.message}"))
+                # Bytes that are no frame or no CBOR map, before the hello: not a dynd node. A
+                # well-formed message of an unknown op or field is a dynd of another version.
+                if not self._hello_done and isinstance(exc, BadFrame):
+                    self._fail_all(not_a_dynd_node(self.address, self._first_bytes))
+                else:
+                    self._fail_all(BadFrame(f"bad reply from {self.address}: {exc.message}"))
                 return
 
     def _deliver(self, reply: messages.Message) -> None:
@@ -522,12 +528,7 @@ class Client:
         self._broken_event.set()
         waiting, self._waiting = self._waiting, {}
         for waiter in waiting.values():
-            waiter.resolve(_copy_error(error))
-
-
-def _copy_error(error: DynError) -> DynError:
-    """A fresh exception per waiter (one instance raised in many tasks would share a traceback)."""
-    return error_from_code(error.code, error.message)
+            waiter.resolve(copy_error(error))
 
 
 def unwrap_group(group: BaseExceptionGroup) -> BaseException:  # type: ignore[type-arg]
@@ -563,9 +564,9 @@ async def open_client(
         with trio.fail_at(deadline):
             stream = await trio.open_tcp_stream(host, port)
     except trio.TooSlowError:
-        raise Unreachable(f"connecting to {address} timed out after {timeout_s:g} s") from None
+        raise CannotConnect(f"connecting to {address} timed out after {timeout_s:g} s") from None
     except OSError as exc:
-        raise Unreachable(f"cannot connect to {address}: {_connect_reason(exc)}") from None
+        raise CannotConnect(f"cannot connect to {address}: {_connect_reason(exc)}") from None
     client = Client(stream, address, timeout_s, tls)
     try:
         async with trio.open_nursery() as nursery:

@@ -19,6 +19,14 @@ fails is replaced by the next spare healthy fallback, carrying a hint for the pr
 for; with no spare left, the coordinator keeps that hint itself (`StoreHint`). `pw` counts only
 stores on primaries themselves.
 
+A failed put is not undone: the replicas that stored it keep an ordinary version, which reads may
+return and anti-entropy and hints may spread. So the failure says how many stored it, and once the
+quorum is lost it waits for the answers still due (the coordinator's own store, and the replicas
+asked, which the failure detector holds alive: one round trip) or the deadline, whichever is first,
+so the count is the real one. A put that loses at once (replicas down before it began, as with a
+paused node) would otherwise say that none stored it while this node and the reachable replicas do.
+No replica is asked once the quorum is lost (no spare fallback stands in).
+
 Get: ask the other primaries; answer after R replies (the coordinator's own read included) with
 the merge of what came back; keep listening until every replica answered or the deadline passed,
 then send the merged record to each replica whose copy was missing or older (read repair), the
@@ -131,6 +139,8 @@ class PutCoordination:
     done: bool = False
     local: bool | None = None  # our own store: None until its commit reports
     local_error: str = ""
+    losing: bool = False  # lost; the failure waits for the answers still due (module docstring)
+    hints_kept: int = 0  # StoreHint effects: failed replicas the write may still reach through us
 
     def __post_init__(self) -> None:
         voters = len(self.targets) + 1
@@ -160,7 +170,7 @@ class PutCoordination:
         if ok:
             return self._vote(True, hint is None)
         primary = hint or node
-        if self._spares and not self.done:
+        if self._spares and not self.done and not self.losing:
             # Sloppy quorum: the next healthy fallback stands in for the primary that failed.
             spare = self._spares.pop(0)
             self._roles[spare] = primary
@@ -169,13 +179,16 @@ class PutCoordination:
                 effects += self._primary_vote(False)
             return effects
         # Nobody left to stand in: keep a hint ourselves, so the primary gets the write later.
+        self.hints_kept += 1
         return [StoreHint(primary, self.key, self.record), *self._vote(False, hint is None)]
 
     def on_tick(self, now_ms: int) -> list[Effect]:
         if self.done or now_ms < self.deadline_ms:
             return []
         self.done = True
-        return [Fail("timeout", f"timed out: {self.tally.yes} of {self.tally.voters} replicas stored the write, w={self.w}")]
+        if self.losing:  # lost already; some answers did not come by the deadline
+            return [self._failure()]
+        return [Fail("timeout", f"timed out before w={self.w} stores: {self._outcome()}")]
 
     def _vote(self, ok: bool, by_primary: bool) -> list[Effect]:
         if self.done:
@@ -203,21 +216,46 @@ class PutCoordination:
             self.done = True
             return [AnswerPut()]
         if Vote.LOST in (result, primary, local):
+            self.losing = True
+            if self.local is None or self._roles:
+                return []  # answer once every store asked has reported, so the count is the real one
             self.done = True
-            own = f"; this node's own store failed: {self.local_error}" if self.local is False else ""
-            if result is Vote.LOST:
-                return [
-                    Fail(
-                        "quorum",
-                        f"w={self.w} cannot be met: {self.tally.no} of {self.tally.voters} replicas failed or are unreachable, "
-                        f"{self.tally.yes} stored the write so far{own}",
-                    )
-                ]
-            if primary is Vote.LOST:
-                assert self.primary_tally is not None
-                return [Fail("quorum", f"pw={self.pw} cannot be met: {self.primary_tally.yes} primaries stored the write, the others failed or are down{own}")]
-            return [Fail("quorum", f"the hints this node keeps for replicas that are down were not stored{own}")]
+            return [self._failure()]
         return []
+
+    def _failure(self) -> Fail:
+        if self.tally.result is Vote.LOST:
+            return Fail("quorum", f"w={self.w} cannot be met: {self._outcome()}")
+        if self.primary_tally is not None and self.primary_tally.result is Vote.LOST:
+            tally = self.primary_tally
+            return Fail("quorum", f"pw={self.pw} cannot be met: {tally.voters - tally.no} of the primaries could store it; {self._outcome()}")
+        return Fail("quorum", f"the hints this node keeps for replicas that are down were not stored: {self._outcome()}")
+
+    def _outcome(self) -> str:
+        """How many replicas stored the write, failed, are down or have not answered, and what
+        that means for the write (the module docstring says why)."""
+        voters = self.tally.voters
+        total = max(self.replicas or voters, voters)
+        stored, failed = self.tally.yes, self.tally.no
+        waiting, down = voters - stored - failed, total - voters
+        counts = [f"{stored} of {total} replicas stored the write" + (" (this node among them)" if self.local else "")]
+        if failed:
+            counts.append(f"{failed} failed")
+        if down:
+            counts.append(f"{down} {'is' if down == 1 else 'are'} down with no node to stand in")
+        if waiting:
+            counts.append(f"{waiting} had not answered" + (" (this node's own store among them)" if self.local is None else ""))
+        text = ", ".join(counts)
+        if self.hints_kept:
+            text += f"; this node keeps a hint for {self.hints_kept} that failed"
+        if self.local is False:
+            text += f"; this node's own store failed: {self.local_error}"
+        if not stored and not waiting and not self.hints_kept:
+            return text + ". Nothing was stored"
+        return (
+            text + ". The write is not undone: where it was stored it is an ordinary version, which reads may "
+            "return (as a sibling of values written without its context) and which may still reach the other replicas"
+        )
 
     @property
     def finished(self) -> bool:

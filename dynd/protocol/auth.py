@@ -35,6 +35,10 @@ from dataclasses import dataclass
 
 import cbor2
 
+# The role names live in `roles` (the message table needs them without the hashing here); they
+# stay importable from auth, where callers have always found them.
+from dynd.protocol.roles import ADMIN, ALL_ROLES, CLIENT, PEER, ROLE_GRANTS, ROLES  # noqa: F401
+
 SECRET_BYTES_MIN = 32
 SECRETS_MAX = 2  # the current one and, during a rotation, one more
 NONCE_BYTES = 32
@@ -42,15 +46,6 @@ PROOF_BYTES = 32  # HMAC-SHA256
 TOKEN_CHARS_MIN = 16
 TOKENS_MAX = 1024
 
-CLIENT, ADMIN, PEER = "client", "admin", "peer"
-ROLES = (CLIENT, ADMIN, PEER)
-# What each role implies: a higher role may do everything a lower one may.
-ROLE_GRANTS: dict[str, frozenset[str]] = {
-    CLIENT: frozenset({CLIENT}),
-    ADMIN: frozenset({CLIENT, ADMIN}),
-    PEER: frozenset({CLIENT, ADMIN, PEER}),
-}
-ALL_ROLES = ROLE_GRANTS[PEER]
 
 _HEX_LINE = re.compile(r"^[0-9a-fA-F]+$")
 

@@ -5,6 +5,9 @@ indefinite-length items, duplicate map keys, non-string map keys, any tag, inval
 after the top-level item, a top level that is not a map, unknown ops and fields, and fields of the
 wrong type. Every frame gets a fresh decoder, so no state (such as shared references) leaks
 between frames. Size limits on keys and values belong to the node's config and are checked there.
+
+How to check, build and encode each message type is worked out from its dataclass the first time
+the type is met, not at import: a short-lived client (`dynctl get`) meets four types of fifty.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import io
 import struct
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import cbor2
@@ -31,9 +34,26 @@ def _reject_tag(decoder: Any, tag: Any = None) -> Any:
     raise ValueError("CBOR tags are not allowed")
 
 
-# cbor2 decodes some tags itself (datetimes, bignums, ...); route every 16-bit tag number to the
-# rejecting hook as well, so no tag of any number gets through.
-_REJECT_ALL_TAGS: dict[int, Callable[..., Any]] = {number: _reject_tag for number in range(65536)}
+class _EveryTag(Mapping[int, Callable[..., Any]]):
+    """The rejecting hook for every tag number. cbor2 decodes some tags itself (datetimes, bignums,
+    ...) unless `semantic_decoders` names them; this names them all, of any size, without a table."""
+
+    def __getitem__(self, number: int) -> Callable[..., Any]:
+        if type(number) is not int:
+            raise KeyError(number)
+        return _reject_tag
+
+    def __contains__(self, number: object) -> bool:
+        return type(number) is int
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+_REJECT_ALL_TAGS = _EveryTag()
 
 
 def loads_strict(data: bytes) -> Any:
@@ -182,7 +202,7 @@ def _flat_field(field: dataclasses.Field[Any], annotation: Any) -> tuple[str, ty
 
 
 class _Spec:
-    """How to check and build one dataclass from a decoded map."""
+    """How to check and build one dataclass from a decoded map (made once per type, on first use)."""
 
     def __init__(self, cls: type) -> None:
         hints = typing.get_type_hints(cls)
@@ -232,15 +252,26 @@ def _record_checker(cls: type) -> Checker:
     def check(value: Any, name: str) -> Any:
         if type(value) is not dict:
             raise BadRequest(f"field {name!r} must be a map")
-        return _RECORD_SPECS[cls].build(value)
+        spec = _RECORD_SPECS.get(cls)
+        if spec is None:
+            spec = _RECORD_SPECS[cls] = _Spec(cls)
+        return spec.build(value)
 
     return check
 
 
-for _record in messages.RECORD_TYPES:
-    _RECORD_SPECS[_record] = _Spec(_record)
+_TYPES_BY_OP: dict[str, type] = {cls.OP: cls for cls in messages.MESSAGE_TYPES}  # type: ignore[attr-defined]
+_SPECS: dict[str, _Spec] = {}  # by op, filled by `_spec_of`
 
-_SPECS: dict[str, _Spec] = {cls.OP: _Spec(cls) for cls in messages.MESSAGE_TYPES}  # type: ignore[attr-defined]
+
+def _spec_of(op: str) -> _Spec | None:
+    spec = _SPECS.get(op)
+    if spec is None:
+        cls = _TYPES_BY_OP.get(op)
+        if cls is None:
+            return None
+        spec = _SPECS[op] = _Spec(cls)
+    return spec
 
 
 # ---- public API ----
@@ -261,7 +292,7 @@ def decode_message(frame: bytes) -> messages.Message:
     try:
         if type(op) is not str:
             raise BadRequest("missing or non-text 'op'")
-        spec = _SPECS.get(op)
+        spec = _SPECS.get(op) or _spec_of(op)
         if spec is None:
             raise UnknownOp(f"unknown op {op[:64]!r}")
         return spec.build_message(item)  # type: ignore[no-any-return]
@@ -270,20 +301,28 @@ def decode_message(frame: bytes) -> messages.Message:
         raise
 
 
-# Per type: (field name, omit when None) in declaration order, computed once.
-_ENCODE_FIELDS: dict[type, tuple[tuple[str, bool], ...]] = {
-    cls: tuple((f.name, f.default is None) for f in dataclasses.fields(cls))
-    for cls in (*messages.MESSAGE_TYPES, *messages.RECORD_TYPES)
-}
+_ENCODED_TYPES = frozenset((*messages.MESSAGE_TYPES, *messages.RECORD_TYPES))
+# Per type: (field name, omit when None) in declaration order, filled by `_encode_fields`.
+_ENCODE_FIELDS: dict[type, tuple[tuple[str, bool], ...]] = {}
+
+
+def _encode_fields(cls: type) -> tuple[tuple[str, bool], ...]:
+    fields = _ENCODE_FIELDS.get(cls)
+    if fields is None:
+        fields = _ENCODE_FIELDS[cls] = tuple((f.name, f.default is None) for f in dataclasses.fields(cls))
+    return fields
 
 
 def to_plain(value: Any) -> Any:
     """Messages and records as the maps and lists cbor2 encodes."""
     if type(value) is list:
         return [to_plain(item) for item in value]
-    spec = _ENCODE_FIELDS.get(type(value))
+    kind = type(value)
+    spec = _ENCODE_FIELDS.get(kind)
     if spec is None:
-        return value
+        if kind not in _ENCODED_TYPES:
+            return value
+        spec = _encode_fields(kind)
     return {name: to_plain(getattr(value, name)) for name, _ in spec}
 
 
@@ -293,15 +332,26 @@ def _text_piece(text: str) -> bytes:
 
 
 # Messages of scalar fields only: (the "op" entry, then per field its name's CBOR and whether None
-# is omitted), for `encode_message` to write without building a dict for cbor2.
-_FLAT_ENCODINGS: dict[type, tuple[bytes, tuple[tuple[str, bytes, bool], ...]]] = {
-    cls: (
-        cbor_text("op") + _text_piece(cls.OP),  # type: ignore[attr-defined]
-        tuple((name, _text_piece(name), omit_none) for name, omit_none in _ENCODE_FIELDS[cls]),
-    )
-    for cls in messages.MESSAGE_TYPES
-    if _SPECS[cls.OP].flat is not None  # type: ignore[attr-defined]
-}
+# is omitted), for `encode_message` to write without building a dict for cbor2; None for the
+# others. Filled by `_flat_encoding`.
+_FlatEncoding = tuple[bytes, tuple[tuple[str, bytes, bool], ...]]
+_FLAT_ENCODINGS: dict[type, _FlatEncoding | None] = {}
+_MESSAGE_TYPES = frozenset(messages.MESSAGE_TYPES)
+_UNSEEN: Any = object()
+
+
+def _flat_encoding(cls: type) -> _FlatEncoding | None:
+    if cls not in _MESSAGE_TYPES:
+        raise KeyError(f"{cls.__name__} is not a message")
+    spec = _spec_of(cls.OP)  # type: ignore[attr-defined]
+    flat: _FlatEncoding | None = None
+    if spec is not None and spec.flat is not None:
+        flat = (
+            cbor_text("op") + _text_piece(cls.OP),  # type: ignore[attr-defined]
+            tuple((name, _text_piece(name), omit_none) for name, omit_none in _encode_fields(cls)),
+        )
+    _FLAT_ENCODINGS[cls] = flat
+    return flat
 
 
 def _encode_flat(message: messages.Message, op_entry: bytes, fields: tuple[tuple[str, bytes, bool], ...]) -> bytes:
@@ -328,11 +378,14 @@ def _encode_flat(message: messages.Message, op_entry: bytes, fields: tuple[tuple
 
 def encode_message(message: messages.Message) -> bytes:
     """The CBOR payload (no length prefix) for a message; optional fields left at None are omitted."""
-    flat = _FLAT_ENCODINGS.get(type(message))
+    kind = type(message)
+    flat = _FLAT_ENCODINGS.get(kind, _UNSEEN)
+    if flat is _UNSEEN:
+        flat = _flat_encoding(kind)
     if flat is not None:
         return _encode_flat(message, *flat)
     out: dict[str, Any] = {"op": message.OP}
-    for name, omit_none in _ENCODE_FIELDS[type(message)]:
+    for name, omit_none in _encode_fields(kind):
         value = getattr(message, name)
         if value is None and omit_none:
             continue

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, TypeVar
 
-from dynd.protocol.auth import ADMIN, CLIENT, PEER
+from dynd.protocol.roles import ADMIN, CLIENT, PEER
 from dynd.protocol.errors import DynError
 
 
@@ -59,7 +59,7 @@ def _declared(cls: type, *, has_op: bool) -> None:
 
 
 def request(role: str, *, forwardable: bool = False) -> Callable[[_Class], _Class]:
-    """A request that a connection holding `role` may send (roles: `dynd.protocol.auth`).
+    """A request that a connection holding `role` may send (roles: `dynd.protocol.roles`).
     `forwardable`: a node may forward it to a primary, which then coordinates it; forwarded, it
     needs the peer role."""
 

@@ -11,6 +11,7 @@ import typer.main
 from dynctl_testing import REPO
 
 from dynctl.app import app
+from dynctl.global_options import is_late_copy
 
 COMPLETIONS = REPO / "completions"
 MAN_PAGE = REPO / "man" / "dynctl.1"
@@ -18,14 +19,15 @@ MAN_PAGE = REPO / "man" / "dynctl.1"
 
 def app_options() -> dict[str, list[str]]:
     """Every option string per command, read from the app itself: "" for the global options, and
-    a group's commands by their full path ("cluster join")."""
+    a group's commands by their full path ("cluster join"). The hidden copies of the global options
+    that every command takes after it (`dynctl.global_options`) are counted once, as global."""
     group = typer.main.get_command(app)
     options = {"": [opt for param in group.params for opt in param.opts + param.secondary_opts if opt.startswith("-")]}
 
     def collect(path: str, command: object) -> None:
         subcommands = getattr(command, "commands", None)
         if subcommands is None:
-            options[path] = [opt for param in command.params for opt in param.opts if opt.startswith("-")]  # type: ignore[attr-defined]
+            options[path] = [opt for param in command.params if not is_late_copy(param) for opt in param.opts if opt.startswith("-")]  # type: ignore[attr-defined]
             return
         for name, subcommand in subcommands.items():
             collect(f"{path} {name}", subcommand)
@@ -71,6 +73,9 @@ def test_the_man_page_names_every_command_and_option() -> None:
     assert missing == []
 
 
+GLOBAL = ("--node", "--timeout", "--json", "--token-file", "--tls-ca")  # also after any command
+
+
 def bash_completions(line: str) -> list[str]:
     # The line goes in as $1, so no quoting of it is needed inside the script.
     script = f'source "{COMPLETIONS / "dynctl.bash"}"; COMP_LINE=$1; COMP_POINT=${{#1}}; _dynctl; printf "%s\\n" "${{COMPREPLY[@]}}"'
@@ -84,29 +89,33 @@ def bash_completions(line: str) -> list[str]:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("dynctl ", {"get", "put", "delete", "bench", "repair", "backup", "stats", "info", "health", "top", "log-level", "cluster", "ring", "dev", "--node", "--timeout", "--json", "--token-file", "--tls-ca", "--help", "-h"}),
-        ("dynctl --token-file t get --", {"--context", "--r", "--pr", "--help"}),
+        ("dynctl ", {"get", "put", "delete", "bench", "repair", "backup", "stats", "info", "health", "top", "log-level", "cluster", "ring", "dev", *GLOBAL, "--version", "--help", "-h"}),
+        ("dynctl --token-file t get --", {"--context", "--r", "--pr", "--help", *GLOBAL}),
         ("dynctl de", {"delete", "dev"}),
-        ("dynctl --node 127.0.0.1:7400 get --", {"--context", "--r", "--pr", "--help"}),
+        ("dynctl --node 127.0.0.1:7400 get --", {"--context", "--r", "--pr", "--help", *GLOBAL}),
+        ("dynctl get key --n", {"--node"}),
+        ("dynctl get key --node 127.0.0.1:7400 --j", {"--json"}),
+        ("dynctl cluster --node 127.0.0.1:7400 st", {"status"}),
+        ("dynctl cluster status --t", {"--timeout", "--token-file", "--tls-ca"}),
         ("dynctl bench --workload m", {"mixed"}),
         ("dynctl --timeout 3 put key --w", {"--w"}),
         ("dynctl delete key --context ", set()),
         ("dynctl cluster ", {"join", "leave", "remove", "status", "transfers", "--help", "-h"}),
-        ("dynctl cluster leave --", {"--dry-run", "--wait", "--help"}),
-        ("dynctl cluster remove n3 --", {"--dry-run", "--force", "--help"}),
+        ("dynctl cluster leave --", {"--dry-run", "--wait", "--help", *GLOBAL}),
+        ("dynctl cluster remove n3 --", {"--dry-run", "--force", "--help", *GLOBAL}),
         ("dynctl --json ring k", {"key"}),
-        ("dynctl --node 127.0.0.1:7400 cluster join --", {"--dry-run", "--help"}),
-        ("dynctl dev up --", {"--nodes", "--dir", "--base-port", "--n", "--r", "--w", "--help"}),
+        ("dynctl --node 127.0.0.1:7400 cluster join --", {"--dry-run", "--help", *GLOBAL}),
+        ("dynctl dev up --", {"--nodes", "--dir", "--base-port", "--n", "--r", "--w", "--help", *GLOBAL}),
         ("dynctl dev up --nodes 3 --r", {"--r"}),
         ("dynctl dev up --base-port ", set()),
         ("dynctl log-level W", {"WARNING"}),
-        ("dynctl log-level --", {"--help"}),
-        ("dynctl --json health --", {"--all", "--hints-max", "--transfers-max", "--disk-max-percent", "--help"}),
-        ("dynctl stats --", {"--all", "--help"}),
+        ("dynctl log-level --", {"--help", *GLOBAL}),
+        ("dynctl --json health --", {"--all", "--hints-max", "--transfers-max", "--disk-max-percent", "--help", *GLOBAL}),
+        ("dynctl stats --", {"--all", "--help", *GLOBAL}),
         ("dynctl health --hints-max ", set()),
         ("dynctl t", {"top"}),
         ("dynctl b", {"bench", "backup"}),
-        ("dynctl backup --", {"--force", "--help"}),
+        ("dynctl backup --", {"--force", "--help", *GLOBAL}),
     ],
 )
 def test_bash_completion(line: str, expected: set[str]) -> None:

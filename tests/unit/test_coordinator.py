@@ -58,8 +58,11 @@ def test_put_answers_on_two_replicas_before_its_own_commit_lands() -> None:
 def test_a_failed_own_store_is_a_no_vote_and_named_in_the_failure() -> None:
     put = co.PutCoordination(b"k", b"rec", (("b", None), ("c", None)), w=3, deadline_ms=100)
     put.start()
-    [failure] = put.on_local(False, "the map is full")
-    assert isinstance(failure, co.Fail) and "1 of 3 replicas failed" in failure.message and "the map is full" in failure.message
+    assert put.on_local(False, "the map is full") == [], "w=3 is lost; the answers of b and c are still due"
+    assert put.on_reply("b", True) == []
+    [failure] = put.on_reply("c", True)
+    assert isinstance(failure, co.Fail) and "2 of 3 replicas stored the write, 1 failed" in failure.message
+    assert "this node's own store failed: the map is full" in failure.message
     enough = co.PutCoordination(b"k", b"rec", (("b", None), ("c", None)), w=2, deadline_ms=100)
     enough.start()
     assert enough.on_local(False, "disk error") == []
@@ -83,10 +86,13 @@ def test_put_fails_clearly_when_w_cannot_be_reached() -> None:
     put = co.PutCoordination(b"k", b"rec", (("b", None), ("c", None)), w=3, deadline_ms=100)
     put.start()
     put.on_local(True)
-    keep_hint, failure = put.on_reply("b", False)
+    keep_hint, *answer = put.on_reply("b", False)
     assert keep_hint == co.StoreHint("b", b"k", b"rec"), "no fallback left: the coordinator keeps b's hint"
-    assert isinstance(failure, co.Fail) and "1 of 3 replicas failed or are unreachable, 1 stored" in failure.message
-    assert put.on_reply("c", True) == [], "no second answer"
+    assert answer == [], "lost, but c's answer is still due: the count waits for it"
+    [failure] = put.on_reply("c", True)
+    assert isinstance(failure, co.Fail) and failure.code == "quorum"
+    assert "w=3 cannot be met: 2 of 3 replicas stored the write (this node among them), 1 failed" in failure.message
+    assert put.finished
 
 
 def test_put_times_out_with_the_count() -> None:
@@ -96,7 +102,51 @@ def test_put_times_out_with_the_count() -> None:
     put.on_reply("b", True)
     assert put.on_tick(99) == []
     [failure] = put.on_tick(100)
-    assert isinstance(failure, co.Fail) and failure.code == "timeout" and "2 of 3" in failure.message
+    assert isinstance(failure, co.Fail) and failure.code == "timeout"
+    assert "2 of 3 replicas stored the write (this node among them), 1 had not answered" in failure.message
+    assert "not undone" in failure.message, "the stored copies stay: say so"
+
+
+def test_a_put_that_loses_at_once_still_counts_the_stores_that_happen() -> None:
+    """N=3, W=3, one replica down with no fallback (a paused node): W is lost before anyone
+    answers, yet this node and the reachable replica store the write. The failure waits for our own
+    store to report, so it does not claim that nothing was stored."""
+    put = co.PutCoordination(b"k", b"rec", (("b", None),), w=3, deadline_ms=100, replicas=3, local_required=True)
+    assert put.start() == [co.SendReplicate("b", b"k", b"rec", None)], "sent, and no answer before our own store reports"
+    assert put.on_reply("b", True) == [], "still waiting for our own store"
+    [failure] = put.on_local(True)
+    assert isinstance(failure, co.Fail) and failure.code == "quorum"
+    assert "w=3 cannot be met: 2 of 3 replicas stored the write (this node among them), 1 is down with no node to stand in" in failure.message
+    assert "ordinary version" in failure.message and "may still reach the other replicas" in failure.message
+    assert put.finished
+    silent = co.PutCoordination(b"k", b"rec", (("b", None),), w=3, deadline_ms=100, replicas=3, local_required=True)
+    silent.start()
+    assert silent.on_local(True) == [], "b's answer is still due"
+    [failure] = silent.on_tick(100)
+    assert failure.code == "quorum", "lost before the deadline: a quorum failure, not a timeout"
+    assert "1 of 3 replicas stored the write (this node among them), 1 is down with no node to stand in, 1 had not answered" in failure.message
+    assert silent.on_reply("b", True) == [] and silent.finished
+
+
+def test_a_put_lost_while_its_own_store_never_reports_fails_at_the_deadline() -> None:
+    put = co.PutCoordination(b"k", b"rec", (), w=2, deadline_ms=100, replicas=3)
+    assert put.start() == []
+    [failure] = put.on_tick(100)
+    assert failure.code == "quorum" and "(this node's own store among them)" in failure.message
+
+
+def test_a_failure_says_whether_anything_was_stored_or_hinted() -> None:
+    put = co.PutCoordination(b"k", b"rec", (("b", None),), w=2, deadline_ms=100, spares=())
+    put.start()
+    keep_hint, *answer = put.on_reply("b", False)
+    assert isinstance(keep_hint, co.StoreHint) and answer == [], "lost, but our own store has not reported yet"
+    [failure] = put.on_local(False, "disk error")
+    assert isinstance(failure, co.Fail) and "0 of 2 replicas stored the write, 2 failed" in failure.message
+    assert "this node keeps a hint for 1 that failed" in failure.message and "not undone" in failure.message
+    nothing = co.PutCoordination(b"k", b"rec", (), w=2, deadline_ms=100, replicas=2)
+    nothing.start()
+    [failure] = nothing.on_local(False, "disk error")
+    assert failure.message.endswith("Nothing was stored"), failure
 
 
 def test_w_counts_among_the_replicas_that_exist() -> None:
@@ -163,16 +213,24 @@ def test_a_failed_target_is_replaced_by_a_spare_fallback_carrying_its_hint() -> 
 
 
 def test_down_replicas_do_not_lower_w() -> None:
-    # Three replicas exist, two are down with no fallback: W=2 cannot be met, at once.
+    # Three replicas exist, two are down with no fallback: W=2 cannot be met, decided at once and
+    # answered when our own store has reported.
     put = co.PutCoordination(b"k", b"rec", (), w=2, deadline_ms=100, replicas=3)
-    [failure] = put.start()
+    assert put.start() == []
+    [failure] = put.on_local(True)
     assert isinstance(failure, co.Fail) and failure.code == "quorum"
+    assert "1 of 3 replicas stored the write (this node among them), 2 are down with no node to stand in" in failure.message
 
 
 def test_pw_counts_only_primaries() -> None:
     put = co.PutCoordination(b"k", b"rec", (("b", None), ("d", "c")), w=2, deadline_ms=100, replicas=3, pw=3)
-    *_sends, failure = put.start()
-    assert isinstance(failure, co.Fail) and "pw=3" in failure.message, "c is down: three primaries cannot store it"
+    assert kinds(put.start()) == ["SendReplicate", "SendReplicate"]
+    assert put.on_local(True) == [] and put.on_reply("b", True) == []
+    [failure] = put.on_reply("d", True)
+    assert isinstance(failure, co.Fail) and "pw=3 cannot be met: 2 of the primaries could store it" in failure.message, (
+        "c is down: three primaries cannot store it"
+    )
+    assert "3 of 3 replicas stored the write" in failure.message, "d stands in for c: w counts it, pw does not"
     relaxed = co.PutCoordination(b"k", b"rec", (("b", None), ("d", "c")), w=3, deadline_ms=100, replicas=3, pw=2)
     relaxed.start()
     relaxed.on_local(True)

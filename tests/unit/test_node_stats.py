@@ -84,8 +84,14 @@ def test_a_slow_request_is_logged_once_with_a_key_hash_and_never_the_key(caplog:
 def test_a_quorum_failure_names_the_replicas_that_did_not_answer(caplog: pytest.LogCaptureFixture) -> None:
     link = Link(["n1", "n2", "n3"], n=3, r=2, w=3)
     link.refuse("n1", "n3")
+    link.drop("n1", "n2")  # n2 never answers: the lost put waits for it until the deadline
+    replies: list[Any] = []
     with caplog.at_level(logging.WARNING, logger="dynd.node"):
-        answer = link.ask("n1", messages.Put(id=1, key=b"k", value=b"v", w=3))
+        link.nodes["n1"].handle(messages.Put(id=1, key=b"k", value=b"v", w=3), replies.append)
+        link.deliver()
+        assert replies == [], "w=3 is lost, but the count waits for n2's answer"
+        link.run_for(LIMITS.request_timeout_ms + LIMITS.tick_interval_ms)
+    answer = link.reply_of(replies)
     assert isinstance(answer, messages.ErrorReply) and answer.code == "quorum_failed", answer
     failed = [r.getMessage() for r in caplog.records if "failed" in r.getMessage() and "did not answer" in r.getMessage()]
     assert len(failed) == 1 and "failed n3, no answer yet n2" in failed[0], failed
