@@ -237,6 +237,7 @@ async def supervise(
                     session.output.note(supervisor.failed.details)
                 with trio.CancelScope(shield=True):
                     await supervisor.stop_all()
+    assert supervisor is not None  # made before anything that can fail
     return supervisor
 
 

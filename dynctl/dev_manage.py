@@ -290,9 +290,15 @@ def _process_text(view: NodeProcessView) -> Text:
     return Text(label, style=style)
 
 
+def _answers_text(answers: bool | None) -> Text:
+    if answers is None:
+        return Text("-")
+    return Text("yes") if answers else Text("no", style="red")
+
+
 def status_table(statuses: list[NodeStatus], title: str) -> Table:
     table = Table(title=title, title_justify="left", box=None, pad_edge=False, caption_justify="left")
-    table.caption = "others see it: the other members' failure detectors; hints: those they hold for it"
+    table.caption = "hints: held for it by the others"
     table.add_column("node", no_wrap=True)
     table.add_column("address", no_wrap=True)
     table.add_column("pid", justify="right", no_wrap=True)
@@ -307,7 +313,7 @@ def status_table(statuses: list[NodeStatus], title: str) -> Table:
             Text(view.address),
             str(view.pid) if view.pid is not None else "-",
             _process_text(view),
-            {True: "yes", False: Text("no", style="red"), None: "-"}[status.answers],
+            _answers_text(status.answers),
             Text(liveness_summary(status.seen_as)),
             str(status.hints_pending),
         )

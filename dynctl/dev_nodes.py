@@ -25,7 +25,6 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -91,8 +90,8 @@ class Incarnation:
     log_offset: int
     answered: bool = False  # it has answered ping
     stopping: bool = False
-    # Why it is expected to exit ("stopped by dynctl dev stop"); None: its exit would be news.
-    expected_exit: str | None = None
+    # Who asked it to exit ("dynctl dev stop"); None: its exit would be news.
+    exit_asked_by: str | None = None
 
     @property
     def running(self) -> bool:
@@ -250,8 +249,8 @@ class Supervisor:
         current.stopping = False
         if not self.ready:
             self.fail(NodeFailed.of(node, f"{how} while the cluster was starting"))
-        elif current.expected_exit is not None:
-            self.output.note(f"{node.spec.name} {current.expected_exit} ({how})")
+        elif current.exit_asked_by is not None:
+            self.output.note(f"{node.spec.name} ({node.spec.address}, PID {current.process.pid}) {how} (asked by {current.exit_asked_by})")
         else:
             self.output.error(f"{node.spec.name} ({node.spec.address}, PID {current.process.pid}) died: {how}")
             self.output.note(node.log_tail())
@@ -261,10 +260,10 @@ class Supervisor:
                 f"Bring it back with: {self.suggest('start', node)}"
             )
 
-    async def _terminate(self, current: Incarnation, node: SupervisedNode, expected_exit: str) -> int:
+    async def _terminate(self, current: Incarnation, node: SupervisedNode, asked_by: str) -> int:
         """SIGTERM, wait up to STOP_DEADLINE_S, then SIGKILL; the exit code."""
         process = current.process
-        current.stopping, current.expected_exit = True, expected_exit
+        current.stopping, current.exit_asked_by = True, asked_by
         process.terminate()  # Popen.send_signal checks first that it has not reaped this PID
         process.send_signal(signal.SIGCONT)  # a paused node must run to act on the SIGTERM
         with trio.move_on_after(STOP_DEADLINE_S):
@@ -281,7 +280,7 @@ class Supervisor:
         self.output.note(f"stopping {', '.join(node.spec.name for node, _ in alive)}")
 
         async def stop_one(node: SupervisedNode, current: Incarnation) -> None:
-            code = await self._terminate(current, node, "stopped")
+            code = await self._terminate(current, node, "dev up, stopping")
             node.last_exit = exit_description(code)
             remove_pid_file(node.spec, current.identity)
             if code == 0:
@@ -326,7 +325,7 @@ class Supervisor:
                 await wait_until_ready(self.session, node)
             except NodeFailed as failure:
                 if node.current is not None and node.current.running:
-                    await self._terminate(node.current, node, "stopped: it did not come up")
+                    await self._terminate(node.current, node, "dynctl dev start: it did not come up")
                 raise ControlError("start_failed", str(failure), failure.details) from None
         self.output.note(f"{node.describe()} is up again, on its data in {node.spec.directory}")
         return f"{name} started (PID {current.process.pid}) on {node.spec.address}"
@@ -335,14 +334,14 @@ class Supervisor:
         node = self._node_to_change(name)
         async with node.lock:
             current = self._require_running(node)
-            code = await self._terminate(current, node, "stopped by dynctl dev stop")
+            code = await self._terminate(current, node, "dynctl dev stop")
         return f"{name} stopped ({exit_description(code)})"
 
     async def kill(self, name: str) -> str:
         node = self._node_to_change(name)
         async with node.lock:
             current = self._require_running(node)
-            current.expected_exit = "killed by dynctl dev kill"
+            current.exit_asked_by = "dynctl dev kill"
             current.process.kill()
             code = await current.process.wait()
         return f"{name} {exit_description(code)}"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dynctl_testing import DYNCTL_DEADLINE_S, REPO, DynctlRunner, dynctl_env
+from dynctl_testing import DYNCTL_DEADLINE_S, REPO, dynctl_env
 
 from dynctl.dev import failover_commands
 from dynctl.dev_control import NodeProcessView
@@ -297,7 +297,7 @@ def test_stop_and_start_a_node(cluster: DevCluster) -> None:
     assert stopped["action"] == "stop" and stopped["message"] == "dev2 stopped (exited with code 0)"
     assert stopped["node"]["state"] == "stopped" and stopped["node"]["pid"] is None
     assert not pid_is_running(pid)
-    cluster.wait_for_stderr("dev2 stopped by dynctl dev stop (exited with code 0)")
+    cluster.wait_for_stderr(f"dev2 ({cluster.addresses['dev2']}, PID {pid}) exited with code 0 (asked by dynctl dev stop)")
     assert f"PID {pid}) died" not in cluster.stderr_text()
 
     assert "dev2 is not running (exited with code 0)" in refused(cluster.dev("stop", "dev2"))
@@ -336,7 +336,7 @@ def test_kill_through_dynctl_is_reported_as_asked_for(cluster: DevCluster) -> No
     pid = cluster.status()["dev1"]["pid"]
     assert ok(cluster.dev("kill", "dev1")) == "dev1 killed by SIGKILL\n"
     assert not pid_is_running(pid)
-    cluster.wait_for_stderr("dev1 killed by dynctl dev kill (killed by SIGKILL)")
+    cluster.wait_for_stderr(f"dev1 ({cluster.addresses['dev1']}, PID {pid}) killed by SIGKILL (asked by dynctl dev kill)")
     assert f"PID {pid}) died" not in cluster.stderr_text()
     ok(cluster.kv("dev2", "put", "no-dev1", "still writable"))
     ok(cluster.dev("start", "dev1"))
