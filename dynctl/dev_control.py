@@ -167,19 +167,23 @@ def ask(socket_path: Path, request: dict[str, Any], deadline_s: float) -> dict[s
             raise NoSupervisor(str(socket_path)) from None
         except OSError as exc:
             raise ControlError("unreachable", f"cannot connect to {socket_path}: {exc.strerror or exc}") from None
-        sock.sendall(encode(request))
         reply = b""
-        while not reply.endswith(b"\n"):
-            sock.settimeout(max(0.001, deadline - time.monotonic()))
-            try:
+        try:
+            sock.sendall(encode(request))
+            while not reply.endswith(b"\n"):
+                sock.settimeout(max(0.001, deadline - time.monotonic()))
                 chunk = sock.recv(65536)
-            except TimeoutError:
-                raise ControlError("timeout", f"`dev up` did not answer within {deadline_s:g} s") from None
-            if not chunk:
-                raise ControlError("bad_reply", "`dev up` closed the control connection without a reply")
-            reply += chunk
-            if len(reply) > LINE_BYTES_MAX:
-                raise ControlError("bad_reply", f"`dev up` sent a reply over {LINE_BYTES_MAX} bytes")
+                if not chunk:
+                    break
+                reply += chunk
+                if len(reply) > LINE_BYTES_MAX:
+                    raise ControlError("bad_reply", f"`dev up` sent a reply over {LINE_BYTES_MAX} bytes")
+        except TimeoutError:
+            raise ControlError("timeout", f"`dev up` did not answer within {deadline_s:g} s") from None
+        except OSError as exc:  # it closed the socket under us: it is stopping
+            raise ControlError("unreachable", f"`dev up` went away: {exc.strerror or exc}") from None
+        if not reply.endswith(b"\n"):
+            raise ControlError("bad_reply", "`dev up` closed the control connection without a reply")
     try:
         document = decode_line(reply)
     except ValueError as exc:
