@@ -223,7 +223,10 @@ def remove_pid_file(spec: DevNodeSpec, identity: ProcessIdentity | None = None) 
 
 
 def recorded_process(spec: DevNodeSpec) -> ProcessIdentity | None:
-    """The process the node's PID file names, if it is still that node: same start time, same argv."""
+    """The process the node's PID file names, if it is still that node: same start time, same argv.
+
+    A process in the middle of its exec shows an empty command line for a moment; it reads as not
+    the node, which errs on the side of never signalling."""
     recorded = read_pid_file(spec)
     if recorded is None or identity_of(recorded.pid) != recorded or _argv_of(recorded.pid) != spec.argv:
         return None

@@ -430,13 +430,25 @@ def _stranger_cluster(tmp_path: Path, argv: list[str]) -> tuple[Path, DevNodeSpe
     return directory, spec
 
 
+SLEEP_ARGV = ["sleep", "300"]
+
+
+def start_sleep() -> subprocess.Popen[bytes]:
+    """A `sleep 300` whose /proc cmdline shows it: the kernel closes the close-on-exec pipe that
+    Popen waits on a moment before it sets the new program's arguments."""
+    process = subprocess.Popen(SLEEP_ARGV)
+    cmdline = Path(f"/proc/{process.pid}/cmdline")
+    poll("sleep to show its command line", lambda: cmdline.read_bytes() == b"sleep\x00300\x00", STOP_DEADLINE_S)
+    return process
+
+
 @pytest.mark.parametrize("lie", ["another start time", "another command line", "no such process"])
 def test_a_stale_pid_file_never_signals_a_stranger(tmp_path: Path, lie: str) -> None:
-    stranger = subprocess.Popen(["sleep", "300"])
+    stranger = start_sleep()
     try:
         identity = identity_of(stranger.pid)
         assert identity is not None
-        node_argv = ["sleep", "300"] if lie != "another command line" else [sys.executable, "-m", "dynd", "--name", "dev1"]
+        node_argv = SLEEP_ARGV if lie != "another command line" else [sys.executable, "-m", "dynd", "--name", "dev1"]
         directory, spec = _stranger_cluster(tmp_path, node_argv)
         recorded = {
             "another start time": ProcessIdentity(stranger.pid, identity.start_ticks + 1),
@@ -458,11 +470,11 @@ def test_a_stale_pid_file_never_signals_a_stranger(tmp_path: Path, lie: str) -> 
 
 def test_a_pid_file_that_matches_start_time_and_command_line_is_believed(tmp_path: Path) -> None:
     # The other side of the check above: the very process the PID file recorded is signalled.
-    process = subprocess.Popen(["sleep", "300"])
+    process = start_sleep()
     try:
         identity = identity_of(process.pid)
         assert identity is not None
-        directory, spec = _stranger_cluster(tmp_path, ["sleep", "300"])
+        directory, spec = _stranger_cluster(tmp_path, SLEEP_ARGV)
         write_pid_file(spec, identity)
         assert recorded_process(spec) == identity
         ok(run_dynctl("dev", "pause", "dev1", "--dir", str(directory)))
