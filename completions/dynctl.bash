@@ -83,7 +83,7 @@ _dynctl() {
                 case $command in
                     cluster) subcommands="join leave remove status transfers" ;;
                     ring) subcommands="status key" ;;
-                    dev) subcommands="up" ;;
+                    dev) subcommands="up status start stop kill pause resume" ;;
                 esac
                 COMPREPLY=($(compgen -W "$subcommands --help -h" -- "$cur"))
                 return
@@ -95,6 +95,32 @@ _dynctl() {
                 "cluster status" | "cluster transfers") options="--help -h" ;;
                 "ring status" | "ring key") options="--help -h" ;;
                 "dev up") options="--nodes --dir --base-port --n --r --w --help -h" ;;
+                "dev status") options="--dir --help -h" ;;
+                "dev start" | "dev stop" | "dev kill" | "dev pause" | "dev resume")
+                    options="--dir --help -h"
+                    if [[ $cur != -* ]]; then
+                        # The node names are the dev{i} directories under --dir (default .dev).
+                        local dir=.dev j named=""
+                        for ((j = i + 1; j < ${#words[@]}; j++)); do
+                            case ${words[j]} in
+                                --dir) dir=${words[j+1]}; ((j++)) ;;
+                                -*) ;;
+                                *) named=${words[j]} ;;
+                            esac
+                        done
+                        [[ -n $named ]] && return  # one node per command
+                        for ((j = 1; j < i; j++)); do
+                            [[ ${words[j]} == --dir ]] && dir=${words[j+1]}
+                        done
+                        local -a nodes=()
+                        local path
+                        for path in "$dir"/dev*/; do
+                            [[ -d $path ]] && path=${path%/} && nodes+=("${path##*/}")
+                        done
+                        COMPREPLY=($(compgen -W "${nodes[*]}" -- "$cur"))
+                        return
+                    fi
+                    ;;
                 *) return ;;
             esac
             ;;

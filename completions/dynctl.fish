@@ -74,7 +74,17 @@ set -l ring_commands status key
 complete -c dynctl -n "__fish_seen_subcommand_from ring; and not __fish_seen_subcommand_from $ring_commands" -a status -d 'Show Q, N, R, W and partitions per node'
 complete -c dynctl -n "__fish_seen_subcommand_from ring; and not __fish_seen_subcommand_from $ring_commands" -a key -d "Show a key's partition and preference list"
 
-complete -c dynctl -n "__fish_seen_subcommand_from dev; and not __fish_seen_subcommand_from up" -a up -d 'Start a local cluster in the foreground'
+set -l dev_commands up status start stop kill pause resume
+complete -c dynctl -n "__fish_seen_subcommand_from dev; and not __fish_seen_subcommand_from $dev_commands" -a up -d 'Start a local cluster in the foreground'
+complete -c dynctl -n "__fish_seen_subcommand_from dev; and not __fish_seen_subcommand_from $dev_commands" -a status -d 'Show each node: process, answers, liveness, hints'
+complete -c dynctl -n "__fish_seen_subcommand_from dev; and not __fish_seen_subcommand_from $dev_commands" -a start -d 'Start a stopped node again'
+complete -c dynctl -n "__fish_seen_subcommand_from dev; and not __fish_seen_subcommand_from $dev_commands" -a stop -d 'Stop a node (SIGTERM)'
+complete -c dynctl -n "__fish_seen_subcommand_from dev; and not __fish_seen_subcommand_from $dev_commands" -a kill -d 'Kill a node (SIGKILL)'
+complete -c dynctl -n "__fish_seen_subcommand_from dev; and not __fish_seen_subcommand_from $dev_commands" -a pause -d 'Pause a node (SIGSTOP)'
+complete -c dynctl -n "__fish_seen_subcommand_from dev; and not __fish_seen_subcommand_from $dev_commands" -a resume -d 'Resume a paused node (SIGCONT)'
+complete -c dynctl -n "__fish_seen_subcommand_from dev; and __fish_seen_subcommand_from status start stop kill pause resume" -l dir -x -a '(__fish_complete_directories (commandline -ct))' -d 'The dev cluster directory'
+# Node names: the dev{i} directories under the default .dev.
+complete -c dynctl -n "__fish_seen_subcommand_from dev; and __fish_seen_subcommand_from start stop kill pause resume" -a '(for d in .dev/dev*/; basename $d; end)' -d 'Dev node'
 complete -c dynctl -n "__fish_seen_subcommand_from dev; and __fish_seen_subcommand_from up" -l nodes -x -d 'How many nodes'
 complete -c dynctl -n "__fish_seen_subcommand_from dev; and __fish_seen_subcommand_from up" -l dir -x -a '(__fish_complete_directories (commandline -ct))' -d 'Data and logs directory'
 complete -c dynctl -n "__fish_seen_subcommand_from dev; and __fish_seen_subcommand_from up" -l base-port -x -d 'Port of the first node'

@@ -208,7 +208,15 @@ _dynctl_dev() {
     '*::argument:->argument' && ret=0
   case $state in
     command)
-      local -a commands=('up:start a local cluster in the foreground')
+      local -a commands=(
+        'up:start a local cluster in the foreground'
+        'status:show each node: process, answers, liveness, hints'
+        'start:start a stopped node again'
+        'stop:stop a node (SIGTERM)'
+        'kill:kill a node (SIGKILL)'
+        'pause:pause a node (SIGSTOP)'
+        'resume:resume a paused node (SIGCONT)'
+      )
       _describe -t commands 'dev command' commands && ret=0
       ;;
     argument)
@@ -223,10 +231,28 @@ _dynctl_dev() {
             '--w=[default write quorum, for a new cluster]:count: ' \
             '(- *)'{-h,--help}'[show help and exit]' && ret=0
           ;;
+        status)
+          _arguments \
+            '--dir=[the dev cluster directory]:directory:_directories' \
+            '(- *)'{-h,--help}'[show help and exit]' && ret=0
+          ;;
+        start | stop | kill | pause | resume)
+          _arguments \
+            '--dir=[the dev cluster directory]:directory:_directories' \
+            '(- *)'{-h,--help}'[show help and exit]' \
+            '1:node:_dynctl_dev_nodes' && ret=0
+          ;;
       esac
       ;;
   esac
   return ret
+}
+
+# The node names are the dev{i} directories under --dir (default .dev).
+_dynctl_dev_nodes() {
+  local dir=${opt_args[--dir]:-.dev}
+  local -a nodes=(${~dir}/dev*(N/:t))
+  _describe -t nodes 'dev node' nodes
 }
 
 if [[ $zsh_eval_context[-1] == loadautofunc ]]; then

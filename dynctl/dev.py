@@ -1,17 +1,19 @@
-"""`dynctl dev up`: a local K-node cluster on 127.0.0.1, in the foreground, for trying dynd out.
+"""`dynctl dev`: a local K-node cluster on 127.0.0.1 to try dynd out, and to break.
 
-Node i is `dev{i}`, listens on BASE_PORT + i - 1 and keeps its data and its log (`dynd.log`, its
-stdout and stderr, appended across runs) in DIR/dev{i}. Every node gets `--secret-file DIR/secret`,
-a cluster secret made (mode 0600) on the first run and kept for later ones, so the dev cluster's
-peers authenticate each other as a production cluster's do. The first node creates the cluster; the
-others start with `--join` naming it. Each node is ready once it answers ping (polled under a
-deadline); then the first node's `cluster status` is shown once every node is a member (or a
-deadline passes), and dev up waits for Ctrl-C or SIGTERM. It then stops every node it
-started, by PID: SIGTERM, a deadline, SIGKILL. A node that dies early stops the whole cluster:
-dev up reports which one, with the tail of its log, and exits 3.
+`dev up` runs the cluster in the foreground. Node i is `dev{i}`, listens on BASE_PORT + i - 1 and
+keeps its data and its log (`dynd.log`, its stdout and stderr, appended across runs) in
+DIR/dev{i}. Every node gets `--secret-file DIR/secret`, a cluster secret made (mode 0600) on the
+first run and kept for later ones, so the dev cluster's peers authenticate each other as a
+production cluster's do. The first node creates the cluster; the others start with `--join`
+naming it. Each node is ready once it answers ping (polled under a deadline); then the first
+node's `cluster status` is shown once every node is a member (or a deadline passes), and dev up
+waits for Ctrl-C or SIGTERM, on which it stops every node it started (dev_nodes.py). A node that
+fails while the cluster starts stops the whole cluster (exit 3); one that dies later is reported,
+with the tail of its log, and the others keep serving.
 
-The nodes run in their own sessions, so a Ctrl-C at the terminal reaches dev up alone, which stops
-them under its deadline rather than each racing to exit on its own.
+While it runs, `dev status|start|stop|kill|pause|resume` (dev_manage.py) reach it from another
+terminal through DIR/control.sock (dev_control.py); DIR/cluster.json and DIR/dev{i}/pid
+(dev_files.py) say which nodes there are and which processes they run as.
 
 Starting again on the same DIR restarts the same nodes on their data: the first node is given the
 cluster-creation flags and the others `--join` again, and a node that already belongs to a cluster
@@ -24,11 +26,9 @@ import os
 import shlex
 import signal
 import socket
-import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,7 +37,21 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from dynctl import cluster
+from dynctl import cluster, dev_manage
+from dynctl.dev_control import ControlError, NoSupervisor, ask, bind_control_socket
+from dynctl.dev_files import (
+    CONTROL_SOCKET_NAME,
+    LOG_FILE_NAME,
+    LOOPBACK,
+    SECRET_FILE_NAME,
+    ClusterState,
+    DevClusterError,
+    DevNodeSpec,
+    read_state,
+    recorded_process,
+    write_state,
+)
+from dynctl.dev_nodes import NodeFailed, SupervisedNode, Supervisor, wait_until_ready
 from dynctl.node import AGENT, Session
 from dynctl.output import ExitCode, Output
 from dynd.protocol.address import format_address
@@ -45,37 +59,30 @@ from dynd.protocol.auth import new_secret_text
 from dynd.protocol.errors import BadRequest, DynError, UnknownOp
 from dynd.protocol.messages import ClusterStatusOk
 
-LOOPBACK = "127.0.0.1"
 DEFAULT_BASE_PORT = 7400
-DEFAULT_DIRECTORY = Path(".dev")
+DEFAULT_DIRECTORY = dev_manage.DEFAULT_DIRECTORY
 NODES_MAX = 32
 PORT_MAX = 65535
-LOG_FILE_NAME = "dynd.log"
-SECRET_FILE_NAME = "secret"
 
 # What dynd uses when it creates a cluster without --replicas, --r and --w (its [cluster] config
 # defaults). dev up only needs them to pick flags that keep R, W <= N.
 NODE_DEFAULT_REPLICAS = 3
 NODE_DEFAULT_QUORUM = 2
 
-READY_DEADLINE_S = 30.0
 MEMBERSHIP_DEADLINE_S = 10.0
-STOP_DEADLINE_S = 10.0
-PROBE_TIMEOUT_S = 1.0
-PROBE_INTERVAL_S = 0.05
 MEMBERSHIP_POLL_INTERVAL_S = 0.2
-LOG_TAIL_LINES = 20
+SUPERVISOR_PROBE_DEADLINE_S = 5.0
 
 DEV_EXIT_CODES_HELP = """\b
 Exit status:
-  0  the cluster ran and was stopped with Ctrl-C or SIGTERM
-  2  usage error (bad option, or a port already in use)
-  3  a node failed to start or died: its log's tail goes to stderr
+  0  the cluster ran and was stopped with Ctrl-C or SIGTERM (nodes that died meanwhile do not count)
+  2  usage error (bad option, a port already in use, or a dev up or its nodes already running on DIR)
+  3  a node failed to start: its log's tail goes to stderr
 """
 
 app = typer.Typer(
     name="dev",
-    help="Run a local development cluster on 127.0.0.1.",
+    help="Run a local development cluster on 127.0.0.1, and break it: stop, kill, pause nodes.",
     context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
     rich_markup_mode=None,
@@ -83,22 +90,6 @@ app = typer.Typer(
 
 
 # ---- the plan: which processes, with which flags (pure) ----
-
-
-@dataclass(frozen=True, slots=True)
-class DevNodeSpec:
-    name: str
-    port: int
-    directory: Path
-    argv: tuple[str, ...]
-
-    @property
-    def address(self) -> str:
-        return format_address(LOOPBACK, self.port)
-
-    @property
-    def log_path(self) -> Path:
-        return self.directory / LOG_FILE_NAME
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,102 +147,21 @@ def plan_cluster(
     return specs
 
 
-# ---- running nodes ----
+# ---- running them ----
 
 
-@dataclass(slots=True)
-class RunningNode:
-    spec: DevNodeSpec
-    process: trio.Process
-    # Where this run's output starts in the log, so a failure shows this run's lines only.
-    log_offset: int
-
-    def describe(self) -> str:
-        return f"{self.spec.name} ({self.spec.address}, PID {self.process.pid})"
-
-    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        try:
-            with self.spec.log_path.open("rb") as log:
-                log.seek(self.log_offset)
-                text = log.read().decode("utf-8", "replace")
-        except OSError as exc:
-            return f"(cannot read {self.spec.log_path}: {exc.strerror or exc})"
-        tail = text.splitlines()[-lines:]
-        if not tail:
-            return f"({self.spec.log_path} has nothing from this run)"
-        return f"last lines of {self.spec.log_path}:\n" + "\n".join(f"  {line}" for line in tail)
-
-
-class NodeFailed(Exception):
-    """A node did not start, did not answer in time, or exited; `details` is what its log says."""
-
-    def __init__(self, name: str, message: str, details: str) -> None:
-        super().__init__(message)
-        self.name = name
-        self.details = details
-
-    @classmethod
-    def of(cls, node: RunningNode, reason: str) -> NodeFailed:
-        # The tail is read now, while it still shows what happened around the failure.
-        return cls(node.spec.name, f"{node.describe()} {reason}", node.log_tail())
-
-
-@dataclass(slots=True)
-class Supervision:
-    """What happened, filled in by whichever task ends the run first."""
-
-    running: list[RunningNode] = field(default_factory=list)
-    failed: NodeFailed | None = None
-    stop_signal: str | None = None
-    ready: bool = False
-
-
-async def _start_node(spec: DevNodeSpec) -> RunningNode:
-    try:
-        with spec.log_path.open("ab") as log:
-            header = f"=== dynctl dev up, {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(spec.argv)}\n"
-            log.write(header.encode())
-            log.flush()
-            offset = log.tell()
-            process = await trio.lowlevel.open_process(
-                list(spec.argv),
-                stdin=subprocess.DEVNULL,
-                # A file, not a pipe: a node must never block because nobody reads its log.
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-    except OSError as exc:
-        reason = f"{spec.name} could not be started: {exc.strerror or exc}"
-        raise NodeFailed(spec.name, reason, f"command: {shlex.join(spec.argv)}") from None
-    return RunningNode(spec, process, offset)
-
-
-async def _ping(session: Session, address: str, timeout_s: float) -> str:
-    async with session.open_client(address, timeout_s=timeout_s, agent=f"{AGENT} dev") as client:
-        return await client.ping()
-
-
-async def _wait_until_ready(session: Session, node: RunningNode, deadline_s: float = READY_DEADLINE_S) -> None:
-    """Poll ping until the node answers as itself; raise NodeFailed if it exits or the deadline passes."""
-    deadline = trio.current_time() + deadline_s
-    last_problem = "no answer"
-    while True:
-        code = node.process.poll()
-        if code is not None:
-            raise NodeFailed.of(node, f"exited with code {code} before it answered ping")
-        probe_timeout_s = max(0.05, min(PROBE_TIMEOUT_S, deadline - trio.current_time()))
-        try:
-            answered_as = await _ping(session, node.spec.address, probe_timeout_s)
-        except DynError as exc:
-            last_problem = str(exc)
-        else:
-            if answered_as != node.spec.name:
-                raise NodeFailed.of(node, f"is not what answers on its port: {answered_as!r} did")
-            return
-        if trio.current_time() >= deadline:
-            raise NodeFailed.of(node, f"did not answer ping within {deadline_s:g} s (last: {last_problem})")
-        await trio.sleep(PROBE_INTERVAL_S)  # the pause between polls; readiness is the ping itself
+async def _start_all(supervisor: Supervisor) -> None:
+    output = supervisor.output
+    # The first node must be up before the others ask it to let them join.
+    first, rest = supervisor.nodes[0], supervisor.nodes[1:]
+    await supervisor.launch(first, "dev up")
+    await wait_until_ready(supervisor.session, first)
+    output.note(f"{first.spec.name} is up on {first.spec.address}")
+    for node in rest:
+        await supervisor.launch(node, "dev up")
+    for node in rest:
+        await wait_until_ready(supervisor.session, node)
+        output.note(f"{node.spec.name} is up on {node.spec.address}")
 
 
 async def _wait_for_membership(
@@ -282,103 +192,53 @@ async def _wait_for_membership(
         await trio.sleep(MEMBERSHIP_POLL_INTERVAL_S)  # the pause between polls
 
 
-async def _watch(node: RunningNode, scope: trio.CancelScope, supervision: Supervision) -> None:
-    code = await node.process.wait()
-    if supervision.failed is None:
-        supervision.failed = NodeFailed.of(node, f"exited with code {code} while the cluster was running")
-    scope.cancel()
-
-
-async def _stop_on_signal(
-    signals: AsyncIterator[int], scope: trio.CancelScope, supervision: Supervision, output: Output
-) -> None:
-    async for signum in signals:
-        supervision.stop_signal = signal.Signals(signum).name
-        output.note(f"{supervision.stop_signal}: stopping the dev cluster")
-        scope.cancel()
-        return
-
-
-async def _stop_node(node: RunningNode, output: Output) -> None:
-    with trio.move_on_after(STOP_DEADLINE_S):
-        code = await node.process.wait()
-        if code == 0:
-            output.note(f"{node.spec.name} stopped")
-        else:
-            output.warn(f"{node.describe()} exited with code {code} when stopped\n{node.log_tail()}")
-        return
-    output.warn(f"{node.describe()} still running {STOP_DEADLINE_S:g} s after SIGTERM: sending SIGKILL")
-    node.process.kill()
-    await node.process.wait()
-
-
-async def stop_nodes(running: list[RunningNode], output: Output) -> None:
-    """SIGTERM every node still running (by its PID), wait, SIGKILL those that outlive the deadline."""
-    alive = [node for node in running if node.process.poll() is None]
-    if not alive:
-        return
-    output.note(f"stopping {', '.join(node.spec.name for node in alive)}")
-    for node in alive:
-        node.process.terminate()  # Popen.send_signal checks first that it has not reaped this PID
-    async with trio.open_nursery() as nursery:
-        for node in alive:
-            nursery.start_soon(_stop_node, node, output)
-
-
-async def _start_all(specs: list[DevNodeSpec], supervision: Supervision, session: Session) -> None:
-    output = session.output
-    # The first node must be up before the others ask it to let them join.
-    first, rest = specs[0], specs[1:]
-    node = await _start_node(first)
-    supervision.running.append(node)
-    await _wait_until_ready(session, node)
-    output.note(f"{first.name} is up on {first.address}")
-    for spec in rest:
-        supervision.running.append(await _start_node(spec))
-    for node in supervision.running[1:]:
-        await _wait_until_ready(session, node)
-        output.note(f"{node.spec.name} is up on {node.spec.address}")
-
-
-async def _run(
-    specs: list[DevNodeSpec], directory: Path, session: Session, scope: trio.CancelScope, supervision: Supervision
-) -> bool:
-    """Start the nodes and announce the cluster; False (after reporting) if a node failed."""
-    output = session.output
+async def _run(supervisor: Supervisor, directory: Path, dir_option: str) -> None:
+    """Start the nodes and announce the cluster; on a failure, end the run (after which dev up exits 3)."""
     try:
-        await _start_all(specs, supervision, session)
+        await _start_all(supervisor)
     except NodeFailed as failure:
-        supervision.failed = failure
-        scope.cancel()
-        return False
+        supervisor.fail(failure)
+        return
     # Every node must see every member (gossip converges within a few rounds), not just the first.
+    specs = [node.spec for node in supervisor.nodes]
     names = [spec.name for spec in specs]
     for spec in reversed(specs):
-        status, problem = await _wait_for_membership(session, spec.address, names)
+        status, problem = await _wait_for_membership(supervisor.session, spec.address, names)
         if problem is not None:
             break
-    supervision.ready = True
-    _announce(output, supervision.running, directory, status, problem)
-    return True
+    supervisor.ready = True
+    _announce(supervisor.output, supervisor.nodes, directory, status, problem, dir_option)
 
 
-async def supervise(specs: list[DevNodeSpec], directory: Path, session: Session) -> Supervision:
-    supervision = Supervision()
+async def _stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope, output: Output) -> None:
+    async for signum in signals:
+        output.note(f"{signal.Signals(signum).name}: stopping the dev cluster")
+        scope.cancel()
+        return
+
+
+async def supervise(
+    specs: list[DevNodeSpec], directory: Path, session: Session, control: socket.socket, dir_option: str
+) -> Supervisor:
+    """Run the cluster until Ctrl-C or SIGTERM (or a failure while it starts); then stop every node."""
     # Open before the first node starts: a signal at any moment from here on stops what has started.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        supervisor: Supervisor | None = None
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope, supervision, session.output)
-                if await _run(specs, directory, session, nursery.cancel_scope, supervision):
-                    for node in supervision.running:
-                        nursery.start_soon(_watch, node, nursery.cancel_scope, supervision)
+                supervisor = Supervisor(specs, session, nursery, dir_option)
+                nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope, session.output)
+                nursery.start_soon(supervisor.serve_control, control)
+                await _run(supervisor, directory, dir_option)
         finally:
-            if supervision.failed is not None:
-                session.output.error(str(supervision.failed))
-                session.output.note(supervision.failed.details)
-            with trio.CancelScope(shield=True):
-                await stop_nodes(supervision.running, session.output)
-    return supervision
+            if supervisor is not None:
+                if supervisor.failed is not None:
+                    session.output.error(str(supervisor.failed))
+                    session.output.note(supervisor.failed.details)
+                with trio.CancelScope(shield=True):
+                    await supervisor.stop_all()
+    assert supervisor is not None  # made before anything that can fail
+    return supervisor
 
 
 # ---- what the user sees ----
@@ -388,30 +248,30 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-def _node_document(node: RunningNode) -> dict[str, Any]:
+def _node_document(node: SupervisedNode) -> dict[str, Any]:
     return {
         "name": node.spec.name,
         "address": node.spec.address,
-        "pid": node.process.pid,
+        "pid": node.pid,
         "data_dir": str(node.spec.directory),
         "log": str(node.spec.log_path),
     }
 
 
-def _nodes_table(running: list[RunningNode], directory: Path) -> Table:
+def _nodes_table(nodes: list[SupervisedNode], directory: Path) -> Table:
     # Paths relative to the directory in the title: full paths would not fit a row.
-    title = f"dev cluster: {_count(len(running), 'node')} under {directory}"
+    title = f"dev cluster: {_count(len(nodes), 'node')} under {directory}"
     table = Table(title=title, title_justify="left", box=None, pad_edge=False)
     table.add_column("node", no_wrap=True)
     table.add_column("address", no_wrap=True)
     table.add_column("pid", justify="right")
     table.add_column("data", no_wrap=True)
     table.add_column("log", no_wrap=True)
-    for node in running:
+    for node in nodes:
         table.add_row(
             Text(node.spec.name),
             Text(node.spec.address),
-            str(node.process.pid),
+            str(node.pid or "-"),
             Text(f"{node.spec.directory.relative_to(directory)}/"),
             Text(str(node.spec.log_path.relative_to(directory))),
         )
@@ -431,34 +291,53 @@ def example_commands(addresses: list[str]) -> list[str]:
     ]
 
 
+def failover_commands(names: list[str], dir_option: str) -> list[str]:
+    """What to try to see the cluster survive a node's death: the last node dies, and comes back."""
+    victim = names[-1]
+    lines = [
+        (f"dynctl dev kill {victim}{dir_option}", "SIGKILL; the others keep serving"),
+        (f"dynctl dev status{dir_option}", "it is stopped; the others see it suspect, then dead"),
+        (f"dynctl dev start {victim}{dir_option}", "back on its data; the hints held for it drain"),
+    ]
+    width = max(len(command) for command, _ in lines)
+    return [f"{command.ljust(width)}   # {why}" for command, why in lines]
+
+
 def _announce(
     output: Output,
-    running: list[RunningNode],
+    nodes: list[SupervisedNode],
     directory: Path,
     status: ClusterStatusOk | None,
     problem: str | None,
+    dir_option: str,
 ) -> None:
     if output.json_mode:
         output.write_json(
             {
                 "directory": str(directory),
                 "secret_file": str(directory / SECRET_FILE_NAME),
-                "nodes": [_node_document(node) for node in running],
+                "nodes": [_node_document(node) for node in nodes],
                 "cluster": cluster.status_document(status) if status is not None else None,
                 "cluster_problem": problem,
             }
         )
     else:
-        output.write_table(_nodes_table(running, directory))
+        output.write_table(_nodes_table(nodes, directory))
         if status is not None:
             output.write_table(cluster.status_table(status))
     if problem is not None:
         output.warn(f"cluster status: {problem}")
-    output.note(f"ready: {_count(len(running), 'node')}; data and logs under {directory}")
+    output.note(f"ready: {_count(len(nodes), 'node')}; data and logs under {directory}")
     output.note(f"Follow the logs: tail -f {shlex.quote(str(directory))}/dev*/{LOG_FILE_NAME}")
-    examples = "\n".join(f"  {line}" for line in example_commands([node.spec.address for node in running]))
+    examples = "\n".join(f"  {line}" for line in example_commands([node.spec.address for node in nodes]))
     output.note(f"Try:\n{examples}")
-    output.note("Ctrl-C (or SIGTERM) stops every node.")
+    if len(nodes) > 1:
+        breaking = "\n".join(f"  {line}" for line in failover_commands([node.spec.name for node in nodes], dir_option))
+        output.note(f"Break it (from another terminal):\n{breaking}")
+    output.note("A node that dies is shown here and stays down until `dynctl dev start`; Ctrl-C (or SIGTERM) stops every node.")
+
+
+# ---- checks before anything starts ----
 
 
 def _port_in_use(port: int) -> bool:
@@ -480,11 +359,43 @@ def _check_plan(node_count: int, base_port: int, settings: CreationSettings) -> 
     for option, quorum in (("--r", settings.r), ("--w", settings.w)):
         if quorum is not None and quorum > replicas:
             raise typer.BadParameter(f"must be at most N ({replicas})", param_hint=f"'{option}'")
-    busy = [port for port in range(base_port, last_port + 1) if _port_in_use(port)]
+
+
+def _check_ports_free(node_count: int, base_port: int) -> None:
+    busy = [port for port in range(base_port, base_port + node_count) if _port_in_use(port)]
     if busy:
         raise typer.BadParameter(
             f"port(s) {', '.join(map(str, busy))} on {LOOPBACK} already in use (a dev cluster still running?)",
             param_hint="'--base-port'",
+        )
+
+
+def _check_no_earlier_run(root: Path, dir_option: str) -> None:
+    """Refuse a directory that a `dev up` still runs on, or whose nodes outlived their `dev up`
+    (killed with SIGKILL, say): two processes on one node's data would fight over it."""
+    try:
+        reply = ask(root / CONTROL_SOCKET_NAME, {"op": "status"}, SUPERVISOR_PROBE_DEADLINE_S)
+    except NoSupervisor:
+        pass
+    except ControlError as exc:
+        raise typer.BadParameter(f"something answers on {root / CONTROL_SOCKET_NAME}, but not as dev up does: {exc}", param_hint="'--dir'") from None
+    else:
+        raise typer.BadParameter(
+            f"a dev up (PID {reply.get('supervisor_pid')}) is already running on {root}: "
+            "stop it with Ctrl-C in its terminal, or give another --dir",
+            param_hint="'--dir'",
+        )
+    try:
+        earlier = read_state(root)
+    except DevClusterError:
+        return  # no earlier run, or one whose description is gone: nothing to tell apart
+    left = [(spec, identity) for spec in earlier.nodes if (identity := recorded_process(spec)) is not None]
+    if left:
+        running = ", ".join(f"{spec.name} (PID {identity.pid})" for spec, identity in left)
+        stops = "; ".join(f"dynctl dev stop {spec.name}{dir_option}" for spec, _ in left)
+        raise typer.BadParameter(
+            f"nodes of an earlier dev up on {root} still run without it: {running}. Stop them with: {stops}",
+            param_hint="'--dir'",
         )
 
 
@@ -505,12 +416,16 @@ def ensure_secret_file(directory: Path) -> tuple[Path, bool]:
     return path, True
 
 
-def _make_directories(specs: list[DevNodeSpec]) -> None:
-    for spec in specs:
-        try:
+def _prepare_directory(root: Path, specs: list[DevNodeSpec]) -> socket.socket:
+    """Make the node directories, record the cluster in DIR/cluster.json, and listen on DIR/control.sock."""
+    try:
+        for spec in specs:
             spec.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise typer.BadParameter(f"cannot create {spec.directory}: {exc.strerror or exc}", param_hint="'--dir'") from None
+        write_state(ClusterState(root, os.getpid(), tuple(specs)))
+        return bind_control_socket(root / CONTROL_SOCKET_NAME)
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else f" in {root}"
+        raise typer.BadParameter(f"cannot prepare{where}: {exc.strerror or exc}", param_hint="'--dir'") from None
 
 
 def _sole_exit(group: BaseExceptionGroup) -> typer.Exit | None:  # type: ignore[type-arg]
@@ -561,31 +476,42 @@ def up(
     gets --secret-file DIR/secret, a cluster secret made (mode 0600) on the first run. Running it
     again on the same DIR restarts the same nodes on their data and secret. When every node answers, the
     cluster's status and some commands to try are printed; with --json, one JSON document
-    describing the nodes. On Ctrl-C every node is stopped (SIGTERM, then SIGKILL after
-    10 s); if a node dies, the others are stopped too, and its log's tail is printed.
+    describing the nodes. A node that dies is reported with its log's tail and stays down while
+    the others keep serving; from another terminal, `dynctl dev status`, `start`, `stop`, `kill`,
+    `pause` and `resume` act on the nodes. On Ctrl-C every node is stopped (SIGTERM, then SIGKILL
+    after 10 s). If a node fails while the cluster starts, the others are stopped too.
     """
     session: Session = ctx.obj
     output = session.output
     settings = creation_settings(nodes, replicas, r, w)
     _check_plan(nodes, base_port, settings)
+    root = directory.expanduser().resolve()
+    dir_option = dev_manage.dir_option(directory)
+    _check_no_earlier_run(root, dir_option)
+    _check_ports_free(nodes, base_port)
     if settings.replicas is not None and settings.replicas > nodes:
         output.warn(f"N={settings.replicas} with {nodes} nodes: keys have fewer than N replicas until more nodes join")
-    root = directory.expanduser().resolve()
     secret_path = root / SECRET_FILE_NAME
     specs = plan_cluster(nodes, root, base_port, settings, secret_file=secret_path)
-    _make_directories(specs)
-    _, made = ensure_secret_file(root)
-    output.note(f"cluster secret: {secret_path} ({'new' if made else 'kept from an earlier run'}; every node has --secret-file {secret_path})")
-
+    control = _prepare_directory(root, specs)
     try:
-        supervision = trio.run(supervise, specs, root, session)
-    except BaseExceptionGroup as group:
-        sole_exit = _sole_exit(group)
-        if sole_exit is None:
-            raise
-        raise sole_exit from None
-    if supervision.failed is not None:
-        output.abort(f"the dev cluster stopped because {supervision.failed.name} failed", ExitCode.UNREACHABLE)
-    if not supervision.ready:
+        _, made = ensure_secret_file(root)
+        output.note(f"cluster secret: {secret_path} ({'new' if made else 'kept from an earlier run'}; every node has --secret-file {secret_path})")
+        try:
+            supervisor = trio.run(supervise, specs, root, session, control, dir_option)
+        except BaseExceptionGroup as group:
+            sole_exit = _sole_exit(group)
+            if sole_exit is None:
+                raise
+            raise sole_exit from None
+    finally:
+        control.close()
+        (root / CONTROL_SOCKET_NAME).unlink(missing_ok=True)
+    if supervisor.failed is not None:
+        output.abort(f"the dev cluster stopped because {supervisor.failed.name} failed", ExitCode.UNREACHABLE)
+    if not supervisor.ready:
         output.note("stopped before the cluster was ready")
     output.note("dev cluster stopped; start it again with the same --dir to keep its data")
+
+
+dev_manage.register(app)

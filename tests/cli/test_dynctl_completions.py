@@ -42,7 +42,7 @@ def test_the_app_has_the_commands_the_completions_know() -> None:
         "", "get", "put", "delete", "bench", "repair", "backup", "stats", "info", "health", "top", "log-level",
         "cluster join", "cluster leave", "cluster remove", "cluster status", "cluster transfers",
         "ring status", "ring key",
-        "dev up",
+        "dev up", "dev status", "dev start", "dev stop", "dev kill", "dev pause", "dev resume",
     }
 
 
@@ -107,6 +107,10 @@ def bash_completions(line: str) -> list[str]:
         ("dynctl --node 127.0.0.1:7400 cluster join --", {"--dry-run", "--help", *GLOBAL}),
         ("dynctl dev up --", {"--nodes", "--dir", "--base-port", "--n", "--r", "--w", "--help", *GLOBAL}),
         ("dynctl dev up --nodes 3 --r", {"--r"}),
+        ("dynctl dev ", {"up", "status", "start", "stop", "kill", "pause", "resume", "--help", "-h"}),
+        ("dynctl dev st", {"status", "start", "stop"}),
+        ("dynctl dev status --", {"--dir", "--help"}),
+        ("dynctl dev kill --", {"--dir", "--help"}),
         ("dynctl dev up --base-port ", set()),
         ("dynctl log-level W", {"WARNING"}),
         ("dynctl log-level --", {"--help", *GLOBAL}),
@@ -120,6 +124,16 @@ def bash_completions(line: str) -> list[str]:
 )
 def test_bash_completion(line: str, expected: set[str]) -> None:
     assert set(bash_completions(line)) == expected
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_bash_completes_dev_node_names_from_the_dev_directory(tmp_path: Path) -> None:
+    for name in ("dev1", "dev2", "dev10"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "dev-notes").write_text("a file, not a node")
+    assert set(bash_completions(f"dynctl dev kill --dir {tmp_path} ")) == {"dev1", "dev2", "dev10"}
+    assert set(bash_completions(f"dynctl --json dev start --dir {tmp_path} dev1")) == {"dev1", "dev10"}
+    assert bash_completions(f"dynctl dev stop --dir {tmp_path} dev1 ") == []  # one node per command
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
