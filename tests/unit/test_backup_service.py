@@ -153,6 +153,7 @@ async def test_the_backup_is_one_snapshot_while_writes_go_on(tmp_path: Path) -> 
         fill(node.store, keys=2000)
         node.store.write([PutObject(0, b"pair-a", b"0"), PutObject(1, b"pair-b", b"0")])
         stop = threading.Event()
+        writing = threading.Event()  # two batches committed: the writer runs
         generations: list[int] = []
 
         def write_pairs() -> None:
@@ -161,11 +162,16 @@ async def test_the_backup_is_one_snapshot_while_writes_go_on(tmp_path: Path) -> 
                 generation += 1
                 value = str(generation).encode() * 500
                 node.store.write([PutObject(0, b"pair-a", value), PutObject(1, b"pair-b", value)])
+                if generation == 2:
+                    writing.set()
             generations.append(generation)
 
         writer = threading.Thread(target=write_pairs)
         writer.start()
         try:
+            with trio.fail_after(30):
+                while not writing.is_set():
+                    await trio.sleep(0.01)  # poll: a thread's event, with a deadline
             async with node.admin() as conn:
                 started = await ask(conn, messages.BackupStart(id=1))
                 data, _ = await read_all(conn, started.backup)
@@ -183,7 +189,8 @@ async def test_the_backup_is_one_snapshot_while_writes_go_on(tmp_path: Path) -> 
     env.close()
     assert pair[0] is not None
     assert pair[0] == pair[1], "the two keys of one batch at different generations: not one snapshot"
-    assert generations[0] > 1
+    copied_generation = int(pair[0][: len(pair[0]) // 500])
+    assert 2 <= copied_generation <= generations[0], "the copy holds a batch the writer made while it ran"
 
 
 async def test_a_read_sent_the_moment_the_start_is_answered_finds_the_backup(tmp_path: Path) -> None:
