@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from dynd.protocol.errors import DynError, Overloaded, ShuttingDown, StorageFull
-from dynd.shell.commit_engines import ThreadEngine, WriterProcessEngine
+from dynd.shell.commit_engines import CommitThreadEngine, ThreadEngine, WriterProcessEngine
 from dynd.shell.committer import GroupCommitter
 from dynd.storage.base import DeleteObject, PutMeta, PutObject, WriteOp
 from dynd.storage.lmdb_store import LmdbStore
@@ -138,6 +138,31 @@ async def test_the_writer_process_commits_reports_errors_and_survives_its_own_de
     finally:
         await engine.aclose()
         reader.close()
+
+
+async def test_the_commit_thread_commits_reports_errors_and_drains_on_close(tmp_path: Path) -> None:
+    store = LmdbStore(str(tmp_path / "lmdb"), map_bytes=1024 * 1024)
+    engine = CommitThreadEngine(store)
+    try:
+        await engine.start()
+        await engine.commit([PutObject(2, b"k", b"v"), PutMeta("m", b"x")])
+        assert store.get_object(2, b"k") == b"v"
+        with pytest.raises(StorageFull):
+            await engine.commit([PutObject(2, b"big%d" % i, b"x" * 4000) for i in range(400)])
+        assert store.get_object(2, b"big0") is None, "a failed batch applies nothing"
+        await engine.commit([DeleteObject(2, b"k")])  # the thread carries on after a failure
+        assert store.get_object(2, b"k") is None
+        thread = engine._thread
+        assert thread is not None and thread.is_alive()
+        # A commit whose task is cancelled still lands, and the task hears of it (it cannot leave early).
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await engine.commit([PutObject(3, b"late", b"v")])
+        assert store.get_object(3, b"late") == b"v"
+    finally:
+        await engine.aclose()
+    assert not thread.is_alive()
+    store.close()
 
 
 async def test_a_writer_that_dies_mid_commit_is_reported_not_taken_for_success(tmp_path: Path) -> None:
