@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--commit-engine",
         dest="commit_engine",
         choices=list(COMMIT_ENGINES),
-        help="who commits to LMDB: a thread of this process (default) or a writer process",
+        help="who commits to LMDB: a writer process (default) or a thread of this process",
     )
     parser.add_argument("--version", action="version", version=f"dynd {__version__}")
     return parser

@@ -12,7 +12,7 @@
     join = ""                   # on first start, join the cluster of the node at HOST:PORT
     metrics_listen = ""         # HOST:PORT serving GET /metrics (Prometheus); off when empty
     metrics = true              # false: no latency histograms or request counters (to measure their cost)
-    commit_engine = "thread"    # who commits to LMDB: "thread" (in this process) or "process" (a writer child)
+    commit_engine = "process"   # who commits to LMDB: "process" (a writer child) or "thread" (in this process)
 
     [security]                  # DESIGN.md section 6a; man dynd(8), SECURITY
     cluster_secret_file = ""    # hex secrets, one or two lines (openssl rand -hex 32); mode 0600
@@ -76,7 +76,7 @@ class Config:
     join: str = ""
     metrics_listen: str = ""  # "" : no metrics endpoint
     metrics: bool = True  # False: the node keeps no latency histograms or request counters
-    commit_engine: str = "thread"  # one of COMMIT_ENGINES: see dynd.shell.commit_engines
+    commit_engine: str = "process"  # one of COMMIT_ENGINES: see dynd.shell.commit_engines
     partitions: int | None = None  # None: the cluster's (when joining or restarting), else DEFAULT_PARTITIONS
     replicas: int = 3
     r: int = 2
