@@ -5,15 +5,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import cbor2
 import pytest
 import trio
 
 from dynd.protocol.errors import DynError, Overloaded, ShuttingDown, StorageFull
 from dynd.shell.commit_engines import CommitThreadEngine, ThreadEngine, WriterProcessEngine
 from dynd.shell.committer import GroupCommitter
-from dynd.storage.base import DeleteObject, PutMeta, PutObject, WriteOp
+from dynd.protocol.framing import encode_frame
+from dynd.storage.base import DeleteHint, DeleteObject, PutHint, PutMeta, PutObject, WriteOp
 from dynd.storage.lmdb_store import LmdbStore
 from dynd.storage.memory import MemoryStore
+from dynd.storage.writer import decode_batch, encode_batch
 
 
 class GatedEngine:
@@ -253,3 +256,26 @@ async def test_the_object_cache_keeps_to_its_byte_limit_dropping_the_oldest(nurs
     assert committer.read_object(0, b"huge") == bytes(limit)
     assert reader.reads == 2, "an object larger than the whole cache is never kept"
     await committer.aclose()
+
+
+def test_a_batch_for_the_writer_process_is_the_cbor_of_its_ops_and_decodes_back() -> None:
+    ops: list[WriteOp] = [
+        PutObject(0, b"k", b"v" * 1500),
+        DeleteObject(65535, b"gone"),
+        PutHint("n2", 300, b"hinted", b"\x00" * 30),
+        DeleteHint("n\u00e9", 7, b""),
+        PutMeta("ring", b""),
+    ]
+    plain = [
+        ["po", 0, b"k", b"v" * 1500],
+        ["do", 65535, b"gone"],
+        ["ph", "n2", 300, b"hinted", b"\x00" * 30],
+        ["dh", "n\u00e9", 7, b""],
+        ["pm", "ring", b""],
+    ]
+    framed = encode_batch(ops)
+    assert framed == encode_frame(cbor2.dumps(plain)), "the hand-built frame is exactly cbor2's"
+    assert decode_batch(framed[4:]) == ops
+    assert encode_batch([]) == encode_frame(cbor2.dumps([]))
+    with pytest.raises(TypeError):
+        encode_batch([("po", 0, b"k", b"v")])  # type: ignore[list-item]
