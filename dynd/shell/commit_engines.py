@@ -4,8 +4,8 @@ A running node uses one of two for its LMDB store, chosen by `[node] commit_engi
 
 - `CommitThreadEngine` ("thread"): one long-lived thread in the node's process owns every write
   transaction. A commit hands it the ops through a queue and the trio task sleeps until the thread
-  reports back through the trio token; nothing is encoded, copied or sent through the kernel on the
-  way, and the ops' bytes go straight to LMDB.
+  reports back through the trio token; nothing is encoded or sent through the kernel on the way,
+  and LMDB takes the ops' bytes as they are.
 - `WriterProcessEngine` ("process"): a child process fed over a pipe (`dynd.storage.writer`), whose
   disk waits and B-tree work never contend with the event loop for the GIL, at the price of
   encoding each batch, two pipe trips per commit and a second process's CPU.
@@ -63,9 +63,8 @@ class CommitThreadEngine:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._requests: queue.SimpleQueue[tuple[list[WriteOp], trio.lowlevel.Task] | None] = queue.SimpleQueue()
+        self._requests: _Requests = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._token: trio.lowlevel.TrioToken | None = None
 
     async def start(self) -> None:
         """Start the thread and check the store takes a (empty) transaction."""
@@ -73,10 +72,13 @@ class CommitThreadEngine:
 
     def _ensure_thread(self) -> None:
         if self._thread is None:
-            self._token = trio.lowlevel.current_trio_token()
-            # A daemon thread: a node killed mid-commit must not wait on it (LMDB drops the
-            # uncommitted transaction, which nobody was told had landed).
-            self._thread = threading.Thread(target=self._serve, name="dynd-commit", daemon=True)
+            # Each thread has a queue of its own, so a thread started after `aclose` never takes
+            # the stop meant for the one before it. A daemon thread: should the node exit without
+            # `aclose`, the interpreter must not wait on it forever (whatever it had not committed
+            # was never acknowledged).
+            self._requests = queue.SimpleQueue()
+            args = (self._requests, trio.lowlevel.current_trio_token())
+            self._thread = threading.Thread(target=self._serve, args=args, name="dynd-commit", daemon=True)
             self._thread.start()
 
     async def commit(self, ops: list[WriteOp]) -> None:
@@ -84,11 +86,9 @@ class CommitThreadEngine:
         self._requests.put((ops, trio.lowlevel.current_task()))
         await trio.lowlevel.wait_task_rescheduled(_cannot_abort)  # raises what the thread's outcome holds
 
-    def _serve(self) -> None:
-        token = self._token
-        assert token is not None
+    def _serve(self, requests: _Requests, token: trio.lowlevel.TrioToken) -> None:
         while True:
-            request = self._requests.get()
+            request = requests.get()
             if request is None:
                 return
             ops, task = request
@@ -113,6 +113,9 @@ class CommitThreadEngine:
             return
         self._requests.put(None)
         await trio.to_thread.run_sync(thread.join)
+
+
+_Requests = queue.SimpleQueue[tuple[list[WriteOp], trio.lowlevel.Task] | None]  # None: stop
 
 
 def _cannot_abort(_raise_cancel: Any) -> trio.lowlevel.Abort:

@@ -165,7 +165,12 @@ async def test_the_commit_thread_commits_reports_errors_and_drains_on_close(tmp_
     finally:
         await engine.aclose()
     assert not thread.is_alive()
-    store.close()
+    try:
+        await engine.commit([PutObject(3, b"after", b"v")])  # a commit after close starts a new thread
+        assert store.get_object(3, b"after") == b"v"
+    finally:
+        await engine.aclose()
+        store.close()
 
 
 async def test_a_writer_that_dies_mid_commit_is_reported_not_taken_for_success(tmp_path: Path) -> None:
