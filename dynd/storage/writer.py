@@ -8,8 +8,8 @@ gets it back, so a writer thread in the node's own process spent most of each co
 the GIL (measured: 43 commits/s beside a busy loop, against about 1,000/s alone). A child process
 has a GIL of its own. The node can commit on a thread instead (`[node] commit_engine = "thread"`,
 `dynd.shell.commit_engines.CommitThreadEngine`): on a loaded 2-core machine, with group commit
-taking everything queued, the two inserted at the same rate and the thread cost 2-5% more server
-CPU per insert, so the process stays the default.
+taking everything queued, the thread inserted at 0.97-1.01x the process's rate with 0-5% more
+server CPU per insert (three interleaved runs), so the process stays the default.
 
 Protocol on stdin/stdout, with the node's framing (4-byte length + CBOR): the parent sends
 [op, ...] lists, one batch per frame; the child answers each with [] when the batch is durable, or
