@@ -32,11 +32,11 @@ from dataclasses import dataclass
 import trio
 
 from dynd import __version__
-from dynd.config import Config, ConfigError, check_metrics_listen, check_protected_mode, load_config, load_credentials
+from dynd.config import COMMIT_ENGINES, Config, ConfigError, check_metrics_listen, check_protected_mode, load_config, load_credentials
 from dynd.protocol.auth import ADMIN, CLIENT, Keyring, TokenTable
 from dynd.protocol.address import format_address, parse_address
 from dynd.protocol.errors import DynError, Unauthorized
-from dynd.shell.commit_engines import WriterProcessEngine
+from dynd.shell.commit_engines import CommitThreadEngine, WriterProcessEngine
 from dynd.shell.committer import GroupCommitter
 from dynd.core.cluster import MEMBERSHIP_META
 from dynd.core.membership import JOIN, Membership
@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-metrics", dest="metrics", action="store_const", const=False, help="keep no latency histograms or request counters (to measure what they cost)"
     )
+    parser.add_argument(
+        "--commit-engine",
+        dest="commit_engine",
+        choices=list(COMMIT_ENGINES),
+        help="who commits to LMDB: a writer process (default) or a thread of this process",
+    )
     parser.add_argument("--version", action="version", version=f"dynd {__version__}")
     return parser
 
@@ -140,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         "trusted_network": args.trusted_network,
         "metrics_listen": args.metrics_listen,
         "metrics": args.metrics,
+        "commit_engine": args.commit_engine,
     }
     try:
         config = load_config(args.config, overrides)
@@ -474,7 +481,11 @@ async def serve(config: Config, security: Security) -> None:
             await ports.aclose()
         raise
     store = at_start.store
-    engine = WriterProcessEngine(store.path, config.limits.lmdb_map_bytes)
+    engine: CommitThreadEngine | WriterProcessEngine
+    if config.commit_engine == "process":
+        engine = WriterProcessEngine(store.path, config.limits.lmdb_map_bytes)
+    else:
+        engine = CommitThreadEngine(store)
     try:
         membership, stored_membership = await initial_membership(config, store, security)
         try:
@@ -500,7 +511,7 @@ async def run_node(
     config: Config,
     security: Security,
     store: LmdbStore,
-    engine: WriterProcessEngine,
+    engine: CommitThreadEngine | WriterProcessEngine,
     ports: BoundPorts,
     membership: Membership,
     actor: str,

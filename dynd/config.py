@@ -12,6 +12,7 @@
     join = ""                   # on first start, join the cluster of the node at HOST:PORT
     metrics_listen = ""         # HOST:PORT serving GET /metrics (Prometheus); off when empty
     metrics = true              # false: no latency histograms or request counters (to measure their cost)
+    commit_engine = "process"   # who commits to LMDB: "process" (a writer child) or "thread" (in this process)
 
     [security]                  # DESIGN.md section 6a; man dynd(8), SECURITY
     cluster_secret_file = ""    # hex secrets, one or two lines (openssl rand -hex 32); mode 0600
@@ -55,6 +56,7 @@ from dynd.protocol.auth import EMPTY_TOKENS, AuthConfigError, Keyring, TokenTabl
 NODE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")  # dynd.shell.logs writes them
+COMMIT_ENGINES = ("thread", "process")  # dynd.shell.commit_engines: CommitThreadEngine, WriterProcessEngine
 DEFAULT_PARTITIONS = 256
 
 
@@ -74,6 +76,7 @@ class Config:
     join: str = ""
     metrics_listen: str = ""  # "" : no metrics endpoint
     metrics: bool = True  # False: the node keeps no latency histograms or request counters
+    commit_engine: str = "process"  # one of COMMIT_ENGINES: see dynd.shell.commit_engines
     partitions: int | None = None  # None: the cluster's (when joining or restarting), else DEFAULT_PARTITIONS
     replicas: int = 3
     r: int = 2
@@ -112,7 +115,7 @@ class Config:
 
 
 _SECTIONS: dict[str, dict[str, type]] = {
-    "node": {"name": str, "listen": str, "data_dir": str, "log_level": str, "log_format": str, "advertise": str, "seeds": list, "join": str, "metrics_listen": str, "metrics": bool},
+    "node": {"name": str, "listen": str, "data_dir": str, "log_level": str, "log_format": str, "advertise": str, "seeds": list, "join": str, "metrics_listen": str, "metrics": bool, "commit_engine": str},
     "cluster": {"partitions": int, "replicas": int, "r": int, "w": int},
     "security": {
         "cluster_secret_file": str,
@@ -190,6 +193,8 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"listen address: {exc}") from None
     if config.log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+    if config.commit_engine not in COMMIT_ENGINES:
+        raise ConfigError(f"commit_engine must be one of {', '.join(COMMIT_ENGINES)}, not {config.commit_engine!r}")
     if config.log_format not in LOG_FORMATS:
         raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}, not {config.log_format!r}")
     try:

@@ -15,8 +15,9 @@ entry is replaced when a write to its key commits, and dropped when a commit of 
 
 A failed commit (a full map, a disk error) fails every completion of that batch; its writes stop
 being visible (reads see the store again, unless a write queued since replaced them). Engines
-(`dynd.shell.commit_engines`): a writer process for LMDB, whose disk waits and B-tree work never
-contend with the event loop for the GIL, and a worker thread for the in-memory store.
+(`dynd.shell.commit_engines`): for LMDB a writer process, whose disk waits and B-tree work never
+contend with the event loop for the GIL, or a long-lived commit thread (`[node] commit_engine`);
+a worker thread for the in-memory store.
 """
 
 from __future__ import annotations

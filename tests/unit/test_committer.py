@@ -5,15 +5,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import cbor2
 import pytest
 import trio
 
 from dynd.protocol.errors import DynError, Overloaded, ShuttingDown, StorageFull
-from dynd.shell.commit_engines import ThreadEngine, WriterProcessEngine
+from dynd.shell.commit_engines import CommitThreadEngine, ThreadEngine, WriterProcessEngine
 from dynd.shell.committer import GroupCommitter
-from dynd.storage.base import DeleteObject, PutMeta, PutObject, WriteOp
+from dynd.protocol.framing import encode_frame
+from dynd.storage.base import DeleteHint, DeleteObject, PutHint, PutMeta, PutObject, WriteOp
 from dynd.storage.lmdb_store import LmdbStore
 from dynd.storage.memory import MemoryStore
+from dynd.storage.writer import decode_batch, encode_batch
 
 
 class GatedEngine:
@@ -140,6 +143,36 @@ async def test_the_writer_process_commits_reports_errors_and_survives_its_own_de
         reader.close()
 
 
+async def test_the_commit_thread_commits_reports_errors_and_drains_on_close(tmp_path: Path) -> None:
+    store = LmdbStore(str(tmp_path / "lmdb"), map_bytes=1024 * 1024)
+    engine = CommitThreadEngine(store)
+    try:
+        await engine.start()
+        await engine.commit([PutObject(2, b"k", b"v"), PutMeta("m", b"x")])
+        assert store.get_object(2, b"k") == b"v"
+        with pytest.raises(StorageFull):
+            await engine.commit([PutObject(2, b"big%d" % i, b"x" * 4000) for i in range(400)])
+        assert store.get_object(2, b"big0") is None, "a failed batch applies nothing"
+        await engine.commit([DeleteObject(2, b"k")])  # the thread carries on after a failure
+        assert store.get_object(2, b"k") is None
+        thread = engine._thread
+        assert thread is not None and thread.is_alive()
+        # A commit whose task is cancelled still lands, and the task hears of it (it cannot leave early).
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await engine.commit([PutObject(3, b"late", b"v")])
+        assert store.get_object(3, b"late") == b"v"
+    finally:
+        await engine.aclose()
+    assert not thread.is_alive()
+    try:
+        await engine.commit([PutObject(3, b"after", b"v")])  # a commit after close starts a new thread
+        assert store.get_object(3, b"after") == b"v"
+    finally:
+        await engine.aclose()
+        store.close()
+
+
 async def test_a_writer_that_dies_mid_commit_is_reported_not_taken_for_success(tmp_path: Path) -> None:
     engine = WriterProcessEngine(str(tmp_path / "lmdb"), 1024 * 1024)
     engine._argv = [sys.executable, "-c", "import sys; sys.stdin.buffer.read(4); sys.exit(3)"]
@@ -228,3 +261,26 @@ async def test_the_object_cache_keeps_to_its_byte_limit_dropping_the_oldest(nurs
     assert committer.read_object(0, b"huge") == bytes(limit)
     assert reader.reads == 2, "an object larger than the whole cache is never kept"
     await committer.aclose()
+
+
+def test_a_batch_for_the_writer_process_is_the_cbor_of_its_ops_and_decodes_back() -> None:
+    ops: list[WriteOp] = [
+        PutObject(0, b"k", b"v" * 1500),
+        DeleteObject(65535, b"gone"),
+        PutHint("n2", 300, b"hinted", b"\x00" * 30),
+        DeleteHint("n\u00e9", 7, b""),
+        PutMeta("ring", b""),
+    ]
+    plain = [
+        ["po", 0, b"k", b"v" * 1500],
+        ["do", 65535, b"gone"],
+        ["ph", "n2", 300, b"hinted", b"\x00" * 30],
+        ["dh", "n\u00e9", 7, b""],
+        ["pm", "ring", b""],
+    ]
+    framed = encode_batch(ops)
+    assert framed == encode_frame(cbor2.dumps(plain)), "the hand-built frame is exactly cbor2's"
+    assert decode_batch(framed[4:]) == ops
+    assert encode_batch([]) == encode_frame(cbor2.dumps([]))
+    with pytest.raises(TypeError):
+        encode_batch([("po", 0, b"k", b"v")])  # type: ignore[list-item]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dynd.cli import next_boot, reload_credentials, secret_id
-from dynd.config import ConfigError, Credentials, check_protected_mode, load_config, load_credentials
+from dynd.config import Config, ConfigError, Credentials, check_protected_mode, load_config, load_credentials
 from dynd.core.limits import Limits
 from dynd.protocol.auth import EMPTY_TOKENS, Keyring, new_secret_text
 from dynd.shell.security import Security
@@ -43,6 +43,8 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ("[limits]\nkey_bytes_max = 600\n", "LMDB"),
         ("[cluster]\npartitions = 100\n", "power of two"),
         ('[node]\nlog_format = "xml"\n', "log_format must be one of text, json"),
+        ('[node]\ncommit_engine = "fork"\n', "commit_engine must be one of thread, process"),
+        ("[node]\ncommit_engine = 1\n", "commit_engine must be str"),
     ],
 )
 def test_bad_config_is_refused_with_the_reason(tmp_path: Path, text: str, fragment: str) -> None:
@@ -57,6 +59,14 @@ def test_bad_config_is_refused_with_the_reason(tmp_path: Path, text: str, fragme
 def test_bad_flags_are_refused(override: dict[str, str], fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         load_config(None, {**BASE, **override})
+
+
+def test_commit_engine_comes_from_the_file_or_the_flag(tmp_path: Path) -> None:
+    assert load_config(None, BASE).commit_engine == Config().commit_engine
+    path = write(tmp_path, '[node]\ncommit_engine = "process"\n')
+    assert load_config(path, BASE).commit_engine == "process"
+    assert load_config(path, {**BASE, "commit_engine": "thread"}).commit_engine == "thread"
+    assert load_config(path, {**BASE, "commit_engine": None}).commit_engine == "process"
 
 
 def test_log_format_comes_from_the_file_or_the_flag(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """The Storage port's conformance checks (`dynd.testing.storage_conformance`) against every
-implementation: the daemon's port (CommitterStorage over the group committer, its writer process and
-LMDB), the simulator's disk and the test double.
+implementation: the daemon's port (CommitterStorage over the group committer, either commit engine
+(its commit thread or its writer process) and LMDB), the simulator's disk and the test double.
 
 (`test_store_conformance.py` checks the layer below, the `Store` engines.)
 """
@@ -19,7 +19,7 @@ import trio
 from dynd.core.merkle import Forest
 from dynd.core.tracked_storage import TrackedStorage
 from dynd.protocol.errors import Internal
-from dynd.shell.commit_engines import WriterProcessEngine
+from dynd.shell.commit_engines import CommitThreadEngine, WriterProcessEngine
 from dynd.shell.committer import GroupCommitter
 from dynd.shell.storage_port import CommitterStorage
 from dynd.sim.disk import DISK_ERROR, DISK_FULL, SimDisk
@@ -39,10 +39,10 @@ COMMIT_WAIT_S = 30  # a generous bound for a writer process on a loaded machine;
 
 
 class FaultyEngine:
-    """The daemon's writer-process engine, which can be told to fail its next commit; it wakes
+    """One of the daemon's commit engines, which can be told to fail its next commit; it wakes
     whoever waits for a commit to settle."""
 
-    def __init__(self, inner: WriterProcessEngine) -> None:
+    def __init__(self, inner: CommitThreadEngine | WriterProcessEngine) -> None:
         self.inner = inner
         self.fail_next = False
         self.settled = trio.Event()
@@ -78,14 +78,15 @@ class CommitterHarness:
         self.committer.pending_writes_max = 0  # its Overloaded refusal
 
 
-def daemon_port(tmp_path: Path) -> StorageFactory:
+def daemon_port(tmp_path: Path, commit_engine: str) -> StorageFactory:
     paths = (str(tmp_path / f"lmdb{n}") for n in itertools.count())
 
     @asynccontextmanager
     async def build() -> AsyncIterator[StorageHarness]:
         path = next(paths)
         store = LmdbStore(path, map_bytes=MAP_BYTES)
-        engine = FaultyEngine(WriterProcessEngine(path, MAP_BYTES))
+        inner = CommitThreadEngine(store) if commit_engine == "thread" else WriterProcessEngine(path, MAP_BYTES)
+        engine = FaultyEngine(inner)
         try:
             await engine.inner.start()
             committer = GroupCommitter(store, engine, pending_writes_max=1_000, object_cache_bytes_max=1 << 20)
@@ -187,10 +188,10 @@ async def tracked() -> AsyncIterator[StorageHarness]:
 # ---- the checks, on each ----
 
 
-@pytest.fixture(params=["daemon", "sim", "double", "tracked"])
+@pytest.fixture(params=["daemon-thread", "daemon-process", "sim", "double", "tracked"])
 def factory(request: pytest.FixtureRequest, tmp_path: Path) -> StorageFactory:
-    if request.param == "daemon":
-        return daemon_port(tmp_path)
+    if request.param.startswith("daemon-"):
+        return daemon_port(tmp_path, request.param.removeprefix("daemon-"))
     return {"sim": sim_disk, "double": double, "tracked": tracked}[request.param]
 
 
