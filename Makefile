@@ -23,11 +23,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python tests/bench/foundation.py
 
-# dynd (3 nodes) beside etcd (3 members, when installed) and the echo ceiling; ROUNDS, SECONDS.
-ROUNDS ?= 2
-SECONDS ?= 8
+# dynd (3 nodes) beside etcd (3 members, when installed) and the echo ceiling.
+PEERS_ROUNDS ?= 2
+PEERS_SECONDS ?= 8
 peers: $(STAMP)
-	$(BIN)/python tests/bench/peers.py --rounds $(ROUNDS) --seconds $(SECONDS)
+	$(BIN)/python tests/bench/peers.py --rounds $(PEERS_ROUNDS) --seconds $(PEERS_SECONDS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
