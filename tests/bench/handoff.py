@@ -4,9 +4,9 @@
 
 For each size: starts a fresh 3-node cluster (N=3 R=2 W=2, default settings: transfer pacing and
 limits as shipped), loads that many fresh keys with the routed, pipelined loader, then starts a 4th
-node with --join and times from its start until `cluster transfers` (asked of the first node, which
-gathers every member's view) shows every member answering and no partition transfer pending, after
-the 4th node is a joined member and some transfer was seen. Bytes moved: the growth of the
+node with --join and times from its start until all four nodes hold the same ring, one that gives
+the 4th node partitions, and `cluster transfers` (asked of the first node, which gathers every
+member's view) shows all four answering and no partition transfer pending. Bytes moved: the growth of the
 `handoff_bytes` counters of all four nodes. Prints seconds, keys and MB moved, MB/s, and seconds per
 1,000 keys of the cluster, which stays flat when handoff time grows linearly with the data.
 The cluster is idle during the handoff (no foreground load), so pacing never holds it back.
@@ -41,6 +41,19 @@ def handoff_bytes(addresses: list[str]) -> int:
     return total
 
 
+def rings_agree_with(addresses: list[str], newcomer: str) -> bool:
+    """Every node has the same ring and it gives the newcomer partitions: each old owner knows
+    what it must hand off, so "nothing pending" from then on means the handoff is done."""
+    versions = set()
+    for address in addresses:
+        with BlockingClient(address) as client:
+            ring = client.ring()
+        if newcomer not in ring.owners:
+            return False
+        versions.add(ring.version)
+    return len(versions) == 1
+
+
 def measure(size: int, value_size: int, deadline_s: float, scratch: Path) -> tuple[float, int, int, float]:
     """(seconds, bytes moved, keys sent, load seconds) for one size."""
     import subprocess
@@ -60,23 +73,20 @@ def measure(size: int, value_size: int, deadline_s: float, scratch: Path) -> tup
             procs.append(subprocess.Popen(argv, cwd=ROOT, stderr=log, stdin=subprocess.DEVNULL))
         started = time.monotonic()
         newcomer = f"s{size}-3"
-        seen_transfer = False
+        everyone = [*addresses, f"{HOST}:{port}"]
         with BlockingClient(addresses[0]) as client:
             while True:
                 if time.monotonic() - started > deadline_s:
                     raise RuntimeError(f"handoff of {size} keys not done within {deadline_s:g} s")
                 try:
-                    view = client.cluster_transfers()
-                    members = {m.node: m.status for m in client.cluster_status().members}
+                    settled = rings_agree_with(everyone, newcomer)
+                    view = client.cluster_transfers() if settled else None
                 except DynError:
-                    time.sleep(POLL_S)
-                    continue
-                pending = sum(n.partitions_pending for n in view.nodes)
-                seen_transfer = seen_transfer or pending > 0 or any(n.keys_sent for n in view.nodes)
-                joined = members.get(newcomer) == "joined" and any(n.node == newcomer for n in view.nodes)
-                if joined and seen_transfer and pending == 0 and all(n.answered for n in view.nodes):
-                    elapsed = time.monotonic() - started
-                    break
+                    view = None  # the newcomer is still starting, or a node is busy: ask again
+                if view is not None and all(n.answered for n in view.nodes) and len(view.nodes) == 4:
+                    if sum(n.partitions_pending for n in view.nodes) == 0:
+                        elapsed = time.monotonic() - started
+                        break
                 time.sleep(POLL_S)  # poll interval; the transfers view is the event we wait for
         keys_sent = sum(n.keys_sent for n in view.nodes)
         moved = handoff_bytes([*addresses, f"{HOST}:{port}"]) - before
