@@ -24,6 +24,7 @@ import random
 import time
 from array import array
 from collections import Counter
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -260,7 +261,7 @@ async def _run_ycsb_worker(
     client: Client | ClusterClient,
     mix: Mix,
     keys: SharedKeys,
-    choose: Any,
+    choose: KeyChooser,
     value: bytes,
     tally: Tally,
     rng: random.Random,
@@ -294,7 +295,10 @@ async def _run_ycsb_worker(
                 keys.end_insert(index)
 
 
-def key_chooser(mix: Mix, keys: SharedKeys) -> Any:
+KeyChooser = Callable[[random.Random], int]
+
+
+def key_chooser(mix: Mix, keys: SharedKeys) -> KeyChooser:
     """A function of an rng that picks a key index; one per run, shared by the workers (building
     a zipfian costs a pass over the key count)."""
     if mix.distribution is Distribution.latest:
