@@ -36,8 +36,8 @@ from rich.table import Table
 
 from dynctl.node import AGENT, Session, node_errors_become_exit_codes
 from dynctl.output import ExitCode, Output
-from dynd.client import Client, ClusterClient
 from dynctl.ycsb import CORE_WORKLOADS, Distribution, Mix, Op, ScrambledZipfian, SkewedLatest
+from dynd.client import Client, ClusterClient
 from dynd.protocol.errors import DynError, Unreachable
 
 CONNECTIONS_DEFAULT_MAX = 32
