@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench clean
+.PHONY: run test bench peers clean
 
 $(STAMP): pyproject.toml
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python tests/bench/foundation.py
+
+# dynd (3 nodes) beside etcd (3 members, when installed) and the echo ceiling.
+PEERS_ROUNDS ?= 2
+PEERS_SECONDS ?= 8
+peers: $(STAMP)
+	$(BIN)/python tests/bench/peers.py --rounds $(PEERS_ROUNDS) --seconds $(PEERS_SECONDS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -49,7 +49,7 @@ _dynctl() {
             return
             ;;
         --workload)
-            COMPREPLY=($(compgen -W "put get mixed insert" -- "$cur"))
+            COMPREPLY=($(compgen -W "put get mixed insert a b c d f" -- "$cur"))
             return
             ;;
         --node | --timeout | --context | --r | --w | --concurrency | -c | --value-size | --seconds | --keys | --connections | --ops | --nodes | --base-port | --n | --hints-max | --transfers-max | --disk-max-percent)

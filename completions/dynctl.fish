@@ -49,7 +49,7 @@ complete -c dynctl -n "__fish_seen_subcommand_from health" -l hints-max -x -d 'F
 complete -c dynctl -n "__fish_seen_subcommand_from health" -l transfers-max -x -d 'Fail when a member has more transfers pending'
 complete -c dynctl -n "__fish_seen_subcommand_from health" -l disk-max-percent -x -d 'Fail when a store uses more of its map'
 
-complete -c dynctl -n "__fish_seen_subcommand_from bench" -l workload -x -a 'put get mixed insert' -d 'Operations to run'
+complete -c dynctl -n "__fish_seen_subcommand_from bench" -l workload -x -a 'put get mixed insert a b c d f' -d 'Operations to run'
 complete -c dynctl -n "__fish_seen_subcommand_from bench" -s c -l concurrency -x -d 'Requests in flight'
 complete -c dynctl -n "__fish_seen_subcommand_from bench" -l value-size -x -d 'Bytes per value'
 complete -c dynctl -n "__fish_seen_subcommand_from bench" -l seconds -x -d 'Length of the timed phase'

@@ -81,7 +81,7 @@ _dynctl() {
           ;;
         bench)
           _dynctl_command_arguments \
-            '--workload=[operations to run]:workload:(put get mixed insert)' \
+            '--workload=[operations to run]:workload:(put get mixed insert a b c d f)' \
             '(-c --concurrency)'{-c+,--concurrency=}'[requests in flight]:count: ' \
             '--value-size=[bytes per value]:bytes: ' \
             '--seconds=[length of the timed phase]:seconds: ' \

@@ -1,11 +1,17 @@
 """`dynctl bench`: a bounded load generator over dynd.client.
 
 Every run is bounded twice: by --seconds and, optionally, by --ops. C worker tasks share N
-connections round-robin. Worker i owns keys i, i+C, i+2C, ... so no two workers write one key, and
-it keeps each key's context from the previous reply and sends it with the next put: the run
-measures overwrites, not ever-growing sibling lists. Before the timed phase, untimed, each worker
-reads its keys (so the first put supersedes whatever an earlier run left) and, for get and mixed,
-writes them, so every get finds a value.
+connections round-robin. In the put, get, mixed and insert workloads worker i owns keys i, i+C,
+i+2C, ... so no two workers write one key, and it keeps each key's context from the previous reply
+and sends it with the next put: the run measures overwrites, not ever-growing sibling lists.
+Before the timed phase, untimed, each worker reads its keys (so the first put supersedes whatever an
+earlier run left) and, for every workload but put and insert, writes them, so every get finds a value.
+
+The YCSB core workloads (a, b, c, d, f; `dynctl.ycsb`) share all keys among the workers, chosen by
+YCSB's distributions; every update carries the context of the last reply for its key (a read's, or
+an earlier update's), as a client doing read-then-write would, and a read-modify-write carries the
+context its own read returned. Two workers updating one key at once may leave siblings, which the
+next read returns and the next update supersedes: that is the store working, not noise.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import random
 import time
 from array import array
 from collections import Counter
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -29,6 +36,7 @@ from rich.table import Table
 
 from dynctl.node import AGENT, Session, node_errors_become_exit_codes
 from dynctl.output import ExitCode, Output
+from dynctl.ycsb import CORE_WORKLOADS, Distribution, Mix, Op, ScrambledZipfian, SkewedLatest
 from dynd.client import Client, ClusterClient
 from dynd.protocol.errors import DynError, Unreachable
 
@@ -43,6 +51,15 @@ class Workload(enum.StrEnum):
     get = "get"
     mixed = "mixed"
     insert = "insert"  # every put writes a key never written before, without a context
+    a = "a"  # YCSB core workloads: see dynctl.ycsb
+    b = "b"
+    c = "c"
+    d = "d"
+    f = "f"
+
+    @property
+    def ycsb(self) -> Mix | None:
+        return CORE_WORKLOADS.get(self.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +84,14 @@ class Tally:
     errors: int = 0
     errors_by_code: Counter[str] = field(default_factory=Counter)
     latencies_s: array[float] = field(default_factory=lambda: array("d"))
+    latencies_by_op_s: dict[Op, array[float]] = field(default_factory=dict)
+
+    def record(self, op: Op, latency_s: float) -> None:
+        self.latencies_s.append(latency_s)
+        by_op = self.latencies_by_op_s.get(op)
+        if by_op is None:
+            by_op = self.latencies_by_op_s[op] = array("d")
+        by_op.append(latency_s)
 
     def may_start_another(self) -> bool:
         if self.ops_max is not None and self.ops_started >= self.ops_max:
@@ -82,6 +107,7 @@ class BenchResult:
     errors: int
     errors_by_code: dict[str, int]
     percentiles_ms: dict[str, float | None]
+    by_op: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def ops_per_s(self) -> float:
@@ -102,6 +128,10 @@ class BenchResult:
             "errors_by_code": self.errors_by_code,
             "ops_per_s": round(self.ops_per_s, 1),
             **{name: _round_ms(value) for name, value in self.percentiles_ms.items()},
+            "latency_by_op": {
+                op: {"ops": figures["ops"], **{name: _round_ms(figures[name]) for name in figures if name != "ops"}}
+                for op, figures in self.by_op.items()
+            },
         }
 
 
@@ -174,6 +204,7 @@ async def _run_worker(
         index = key_indexes[position % len(key_indexes)]
         position += 1
         writing = plan.workload is Workload.put or (plan.workload is Workload.mixed and rng.random() < 0.5)
+        op = Op.insert if plan.workload is Workload.insert else Op.update if writing else Op.read
         tally.ops_started += 1
         started = time.perf_counter()
         try:
@@ -189,7 +220,92 @@ async def _run_worker(
             tally.errors += 1
             tally.errors_by_code[exc.code] += 1
         else:
-            tally.latencies_s.append(time.perf_counter() - started)
+            tally.record(op, time.perf_counter() - started)
+
+
+@dataclass(slots=True)
+class SharedKeys:
+    """The key space of a YCSB run: `loaded` keys written before the timed phase, then the keys the
+    run inserts (workload d), and the context of the last reply seen for each."""
+
+    loaded: int
+    run_tag: bytes
+    contexts: dict[int, bytes | None]
+    inserts_started: int = 0
+    inserts_pending: set[int] = field(default_factory=set)
+
+    def key(self, index: int) -> bytes:
+        return bench_key(index) if index < self.loaded else inserted_key(self.run_tag, index - self.loaded)
+
+    def begin_insert(self) -> int:
+        sequence = self.inserts_started
+        self.inserts_started += 1
+        self.inserts_pending.add(sequence)
+        return self.loaded + sequence
+
+    def end_insert(self, index: int) -> None:
+        self.inserts_pending.discard(index - self.loaded)
+
+    def readable(self) -> int:
+        """Keys 0..readable()-1 were loaded or inserted already (YCSB's acknowledged count): a read
+        never chases an insert still in flight. It never shrinks."""
+        inserted = min(self.inserts_pending) if self.inserts_pending else self.inserts_started
+        return self.loaded + inserted
+
+
+def inserted_key(run: bytes, sequence: int) -> bytes:
+    return b"ycsb:%s:%010d" % (run, sequence)
+
+
+async def _run_ycsb_worker(
+    client: Client | ClusterClient,
+    mix: Mix,
+    keys: SharedKeys,
+    choose: KeyChooser,
+    value: bytes,
+    tally: Tally,
+    rng: random.Random,
+) -> None:
+    contexts = keys.contexts
+    while tally.may_start_another():
+        op = mix.choose(rng)
+        index = keys.begin_insert() if op is Op.insert else choose(rng)
+        key = keys.key(index)
+        tally.ops_started += 1
+        started = time.perf_counter()
+        try:
+            if op is Op.read:
+                contexts[index] = (await client.get(key)).context
+            elif op is Op.update:
+                contexts[index] = await client.put(key, value, contexts.get(index))
+            elif op is Op.insert:
+                contexts[index] = await client.put(key, value)
+            else:  # read-modify-write: the update supersedes exactly what its own read saw
+                read = await client.get(key)
+                contexts[index] = await client.put(key, value, read.context)
+        except Unreachable:
+            raise
+        except DynError as exc:
+            tally.errors += 1
+            tally.errors_by_code[exc.code] += 1
+        else:
+            tally.record(op, time.perf_counter() - started)
+        finally:
+            if op is Op.insert:
+                keys.end_insert(index)
+
+
+KeyChooser = Callable[[random.Random], int]
+
+
+def key_chooser(mix: Mix, keys: SharedKeys) -> KeyChooser:
+    """A function of an rng that picks a key index; one per run, shared by the workers (building
+    a zipfian costs a pass over the key count)."""
+    if mix.distribution is Distribution.latest:
+        latest = SkewedLatest(keys.loaded)
+        return lambda rng: latest.next(rng, keys.readable())
+    scrambled = ScrambledZipfian(keys.loaded)
+    return scrambled.next
 
 
 async def _show_progress(progress: Progress, task: TaskID, plan: BenchPlan, tally: Tally, started: float) -> None:
@@ -239,10 +355,16 @@ async def run_bench(session: Session, plan: BenchPlan, progress: Progress | None
             if progress is not None:
                 task = progress.add_task(plan.workload.value, total=1.0)
                 outer.start_soon(_show_progress, progress, task, plan, tally, started)
+            mix = plan.workload.ycsb
+            shared = SharedKeys(plan.keys, os.urandom(4).hex().encode(), contexts)
+            choose = key_chooser(mix, shared) if mix is not None else None
             async with trio.open_nursery() as workers:
                 for worker, (client, key_indexes) in enumerate(assignments):
-                    rng = random.Random(worker)  # seeded: the same run draws the same get/put mix
-                    workers.start_soon(_run_worker, client, plan, key_indexes, contexts, value, tally, rng)
+                    rng = random.Random(worker)  # seeded: the same run draws the same mix and keys
+                    if mix is not None:
+                        workers.start_soon(_run_ycsb_worker, client, mix, shared, choose, value, tally, rng)
+                    else:
+                        workers.start_soon(_run_worker, client, plan, key_indexes, contexts, value, tally, rng)
             elapsed_s = time.perf_counter() - started
             outer.cancel_scope.cancel()
     return BenchResult(
@@ -252,6 +374,10 @@ async def run_bench(session: Session, plan: BenchPlan, progress: Progress | None
         errors=tally.errors,
         errors_by_code=dict(tally.errors_by_code),
         percentiles_ms=summarize_latencies_ms(tally.latencies_s),
+        by_op={
+            op.value: {"ops": len(latencies), **summarize_latencies_ms(latencies)}
+            for op, latencies in sorted(tally.latencies_by_op_s.items())
+        },
     )
 
 
@@ -279,6 +405,9 @@ def _result_table(result: BenchResult, address: str) -> Table:
         ("p99.9", f"{ms(pct['p999_ms'])} ms"),
         ("max", f"{ms(pct['max_ms'])} ms"),
     ]
+    if len(result.by_op) > 1:
+        for op, figures in result.by_op.items():
+            rows.append((f"{op}: ops, p99 / p99.9", f"{figures['ops']}, {ms(figures['p99_ms'])} / {ms(figures['p999_ms'])} ms"))
     table = Table(title=f"dynctl bench against {address}", title_justify="left", show_header=False)
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -301,7 +430,12 @@ def bench(
     ctx: typer.Context,
     workload: Annotated[
         Workload,
-        typer.Option("--workload", help="put (overwrite with context), get, mixed (half each), or insert (fresh keys)."),
+        typer.Option(
+            "--workload",
+            help="put (overwrite with context), get, mixed (half each), insert (fresh keys), or a YCSB core "
+            "workload: a (50/50 read/update), b (95/5), c (read only), d (read latest, 5% inserts), "
+            "f (read-modify-write); YCSB's use scrambled zipfian keys (d: latest), theta 0.99.",
+        ),
     ] = Workload.put,
     concurrency: Annotated[
         int, typer.Option("--concurrency", "-c", metavar="C", min=1, max=CONCURRENCY_MAX, help="Requests in flight.")

@@ -103,3 +103,49 @@ def test_insert_keys_differ_across_runs_workers_and_operations() -> None:
 
     keys = {fresh_key(run, worker, sequence) for run in (b"aa", b"bb") for worker in (0, 1) for sequence in (1, 2)}
     assert len(keys) == 8
+
+
+def test_every_ycsb_core_workload_runs_against_a_node_with_latencies_per_op(dynd_node: DyndProcess, dynctl: DynctlRunner) -> None:
+    expected_ops = {"a": {"read", "update"}, "b": {"read", "update"}, "c": {"read"}, "d": {"read", "insert"}, "f": {"read", "rmw"}}
+    for workload, ops in expected_ops.items():
+        result = dynctl(
+            "--node", dynd_node.address, "--json",
+            "bench", "--workload", workload, "--ops", "300", "--seconds", "30", "--concurrency", "4", "--keys", "50",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        document = bench_document(result.stdout)
+        assert (document["workload"], document["ops"], document["errors"]) == (workload, 300, 0)
+        by_op = document["latency_by_op"]
+        assert isinstance(by_op, dict)
+        # b and d do 5% of their rarer op: 300 draws miss it with probability 0.95^300, about 2e-7.
+        assert set(by_op) == ops, (workload, by_op)
+        assert sum(figures["ops"] for figures in by_op.values()) == 300
+        for figures in by_op.values():
+            assert 0 < figures["p50_ms"] <= figures["p999_ms"] <= figures["max_ms"]
+
+
+def test_ycsb_updates_carry_their_context_so_hot_keys_do_not_pile_up_siblings(dynd_node: DyndProcess, dynctl: DynctlRunner) -> None:
+    # One worker: every update carries the context of the last reply for its key, so each key keeps
+    # one value however often the zipfian hot keys are written.
+    node = ("--node", dynd_node.address)
+    result = dynctl(*node, "--json", "bench", "--workload", "a", "--ops", "400", "--concurrency", "1", "--keys", "8", "--value-size", "24")
+    assert result.returncode == 0, result.stderr
+    assert bench_document(result.stdout)["latency_by_op"]["update"]["ops"] > 100  # type: ignore[index]
+    for index in range(8):
+        got = dynctl(*node, "--json", "get", f"bench:{index:08d}")
+        assert got.returncode == 0, got.stderr
+        siblings = json.loads(got.stdout)["siblings"]
+        assert [sibling["size"] for sibling in siblings] == [24]
+
+
+def test_ycsb_d_reads_keys_it_inserted() -> None:
+    from dynctl.bench import SharedKeys
+
+    keys = SharedKeys(loaded=10, run_tag=b"t", contexts={})
+    first, second = keys.begin_insert(), keys.begin_insert()
+    assert (first, second, keys.readable()) == (10, 11, 10)  # neither insert acknowledged yet
+    keys.end_insert(second)
+    assert keys.readable() == 10  # the first is still in flight
+    keys.end_insert(first)
+    assert keys.readable() == 12
+    assert keys.key(3) == b"bench:00000003" and keys.key(11).startswith(b"ycsb:t:")

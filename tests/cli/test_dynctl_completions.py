@@ -98,6 +98,7 @@ def bash_completions(line: str) -> list[str]:
         ("dynctl cluster --node 127.0.0.1:7400 st", {"status"}),
         ("dynctl cluster status --t", {"--timeout", "--token-file", "--tls-ca"}),
         ("dynctl bench --workload m", {"mixed"}),
+        ("dynctl bench --workload ", {"put", "get", "mixed", "insert", "a", "b", "c", "d", "f"}),
         ("dynctl --timeout 3 put key --w", {"--w"}),
         ("dynctl delete key --context ", set()),
         ("dynctl cluster ", {"join", "leave", "remove", "status", "transfers", "--help", "-h"}),
