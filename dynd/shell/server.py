@@ -55,7 +55,6 @@ from dynd.core.node import Node
 from dynd.shell import security as events
 from dynd.shell.arrival import ArrivalReader
 from dynd.shell.memory import LARGE_BUFFER_BYTES, MemoryGiver
-from dynd.shell.readiness import ReadinessHub
 from dynd.shell.security import Security
 from dynd.protocol.tls import TlsError, TlsLayer
 
@@ -104,7 +103,6 @@ class Connection:
         self._outgoing: list[bytes] = []
         self._outgoing_bytes = 0
         self._fd = stream.socket.fileno()  # the stream closes only after `closed` is set
-        self.fd = self._fd
         self._holding = False  # the reader is dispatching a chunk and flushes once after it
         self._writer_sending = False  # the writer task owns the send side until its send completes
         self._wake_writer = trio.Event()
@@ -285,15 +283,13 @@ class Connection:
                     read_deadline.deadline = due + slack_s
                 # One pass through the scheduler per chunk: wait, then read what is there. (A trio
                 # stream's receive would also pass through it after every successful read.)
-                await self.server.readiness.wait_readable(self._fd)
+                await trio.lowlevel.wait_readable(self._fd)
                 try:
                     chunk, waited_s = arrivals.read(RECEIVE_CHUNK_BYTES)
                 except BlockingIOError:
                     continue
                 if not chunk:
                     return
-                if len(chunk) == RECEIVE_CHUNK_BYTES:  # bytes may be left that no new edge reports
-                    self.server.readiness.more_ready(self._fd)
                 self.last_active = now = trio.current_time()
                 received_us = int((now - waited_s) * 1_000_000)
                 self.server.touch(self)
@@ -512,10 +508,6 @@ class Server:
         self.frames_refused = 0
         self.partial_bytes = 0  # partly received frames, all connections together
         self.memory = MemoryGiver()
-        # The connections' readable-waits, batched (`dynd.shell.readiness`); its task starts with
-        # the first connection and lives as long as the trio run.
-        self.readiness = ReadinessHub()
-        self._readiness_started = False
         self._open: dict[Connection, None] = {}  # least recently active first
 
     def touch(self, connection: Connection) -> None:
@@ -548,10 +540,6 @@ class Server:
         self.connections += 1
         connection = Connection(stream, self.node, self.limits, peer, self)
         self._open[connection] = None
-        if not self._readiness_started:
-            self._readiness_started = True
-            trio.lowlevel.spawn_system_task(self.readiness.run, name="dynd.server.readiness")
-        self.readiness.register(connection.fd)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write, connection, nursery.cancel_scope)
@@ -572,7 +560,6 @@ class Server:
             connection.release()
             self._open.pop(connection, None)
             self.connections -= 1
-            self.readiness.unregister(connection.fd)
             await trio.aclose_forcefully(stream)
             if connection.partial_peak >= LARGE_BUFFER_BYTES:
                 await self.memory.large_buffer_freed()
