@@ -1,8 +1,9 @@
 """One connection to one node: `open_client` connects, says hello and yields a `Client`.
 
 One connection carries many requests at once: each request gets an id, one task reads replies and
-wakes the caller waiting for that id, and one task flushes queued frames in batches (a request
-sent while no other is in flight goes out at once instead). Failures raise `DynError` subclasses
+wakes the caller waiting for that id, and one task flushes queued frames in batches, one write per
+pass of the scheduler after the one that woke it (a request sent while no other is in flight goes
+out at once instead). Failures raise `DynError` subclasses
 from `dynd.protocol.errors`: `Unreachable` when the node cannot be reached or the connection
 drops, `Timeout` when no reply comes in time, and the node's own error otherwise.
 
@@ -442,6 +443,10 @@ class Client:
     async def _writer(self) -> None:
         while True:
             await self._wake_writer.wait()
+            # One more pass of the scheduler first: the tasks woken alongside this one (readers
+            # of other connections, replies being delivered) queue their requests too, and
+            # they go out in this same write.
+            await trio.lowlevel.checkpoint()
             self._wake_writer = trio.Event()
             if not self._outgoing and not (self._tls is not None and (self._unsent or self._tls.wants_write)):
                 continue

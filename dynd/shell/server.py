@@ -4,7 +4,9 @@ The reader decodes every complete frame in each chunk and calls the handlers dir
 request); replies are appended to the connection's outgoing buffer and sent without waking another
 task: once per chunk by the reader, or at once by a reply that arrives later (a commit or a peer
 answering) when nothing else is owed on the connection. The writer task only gathers replies for a
-connection that pipelines requests, and takes over whatever the socket would not accept at once.
+connection that pipelines requests (woken, it lets the scheduler run once more, so the replies other
+tasks of that pass complete share its write), and takes over whatever the socket would not accept at
+once.
 
 Who may do what (`dynd.protocol.auth`): the hello decides which roles a connection holds, and
 every request is checked against `messages.required_role` before the node sees it; a request the
@@ -174,6 +176,9 @@ class Connection:
                 if self.closing:
                     return
                 await self._wake_writer.wait()
+                # One more pass of the scheduler first, so the replies that other tasks woken
+                # alongside this one complete go out in this same write.
+                await trio.lowlevel.checkpoint()
                 self._wake_writer = trio.Event()
                 continue
             data = b"".join(self._outgoing)
