@@ -12,9 +12,9 @@ Every request takes one of two paths:
   `GetCoordination` gather the others, answer and repair (`dynd.core.coordinator`). A key with
   one replica in all is answered at once.
 
-A get's Fetch carries the digest of our own copy (`merkle.leaf_hash`, what anti-entropy compares,
-so one definition says when two replicas hold the same siblings). A replica whose record hashes
-the same answers "same" without its bytes, and that reply goes into the coordination as a copy of
+A get's Fetch carries the digest of our own copy (`replica.versions_digest`: its canonical
+versions, the part of what a Merkle leaf hashes that is not the values). A replica whose record
+has the same versions answers "same" without its bytes, and that reply goes into the coordination as a copy of
 ours: R, PR, the merge and read repair see exactly what they would have seen with the bytes (a
 record that differs only in its pruned context token is the same sibling set; anti-entropy calls
 it equal too). A node older than the digest refuses it as an unknown field: it is asked again
@@ -39,14 +39,13 @@ from dynd.core.cluster import ClusterView
 from dynd.core.health import Health
 from dynd.core.hints import HintDelivery
 from dynd.core.limits import Limits
-from dynd.core.merkle import leaf_hash
 from dynd.core.metrics import LogBudget, Metrics
 from dynd.core.ops import PutObject, WriteOp
 from dynd.core.peer_records import PeerRecords
 from dynd.core.placement import coordinators, place
 from dynd.core.ports import Network, Storage
 from dynd.core.preflist import PreferenceList
-from dynd.core.replica import LocalReplica
+from dynd.core.replica import LocalReplica, versions_digest
 from dynd.protocol import codec, messages
 from dynd.protocol.errors import BadRequest, DynError, NotAMember, QuorumFailed, StaleRing, Timeout, Unreachable
 from dynd.protocol.messages import error_reply
@@ -170,7 +169,7 @@ class ClientRequests:
             request=request,
             reply=reply,
             started_us=self.now_us(),
-            local_digest=None if local is None else leaf_hash(request.key, local),
+            local_digest=None if local is None else bytes(versions_digest(local)),
         )
         self._run(coordination, coordination.start())
 

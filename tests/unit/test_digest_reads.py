@@ -17,7 +17,6 @@ from dynd.core import replica as r
 from dynd.core import versions as v
 from dynd.core.limits import Limits
 from dynd.core.membership import JOIN, ClusterParams, create
-from dynd.core.merkle import leaf_hash
 from dynd.core.node import Node
 from dynd.core.ops import PutObject
 from dynd.core.requests import _PLAIN_FETCH_MS
@@ -90,6 +89,10 @@ def record_of(*items: v.Sibling, prune_threshold: int = LIMITS.context_prune_thr
     return r.encode_record(v.SiblingSet(tuple(sorted(items, key=lambda s: s.dot)), seen), prune_threshold)
 
 
+def digest_of(record: bytes) -> bytes:
+    return bytes(r.versions_digest(record))
+
+
 def preload(target: Node, store: MemoryStorage, record: bytes | None) -> None:
     if record is not None:
         store.preload([PutObject(target.replica.partition(KEY), KEY, record)])
@@ -128,13 +131,13 @@ def live_values(payload: Any) -> list[bytes | None]:
 
 def test_a_replica_holding_the_same_siblings_answers_same_without_the_bytes() -> None:
     held = record_of(sibling("a.1", 1, b"x" * 1000))
-    answer = as_replica(messages.Fetch(id=1, key=KEY, digest=leaf_hash(KEY, held)), held)
+    answer = as_replica(messages.Fetch(id=1, key=KEY, digest=digest_of(held)), held)
     assert answer == messages.FetchOk(id=1, record=None, same=True)
 
 
 def test_a_replica_holding_other_siblings_or_none_answers_with_its_record() -> None:
     held = record_of(sibling("a.1", 1))
-    other = leaf_hash(KEY, record_of(sibling("a.1", 2)))
+    other = digest_of(record_of(sibling("a.1", 2)))
     assert as_replica(messages.Fetch(id=1, key=KEY, digest=other), held) == messages.FetchOk(id=1, record=held)
     assert as_replica(messages.Fetch(id=1, key=KEY, digest=other), None) == messages.FetchOk(id=1, record=None)
     assert as_replica(messages.Fetch(id=1, key=KEY), held) == messages.FetchOk(id=1, record=held), "no digest: the record, as before"
@@ -144,24 +147,24 @@ def test_the_digest_covers_the_siblings_not_the_pruned_context_token() -> None:
     items = [sibling(f"a{i}.1", 1) for i in range(4)]
     pruned, whole = record_of(*items, prune_threshold=2, seen=SEEN), record_of(*items, prune_threshold=10, seen=SEEN)
     assert pruned != whole, "the tokens differ"
-    answer = as_replica(messages.Fetch(id=1, key=KEY, digest=leaf_hash(KEY, whole)), pruned)
+    answer = as_replica(messages.Fetch(id=1, key=KEY, digest=digest_of(whole)), pruned)
     assert answer.same and answer.record is None
 
 
 def test_a_tombstone_is_compared_like_any_record() -> None:
     tombstone = record_of(sibling("a.1", 3, None))
-    assert as_replica(messages.Fetch(id=1, key=KEY, digest=leaf_hash(KEY, tombstone)), tombstone).same
+    assert as_replica(messages.Fetch(id=1, key=KEY, digest=digest_of(tombstone)), tombstone).same
     live = record_of(sibling("a.1", 2))
-    assert as_replica(messages.Fetch(id=1, key=KEY, digest=leaf_hash(KEY, tombstone)), live).record == live
+    assert as_replica(messages.Fetch(id=1, key=KEY, digest=digest_of(tombstone)), live).record == live
 
 
 def test_a_fallback_compares_its_copy_merged_with_the_hint_it_holds() -> None:
     fallback, _, _ = node("n2")
     hinted = record_of(sibling("a.1", 1, b"hinted"))
     assert isinstance(ask(fallback, messages.Replicate(id=1, key=KEY, record=hinted, hint="n3")), messages.ReplicateOk)
-    same = ask(fallback, messages.Fetch(id=2, key=KEY, hint="n3", digest=leaf_hash(KEY, hinted)))
+    same = ask(fallback, messages.Fetch(id=2, key=KEY, hint="n3", digest=digest_of(hinted)))
     assert same == messages.FetchOk(id=2, record=None, same=True)
-    other = ask(fallback, messages.Fetch(id=3, key=KEY, hint="n3", digest=leaf_hash(KEY, record_of(sibling("b.1", 1)))))
+    other = ask(fallback, messages.Fetch(id=3, key=KEY, hint="n3", digest=digest_of(record_of(sibling("b.1", 1)))))
     assert other == messages.FetchOk(id=3, record=hinted)
 
 
@@ -176,7 +179,7 @@ def test_a_get_sends_the_digest_of_its_own_copy_and_answers_it_when_replicas_say
     fetches = network.take()
     assert sorted(n for n, _, _ in fetches) == ["n2", "n3"]
     for _, request, on_reply in fetches:
-        assert request.digest == leaf_hash(KEY, own)
+        assert request.digest == digest_of(own)
         on_reply(as_replica(request, own))
     [answer] = replies
     assert live_values(answer) == [b"own"]
@@ -280,11 +283,11 @@ def test_an_old_node_that_refuses_the_digest_is_asked_again_without_and_for_a_wh
 
     get(n1)
     digests = {target: request.digest for target, request, _ in network.take()}
-    assert digests == {"n2": None, "n3": leaf_hash(KEY, own)}, "n2 is asked plainly for a while"
+    assert digests == {"n2": None, "n3": digest_of(own)}, "n2 is asked plainly for a while"
     clock.ms += _PLAIN_FETCH_MS
     get(n1)
     digests = {target: request.digest for target, request, _ in network.take()}
-    assert digests == {"n2": leaf_hash(KEY, own), "n3": leaf_hash(KEY, own)}, "then tried again (it may have been upgraded)"
+    assert digests == {"n2": digest_of(own), "n3": digest_of(own)}, "then tried again (it may have been upgraded)"
 
 
 def test_the_new_fields_are_optional_on_the_wire() -> None:
