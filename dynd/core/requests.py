@@ -17,7 +17,7 @@ versions, the part of what a Merkle leaf hashes that is not the values). A repli
 has the same versions answers "same" without its bytes, and that reply goes into the coordination as a copy of
 ours: R, PR, the merge and read repair see exactly what they would have seen with the bytes (a
 record that differs only in its pruned context token is the same sibling set; anti-entropy calls
-it equal too). A node older than the digest refuses it as an unknown field: it is asked again
+it equal too). Only a copy of at least `digest_read_min_bytes` is worth it. A node older than the digest refuses it as an unknown field: it is asked again
 without, and asked without for `_PLAIN_FETCH_MS` before it is tried again (an upgrade restarts it).
 
 A coordination runs from its first effects until it is `finished`: every effect it returns is
@@ -169,7 +169,7 @@ class ClientRequests:
             request=request,
             reply=reply,
             started_us=self.now_us(),
-            local_digest=None if local is None else bytes(versions_digest(local)),
+            local_digest=None if local is None or len(local) < self.limits.digest_read_min_bytes else bytes(versions_digest(local)),
         )
         self._run(coordination, coordination.start())
 

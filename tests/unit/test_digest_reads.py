@@ -26,7 +26,7 @@ from dynd.testing import MemoryStorage
 
 Q = 8
 NOW_MS = 1_700_000_000_000
-LIMITS = Limits()
+LIMITS = Limits(digest_read_min_bytes=0)  # every copy here is small
 KEY = b"k"
 
 
@@ -184,6 +184,18 @@ def test_a_get_sends_the_digest_of_its_own_copy_and_answers_it_when_replicas_say
     [answer] = replies
     assert live_values(answer) == [b"own"]
     assert not network.sent, "every replica agreed: no read repair"
+
+
+def test_a_copy_under_digest_read_min_bytes_is_fetched_whole() -> None:
+    n1, store, network = node()
+    n1.requests.limits = Limits(digest_read_min_bytes=2000)
+    small, big = record_of(sibling("a.1", 1, b"s" * 100)), record_of(sibling("a.1", 2, b"b" * 2000))
+    preload(n1, store, small)
+    get(n1)
+    assert [request.digest for _, request, _ in network.take()] == [None, None]
+    preload(n1, store, big)
+    get(n1)
+    assert [request.digest for _, request, _ in network.take()] == [digest_of(big)] * 2
 
 
 def test_a_coordinator_without_a_copy_sends_no_digest() -> None:
