@@ -14,7 +14,7 @@ PARTITION_PREFIX_BYTES = 2
 BACKUP_CHUNK_BYTES_MAX = 16 * 1024 * 1024
 
 
-_ZERO_MEANS_OFF = frozenset({"slow_request_ms"})
+_ZERO_MEANS_OFF = frozenset({"slow_request_ms", "digest_read_min_bytes"})  # 0 allowed: off, or (digests) always
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +79,10 @@ class Limits:
     # and quorum-failure logs write at most this many lines a second, then count what they drop
     slow_request_ms: int = 1_000
     slow_log_lines_per_s: int = 10
+    # digest reads: a get asks the other replicas to answer "same" instead of their record only
+    # when its own copy is at least this big (measured on loopback: a win at 16 KiB values, even to
+    # slightly worse at 1 KiB, where the bytes saved cost less than the comparison); 0: always
+    digest_read_min_bytes: int = 4096
     # tombstone reaping: a tombstone goes once every primary holds it and this long has passed
     tombstone_grace_ms: int = 864_000_000  # 10 days: a node down longer must be wiped to rejoin
     reap_interval_ms: int = 10_000

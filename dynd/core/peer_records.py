@@ -2,7 +2,8 @@
 keeps for a primary that is down, and the peer requests that carry them. Pure.
 
 Peer requests: replicate (merge a record, or keep it as a hint for the primary it names; answer
-once durable), fetch (read a record, with the hint held for the primary asked about), handoff
+once durable), fetch (read a record, with the hint held for the primary asked about; only "same" when its versions
+are the ones the coordinator's digest names), handoff
 (merge a batch of records of one partition, in one commit).
 
 Rules:
@@ -28,7 +29,7 @@ from dynd.core.limits import Limits
 from dynd.core.ops import PutObject, WriteOp
 from dynd.core.ports import Completion, Storage
 from dynd.core.reaper import is_expired_tombstone
-from dynd.core.replica import LocalReplica, decode_peer_record, decode_record, merge_records
+from dynd.core.replica import LocalReplica, decode_peer_record, decode_record, merge_records, versions_digest
 from dynd.core.versions import EMPTY, SiblingSet, UnissuedCounter
 from dynd.protocol import messages
 from dynd.protocol.errors import BadRequest, DynError, Overloaded
@@ -91,6 +92,9 @@ class PeerRecords:
                     record = self.merge_hint(record, hinted) or record
                 except DynError as exc:  # together over the limits: answer with ours
                     log.info("fetch of %r: the hint held for %s does not fit beside our copy: %s", request.key[:64], request.hint, exc)
+        if request.digest is not None and record is not None and versions_digest(record) == request.digest:
+            reply(messages.FetchOk(id=request.id, record=None, same=True))  # the coordinator holds these siblings
+            return
         reply(messages.FetchOk(id=request.id, record=record))
 
     def receive_handoff(self, request: messages.Handoff, reply: Reply) -> None:

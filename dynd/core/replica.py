@@ -13,7 +13,7 @@ value is stored once, in the view; the versions part refers to it by position.
              | versions CBOR (versions_codec.encode_object without values)
 
 The format is this module's alone: other modules go through its functions (`decode_record`,
-`encode_record`, `record_view`, `canonical_parts` for Merkle leaves, `deleted_at_ms` for the
+`encode_record`, `record_view`, `canonical_parts` for Merkle leaves, `versions_digest` for digest reads, `deleted_at_ms` for the
 reaper), never through the bytes.
 
 Records from other nodes (replicate, handoff, hints, anti-entropy repairs, a get's fetched
@@ -187,6 +187,17 @@ def canonical_parts(record: bytes) -> tuple[memoryview, memoryview]:
     context_start, context_end, _ = _split_record(record)
     view = memoryview(record)
     return view[: context_start - _LENGTH.size], view[context_end:]
+
+
+def versions_digest(record: bytes) -> memoryview:
+    """What a get's Fetch compares instead of the record (`dynd.core.requests`): the canonical part
+    of the record without the values (each sibling's dot, timestamp, context and whether it is a
+    tombstone, then `seen`; the tail of `canonical_parts`). One dot names one write (the rule
+    `versions.merge` keeps one copy of a dot by), so equal versions mean equal sibling sets. Not
+    hashed: a hash over the values cost more CPU than sending the values (measured on loopback),
+    and these bytes are few; a copy whose values differed under one dot (a bug) still differs in
+    its Merkle leaf, which hashes the values, so anti-entropy finds it."""
+    return canonical_parts(record)[1]
 
 
 def deleted_at_ms(record: bytes) -> int | None:

@@ -12,6 +12,14 @@ Every request takes one of two paths:
   `GetCoordination` gather the others, answer and repair (`dynd.core.coordinator`). A key with
   one replica in all is answered at once.
 
+A get's Fetch carries the digest of our own copy (`replica.versions_digest`: its canonical
+versions, the part of what a Merkle leaf hashes that is not the values). A replica whose record
+has the same versions answers "same" without its bytes, and that reply goes into the coordination as a copy of
+ours: R, PR, the merge and read repair see exactly what they would have seen with the bytes (a
+record that differs only in its pruned context token is the same sibling set; anti-entropy calls
+it equal too). Only a copy of at least `digest_read_min_bytes` is worth it. A node older than the digest refuses it as an unknown field: it is asked again
+without, and asked without for `_PLAIN_FETCH_MS` before it is tried again (an upgrade restarts it).
+
 A coordination runs from its first effects until it is `finished`: every effect it returns is
 carried out through one table keyed by the effect's type, and every reply, failure and deadline
 goes back into it. `tick` passes the clock to each, for their deadlines.
@@ -37,7 +45,7 @@ from dynd.core.peer_records import PeerRecords
 from dynd.core.placement import coordinators, place
 from dynd.core.ports import Network, Storage
 from dynd.core.preflist import PreferenceList
-from dynd.core.replica import LocalReplica
+from dynd.core.replica import LocalReplica, versions_digest
 from dynd.protocol import codec, messages
 from dynd.protocol.errors import BadRequest, DynError, NotAMember, QuorumFailed, StaleRing, Timeout, Unreachable
 from dynd.protocol.messages import error_reply
@@ -46,6 +54,7 @@ log = logging.getLogger("dynd.node")
 
 Reply = Callable[[Any], None]  # a message, or pre-encoded payload bytes
 _FAILURES: dict[str, type[DynError]] = {"quorum": QuorumFailed, "timeout": Timeout}
+_PLAIN_FETCH_MS = 60_000  # how long a peer that refused a digest is asked without one
 
 
 @dataclass(eq=False, kw_only=True)  # identity: kept in `ClientRequests.running`
@@ -63,9 +72,11 @@ class PutRequest(co.PutCoordination):
 
 @dataclass(eq=False, kw_only=True)
 class GetRequest(co.GetCoordination):
-    """A get this node coordinates, with the request and where its answer goes."""
+    """A get this node coordinates, with the request and where its answer goes; `local_digest`:
+    the digest of our own copy its Fetches carry (None when we hold none)."""
 
     request: messages.Get
+    local_digest: bytes | None = None
     reply: Reply = field(repr=False)
     started_us: int = 0
     answered_by: set[str] = field(default_factory=set)
@@ -118,6 +129,7 @@ class ClientRequests:
         self.metrics = metrics or Metrics()
         self.slow_request_us = limits.slow_request_ms * 1000
         self.log_budget = LogBudget(limits.slow_log_lines_per_s)
+        self.plain_fetch_until_ms: dict[str, int] = {}  # peers that refused a digest (module docstring)
         self._effects: dict[type, Callable[[Any, Any], None]] = {
             co.SendReplicate: self._send_replicate,
             co.SendFetch: self._send_fetch,
@@ -157,6 +169,7 @@ class ClientRequests:
             request=request,
             reply=reply,
             started_us=self.now_us(),
+            local_digest=None if local is None or len(local) < self.limits.digest_read_min_bytes else bytes(versions_digest(local)),
         )
         self._run(coordination, coordination.start())
 
@@ -305,17 +318,34 @@ class ClientRequests:
         self.network.send(effect.node, lambda rid: messages.Replicate(id=rid, key=effect.key, record=effect.record, hint=effect.hint), on_reply)
 
     def _send_fetch(self, coordination: GetRequest, effect: co.SendFetch) -> None:
+        digest = coordination.local_digest
+        if digest is not None and self.plain_fetch_until_ms.get(effect.node, 0) > self.now_ms():
+            digest = None
+        self._fetch(coordination, effect, digest)
+
+    def _fetch(self, coordination: GetRequest, effect: co.SendFetch, digest: bytes | None) -> None:
         def on_reply(answer: Any) -> None:
             self._evidence(effect.node, answer)
-            if isinstance(answer, messages.FetchOk) and self._fetched_ok(effect.node, effect.key, answer.record, coordination.local_record):
+            if digest is not None and isinstance(answer, BadRequest):  # a node older than the digest
+                self.plain_fetch_until_ms[effect.node] = self.now_ms() + _PLAIN_FETCH_MS
+                self._fetch(coordination, effect, None)
+                return
+            record: bytes | None = None
+            if isinstance(answer, messages.FetchOk) and answer.same:
+                ok = digest is not None  # "same" answers only a digest
+                record = coordination.local_record
+            else:
+                ok = isinstance(answer, messages.FetchOk) and self._fetched_ok(effect.node, effect.key, answer.record, coordination.local_record)
+                record = answer.record if ok else None
+            if ok:
                 coordination.answered_by.add(effect.node)
-                effects = coordination.on_reply(effect.node, answer.record)
+                effects = coordination.on_reply(effect.node, record)
             else:
                 coordination.failed_by.add(effect.node)
                 effects = coordination.on_failure(effect.node)
             self._apply(coordination, effects)
 
-        self.network.send(effect.node, lambda rid: messages.Fetch(id=rid, key=effect.key, hint=effect.hint), on_reply)
+        self.network.send(effect.node, lambda rid: messages.Fetch(id=rid, key=effect.key, hint=effect.hint, digest=digest), on_reply)
 
     def _store_local(self, coordination: Coordination, effect: co.StoreLocal) -> None:
         self.metrics.count("read_repairs")

@@ -291,20 +291,31 @@ class ReplicateOk:
 @dataclass(frozen=True, slots=True)
 class Fetch:
     """A replica read for a coordinator: the stored record of `key`, if any. With `hint`, the
-    receiver answers as a fallback for that primary: its own record merged with the hint it holds."""
+    receiver answers as a fallback for that primary: its own record merged with the hint it holds.
+
+    With `digest` (`replica.versions_digest` of the coordinator's own copy: a get's digest read), a
+    receiver whose record has the same versions answers `same` instead of sending the record back; any
+    other answer carries the record as without it. A node older than the field refuses it as an
+    unknown field, and the coordinator asks it again without (`dynd.core.requests`). Peers only:
+    a stranger who reaches the port is refused before this, and a digest tells a peer nothing it
+    could not fetch."""
 
     OP: ClassVar[str] = "fetch"
     id: int
     key: bytes
     hint: str | None = None
+    digest: bytes | None = None
 
 
 @reply
 @dataclass(frozen=True, slots=True)
 class FetchOk:
+    """`same`: the replica holds what the Fetch's `digest` describes, and `record` is left out."""
+
     OP: ClassVar[str] = "fetch_ok"
     id: int
     record: bytes | None
+    same: bool | None = None
 
 
 @record

@@ -1,7 +1,7 @@
 """This checkout beside another revision of dynd, as ratios measured in one run.
 
     python tests/bench/revisions.py --base REV [--rounds 4] [--seconds 6] [--concurrency 32]
-                                    [--base-args ARGS] [--this-args ARGS]
+                                    [--value-size BYTES] [--base-args ARGS] [--this-args ARGS]
 
 Checks REV out into a temporary git worktree, starts a three-node cluster (N=3 R=2 W=2) of each
 (REV's by `python -m dynd` run inside its worktree, this checkout's the same way here), and runs
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--value-size", type=int, default=1024, help="bytes per value (dynctl bench --value-size)")
     parser.add_argument("--base-args", default="", help="dynd flags for the base side's nodes")
     parser.add_argument("--this-args", default="", help="dynd flags for this checkout's nodes")
     args = parser.parse_args(argv)
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                         command = [
                             *venv_command("dynctl", "dynctl"), "--node", f"{HOST}:{ports[0]}", "--json", "bench", "--workload", workload,
                             "--concurrency", str(args.concurrency), "--seconds", f"{args.seconds:g}",
+                            "--value-size", str(args.value_size),
                         ]  # fmt: skip
                         before = cpu_seconds([p.pid for p in procs])
                         result = run_bench(command, args.seconds)
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                     proc.wait(timeout=30)
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_tree)], check=False)
     flags = f" (base flags: {args.base_args or 'none'}; this: {args.this_args or 'none'})" if args.base_args or args.this_args else ""
-    print(f"this checkout against {args.base}{flags}: 3 nodes, N=3 R=2 W=2, 1 KiB values, concurrency {args.concurrency}, {args.seconds:g} s, {args.rounds} interleaved rounds")
+    print(f"this checkout against {args.base}{flags}: 3 nodes, N=3 R=2 W=2, {args.value_size} B values, concurrency {args.concurrency}, {args.seconds:g} s, {args.rounds} interleaved rounds")
     for workload in WORKLOADS:
         base, this = results[("base", workload)], results[("this", workload)]
         ratios = [t[0] / b[0] for b, t in zip(base, this) if b[0]]
