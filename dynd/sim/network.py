@@ -14,11 +14,18 @@ Rules:
 - Callbacks belong to the sender's process: a crashed process never sees them.
 - Protocol checks: a node that replies twice to one delivery, a reply whose id is not the
   request's, or a payload the codec refuses is reported as a failure.
+- `traffic` counts what is put on the wire, by kind: the message's type name (a pre-encoded reply,
+  which only a get sends, counts as its request's name plus "Ok"), "datagram" for the failure
+  detector's, "refused" for a refused connection. With `traffic.timing` on, it also adds up the
+  process time each receiving process spends decoding and handling each kind (benchmarks: see
+  tests/bench/scale.py); timing reads a real clock but changes nothing the run does.
 """
 
 from __future__ import annotations
 
 import random
+import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +55,31 @@ class NetStats:
 
 
 @dataclass
+class Traffic:
+    """What went on the wire by kind, and (when `timing`) the receivers' process time by kind."""
+
+    messages: Counter[str] = field(default_factory=Counter)
+    bytes: Counter[str] = field(default_factory=Counter)
+    cpu_s: Counter[str] = field(default_factory=Counter)
+    timing: bool = False
+
+    def sent(self, kind: str, size: int) -> None:
+        self.messages[kind] += 1
+        self.bytes[kind] += size
+
+    def snapshot(self) -> Traffic:
+        return Traffic(Counter(self.messages), Counter(self.bytes), Counter(self.cpu_s), self.timing)
+
+    def since(self, before: Traffic) -> Traffic:
+        """What happened between `before` (a snapshot) and now."""
+        return Traffic(self.messages - before.messages, self.bytes - before.bytes, self.cpu_s - before.cpu_s, self.timing)
+
+
+DATAGRAM = "datagram"
+REFUSED = "refused"
+
+
+@dataclass
 class Modifiers:
     """What active network faults add, by fault id."""
 
@@ -70,6 +102,7 @@ class SimNetwork:
         self.config = config
         self.report = report  # (checker, message): a protocol violation
         self.stats = NetStats()
+        self.traffic = Traffic()
         self.faults = Modifiers()
         self.quiet = False  # after heal: no loss, no duplication, base delays only
         self.host_of_address: dict[str, str] = {}
@@ -196,6 +229,7 @@ class Endpoint:
         dst = net.host_of_address.get(address, address)
         timer = net.loop.after(self.timeout_ms, lambda: self.process.run(lambda: self._timed_out(request_id)))
         self._waiting[request_id] = _Waiting(on_reply, timer, dst)
+        net.traffic.sent(type(message).__name__, len(payload))
         if net.drop_filter is not None and net.drop_filter(self.host, dst, message):
             net.stats.lost += 1
             return
@@ -206,6 +240,7 @@ class Endpoint:
         net = self.net
         for address, payload in datagrams:
             dst = net.host_of_address.get(address, address)
+            net.traffic.sent(DATAGRAM, len(payload))
             net.carry(self.host, dst, lambda a=address, d=dst, p=payload: self._datagram_arrives(a, d, p), may_duplicate=True)
 
     # ---- machinery ----
@@ -217,13 +252,17 @@ class Endpoint:
         process, receive = listener
         self.net.stats.delivered += 1
         self.net.loop.trace("dgram", self.host, dst, payload)
-        process.run(lambda: receive(self.address, payload))
+        if self.net.traffic.timing:
+            process.run(lambda: _timed(self.net.traffic, DATAGRAM, lambda: receive(self.address, payload)))
+        else:
+            process.run(lambda: receive(self.address, payload))
 
     def _arrive(self, address: str, dst: str, request_id: int, payload: bytes) -> None:
         net = self.net
         listener = net.listening.get(address)
         if listener is None or not listener[0].alive:
             net.stats.refused += 1
+            net.traffic.sent(REFUSED, 0)
             net.carry(dst, self.host, lambda: self.process.run(lambda: self._refused(request_id)), may_duplicate=False)
             return
         process, handle = listener
@@ -232,12 +271,21 @@ class Endpoint:
         process.run(lambda: self._serve(process, handle, dst, request_id, payload))
 
     def _serve(self, process: Process, handle: Callable[[Any, Callable[[Any], None]], None], dst: str, request_id: int, payload: bytes) -> None:
+        if not self.net.traffic.timing:
+            self._serve_untimed(process, handle, dst, request_id, payload)
+            return
+        started = time.process_time()
+        kind = self._serve_untimed(process, handle, dst, request_id, payload)
+        self.net.traffic.cpu_s[kind] += time.process_time() - started
+
+    def _serve_untimed(self, process: Process, handle: Callable[[Any, Callable[[Any], None]], None], dst: str, request_id: int, payload: bytes) -> str:
+        """Decode and serve one request; the kind it was."""
         net = self.net
         try:
             message = codec.decode_message(payload)
         except DynError as exc:
             net.report("codec", f"{dst} could not decode a request from {self.host}: {exc}")
-            return
+            return "undecodable"
         replied = False
 
         def reply(answer: Any) -> None:
@@ -249,14 +297,26 @@ class Endpoint:
                 return
             replied = True
             data = answer if isinstance(answer, bytes) else codec.encode_message(answer)
+            net.traffic.sent(type(message).__name__ + "Ok" if isinstance(answer, bytes) else type(answer).__name__, len(data))
             net.carry(dst, self.host, lambda: self.process.run(lambda: self._answered(request_id, dst, data)), may_duplicate=False)
 
         handle(message, reply)
+        return type(message).__name__
 
     def _answered(self, request_id: int, dst: str, data: bytes) -> None:
+        if not self.net.traffic.timing:
+            self._answered_untimed(request_id, dst, data)
+            return
+        started = time.process_time()
+        kind = self._answered_untimed(request_id, dst, data)
+        if kind:
+            self.net.traffic.cpu_s[kind] += time.process_time() - started
+
+    def _answered_untimed(self, request_id: int, dst: str, data: bytes) -> str:
+        """Decode one reply and hand it to its sender's callback; the kind it was ("" if nothing waited)."""
         waiting = self._waiting.pop(request_id, None)
         if waiting is None:
-            return  # the reply to a duplicate, or after the timeout
+            return ""  # the reply to a duplicate, or after the timeout
         waiting.timer.cancel()
         self.net.loop.trace("rep", dst, self.host, data)
         try:
@@ -272,6 +332,7 @@ class Endpoint:
         if not isinstance(answer, (Timeout, Unreachable)):
             self._connected.add(waiting.peer)
         waiting.on_reply(answer)
+        return type(answer).__name__
 
     def _refused(self, request_id: int) -> None:
         waiting = self._waiting.pop(request_id, None)
@@ -290,6 +351,14 @@ class Endpoint:
         self._connected.discard(waiting.peer)
         self.net.loop.trace("timeout", self.host, waiting.peer)
         waiting.on_reply(_local(Timeout(f"no reply from {waiting.peer} in time")))
+
+
+def _timed(traffic: Traffic, kind: str, fn: Callable[[], None]) -> None:
+    started = time.process_time()
+    try:
+        fn()
+    finally:
+        traffic.cpu_s[kind] += time.process_time() - started
 
 
 def _local(error: DynError) -> DynError:

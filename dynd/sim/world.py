@@ -30,6 +30,7 @@ concern does not reshuffle the others.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,7 @@ from dynd.sim.process import Process
 from dynd.storage.memory import MemoryStore
 
 MEMBERSHIP_META = "membership"
+TICK = "tick"  # the kind nodes' timers count under in `SimNetwork.traffic` (with timing on)
 # Wall clocks read like wall clocks (timestamps order context entries for pruning), and a clock
 # set back at a restart or stepped back must not go below zero.
 EPOCH_MS = 1_700_000_000_000
@@ -285,8 +287,18 @@ class World:
         if not process.alive:
             return
         if not process.paused:  # a stopped process does not tick; it catches up when resumed
-            process.run(node.tick)
+            if self.net.traffic.timing:
+                process.run(lambda: self._timed_tick(node))
+            else:
+                process.run(node.tick)
         self.loop.after(self.limits.tick_interval_ms, lambda: self._tick(process, node))
+
+    def _timed_tick(self, node: Node) -> None:
+        started = time.process_time()
+        try:
+            node.tick()
+        finally:
+            self.net.traffic.cpu_s[TICK] += time.process_time() - started
 
     def crash(self, host: Host) -> None:
         if host.process is None:
