@@ -1,0 +1,129 @@
+"""Machines that run several nodes, and the host-crash fault that takes a whole machine down.
+
+`make test` runs SEEDS_DEFAULT seeds of 9 nodes on 3 machines in 3 zones with every fault kind. A
+longer run:
+
+    DYND_SIM_MACHINE_SEEDS=0..999 python -m pytest tests/sim/test_sim_machines.py -m slow
+
+(the same as `python -m dynd.sim --seeds 0..999 --nodes 9 --nodes-per-machine 3 --zones 3`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from dynd.sim.__main__ import main as sim_main
+from dynd.sim.__main__ import parse_seeds
+from dynd.sim.faults import FAULT_KINDS, Fault
+from dynd.sim.run import SimConfig, Simulation, run_seed
+from dynd.sim.world import World, machine_layout
+
+SEEDS_DEFAULT = range(0, 12)
+MACHINES = dict(nodes=9, nodes_per_machine=3, zones=3)
+
+
+def test_nodes_are_laid_out_on_machines_in_zones() -> None:
+    assert machine_layout(7, 3) == [3, 3, 1]
+    assert machine_layout(6, (2, 4)) == [2, 4]
+    assert machine_layout(5, 1) == [1] * 5
+    world = World(0, nodes=7, params=(3, 2, 2, 32), nodes_per_machine=3, zones=2)
+    assert {name: (m.location, m.hosts) for name, m in world.machines.items()} == {
+        "host-1": ("zone-1/host-1", ["n1", "n2", "n3"]),
+        "host-2": ("zone-2/host-2", ["n4", "n5", "n6"]),
+        "host-3": ("zone-1/host-3", ["n7"]),
+    }
+    assert world.location_of("n5") == "zone-2/host-2"
+    worker = world.add_host("host-3")
+    assert (worker.name, worker.machine, worker.location) == ("n8", "host-3", "zone-1/host-3")
+    alone = world.add_host()
+    assert (alone.machine, alone.location) == ("host-4", "zone-2/host-4")
+    assert all(host.up for host in world.hosts.values())
+
+
+@pytest.mark.parametrize(
+    ("nodes", "layout", "zones", "error"),
+    [
+        (6, (2, 3), 1, "lays out 5 nodes, not 6"),
+        (5, 0, 1, "at least 1"),
+        (3, (3, 0), 1, "at least one node"),
+        (3, 1, 0, "zones must be at least 1"),
+    ],
+)
+def test_a_bad_layout_is_refused(nodes: int, layout: Any, zones: int, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        World(0, nodes=nodes, params=(3, 2, 2, 32), nodes_per_machine=layout, zones=zones)
+
+
+def test_the_command_line_refuses_a_bad_layout(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        sim_main(["--seed", "1", "--nodes", "6", "--nodes-per-machine", "2,3"])
+    assert "lays out 5 nodes, not 6" in capsys.readouterr().err
+
+
+def test_host_crash_takes_every_node_of_the_machine_down_until_it_ends() -> None:
+    """host-1 runs n1-n3. A crash of n1 ends while its machine is down: n1 stays down with the
+    others, and all three start again, once each, when the machine comes back."""
+    schedule = (Fault(900, "crash", 200, target=0), Fault(1_000, "host-crash", 1_500, target=0))
+    simulation = Simulation(SimConfig(seed=3, seconds=4, faults=("crash", "host-crash"), schedule=schedule, **MACHINES))
+    world = simulation.world
+    seen: dict[int, dict[str, bool]] = {}
+
+    def look() -> None:
+        seen[world.loop.now_ms] = {name: host.up for name, host in world.hosts.items()}
+
+    for at_ms in (950, 1_050, 1_200, 2_600):
+        world.loop.at(at_ms, look)
+    result = simulation.run()
+    assert result.ok, result.report()
+    machine_nodes = {"n1", "n2", "n3"}
+    assert [name for name, up in seen[950].items() if not up] == ["n1"]
+    for at_ms in (1_050, 1_200):
+        assert {name for name, up in seen[at_ms].items() if not up} == machine_nodes, at_ms
+    assert all(seen[2_600].values())
+    assert {name: world.hosts[name].incarnations for name in sorted(machine_nodes)} == {"n1": 2, "n2": 2, "n3": 2}
+    assert result.faults_injected == {"crash": 1, "host-crash": 1}
+    assert any("crash machine host-1 (zone-1/host-1): n2, n3" in line for line in result.fault_log)
+
+
+def test_host_crash_of_a_machine_already_down_changes_nothing() -> None:
+    schedule = (Fault(500, "host-crash", 2_000, target=1), Fault(800, "host-crash", 300, target=1))
+    result = run_seed(SimConfig(seed=4, seconds=3, faults=("host-crash",), schedule=schedule, **MACHINES))
+    assert result.ok, result.report()
+    assert result.faults_injected == {"host-crash": 1}
+
+
+def test_the_replay_command_names_the_machines() -> None:
+    config = SimConfig(seed=5, nodes=6, nodes_per_machine=(2, 4), zones=2)
+    assert "--nodes 6 --seconds 6 --faults" in config.replay_command()
+    assert "--nodes-per-machine 2,4 --zones 2" in config.replay_command()
+    assert "--nodes-per-machine" not in SimConfig(seed=5).replay_command()
+
+
+def _assert_all_pass(configs: list[SimConfig]) -> list[Any]:
+    results = [run_seed(config) for config in configs]
+    failed = [r for r in results if not r.ok]
+    assert not failed, "\n\n".join(r.report() for r in failed[:5])
+    return results
+
+
+def test_seeds_with_machines_and_every_fault_pass() -> None:
+    results = _assert_all_pass([SimConfig(seed=seed, seconds=5, faults=FAULT_KINDS, **MACHINES) for seed in SEEDS_DEFAULT])
+    assert sum(r.faults_injected.get("host-crash", 0) for r in results) >= 3
+    assert sum(r.ops.get("ok", 0) for r in results) > 20 * len(results)
+
+
+def test_seeds_of_machine_crashes_and_partitions_pass() -> None:
+    """host-crash often, beside the faults that most stress a cluster that lost a machine."""
+    kinds = ("host-crash", "crash", "partition", "loss", "join", "leave")
+    results = _assert_all_pass([SimConfig(seed=seed, seconds=5, faults=kinds, **MACHINES) for seed in range(100, 110)])
+    assert sum(r.faults_injected.get("host-crash", 0) for r in results) >= 6
+
+
+@pytest.mark.slow
+def test_long_run_with_machines() -> None:
+    seeds = parse_seeds(os.environ.get("DYND_SIM_MACHINE_SEEDS", "1000..1999"))
+    seconds = float(os.environ.get("DYND_SIM_SECONDS", "8"))
+    _assert_all_pass([SimConfig(seed=seed, seconds=seconds, **MACHINES) for seed in seeds])
