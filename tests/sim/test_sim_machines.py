@@ -15,9 +15,13 @@ from typing import Any
 
 import pytest
 
+from dynd.core.partition import partition_of
+from dynd.protocol import messages
 from dynd.sim.__main__ import main as sim_main
 from dynd.sim.__main__ import parse_seeds
 from dynd.sim.faults import FAULT_KINDS, Fault
+from dynd.sim.network import Endpoint
+from dynd.sim.process import Process
 from dynd.sim.run import SimConfig, Simulation, run_seed
 from dynd.sim.world import World, machine_layout
 
@@ -127,3 +131,43 @@ def test_long_run_with_machines() -> None:
     seeds = parse_seeds(os.environ.get("DYND_SIM_MACHINE_SEEDS", "1000..1999"))
     seconds = float(os.environ.get("DYND_SIM_SECONDS", "8"))
     _assert_all_pass([SimConfig(seed=seed, seconds=seconds, **MACHINES) for seed in seeds])
+
+
+@pytest.mark.xfail(strict=True, reason="needs nodes that know their location and location-aware claim (issue 17 item 1)")
+def test_acknowledged_writes_survive_the_loss_of_a_machine() -> None:
+    """9 nodes on 3 machines in 3 zones, N=3, W=2. Every write reaches only two replicas (the
+    third primary's copy is dropped on the wire), and it is acknowledged. Then machine host-1 dies
+    for good. Placement puts each key's three primaries on three machines, so one copy of every
+    write is left and two primaries of every key still answer: a read through every surviving node
+    at R=2 with PR=2 (both answers from primaries) returns every acknowledged write."""
+    world = World(6, nodes=9, params=(3, 2, 2, 64), nodes_per_machine=3, zones=3)
+    world.net.heal()  # no random loss: the drop below is the one that matters
+    client = Endpoint(world.net, "client", Process("client", 1, world._exception), 10_000)
+    world.run_for(2_000)
+    view = world.hosts["n9"].node
+    assert view is not None
+    keys = [f"key-{i}".encode() for i in range(40)]
+    third = {key: view.cluster.preference_list(partition_of(key, 64)).primaries[2] for key in keys}
+    world.net.drop_filter = lambda src, dst, message: isinstance(message, messages.Replicate) and third.get(message.key) == dst
+    for key in keys:
+        answer = call(world, client, world.hosts["n9"].address, lambda rid, k=key: messages.Put(id=rid, key=k, value=b"v-" + k, w=2))
+        assert isinstance(answer, messages.PutOk), (key, answer)
+    crashed = {host.name for host in world.crash_machine("host-1")}
+    assert crashed == {"n1", "n2", "n3"}
+    world.net.drop_filter = None
+    lost = []
+    for reader in sorted(set(world.hosts) - crashed):
+        for key in keys:
+            answer = call(world, client, world.hosts[reader].address, lambda rid, k=key: messages.Get(id=rid, key=k, r=2, pr=2))
+            if not isinstance(answer, messages.GetOk) or [s.value for s in answer.siblings] != [b"v-" + key]:
+                lost.append(f"{key!r} via {reader}: {answer}")
+    assert not lost, f"{len(lost)} reads failed, first: " + "; ".join(lost[:3])
+    assert world.failures == []
+
+
+def call(world: World, endpoint: Endpoint, address: str, build: Any) -> Any:
+    answers: list[Any] = []
+    endpoint.send_to_address(address, build, answers.append)
+    world.run_for(10_000, stop=lambda: bool(answers))
+    assert answers, f"no answer from {address}"
+    return answers[0]
