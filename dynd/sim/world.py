@@ -117,10 +117,6 @@ class Machine:
     hosts: list[str] = field(default_factory=list)  # the nodes it runs, in the order they came
     down: bool = False  # crashed as a whole: none of its nodes can start until it comes back
 
-    @property
-    def zone(self) -> str:
-        return self.location.split("/", 1)[0]
-
 
 StorageWrapper = Callable[["Host", SimDisk], Storage]
 
