@@ -241,11 +241,14 @@ def scheduler(
     budget: BackgroundBudget | None = None,
     concurrency: int = 1,
     partitions: list[int] | None = None,
+    peers_per_round: int = 2,
 ) -> AntiEntropy:
-    """An AntiEntropy for `replica` with `peers` as co-primaries of every (or of `partitions`) partition."""
+    """An AntiEntropy for `replica` with `peers` as co-primaries of every (or of `partitions`)
+    partition; the replica's TreeRootsCompare responder credits it with the roots found equal."""
     now = clock if clock is not None else [0]
     held = partitions if partitions is not None else list(range(replica.partitions))
-    return AntiEntropy(
+    ae = AntiEntropy(
+        replica.name,
         replica.forest,
         link.network(),
         pairs=lambda: [(p, peer) for p in held for peer in peers],
@@ -257,7 +260,10 @@ def scheduler(
         now_ms=lambda: now[0],
         pacer=budget,
         concurrency=concurrency,
+        peers_per_round=peers_per_round,
     )
+    replica.handlers.update(responders(replica.forest, replica.limits, roots_equal=ae.roots_equal))
+    return ae
 
 
 def repair_all(replica: Replica, link: Link, peers: list[str], partition: int | None = None, **kwargs: Any) -> RepairProgress:
