@@ -9,11 +9,12 @@ TreeRootsCompare carrying this node's roots of the partitions it shares with tha
 ones are recorded as exchanged on both sides (the peer learns them from our roots), and full
 exchanges run for those that differ, `concurrency` at a time. So a member sends the same few
 requests a round however many members there are and however many of them it shares partitions
-with; a pair waits at most ceil(P / peers_per_round) rounds for its comparison (P: the peers this
-node shares partitions with, at most about sqrt(2 (N-1) N Q), wherever the cluster size), times
-ceil(shared / roots_max) when it shares more partitions with one peer than a message carries, and
-about half that since both sides compare. A peer compared within the last half interval (by
-either side) is left for later.
+with. A pair waits at most ceil(P / peers_per_round) rounds for its comparison (P: the peers this
+node shares partitions with: fewer than the members, and fewer than (N-1) times the N Q / members
+partitions it is a primary of, so at most about sqrt(N (N-1) Q) whatever the cluster size),
+times ceil(shared / roots_max) when it shares more partitions with one peer than a message
+carries; about half that, since both sides compare. A peer compared within the last half
+interval (by either side) is left for later.
 
 A peer that answers `unknown_op` runs a dynd from before TreeRootsCompare: it is asked with
 TreeRoots (the partitions only, in chunks of `indexes_max`; it compares nothing and learns
@@ -30,11 +31,12 @@ Repair runs (`RepairRuns`): `dynctl repair` starts a run (RepairStart) and asks 
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from dynd.core.admission import Pacer, Unlimited
 from dynd.core.exchange import Exchange, ExchangeLimits, ExchangeStats, MergeRecords, ReadLocal, StoreLocal, wire_bytes
@@ -51,10 +53,6 @@ REPAIR_RUNS_KEPT = 16  # repair runs whose progress can still be asked for
 REPAIR_ERRORS_SHOWN = 5  # errors a progress reply carries, the latest
 LEGACY_RECHECK_ROUNDS = 30  # rounds a peer that answered unknown_op is asked with TreeRoots
 NEVER = -(1 << 63)  # "compared" time of a pair never compared (monotonic clocks start anywhere)
-
-
-class Shuffler(Protocol):
-    def shuffle(self, x: list[Any]) -> None: ...
 
 
 @dataclass(slots=True)
@@ -259,10 +257,9 @@ class AntiEntropy:
         concurrency: int = 1,
         peers_per_round: int = 2,
         merge: MergeRecords | None = None,
-        rng: Shuffler | None = None,
     ) -> None:
         """`name`: this node's member name (the peers credit comparisons to it). `merge`: as for
-        Exchange. `rng` breaks ties among peers compared equally long ago (None: by name)."""
+        Exchange."""
         if peers_per_round < 1:
             raise ValueError("peers_per_round must be at least 1")
         self.name = name
@@ -279,7 +276,6 @@ class AntiEntropy:
         self.pacer: Pacer = pacer or Unlimited()
         self.concurrency = max(1, concurrency)
         self.peers_per_round = peers_per_round
-        self.rng = rng
         self.totals = ExchangeStats()
         self.last_exchange_ms: dict[int, int] = {}  # partition -> last completed exchange, any peer
         self.last_pair_exchange_ms: dict[tuple[int, str], int] = {}
@@ -315,16 +311,18 @@ class AntiEntropy:
             for gone in [peer for peer in known if peer not in shared]:
                 del known[gone]
         last = self.last_pair_exchange_ms
+        # Ties (at start, every peer) go to the names after ours first, round the sorted names:
+        # members starting together then ask different peers, not all the same two.
         peers = sorted(shared)
-        if self.rng is not None:
-            self.rng.shuffle(peers)
+        after = bisect.bisect_right(peers, self.name)
+        peers = peers[after:] + peers[:after]
         due: list[tuple[int, str]] = []
         for peer in peers:
             compared = min(last.get((partition, peer), NEVER) for partition in shared[peer])
             since = max(compared, self._tried_ms.get(peer, NEVER))
             if since <= now - self.interval_ms // 2:  # compared within half an interval: leave it
                 due.append((since, peer))
-        due.sort(key=lambda item: item[0])  # stable: the shuffle breaks ties
+        due.sort(key=lambda item: item[0])  # stable: ties stay in that order
         queries = []
         for _, peer in due[: self.peers_per_round]:
             self._tried_ms[peer] = now

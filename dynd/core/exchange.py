@@ -24,7 +24,10 @@ request first asks the pacer (admission control): while it refuses, the exchange
 scheduler's tick resumes it. A failure that may pass (unreachable, timeout, overloaded) ends the
 exchange (the next round retries); any other failed repair is counted and the exchange goes on.
 
-The responder side (`answer_*`, `responders`) answers those requests from the Forest.
+The responder side (`answer_*`, `responders`) answers those requests from the Forest, and the
+root comparisons that come before any exchange: TreeRootsCompare (the asker's roots; the answer
+names those that differ, and the equal ones go to `roots_equal`, so this node counts them as
+compared too) and, from nodes that predate it, TreeRoots.
 """
 
 from __future__ import annotations

@@ -215,7 +215,6 @@ class Node:
             concurrency=limits.ae_concurrency,
             peers_per_round=limits.ae_peers_per_round,
             merge=self.records.merge_peer,
-            rng=rng,
         )
         self.repairs = RepairRuns(name, self.anti_entropy)
         self.status = StatusGather(
