@@ -9,7 +9,7 @@ network that passes every message through the real codec (so byte counts are the
 frame prefixes included) and delivers it from a queue: no sockets, no sleeps. CPU is process time
 for both sides together (one process), codec included.
 
-Scenarios: an idle round (every root equal), the same as one Exchange per partition (no TreeRoots
+Scenarios: an idle round (every root equal), the same as one Exchange per partition (no root
 batching, for comparison), a round after B's copy of one partition was wiped, and a round after
 100 keys were written to A alone. After each repair round a second round must repair nothing.
 
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     def equal() -> bool:
         return all(a.forest.root(p) == b.forest.root(p) for p in range(args.partitions)) and a.store == b.store
 
-    rows.append(_measure("idle round (TreeRoots)", link, run))
+    rows.append(_measure("idle round (TreeRootsCompare)", link, run))
     rows.append(_measure("idle, one Exchange per partition", link, per_partition_exchanges))
     wiped_partition = 7
     wiped = b.wipe(wiped_partition)
