@@ -162,7 +162,7 @@ class Supervisor:
                 window_s = self.settings.restart_window_ms / 1000
                 if delay_ms is None:
                     log.error(
-                        "worker %s %s, its %d death within %g s (worker_restarts_max %d): stopping the host",
+                        "worker %s %s: it died %d times within %g s, more than worker_restarts_max (%d): stopping the host",
                         worker.name, how, worker.policy.recent_deaths, window_s, self.settings.restarts_max,
                     )
                     self._give_up(EXIT_FAILED)
