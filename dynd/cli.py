@@ -199,7 +199,11 @@ def main(argv: list[str] | None = None) -> None:
     # Until the node serves and takes SIGHUP as a reload, a reload sent while it starts must not
     # kill it (SIGHUP's default); the files were read a moment ago.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    link = SupervisorLink(args.supervisor_fd) if args.supervisor_fd is not None else None
+    try:
+        link = SupervisorLink(args.supervisor_fd) if args.supervisor_fd is not None else None
+    except ValueError as exc:
+        log.error("%s", exc)
+        sys.exit(EXIT_CONFIG)
     try:
         trio.run(serve, config, security, link)
     except* StartupError as group:  # raised at start, possibly from inside the node's nursery

@@ -150,7 +150,10 @@ class Supervisor:
             while not self.stopping:
                 code = await self._run_once(worker)
                 if self.stopping:
-                    if code != 0:
+                    # A worker still starting has no handler for SIGTERM yet and dies of it: that
+                    # is a clean stop too (a start writes nothing until it is complete).
+                    if code not in (0, -signal.SIGTERM):
+                        log.error("worker %s %s while stopping", worker.name, describe_exit(code))
                         self.exit_code = max(self.exit_code, EXIT_FAILED)
                     return
                 how = describe_exit(code)

@@ -113,6 +113,15 @@ def test_sigterm_stops_every_worker_and_sigkill_of_the_supervisor_leaves_none(ho
     assert host.stderr_text().count("the supervisor is gone: stopping") == 2
 
 
+def test_a_stop_while_the_workers_start_is_a_clean_stop(tmp_path: Path) -> None:
+    host = WorkersHost(tmp_path / "h", name="h", workers=2, config_text=FAST_TIMERS)
+    host.spawn()
+    poll_until("both workers started", lambda: "started worker h-1" in host.stderr_text())
+    host.signal(signal.SIGTERM)
+    assert host.wait(60) == 0, host.stderr_tail()
+    assert "every worker stopped" in host.stderr_text()
+
+
 def test_a_worker_that_keeps_failing_stops_the_host_with_exit_1(tmp_path: Path) -> None:
     host = WorkersHost(tmp_path / "h", name="h", workers=2, config_text=QUICK_RESTARTS)
     with socket.socket() as taken:
