@@ -21,6 +21,7 @@ import signal
 import socket
 import struct
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import pytest
 
 from dynd.cli import EXIT_CONFIG, NODE_NAME_META
 from dynd.client import BlockingClient
+from dynd.protocol.address import parse_address
 from dynd.storage.base import PutMeta
 from dynd.storage.lmdb_store import LmdbStore
 from tests.support.cluster import FAST_TIMERS, poll_until, settled
@@ -39,7 +41,8 @@ QUICK_RESTARTS = FAST_TIMERS + "worker_restart_backoff_ms = 100\nworker_restart_
 
 @pytest.fixture
 def host(tmp_path: Path) -> Iterator[WorkersHost]:
-    made = WorkersHost(tmp_path / "h", name="h", workers=2, config_text=FAST_TIMERS, extra_args=("--partitions", "16"))
+    metrics = f"127.0.0.1:{free_ports(2)}"
+    made = WorkersHost(tmp_path / "h", name="h", workers=2, config_text=FAST_TIMERS, extra_args=("--partitions", "16", "--metrics-listen", metrics))
     yield made
     made.stop()
     print(f"--- {made!r} stderr (last lines) ---\n{made.stderr_tail(80)}")
@@ -77,6 +80,11 @@ def test_two_workers_are_two_members_and_the_supervisor_alone_says_ready(host: W
         client.put(b"k", b"through worker 0", w=2)
     with BlockingClient(host.addresses[1]) as client:
         assert client.get(b"k", r=2).values == [b"through worker 0"]
+
+    metrics_host, metrics_port = parse_address(host.extra_args[host.extra_args.index("--metrics-listen") + 1])
+    for index, name in enumerate(host.names):  # each worker serves its own metrics on the port plus its index
+        with urllib.request.urlopen(f"http://{metrics_host}:{metrics_port + index}/metrics", timeout=10) as response:
+            assert f'dynd_node_info{{node="{name}"' in response.read().decode()
 
     host.signal(signal.SIGHUP)
     poll_until("both workers reread their credentials", lambda: host.stderr_text().count("SIGHUP: credentials reloaded") == 2)
