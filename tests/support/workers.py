@@ -12,25 +12,35 @@ every worker. Readiness is each worker answering ping under its own name, polled
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import time
 from pathlib import Path
 
-from tests.support.procs import LOOPBACK, PROBE_INTERVAL_S, PROBE_TIMEOUT_S, START_TIMEOUT_S, DyndError, DyndProcess, _live, probe
+from tests.support.procs import BIND_ATTEMPTS, LOOPBACK, PROBE_INTERVAL_S, PROBE_TIMEOUT_S, START_TIMEOUT_S, DyndError, DyndProcess, _live, probe
 from dynd.protocol.address import format_address
 
 PORT_SEARCH_ATTEMPTS = 50
 
 
+def ephemeral_low() -> int:
+    """The lowest port the kernel hands out for outgoing connections and binds to port 0."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_ports(count: int, host: str = LOOPBACK) -> int:
-    """A base port such that base .. base+count-1 were all free a moment ago (TCP and UDP)."""
+    """A base port such that base .. base+count-1 were all free a moment ago (TCP and UDP).
+
+    Drawn below the kernel's ephemeral range: a port there is taken only by an explicit bind,
+    while one in the range can be taken at any moment by an outgoing connection, and a worker
+    binds its port (base + i) a while after it was found free."""
+    high = ephemeral_low() - count
     for _ in range(PORT_SEARCH_ATTEMPTS):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            base = int(sock.getsockname()[1])
-        if base + count - 1 > 65535:
-            continue
+        base = random.randrange(max(1024, high - 12_000), high)
         held: list[socket.socket] = []
         try:
             for port in range(base, base + count):
@@ -93,10 +103,17 @@ class WorkersHost(DyndProcess):
     def start(self, timeout_s: float = START_TIMEOUT_S) -> WorkersHost:
         if self.running:
             raise DyndError(self._describe("already running"))
-        if self.starts == 0 and not self._port_fixed:
-            self.port = free_ports(self.workers, self.host)
-        self._start_once(timeout_s)
-        return self
+        may_move = self.starts == 0 and not self._port_fixed
+        for attempt in range(BIND_ATTEMPTS):
+            try:
+                self._start_once(timeout_s)
+                return self
+            except DyndError as exc:  # ports taken after they were found free: fresh ones, first start only
+                if not (may_move and "address in use" in str(exc)) or attempt == BIND_ATTEMPTS - 1:
+                    raise
+                self.stop()
+                self.port = free_ports(self.workers, self.host)
+        raise AssertionError("unreachable")
 
     def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> str:
         """Poll until every worker answers ping under its own name."""
@@ -118,6 +135,8 @@ class WorkersHost(DyndProcess):
                 if answered != name:
                     raise DyndError(self._describe(f"{address} answered as {answered!r}, not {name!r}"))
                 del waiting[address]
+            if waiting and "address in use" in self.stderr_text().rsplit("=== start ", 1)[-1]:  # this start's log
+                raise DyndError(self._describe("a worker's port is taken"))
             if waiting and time.monotonic() >= deadline:
                 raise DyndError(self._describe(f"{', '.join(waiting.values())} not ready within {timeout_s:g} s (last probe: {last_error!r})"))
             if waiting:
