@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 LMDB_KEY_BYTES_MAX = 511
 PARTITION_PREFIX_BYTES = 2
 BACKUP_CHUNK_BYTES_MAX = 16 * 1024 * 1024
+AE_ROOT_BYTES_MAX = 32  # one partition and its root in a TreeRootsCompare (9 + 17 bytes of CBOR at most)
 
 
 _ZERO_MEANS_OFF = frozenset({"slow_request_ms", "digest_read_min_bytes"})  # 0 allowed: off, or (digests) always
@@ -71,6 +72,8 @@ class Limits:
     ae_batch_keys: int = 512
     ae_repairs_inflight: int = 8
     ae_concurrency: int = 1
+    ae_peers_per_round: int = 2  # peers a round compares roots with, one request each
+    ae_roots_max: int = 1_024  # partitions (and their roots) in one such request
     ae_tree_segments: int = 256
     ae_tree_fanout: int = 16
     # admission control: background work backs off while foreground p99 is above this
@@ -161,5 +164,7 @@ class Limits:
             raise ValueError("worker_restart_backoff_ms must not exceed worker_restart_backoff_max_ms")
         if self.workers_max > 65_535:
             raise ValueError("workers_max must be at most 65535 (each worker takes a port)")
+        if self.ae_roots_max * AE_ROOT_BYTES_MAX > self.frame_bytes_max:
+            raise ValueError(f"ae_roots_max must be at most frame_bytes_max / {AE_ROOT_BYTES_MAX} (the roots must fit in one frame)")
         if not 512 <= self.datagram_bytes_max <= 65_507:
             raise ValueError("datagram_bytes_max must be 512..65507 (the largest UDP payload)")

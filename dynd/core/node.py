@@ -197,9 +197,11 @@ class Node:
 
         # ---- anti-entropy, and the operator's view ----
         self.ae_limits = ExchangeLimits(
-            indexes_max=limits.ae_indexes_max, keys_max=limits.ae_batch_keys, repairs_inflight_max=limits.ae_repairs_inflight
+            indexes_max=limits.ae_indexes_max, keys_max=limits.ae_batch_keys, repairs_inflight_max=limits.ae_repairs_inflight,
+            roots_max=limits.ae_roots_max,
         )
         self.anti_entropy = AntiEntropy(
+            name,
             self.forest,
             network,
             pairs=lambda: co_primary_pairs(name, partitions, lambda p: self.cluster.preference_list(p).primaries),
@@ -211,6 +213,7 @@ class Node:
             now_ms=now_ms,
             pacer=self.budget,
             concurrency=limits.ae_concurrency,
+            peers_per_round=limits.ae_peers_per_round,
             merge=self.records.merge_peer,
         )
         self.repairs = RepairRuns(name, self.anti_entropy)
@@ -249,7 +252,7 @@ class Node:
             messages.RepairStatus: self.repairs.status,
             messages.StatsGet: lambda request, reply: reply(self.stats(request.id)),
             messages.InfoGet: lambda request, reply: reply(self.info(request.id)),
-            **responders(self.forest, self.ae_limits),
+            **responders(self.forest, self.ae_limits, roots_equal=self.anti_entropy.roots_equal),
         }
         # the requests whose latency is measured, under their op's name
         self._timed = {messages.Get: "get", messages.Put: "put", messages.Delete: "delete", messages.Replicate: "replicate"}

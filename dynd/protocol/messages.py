@@ -370,7 +370,8 @@ class GossipOk:
 @request(PEER)
 @dataclass(frozen=True, slots=True)
 class TreeRoots:
-    """The Merkle roots of `partitions`, in the same order."""
+    """The Merkle roots of `partitions`, in the same order. What nodes before TreeRootsCompare
+    ask with, and what a newer node asks them with; every node still answers it."""
 
     OP: ClassVar[str] = "tree_roots"
     id: int
@@ -384,6 +385,41 @@ class TreeRoots:
 class TreeRootsOk:
     OP: ClassVar[str] = "tree_roots_ok"
     id: int
+    hashes: list[bytes]
+
+
+@request(PEER)
+@dataclass(frozen=True, slots=True)
+class TreeRootsCompare:
+    """The sender's Merkle roots of partitions it and the receiver are both primaries of (as the
+    sender's ring has it): `hashes[i]` is the root of `partitions[i]`, the partitions distinct,
+    at most the receiver's `ae_roots_max`. The receiver answers which differ and counts the
+    others as compared with `node`, the sender's member name, where its own ring agrees that
+    they share the partition (so it need not ask them itself soon). It replaces a TreeRoots per
+    peer and round: one of these to each of a few peers per round (`dynd.core.anti_entropy`).
+
+    A node before this message answers `unknown_op`; the sender then asks it with TreeRoots.
+    Peer role: a stranger who reaches the port gets `unauthorized` and nothing changes; a member
+    learns which partitions differ, hashes of hashes: nothing of a key or a value."""
+
+    OP: ClassVar[str] = "tree_roots_compare"
+    id: int
+    node: str
+    partitions: list[int]
+    hashes: list[bytes]
+    tree_segments: int
+    tree_fanout: int
+
+
+@reply
+@dataclass(frozen=True, slots=True)
+class TreeRootsCompareOk:
+    """`differing`: the asked partitions whose roots differ here, in the order asked; `hashes`:
+    this node's roots of them, in the same order."""
+
+    OP: ClassVar[str] = "tree_roots_compare_ok"
+    id: int
+    differing: list[int]
     hashes: list[bytes]
 
 

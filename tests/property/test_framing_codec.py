@@ -147,6 +147,8 @@ BUILDERS: dict[type, st.SearchStrategy[messages.Message]] = {
     ),
     messages.TreeRoots: st.builds(messages.TreeRoots, ids, st.lists(ids, max_size=4), ids, ids),
     messages.TreeRootsOk: st.builds(messages.TreeRootsOk, ids, st.lists(blobs, max_size=4)),
+    messages.TreeRootsCompare: st.builds(messages.TreeRootsCompare, ids, text, st.lists(ids, max_size=4), st.lists(blobs, max_size=4), ids, ids),
+    messages.TreeRootsCompareOk: st.builds(messages.TreeRootsCompareOk, ids, st.lists(ids, max_size=4), st.lists(blobs, max_size=4)),
     messages.TreeLevel: st.builds(messages.TreeLevel, ids, ids, ids, st.lists(ids, max_size=4), ids, ids),
     messages.TreeLevelOk: st.builds(messages.TreeLevelOk, ids, st.lists(blobs, max_size=4)),
     messages.SegmentKeys: st.builds(messages.SegmentKeys, ids, ids, st.lists(ids, max_size=4), ids, ids, ids, st.none() | blobs),
