@@ -13,6 +13,7 @@
     metrics_listen = ""         # HOST:PORT serving GET /metrics (Prometheus); off when empty
     metrics = true              # false: no latency histograms or request counters (to measure their cost)
     commit_engine = "process"   # who commits to LMDB: "process" (a writer child) or "thread" (in this process)
+    workers = 1                 # node processes on this host, or "auto" (one per core): see dynd.workers
 
     [security]                  # DESIGN.md section 6a; man dynd(8), SECURITY
     cluster_secret_file = ""    # hex secrets, one or two lines (openssl rand -hex 32); mode 0600
@@ -52,6 +53,7 @@ from dynd.core.limits import Limits
 from dynd.core.partition import check_partition_count
 from dynd.protocol.address import DEFAULT_PORT, format_address, parse_address
 from dynd.protocol.auth import EMPTY_TOKENS, AuthConfigError, Keyring, TokenTable, is_loopback_host, load_keyring, load_tokens
+from dynd.workers import WorkersError, parse_workers, worker_data_dir, worker_name, worker_port
 
 NODE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -77,6 +79,7 @@ class Config:
     metrics_listen: str = ""  # "" : no metrics endpoint
     metrics: bool = True  # False: the node keeps no latency histograms or request counters
     commit_engine: str = "process"  # one of COMMIT_ENGINES: see dynd.shell.commit_engines
+    workers: int = 1  # node processes on this host ("auto" resolved at load): see dynd.workers
     partitions: int | None = None  # None: the cluster's (when joining or restarting), else DEFAULT_PARTITIONS
     replicas: int = 3
     r: int = 2
@@ -113,9 +116,40 @@ class Config:
     def listen_host_port(self) -> tuple[str, int]:
         return parse_address(self.listen)
 
+    def for_worker(self, index: int) -> Config:
+        """Worker `index`'s config (dynd.workers): its name, ports and data directory; the rest
+        shared. With one worker, this config itself. WorkersError when a name or port does not fit."""
+        if not 0 <= index < self.workers:
+            raise WorkersError(f"worker {index} does not exist: workers = {self.workers}")
+        if self.workers == 1:
+            return self
+        name = worker_name(self.name, index, self.workers)
+        if not NODE_NAME_PATTERN.match(name):
+            raise WorkersError(f"node name {self.name!r} is too long for {self.workers} workers: worker {index} would be {name!r}, beyond 64 characters")
+        host, port = self.listen_host_port
+        join = self.join
+        if not join and index > 0:  # this host creates the cluster: worker 0 does, the others join it
+            join = self.for_worker(0).advertised_address
+        return dataclasses.replace(
+            self,
+            name=name,
+            listen=format_address(host, worker_port(port, index, "listen")),
+            advertise=_shifted(self.advertise, index, "advertise"),
+            metrics_listen=_shifted(self.metrics_listen, index, "metrics_listen"),
+            data_dir=worker_data_dir(self.data_dir, index, self.workers),
+            join=join,
+        )
 
-_SECTIONS: dict[str, dict[str, type]] = {
-    "node": {"name": str, "listen": str, "data_dir": str, "log_level": str, "log_format": str, "advertise": str, "seeds": list, "join": str, "metrics_listen": str, "metrics": bool, "commit_engine": str},
+
+def _shifted(address: str, index: int, setting: str) -> str:
+    if not address:
+        return address
+    host, port = parse_address(address)
+    return format_address(host, worker_port(port, index, setting))
+
+
+_SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "node": {"name": str, "listen": str, "data_dir": str, "log_level": str, "log_format": str, "advertise": str, "seeds": list, "join": str, "metrics_listen": str, "metrics": bool, "commit_engine": str, "workers": (int, str)},
     "cluster": {"partitions": int, "replicas": int, "r": int, "w": int},
     "security": {
         "cluster_secret_file": str,
@@ -156,12 +190,16 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
         limits = Limits(**limit_values)
     except ValueError as exc:
         raise ConfigError(f"[limits]: {exc}") from None
+    try:
+        values["workers"] = parse_workers(values.get("workers", 1), limits.workers_max)
+    except WorkersError as exc:
+        raise ConfigError(str(exc)) from None
     config = Config(**values, limits=limits)
     _validate(config)
     return config
 
 
-def _check_table(section: str, table: Any, schema: dict[str, type]) -> dict[str, Any]:
+def _check_table(section: str, table: Any, schema: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ConfigError(f"[{section}] must be a table")
     checked: dict[str, Any] = {}
@@ -169,8 +207,9 @@ def _check_table(section: str, table: Any, schema: dict[str, type]) -> dict[str,
         expected = schema.get(key)
         if expected is None:
             raise ConfigError(f"unknown key {key!r} in [{section}] (known: {', '.join(sorted(schema))})")
-        if type(value) is not expected:
-            raise ConfigError(f"[{section}] {key} must be {expected.__name__}, got {type(value).__name__}")
+        allowed = expected if isinstance(expected, tuple) else (expected,)
+        if type(value) not in allowed:
+            raise ConfigError(f"[{section}] {key} must be {' or '.join(t.__name__ for t in allowed)}, got {type(value).__name__}")
         checked[key] = value
     return checked
 
@@ -210,6 +249,7 @@ def _validate(config: Config) -> None:
                 raise ConfigError(f"{label} address: {exc}") from None
     _validate_advertise(config)
     _validate_tls(config)
+    _validate_workers(config)
     if not 1 <= config.replicas <= 16:
         raise ConfigError("replicas (N) must be in 1..16")
     if not 1 <= config.r <= config.replicas or not 1 <= config.w <= config.replicas:
@@ -243,6 +283,14 @@ def _validate_advertise(config: Config) -> None:
             f"join {config.join} is this node's own address: on the node that creates the cluster leave join empty; "
             "on the others, name a node already in the cluster"
         )
+
+
+def _validate_workers(config: Config) -> None:
+    """Every worker's name and ports must fit (the last worker's are the longest and highest)."""
+    try:
+        config.for_worker(config.workers - 1)
+    except WorkersError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _validate_tls(config: Config) -> None:

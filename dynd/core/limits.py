@@ -109,6 +109,17 @@ class Limits:
     swim_retransmit_mult: int = 3
     swim_piggyback_max: int = 8
     datagram_bytes_max: int = 1_400
+    # many nodes per host (`dynd --workers K`, dynd.shell.supervisor): the most workers one host
+    # may run; a worker that dies is restarted after a backoff that doubles from the first to the
+    # max with each death in the window; more than worker_restarts_max deaths of one worker in the
+    # window and the supervisor stops the host (exit 1, for systemd to restart it); on stop, a worker
+    # still running after worker_stop_timeout_ms is killed (keep it below the unit's TimeoutStopSec)
+    workers_max: int = 256
+    worker_restart_backoff_ms: int = 1_000
+    worker_restart_backoff_max_ms: int = 30_000
+    worker_restarts_max: int = 5
+    worker_restart_window_ms: int = 300_000
+    worker_stop_timeout_ms: int = 20_000
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -149,6 +160,10 @@ class Limits:
             raise ValueError("backup_chunk_bytes must not exceed connection_outbuf_bytes_max")
         if self.backup_read_wait_ms >= self.backup_idle_timeout_ms:
             raise ValueError("backup_read_wait_ms must be below backup_idle_timeout_ms")
+        if self.worker_restart_backoff_ms > self.worker_restart_backoff_max_ms:
+            raise ValueError("worker_restart_backoff_ms must not exceed worker_restart_backoff_max_ms")
+        if self.workers_max > 65_535:
+            raise ValueError("workers_max must be at most 65535 (each worker takes a port)")
         if self.ae_roots_max * AE_ROOT_BYTES_MAX > self.frame_bytes_max:
             raise ValueError(f"ae_roots_max must be at most frame_bytes_max / {AE_ROOT_BYTES_MAX} (the roots must fit in one frame)")
         if not 512 <= self.datagram_bytes_max <= 65_507:
