@@ -226,6 +226,14 @@ def versions_digest(record: bytes) -> memoryview:
     return canonical_parts(record)[1]
 
 
+def has_live_value(record: bytes) -> bool:
+    """Whether some sibling of the record holds a value (not every one a tombstone), from its
+    siblings view alone."""
+    _, _, siblings_len = _split_record(record)
+    siblings_start = _FORMAT_AND_LENGTH.size
+    return siblings_len != len(_NO_LIVE_SIBLINGS) or record[siblings_start : siblings_start + siblings_len] != _NO_LIVE_SIBLINGS
+
+
 def deleted_at_ms(record: bytes) -> int | None:
     """When the newest sibling was written (the coordinator's wall clock), if every sibling is a
     tombstone; None while a value is live, or when the record holds no sibling at all. A record
