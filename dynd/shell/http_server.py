@@ -15,8 +15,9 @@ Limits (`dynd.core.limits`), so a stranger who reaches the port holds little:
   headers or body: 408 and close); a kept-alive connection with no request for
   `http_idle_timeout_ms` is closed; an answer the client does not take within the request
   timeout closes the connection.
+- A request in an HTTP version other than 1.0 or 1.1 is answered 505, then closed.
 - Anything h11 cannot parse (a bad request line, bad headers, bad chunked framing, a second
-  Content-Length, HTTP/1.0 features it refuses) is answered 400 with what h11 said, then closed.
+  Content-Length, both Content-Length and Transfer-Encoding) is answered 400 with what h11 said, then closed.
 Nothing a bad request does reaches the node: it is refused here, before the app sees it.
 
 Who may do what, by the rule of the CBOR port (`dynd.shell.server`): with no cluster secret
@@ -44,6 +45,7 @@ from dynd.shell.security import Security
 log = logging.getLogger("dynd.http")
 
 RECEIVE_BYTES = 64 * 1024
+LINGER_S = 1.0  # after a refusal: how long the answer may take to go out, and the client to stop sending
 SERVER_HEADER = b"dynd"
 
 
@@ -186,6 +188,19 @@ class HttpServer:
                     continue
                 if isinstance(event, h11.Request):
                     head = event
+                    # h11 bounds a head only while it is incomplete: one that arrives whole in a
+                    # single read is measured here.
+                    head_bytes = len(event.method) + len(event.target) + 12 + sum(len(n) + len(v) + 4 for n, v in event.headers)
+                    if head_bytes > limits.http_header_bytes_max:
+                        await self._refuse(conn, stream, peer, 431, f"the request line and headers are over http_header_bytes_max={limits.http_header_bytes_max}")
+                        return None
+                    names = {name for name, _ in event.headers}
+                    if b"transfer-encoding" in names and b"content-length" in names:  # request smuggling's shape (RFC 9112 6.1)
+                        await self._refuse(conn, stream, peer, 400, "a request may not carry both Transfer-Encoding and Content-Length")
+                        return None
+                    if event.http_version not in (b"1.0", b"1.1"):
+                        await self._refuse(conn, stream, peer, 505, f"HTTP/{event.http_version.decode('ascii', 'replace')} is not spoken here: HTTP/1.1")
+                        return None
                     length = _content_length(event.headers)
                     if length is not None and length > limits.http_body_bytes_max:
                         await self._refuse(conn, stream, peer, 413, f"a body of {length} bytes is over http_body_bytes_max={limits.http_body_bytes_max}")
@@ -229,9 +244,15 @@ class HttpServer:
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         response = HttpResponse(status, [("Content-Type", "text/plain"), ("Connection", "close")], (message + "\n").encode())
-        with trio.move_on_after(1):
+        with trio.move_on_after(LINGER_S):
             try:
                 await self._send(conn, stream, response, head_only=False)
+                # Close gently: a client still sending (the body of a 413, say) would otherwise
+                # get a reset that can destroy the answer before it reads it. What it sends
+                # meanwhile is read and dropped, for at most LINGER_S.
+                await stream.send_eof()
+                while await stream.receive_some(RECEIVE_BYTES):
+                    pass
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
 
