@@ -309,5 +309,5 @@ def _peer_of(stream: trio.SocketStream) -> str:
     try:
         host, port = stream.socket.getpeername()[:2]
         return f"{host}:{port}"
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # gone, not an IP socket, or no socket (a test's memory stream)
         return "unknown peer"
