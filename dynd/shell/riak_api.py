@@ -29,7 +29,9 @@ How Riak's resources map onto dynd (README, HTTP; man dynd(8)):
   the header X-Dynd-Keys-Complete: false). `GET /buckets?buckets=true` lists the buckets found the
   same way.
 - `GET /stats` is the node's StatsOk (an admin request: with a cluster secret, from the node's own
-  host or with an admin token) in Riak's field names, with dynd's own beside them.
+  host or with an admin token) in Riak's field names, with dynd's own beside them. A client
+  without the admin role gets only the node's name and `riak_kv_version` (the Riak release whose
+  interface this follows), which Riak's client libraries read before anything else.
 """
 
 from __future__ import annotations
@@ -75,6 +77,9 @@ from dynd.shell.riak_wire import (
 
 TEXT = ("Content-Type", "text/plain")
 JSON = ("Content-Type", "application/json")
+# The Riak release whose HTTP interface this one follows, as /stats names it: Riak's clients read
+# it to decide which resources and parameters the server knows (bucket types: 2.0 on).
+RIAK_API_VERSION = "2.2.0"
 KEY_BYTES_GENERATED = 16  # a POST without a key gets a random one: 22 characters of base62-like text
 # The node answers every request within request_timeout_ms (its coordinations have deadlines);
 # this is only a guard against a bug leaving an HTTP request waiting forever.
@@ -172,6 +177,11 @@ class RiakApi:
     async def _stats(self, request: HttpRequest, where: Route, params: dict[str, list[str]]) -> HttpResponse:
         if request.method not in ("GET", "HEAD"):
             return _not_allowed("GET, HEAD")
+        if auth.ADMIN not in request.roles and auth.CLIENT in request.roles:
+            # Riak's clients read the server's version here before anything else: a client may
+            # learn that much, and the node's name (which a ping tells it too), not the numbers.
+            brief = {"nodename": self.node.name, "riak_kv_version": RIAK_API_VERSION}
+            return HttpResponse(200, [JSON], json.dumps(brief).encode())
         answer = await self._call(request, messages.StatsGet(id=next(self._ids)))
         if isinstance(answer, ErrorReply):
             return _error(answer)
@@ -179,7 +189,7 @@ class RiakApi:
 
     def _riak_stats(self, stats: messages.StatsOk) -> dict[str, Any]:
         """Riak's names for what dynd measures (times in microseconds, as Riak's), then dynd's own."""
-        out: dict[str, Any] = {"nodename": stats.node, "node": stats.node, "uptime_ms": stats.uptime_ms}
+        out: dict[str, Any] = {"nodename": stats.node, "riak_kv_version": RIAK_API_VERSION, "uptime_ms": stats.uptime_ms}
         latencies = {(view.op, view.window): view for view in stats.latencies}
         for op, riak in (("get", "get"), ("put", "put")):
             recent, start = latencies.get((op, "60s")), latencies.get((op, "start"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
+import functools
 import hashlib
 import json
 from collections.abc import Iterable
@@ -26,7 +27,8 @@ from dynd.protocol.messages import SiblingView
 DEFAULT_TYPE = b"default"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 META_PREFIX = "x-riak-meta-"
-KEYS_PER_CHUNK = 1000  # keys per JSON object of a `?keys=stream` answer
+KEYS_PER_CHUNK = 1000
+VTAGS_CACHED = 4096  # keys per JSON object of a `?keys=stream` answer
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 # the status and reason of each DynError code; anything else is 500
@@ -131,7 +133,13 @@ def flag(params: dict[str, list[str]], name: str) -> bool:
 
 
 def vtag_of(view: SiblingView) -> str:
-    digest = int.from_bytes(hashlib.md5(f"{view.actor}\0{view.counter}".encode()).digest(), "big")
+    return _vtag(view.actor, view.counter)
+
+
+@functools.lru_cache(maxsize=VTAGS_CACHED)
+def _vtag(actor: str, counter: int) -> str:
+    """Kept for the recently seen dots: each GET of a key names the same siblings again."""
+    digest = int.from_bytes(hashlib.md5(f"{actor}\0{counter}".encode()).digest(), "big")
     out = []
     while digest:
         digest, digit = divmod(digest, 62)
