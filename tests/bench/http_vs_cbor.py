@@ -1,6 +1,6 @@
 """The HTTP door against the CBOR port: gets and puts on one node, in the same run.
 
-    python tests/bench/http.py [--seconds 6] [--rounds 2] [--concurrency 32] [--value-size 1024]
+    python tests/bench/http_vs_cbor.py [--seconds 6] [--rounds 2] [--concurrency 32] [--value-size 1024]
 
 Starts one dynd node (N=1) with `--http-listen`, then for each round runs the same load driver
 (`peers_driver.py`: C connections, one request in flight on each, fresh keys for inserts, `--keys`
@@ -26,9 +26,9 @@ from typing import Any
 import trio
 
 HERE = Path(__file__).resolve().parent
-# This file is named http.py: with its directory first on the path it would stand in for the
-# standard library's http package. The repository goes first; this directory, for the sibling
-# driver scripts, last.
+# The repository first (tests.support); this directory, for the sibling driver scripts, last.
+# (Not named http.py: with tests/bench on the path, as pytest puts it, that would stand in for the
+# standard library's http package.)
 sys.path[0] = str(HERE.parents[1])
 sys.path.append(str(HERE))
 import peers_driver  # noqa: E402  (a sibling script of this directory)
