@@ -11,6 +11,8 @@ Limits (`dynd.core.limits`), so a stranger who reaches the port holds little:
 - The request line and headers within `http_header_bytes_max` (431 otherwise), a body within
   `http_body_bytes_max`: a Content-Length above it is answered 413 before any of the body is read,
   a chunked body that grows past it is cut off with 413. Either way the connection then closes.
+  Bodies being received on all connections together may hold `partial_frames_bytes_max` (the
+  CBOR port's bound on partly received frames): the request whose bytes pass it gets 503.
 - A request must arrive whole within `http_request_timeout_ms` of its first byte (slowloris, on
   headers or body: 408 and close); a kept-alive connection with no request for
   `http_idle_timeout_ms` is closed; an answer the client does not take within the request
@@ -117,6 +119,7 @@ class HttpServer:
         self.connections = 0
         self.connections_refused = 0
         self.requests_refused = 0  # malformed, oversize or too slow: answered here, never by the app
+        self.body_bytes = 0  # request bodies being received, all connections together
 
     async def handle(self, stream: trio.SocketStream) -> None:
         peer = _peer_of(stream)
@@ -161,11 +164,17 @@ class HttpServer:
     async def _read_request(self, conn: h11.Connection, stream: trio.SocketStream, peer: str, local: bool) -> HttpRequest | None:
         """The next request whole, or None when the connection is to close (answered already if
         the client is owed an answer)."""
+        body = bytearray()
+        try:
+            return await self._read(conn, stream, peer, local, body)
+        finally:
+            self.body_bytes -= len(body)  # the app has its own copy, or there is none
+
+    async def _read(self, conn: h11.Connection, stream: trio.SocketStream, peer: str, local: bool, body: bytearray) -> HttpRequest | None:
         limits = self.limits
         started = bool(conn.trailing_data[0])  # pipelined bytes of this request are here already
         timeout_s = (limits.http_request_timeout_ms if started else limits.http_idle_timeout_ms) / 1000
         head: h11.Request | None = None
-        body = bytearray()
         with trio.move_on_after(timeout_s) as scope:
             while True:
                 try:
@@ -208,8 +217,12 @@ class HttpServer:
                     continue
                 if isinstance(event, h11.Data):
                     body += event.data
+                    self.body_bytes += len(event.data)
                     if len(body) > limits.http_body_bytes_max:
                         await self._refuse(conn, stream, peer, 413, f"the body is over http_body_bytes_max={limits.http_body_bytes_max}")
+                        return None
+                    if self.body_bytes > limits.partial_frames_bytes_max:
+                        await self._refuse(conn, stream, peer, 503, f"bodies being received by all connections are over partial_frames_bytes_max={limits.partial_frames_bytes_max}")
                         return None
                     continue
                 if isinstance(event, h11.EndOfMessage):
