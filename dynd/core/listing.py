@@ -7,7 +7,8 @@ full scan, as it is in Riak (which warns against it in production). It is bounde
   (`dynd.protocol.buckets`), so they sort before every plain key and one bucket's keys are
   contiguous: a scan reads the keys of the buckets that sort before it, then its own, and stops.
   It examines at most `list_keys_scan_max` stored keys and keeps at most `limit`. A key whose
-  every sibling is a tombstone is left out.
+  every sibling is a tombstone is left out; the union lists a key that any replica holds live, so
+  a key deleted a moment ago is listed until its last replica has the tombstone (as in Riak).
 - The node a client asked (`KeyListings.start`) scans itself and gathers a `KeysScan` from every
   other active member (for at most `gather_timeout_ms`), then answers the sorted union, cut at
   the limit. It is `complete` only if every partition was scanned in full by a node that is one

@@ -287,7 +287,8 @@ class ErrorReply:
 class KeysList:
     """The keys whose stored key starts with `prefix` (a bucket's: `dynd.protocol.buckets`), from
     a scan of every member's store (`dynd.core.listing`), sorted, at most `limit` (and at most
-    list_keys_max). Deleted keys are left out once a scanned replica holds the tombstone.
+    list_keys_max). A key is listed when a scanned replica holds a live value of it: a deleted key
+    leaves the listing once every replica holds its tombstone.
 
     Client role, as a get: a client may read every key, so it may list them. It is a full scan of
     every node's store: the coordinating node runs list_keys_inflight_max at once and refuses more

@@ -521,7 +521,7 @@ def test_a_single_node_creates_a_cluster_of_one_replica(tmp_path: Path) -> None:
     (spec,) = plan_cluster(1, tmp_path, 7400, creation_settings(1, None, None, None), python="python3")
     assert spec.argv == (
         "python3", "-m", "dynd", "--name", "dev1", "--listen", "127.0.0.1:7400", "--data-dir", str(tmp_path / "dev1"),
-        "--replicas", "1", "--r", "1", "--w", "1",
+        "--http-listen", "127.0.0.1:8098", "--replicas", "1", "--r", "1", "--w", "1",
     )  # fmt: skip
 
 
