@@ -32,12 +32,21 @@ import ssl
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
 from dynd import __version__
-from dynd.config import COMMIT_ENGINES, Config, ConfigError, check_metrics_listen, check_protected_mode, load_config, load_credentials
+from dynd.config import (
+    COMMIT_ENGINES,
+    Config,
+    ConfigError,
+    check_http_listen,
+    check_metrics_listen,
+    check_protected_mode,
+    load_config,
+    load_credentials,
+)
 from dynd.protocol.auth import ADMIN, CLIENT, Keyring, TokenTable
 from dynd.protocol.address import format_address, parse_address
 from dynd.protocol.errors import DynError, Unauthorized
@@ -50,7 +59,9 @@ from dynd.core.node import Node
 from dynd.shell.backup import BackupService
 from dynd.shell.bootstrap import fetch_membership, new_cluster
 from dynd.shell.logs import SHELL_HANDLERS as LOG_HANDLERS, configure_logging
+from dynd.shell.http_server import HttpServer
 from dynd.shell.metrics_http import MetricsServer
+from dynd.shell.riak_api import RiakApi
 from dynd.shell.node_stats import NodeStats
 from dynd.shell.peers import Peers
 from dynd.shell.prometheus import render
@@ -117,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--metrics-listen", dest="metrics_listen", metavar="HOST:PORT", help="serve GET /metrics (Prometheus) here; loopback unless --trusted-network")
     parser.add_argument(
+        "--http-listen",
+        dest="http_listen",
+        metavar="HOST:PORT",
+        help="serve Riak's HTTP KV interface here (curl, Riak clients); loopback unless a secret or --trusted-network",
+    )
+    parser.add_argument(
         "--no-metrics", dest="metrics", action="store_const", const=False, help="keep no latency histograms or request counters (to measure what they cost)"
     )
     parser.add_argument(
@@ -162,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         "client_tokens_file": args.client_tokens_file,
         "trusted_network": args.trusted_network,
         "metrics_listen": args.metrics_listen,
+        "http_listen": args.http_listen,
         "metrics": args.metrics,
         "commit_engine": args.commit_engine,
         "workers": args.workers,
@@ -174,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         credentials = load_credentials(config)
         open_warning = check_protected_mode(config, has_secret=credentials.keyring is not None)
         check_metrics_listen(config)  # exits 2 before anything starts; the warning is logged when it opens
+        check_http_listen(config, has_secret=credentials.keyring is not None)
         server_ssl, client_ssl = tls_contexts(config)
     except (ConfigError, WorkersError) as exc:
         print(f"dynd: {exc}", file=sys.stderr)
@@ -500,10 +519,11 @@ class BoundPorts:
     listeners: list[trio.SocketListener]
     udp: UdpEndpoint
     metrics: list[trio.SocketListener]
+    http: list[trio.SocketListener] = field(default_factory=list)
 
     async def aclose(self) -> None:
         self.udp.close()
-        for listener in [*self.listeners, *self.metrics]:
+        for listener in [*self.listeners, *self.metrics, *self.http]:
             await listener.aclose()
 
 
@@ -527,6 +547,12 @@ async def bind_ports(config: Config) -> BoundPorts:
                 bound.metrics = await trio.open_tcp_listeners(metrics_port, host=metrics_host)
             except OSError as exc:
                 raise StartupError(f"cannot serve metrics on {format_address(metrics_host, metrics_port)}: {_reason(exc)}") from None
+        if config.http_listen:
+            http_host, http_port = parse_address(config.http_listen)
+            try:
+                bound.http = await trio.open_tcp_listeners(http_port, host=http_host)
+            except OSError as exc:
+                raise StartupError(f"cannot serve HTTP on {format_address(http_host, http_port)}: {_reason(exc)}") from None
     except BaseException:
         with trio.CancelScope(shield=True):
             await bound.aclose()
@@ -640,6 +666,8 @@ async def run_node(
                 await front.start(trio.serve_listeners, server.handle, ports.listeners)
                 if ports.metrics:
                     await serve_metrics(front, config, node, ports.metrics)
+                if ports.http:
+                    await serve_http(front, config, node, security, ports.http)
                 log.info(
                     "node %s serving on %s (advertised as %s; data in %s; cluster secret: %s; client tokens: %s; TLS: %s)",
                     config.name,
@@ -679,6 +707,15 @@ async def serve_metrics(nursery: trio.Nursery, config: Config, node: Node, liste
     await nursery.start(trio.serve_listeners, metrics.handle, listeners)
     log.info("metrics on http://%s/metrics", config.metrics_listen)
     if (open_warning := check_metrics_listen(config)) is not None:
+        log.warning("%s", open_warning)
+
+
+async def serve_http(nursery: trio.Nursery, config: Config, node: Node, security: Security, listeners: list[trio.SocketListener]) -> None:
+    """Serve Riak's HTTP KV interface on the bound `http_listen`, through the node's own requests."""
+    http = HttpServer(RiakApi(node), config.limits, security)
+    await nursery.start(trio.serve_listeners, http.handle, listeners)
+    log.info("HTTP (Riak KV interface) on http://%s/", config.http_listen)
+    if (open_warning := check_http_listen(config, has_secret=security.keyring is not None)) is not None:
         log.warning("%s", open_warning)
 
 

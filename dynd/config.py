@@ -11,6 +11,7 @@
     seeds = []                  # HOST:PORT of nodes to gossip with besides the members
     join = ""                   # on first start, join the cluster of the node at HOST:PORT
     metrics_listen = ""         # HOST:PORT serving GET /metrics (Prometheus); off when empty
+    http_listen = ""            # HOST:PORT serving Riak's HTTP KV interface; off when empty
     metrics = true              # false: no latency histograms or request counters (to measure their cost)
     commit_engine = "process"   # who commits to LMDB: "process" (a writer child) or "thread" (in this process)
     workers = 1                 # node processes on this host, or "auto" (one per core): see dynd.workers
@@ -77,6 +78,7 @@ class Config:
     seeds: tuple[str, ...] = ()
     join: str = ""
     metrics_listen: str = ""  # "" : no metrics endpoint
+    http_listen: str = ""  # "" : no HTTP door (dynd.shell.http_server)
     metrics: bool = True  # False: the node keeps no latency histograms or request counters
     commit_engine: str = "process"  # one of COMMIT_ENGINES: see dynd.shell.commit_engines
     workers: int = 1  # node processes on this host ("auto" resolved at load): see dynd.workers
@@ -136,6 +138,7 @@ class Config:
             listen=format_address(host, worker_port(port, index, "listen")),
             advertise=_shifted(self.advertise, index, "advertise"),
             metrics_listen=_shifted(self.metrics_listen, index, "metrics_listen"),
+            http_listen=_shifted(self.http_listen, index, "http_listen"),
             data_dir=worker_data_dir(self.data_dir, index, self.workers),
             join=join,
         )
@@ -149,7 +152,7 @@ def _shifted(address: str, index: int, setting: str) -> str:
 
 
 _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "node": {"name": str, "listen": str, "data_dir": str, "log_level": str, "log_format": str, "advertise": str, "seeds": list, "join": str, "metrics_listen": str, "metrics": bool, "commit_engine": str, "workers": (int, str)},
+    "node": {"name": str, "listen": str, "data_dir": str, "log_level": str, "log_format": str, "advertise": str, "seeds": list, "join": str, "metrics_listen": str, "http_listen": str, "metrics": bool, "commit_engine": str, "workers": (int, str)},
     "cluster": {"partitions": int, "replicas": int, "r": int, "w": int},
     "security": {
         "cluster_secret_file": str,
@@ -240,7 +243,7 @@ def _validate(config: Config) -> None:
         check_partition_count(config.partitions_for_new_cluster)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    named = [("advertise", config.advertise), ("join", config.join), ("metrics_listen", config.metrics_listen)]
+    named = [("advertise", config.advertise), ("join", config.join), ("metrics_listen", config.metrics_listen), ("http_listen", config.http_listen)]
     for label, address in [*named, *(("seed", s) for s in config.seeds)]:
         if address:
             try:
@@ -425,3 +428,32 @@ def check_metrics_listen(config: Config) -> str | None:
             "anyone reaching it reads request counts, latencies and member names; or use 127.0.0.1"
         )
     return f"metrics on {address} without authentication (trusted_network = true): whoever reaches it reads request counts, latencies and member names"
+
+
+def check_http_listen(config: Config, has_secret: bool) -> str | None:
+    """The HTTP door follows the rule of the node's own port (`check_protected_mode`): beyond
+    loopback only with a cluster secret (then requests meet the client tokens, if any, as
+    `Authorization: Bearer TOKEN`) or a network declared trusted. It speaks plain HTTP, so with
+    TLS configured for the node it stays on loopback: bearer tokens and values would otherwise
+    cross the network in the clear where the operator asked for encryption. Returns the warning
+    to log when trusted_network is what lets it listen beyond loopback, else None."""
+    if not config.http_listen:
+        return None
+    host, port = parse_address(config.http_listen)
+    if is_loopback_host(host):
+        return None
+    address = format_address(host, port)
+    if config.tls_enabled:
+        raise ConfigError(
+            f"refusing to serve HTTP on {address}: the HTTP door speaks plain HTTP and this node is configured for TLS; "
+            "serve it on 127.0.0.1 (behind a TLS proxy if remote clients need it), or leave [node] http_listen empty"
+        )
+    if has_secret:
+        return None
+    if not config.trusted_network:
+        raise ConfigError(
+            f"refusing to serve HTTP on {address} without a cluster secret (protected mode): anyone who reached it could "
+            "read and write every key. Set [security] cluster_secret_file (and client_tokens_file to require a token), "
+            "use 127.0.0.1, or, if only trusted hosts can reach this address, set [security] trusted_network = true"
+        )
+    return f"HTTP on {address} without a cluster secret (trusted_network = true): whoever reaches it can read and write every key"

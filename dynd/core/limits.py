@@ -47,6 +47,7 @@ class Limits:
     # holds thousands; this leaves room for that, bounds the work of one merge to some tens of
     # milliseconds, and is about what a record of ordinary actor names can carry in one frame.
     seen_entries_max: int = 65_536
+    meta_bytes_max: int = 8_192  # one sibling's metadata: its content type and user metadata, names and values
     versions_cache_entries: int = 4_096  # objects written and contexts handed out kept decoded
     versions_cache_record_bytes_max: int = 16_384  # larger objects are decoded afresh each write
     # storage
@@ -101,6 +102,16 @@ class Limits:
     backup_idle_timeout_ms: int = 60_000
     backup_read_wait_ms: int = 1_000  # a read at the end of what is copied so far waits this long for more
     backup_reads_inflight_max: int = 8  # reads of one backup at once: each holds a chunk in memory
+    # the HTTP door (`http_listen`, dynd.shell.http_server): Riak's HTTP KV interface
+    http_header_bytes_max: int = 16_384  # a request's line and headers together
+    http_body_bytes_max: int = 1024 * 1024 + 64 * 1024  # a request body (a value, or multipart siblings)
+    http_connections_max: int = 256  # more are answered 503 and closed
+    http_idle_timeout_ms: int = 60_000  # a kept-alive connection with no request
+    http_request_timeout_ms: int = 10_000  # a request must arrive whole within this of its first byte
+    # key listing (`?keys=true|stream`): a full scan of every node's store, bounded
+    list_keys_max: int = 100_000  # keys one listing returns at most (then it says it was cut short)
+    list_keys_scan_max: int = 1_000_000  # stored keys one node examines for one listing
+    list_keys_inflight_max: int = 1  # listings this node coordinates at once; more are refused (overloaded)
     # failure detection (SWIM over UDP)
     swim_period_ms: int = 1_000
     swim_ping_timeout_ms: int = 400
@@ -166,5 +177,9 @@ class Limits:
             raise ValueError("workers_max must be at most 65535 (each worker takes a port)")
         if self.ae_roots_max * AE_ROOT_BYTES_MAX > self.frame_bytes_max:
             raise ValueError(f"ae_roots_max must be at most frame_bytes_max / {AE_ROOT_BYTES_MAX} (the roots must fit in one frame)")
+        if self.meta_bytes_max >= self.http_header_bytes_max:
+            raise ValueError("meta_bytes_max must be below http_header_bytes_max (metadata travels in headers)")
+        if self.list_keys_max > self.list_keys_scan_max:
+            raise ValueError("list_keys_max must not exceed list_keys_scan_max")
         if not 512 <= self.datagram_bytes_max <= 65_507:
             raise ValueError("datagram_bytes_max must be 512..65507 (the largest UDP payload)")

@@ -19,6 +19,7 @@ The parts, and the requests each serves (`handlers`):
 - Not a member: a node whose own status is removed answers get, put, delete and the peers'
   replicate, fetch and handoff with `not_a_member` (a coordinator whose ring is stale then uses
   another replica), runs no failure detector, and logs once that it is safe to stop.
+- `listings` (`dynd.core.listing`): key listings (a bounded scan of every member's store).
 - `anti_entropy`, `repairs` (`dynd.core.anti_entropy`) and the tree responders
   (`dynd.core.exchange`): replicas compare hash trees; `dynctl repair`.
 - `swim` and `health`: who is alive; `handoff`, `hints`, `reaper`: moving partitions, delivering
@@ -48,6 +49,7 @@ from dynd.core.handoff import Handoff
 from dynd.core.health import Health
 from dynd.core.hints import HintDelivery
 from dynd.core.limits import Limits
+from dynd.core.listing import KeyListings
 from dynd.core.membership import Membership
 from dynd.core.merkle import Forest
 from dynd.core.metrics import Metrics
@@ -228,6 +230,7 @@ class Node:
             local_sizes=lambda: local_sizes(self.forest, storage, partitions, limits.plan_sample_keys),
             liveness=self.health.status,
         )
+        self.listings = KeyListings(name, storage, self.cluster, self.gathers, limits=limits, partitions=partitions)
         self._said_safe_to_stop = False
 
         # ---- who serves each request ----
@@ -253,6 +256,8 @@ class Node:
             messages.StatsGet: lambda request, reply: reply(self.stats(request.id)),
             messages.InfoGet: lambda request, reply: reply(self.info(request.id)),
             **responders(self.forest, self.ae_limits, roots_equal=self.anti_entropy.roots_equal),
+            messages.KeysList: self.listings.start,
+            messages.KeysScan: self.listings.scan,
         }
         # the requests whose latency is measured, under their op's name
         self._timed = {messages.Get: "get", messages.Put: "put", messages.Delete: "delete", messages.Replicate: "replicate"}

@@ -323,7 +323,8 @@ def to_plain(value: Any) -> Any:
         if kind not in _ENCODED_TYPES:
             return value
         spec = _encode_fields(kind)
-    return {name: to_plain(getattr(value, name)) for name, _ in spec}
+    # a field whose default is None is left out while None, in records as in messages
+    return {name: to_plain(field) for name, omit_none in spec if (field := getattr(value, name)) is not None or not omit_none}
 
 
 def _text_piece(text: str) -> bytes:

@@ -103,13 +103,28 @@ class ClockEntry:
 
 @record
 @dataclass(frozen=True, slots=True)
+class MetaEntry:
+    """One item of a value's user metadata (Riak's X-Riak-Meta-NAME: VALUE); names are lowercase."""
+
+    name: str
+    value: str
+
+
+@record
+@dataclass(frozen=True, slots=True)
 class SiblingView:
-    """One live sibling as a client sees it: its value, its dot and the clock it was written against."""
+    """One live sibling as a client sees it: its value, its dot and the clock it was written
+    against. A value written with metadata (a content type, user metadata) carries it, and
+    `modified_ms`, when it was written (the coordinator's wall clock); one written without has
+    none of the three."""
 
     value: bytes
     actor: str
     counter: int
     clock: list[ClockEntry]
+    content_type: str | None = None
+    usermeta: list[MetaEntry] | None = None
+    modified_ms: int | None = None
 
 
 @handshake
@@ -207,7 +222,9 @@ class GetOk:
 @request(CLIENT, forwardable=True)
 @dataclass(frozen=True, slots=True)
 class Put:
-    """`pw` is how many of the W stores must be on primaries (not fallbacks standing in for them)."""
+    """`pw` is how many of the W stores must be on primaries (not fallbacks standing in for them).
+    `content_type` and `usermeta`: metadata stored with the value (within meta_bytes_max), shown
+    with it to every reader; a node older than them refuses them as unknown fields."""
 
     OP: ClassVar[str] = "put"
     id: int
@@ -218,6 +235,8 @@ class Put:
     forwarded: bool | None = None
     ring: bytes | None = None
     pw: int | None = None
+    content_type: str | None = None
+    usermeta: list[MetaEntry] | None = None
 
 
 @reply
@@ -263,7 +282,61 @@ class ErrorReply:
     retriable: bool
 
 
+@request(CLIENT)
+@dataclass(frozen=True, slots=True)
+class KeysList:
+    """The keys whose stored key starts with `prefix` (a bucket's: `dynd.protocol.buckets`), from
+    a scan of every member's store (`dynd.core.listing`), sorted, at most `limit` (and at most
+    list_keys_max). A key is listed when a scanned replica holds a live value of it: a deleted key
+    leaves the listing once every replica holds its tombstone.
+
+    Client role, as a get: a client may read every key, so it may list them. It is a full scan of
+    every node's store: the coordinating node runs list_keys_inflight_max at once and refuses more
+    with `overloaded`, and each node examines at most list_keys_scan_max stored keys."""
+
+    OP: ClassVar[str] = "keys_list"
+    id: int
+    prefix: bytes
+    limit: int | None = None
+
+
+@reply
+@dataclass(frozen=True, slots=True)
+class KeysListOk:
+    """`complete`: every partition was scanned by a member that holds it, no scan stopped at its
+    bound and no more than `limit` keys matched; False: `keys` may miss some."""
+
+    OP: ClassVar[str] = "keys_list_ok"
+    id: int
+    keys: list[bytes]
+    complete: bool
+
+
 # ---- between nodes ----
+
+
+@request(PEER)
+@dataclass(frozen=True, slots=True)
+class KeysScan:
+    """A listing's part on one node: its own stored keys starting with `prefix`, at most `limit`,
+    tombstones left out. Peers only: a stranger who reaches the port is refused before this."""
+
+    OP: ClassVar[str] = "keys_scan"
+    id: int
+    prefix: bytes
+    limit: int
+
+
+@reply
+@dataclass(frozen=True, slots=True)
+class KeysScanOk:
+    """`partitions`: those whose keys were all examined; `complete`: no bound cut the scan."""
+
+    OP: ClassVar[str] = "keys_scan_ok"
+    id: int
+    keys: list[bytes]
+    partitions: list[int]
+    complete: bool
 
 
 @request(PEER)

@@ -63,7 +63,10 @@ ids = st.integers(0, codec.INT_MAX)
 blobs = st.binary(max_size=64)
 small = st.none() | st.integers(1, 5)
 clock_entries = st.lists(st.builds(messages.ClockEntry, text, ids), max_size=4)
-sibling_views = st.lists(st.builds(messages.SiblingView, blobs, text, ids, clock_entries), max_size=4)
+meta_entries = st.none() | st.lists(st.builds(messages.MetaEntry, text, text), max_size=3)
+sibling_views = st.lists(
+    st.builds(messages.SiblingView, blobs, text, ids, clock_entries, st.none() | text, meta_entries, st.none() | ids), max_size=4
+)
 
 BUILDERS: dict[type, st.SearchStrategy[messages.Message]] = {
     messages.Hello: st.builds(messages.Hello, ids, text, st.none() | text, st.none() | text, st.none() | text, st.none() | blobs),
@@ -76,7 +79,9 @@ BUILDERS: dict[type, st.SearchStrategy[messages.Message]] = {
     messages.Pong: st.builds(messages.Pong, ids, text),
     messages.Get: st.builds(messages.Get, ids, blobs, small, st.none() | st.booleans(), st.none() | blobs, small),
     messages.GetOk: st.builds(messages.GetOk, ids, sibling_views, blobs),
-    messages.Put: st.builds(messages.Put, ids, blobs, blobs, st.none() | blobs, small, st.none() | st.booleans(), st.none() | blobs, small),
+    messages.Put: st.builds(
+        messages.Put, ids, blobs, blobs, st.none() | blobs, small, st.none() | st.booleans(), st.none() | blobs, small, st.none() | text, meta_entries
+    ),
     messages.PutOk: st.builds(messages.PutOk, ids, blobs),
     messages.Delete: st.builds(messages.Delete, ids, blobs, blobs, small, st.none() | st.booleans(), st.none() | blobs, small),
     messages.DeleteOk: st.builds(messages.DeleteOk, ids, blobs),
@@ -166,6 +171,10 @@ BUILDERS: dict[type, st.SearchStrategy[messages.Message]] = {
     messages.BackupChunk: st.builds(messages.BackupChunk, ids, ids, ids, blobs, ids, st.booleans(), st.none() | ids, st.none() | blobs),
     messages.BackupEnd: st.builds(messages.BackupEnd, ids, ids),
     messages.BackupEndOk: st.builds(messages.BackupEndOk, ids, ids),
+    messages.KeysList: st.builds(messages.KeysList, ids, blobs, st.none() | ids),
+    messages.KeysListOk: st.builds(messages.KeysListOk, ids, st.lists(blobs, max_size=4), st.booleans()),
+    messages.KeysScan: st.builds(messages.KeysScan, ids, blobs, ids),
+    messages.KeysScanOk: st.builds(messages.KeysScanOk, ids, st.lists(blobs, max_size=4), st.lists(ids, max_size=4), st.booleans()),
 }
 every_message = st.one_of(*BUILDERS.values())
 

@@ -43,12 +43,13 @@ def test_one_worker_is_the_node_as_it_always_was() -> None:
 
 
 def test_each_worker_has_its_name_ports_and_data_directory_and_shares_the_rest() -> None:
-    host = config(workers=3, metrics_listen="127.0.0.1:9740", seeds=["10.0.0.1:7400"], join="10.0.0.1:7400")
+    host = config(workers=3, metrics_listen="127.0.0.1:9740", http_listen="127.0.0.1:8098", seeds=["10.0.0.1:7400"], join="10.0.0.1:7400")
     workers = [host.for_worker(index) for index in range(3)]
     assert [w.name for w in workers] == ["web7-0", "web7-1", "web7-2"]
     assert [w.listen for w in workers] == ["0.0.0.0:7400", "0.0.0.0:7401", "0.0.0.0:7402"]
     assert [w.advertised_address for w in workers] == ["10.0.0.7:7400", "10.0.0.7:7401", "10.0.0.7:7402"]
     assert [w.metrics_listen for w in workers] == ["127.0.0.1:9740", "127.0.0.1:9741", "127.0.0.1:9742"]
+    assert [w.http_listen for w in workers] == ["127.0.0.1:8098", "127.0.0.1:8099", "127.0.0.1:8100"]
     assert [w.data_dir for w in workers] == [f"/var/lib/dynd/worker-{i}" for i in range(3)]
     assert {w.join for w in workers} == {"10.0.0.1:7400"}  # a joining host: every worker through the seed
     assert {(w.seeds, w.limits, w.trusted_network, w.replicas) for w in workers} == {(host.seeds, host.limits, True, 3)}
