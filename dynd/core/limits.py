@@ -58,6 +58,14 @@ class Limits:
     tick_interval_ms: int = 50
     peer_retry_ms: int = 1_000
     gossip_interval_ms: int = 1_000
+    # membership (dynd.core.membership): what one membership may hold (a peer's or the disk's
+    # with more is refused), and compaction: the compactor folds settled events into a snapshot
+    # once this many are past it; a member it has not exchanged gossip with for
+    # membership_settle_ms counts as down (its own events below a snapshot are recorded again)
+    membership_events_max: int = 100_000
+    membership_members_max: int = 10_000
+    membership_compact_events: int = 16
+    membership_settle_ms: int = 600_000
     handoff_interval_ms: int = 2_000
     handoff_batch_keys: int = 128
     # membership plans and transfer listings: how long a node waits for the members' answers
@@ -146,5 +154,9 @@ class Limits:
             raise ValueError("backup_chunk_bytes must not exceed connection_outbuf_bytes_max")
         if self.backup_read_wait_ms >= self.backup_idle_timeout_ms:
             raise ValueError("backup_read_wait_ms must be below backup_idle_timeout_ms")
+        if self.membership_compact_events > self.membership_events_max:
+            raise ValueError("membership_compact_events must not exceed membership_events_max")
+        if self.membership_settle_ms < 2 * self.gossip_interval_ms:
+            raise ValueError("membership_settle_ms must be at least 2 * gossip_interval_ms (members are heard by gossip)")
         if not 512 <= self.datagram_bytes_max <= 65_507:
             raise ValueError("datagram_bytes_max must be 512..65507 (the largest UDP payload)")
