@@ -305,11 +305,15 @@ class Membership:
     # ---- encoding ----
 
     @cached_property
+    def format(self) -> int:
+        """1 when a node of 70300c4 or before can read this membership (no snapshot, no location), else 2."""
+        return 1 if self.base.empty and all(e.kind in FORMAT_1_KINDS and not e.location for e in self.events) else 2
+
+    @cached_property
     def _encoded(self) -> bytes:
-        p = self.params
-        params = [p.cluster_id, p.n, p.r, p.w, p.partitions]
-        if self.base.empty and all(e.kind in FORMAT_1_KINDS and not e.location for e in self.events):
-            return cbor2.dumps([1, params, [e.to_plain()[:5] for e in self.ordered_events]])
+        if self.format == 1:
+            p = self.params
+            return cbor2.dumps([1, [p.cluster_id, p.n, p.r, p.w, p.partitions], [e.to_plain()[:5] for e in self.ordered_events]])
         return MembershipDelta(self.params, None if self.base.empty else self.base, self.events).encode()
 
     def encode(self) -> bytes:
