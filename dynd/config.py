@@ -13,6 +13,7 @@
     metrics_listen = ""         # HOST:PORT serving GET /metrics (Prometheus); off when empty
     metrics = true              # false: no latency histograms or request counters (to measure their cost)
     commit_engine = "process"   # who commits to LMDB: "process" (a writer child) or "thread" (in this process)
+    location = ""               # where this node runs, zone/rack/host (default: the host name); see dynd(8)
 
     [security]                  # DESIGN.md section 6a; man dynd(8), SECURITY
     cluster_secret_file = ""    # hex secrets, one or two lines (openssl rand -hex 32); mode 0600
@@ -43,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import socket
 import stat
 import tomllib
 from dataclasses import dataclass, field
@@ -51,6 +53,7 @@ from typing import Any
 from dynd.core.limits import Limits
 from dynd.core.partition import check_partition_count
 from dynd.protocol.address import DEFAULT_PORT, format_address, parse_address
+from dynd.protocol.locations import LocationError, check_location, default_location
 from dynd.protocol.auth import EMPTY_TOKENS, AuthConfigError, Keyring, TokenTable, is_loopback_host, load_keyring, load_tokens
 
 NODE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -77,6 +80,7 @@ class Config:
     metrics_listen: str = ""  # "" : no metrics endpoint
     metrics: bool = True  # False: the node keeps no latency histograms or request counters
     commit_engine: str = "process"  # one of COMMIT_ENGINES: see dynd.shell.commit_engines
+    location: str = ""  # a path (dynd.protocol.locations); load_config makes "" the host name's; "" here: unknown
     partitions: int | None = None  # None: the cluster's (when joining or restarting), else DEFAULT_PARTITIONS
     replicas: int = 3
     r: int = 2
@@ -115,7 +119,7 @@ class Config:
 
 
 _SECTIONS: dict[str, dict[str, type]] = {
-    "node": {"name": str, "listen": str, "data_dir": str, "log_level": str, "log_format": str, "advertise": str, "seeds": list, "join": str, "metrics_listen": str, "metrics": bool, "commit_engine": str},
+    "node": {"name": str, "listen": str, "data_dir": str, "log_level": str, "log_format": str, "advertise": str, "seeds": list, "join": str, "metrics_listen": str, "metrics": bool, "commit_engine": str, "location": str},
     "cluster": {"partitions": int, "replicas": int, "r": int, "w": int},
     "security": {
         "cluster_secret_file": str,
@@ -148,6 +152,8 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
             else:
                 raise ConfigError(f"unknown config table [{section}] (known: {', '.join([*_SECTIONS, 'limits'])})")
     values.update({key: value for key, value in overrides.items() if value is not None})
+    if not values.get("location"):
+        values["location"] = default_location(socket.gethostname())
     if "seeds" in values:
         if not all(isinstance(seed, str) for seed in values["seeds"]):
             raise ConfigError("[node] seeds must be a list of HOST:PORT strings")
@@ -195,6 +201,11 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
     if config.commit_engine not in COMMIT_ENGINES:
         raise ConfigError(f"commit_engine must be one of {', '.join(COMMIT_ENGINES)}, not {config.commit_engine!r}")
+    if config.location:
+        try:
+            check_location(config.location)
+        except LocationError as exc:
+            raise ConfigError(f"[node] location (--location): {exc}") from None
     if config.log_format not in LOG_FORMATS:
         raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}, not {config.log_format!r}")
     try:
