@@ -90,7 +90,8 @@ log = logging.getLogger("dynd.cluster")
 MEMBERSHIP_META = "membership"
 HEARD_WITHIN_GOSSIP_INTERVALS = 4
 STATUS_GATHER_MS = 1_000  # how long cluster status waits for members' own transfer counts
-ADDRESS_CLAIMS_MAX = 3  # address events a node records per start (see the rules above)
+ADDRESS_CLAIMS_MAX = 3  # address (and location) events a node records per start (see the rules above)
+RETRY_DIGESTS_WITH_OLD = 0.125  # share of exchanges with an older node that try digest-first gossip again
 
 
 class RandomSource(Protocol):
@@ -128,7 +129,7 @@ class ClusterView:
         self.name = name
         self.address = address
         self.location = location
-        self.peers = PeerKnowledge(limits)
+        self.peers = PeerKnowledge(limits, now_ms())
         self.storage = storage
         self.network = network
         self.limits = limits
@@ -148,7 +149,7 @@ class ClusterView:
         self._address_conflict_logged = False
         self._location_claims = 0
         self._location_wait_logged = False
-        claimed = self._claim_address(membership)
+        claimed = self._claim_location(self._claim_address(membership))
         self._adopt(claimed, force=True)
         if claimed is not membership:
             self._persist(claimed)
@@ -268,7 +269,7 @@ class ClusterView:
         held = membership.members.get(self.name)
         if not self.location or held is None or held.status == REMOVED or held.location == self.location:
             return membership
-        if not self.peers.may_record_location(membership, self.name):
+        if not self.peers.may_record_location(membership, self.name, self.now_ms()):
             if not self._location_wait_logged:
                 self._location_wait_logged = True
                 waiting = self.peers.waiting_for(membership, self.name)
@@ -542,7 +543,8 @@ class ClusterView:
         """One gossip exchange with `target`: the member of that name when `member` is given, else
         the node at that address. Digest first, or whole memberships with an older node."""
         send = self.network.send if member is not None else self.network.send_to_address
-        if target not in self.peers.old_targets:
+        # An older node is asked digest first again now and then: once upgraded, it answers so.
+        if target not in self.peers.old_targets or self.rng.random() < RETRY_DIGESTS_WITH_OLD:
             send(target, self._gossip_request, lambda answer: self._merge_reply(target, answer, member=member))
         elif self.membership.format == 1:  # an older node reads it
             send(target, self._whole_request, lambda answer: self._merge_reply(target, answer, member=member))
@@ -562,6 +564,7 @@ class ClusterView:
         return messages.Gossip(id=request_id, membership=self.membership.encode())
 
     def _note_old_target(self, target: str) -> None:
+        self.peers.heard_old(self.now_ms())
         if target not in self.peers.old_targets:
             self.peers.old_targets[target] = False
             log.warning("%s runs a dynd of 70300c4 or before (no digest-first gossip): gossiping whole memberships with it", target)
@@ -589,6 +592,7 @@ class ClusterView:
                 self._note_removal_seen(theirs)
             return
         self.peers.spoke_digests(summary.node)
+        self.peers.old_targets.pop(source, None)  # a seed's address, say: it speaks digest first now
         if answer.delta is not None:
             try:
                 delta = self._decode_delta(answer.delta)

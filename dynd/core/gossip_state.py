@@ -15,8 +15,12 @@ Rules:
   snapshot (the orphans of dynd.core.membership). Nothing is settled while any member speaks the
   gossip of 70300c4 or before (it could not read a snapshot), so neither is heard within that time.
 - A node records its own location only once every other active member either has a location
-  already or has spoken digest-first gossip to it since it started: a node of 70300c4 or before
-  cannot read a location event, and gossip with it would stop.
+  already or has spoken digest-first gossip to it since it started, or, failing that (a member
+  that is down holds it back), once it has run for `membership_settle_ms` without hearing any
+  gossip of 70300c4 or before (requests, or refusals of a summary) in that time: such a node
+  cannot read a location event, and gossip with it would stop until it is upgraded.
+- A gossip target that refused a summary is gossiped with the old way until it speaks digest
+  first itself (it was upgraded).
 """
 
 from __future__ import annotations
@@ -26,21 +30,26 @@ from dynd.core.membership import JOINED, Membership
 
 
 class PeerKnowledge:
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, started_ms: int) -> None:
         self.limits = limits
+        self.started_ms = started_ms
         self.acks: dict[str, tuple[int, int]] = {}  # member -> (acknowledged stamp, when heard, ms)
         self.digest_speakers: set[str] = set()  # members that spoke digest-first gossip since start
         self.old_targets: dict[str, bool] = {}  # gossip targets of an older dynd -> told the operator it cannot read ours
-        self.old_heard_ms: int | None = None  # when the gossip of an older dynd last arrived
+        self.old_heard_ms: int | None = None  # when gossip of an older dynd (or a refusal of ours) last came
 
     def acknowledged(self, member: str, stamp: int, now_ms: int) -> None:
         self.acks[member] = (stamp, now_ms)
 
     def spoke_digests(self, member: str) -> None:
         self.digest_speakers.add(member)
+        self.old_targets.pop(member, None)
 
     def heard_old(self, now_ms: int) -> None:
         self.old_heard_ms = now_ms
+
+    def _old_heard_within(self, now_ms: int) -> bool:
+        return self.old_heard_ms is not None and now_ms - self.old_heard_ms < self.limits.membership_settle_ms
 
     def settled_stamp(self, membership: Membership, me: str, now_ms: int) -> int | None:
         """The stamp at and below which events are settled (see the rules above), or None while
@@ -49,7 +58,7 @@ class PeerKnowledge:
         if not owners or min(owners) != me:
             return None
         window = self.limits.membership_settle_ms
-        if self.old_heard_ms is not None and now_ms - self.old_heard_ms < window:
+        if self._old_heard_within(now_ms):
             return None
         others = [m.name for m in membership.active() if m.name != me]
         if any(name in self.old_targets for name in others):
@@ -59,8 +68,10 @@ class PeerKnowledge:
             return None
         return min([membership.stamp, *heard])
 
-    def may_record_location(self, membership: Membership, me: str) -> bool:
-        return all(m.location or m.name in self.digest_speakers for m in membership.active() if m.name != me)
+    def may_record_location(self, membership: Membership, me: str, now_ms: int) -> bool:
+        if not self.waiting_for(membership, me):
+            return True
+        return now_ms - self.started_ms >= self.limits.membership_settle_ms and not self._old_heard_within(now_ms)
 
     def waiting_for(self, membership: Membership, me: str) -> list[str]:
         """The members a location waits to hear from (see the rules above)."""
