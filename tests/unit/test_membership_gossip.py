@@ -19,7 +19,7 @@ from dynd.core.limits import Limits
 from dynd.core.membership import JOIN, LEAVE, REMOVE, ClusterParams, MemberEvent, Membership
 from dynd.core.ops import PutMeta
 from dynd.protocol import codec, messages
-from dynd.protocol.errors import BadRequest, DynError, Unreachable, error_from_code
+from dynd.protocol.errors import BadRequest, DynError, Timeout, Unreachable, error_from_code
 from tests.support.membership_oracle import replayed
 
 PARAMS = ClusterParams("g1", n=3, r=2, w=2, partitions=32)
@@ -94,8 +94,9 @@ class Port:
 
 
 class Net:
-    def __init__(self, seed: int = 1, limits: Limits = LIMITS) -> None:
+    def __init__(self, seed: int = 1, limits: Limits = LIMITS, loss: float = 0.0) -> None:
         self.rng = random.Random(seed)
+        self.loss = loss  # share of requests and of replies lost (the sender sees a timeout)
         self.limits = limits
         self.now_ms = 0
         self.ids = 0
@@ -136,6 +137,9 @@ class Net:
             if dst in self.down or (dst not in self.views and dst not in self.old):
                 on_reply(Unreachable(f"{dst} is down"))
                 continue
+            if self.rng.random() < self.loss:
+                on_reply(Timeout("lost"))
+                continue
             request = codec.decode_message(payload)
             answer: Any
             if dst in self.old:
@@ -149,6 +153,9 @@ class Net:
             self.bytes[answer.OP] += len(data)
             self.count[answer.OP] += 1
             decoded = codec.decode_message(data)
+            if self.rng.random() < self.loss:
+                on_reply(Timeout("reply lost"))
+                continue
             on_reply(error_from_code(decoded.code, decoded.message) if isinstance(decoded, messages.ErrorReply) else decoded)
         raise AssertionError("the link never went quiet")
 
@@ -311,3 +318,39 @@ def test_a_new_node_cannot_make_an_old_one_read_format_2_and_says_so_once(caplog
     assert caplog.text.count("cannot gossip with old") == 1
     assert net.old["old"].refused > 0, "the old node refuses (and logs) what it cannot read; nothing breaks"
     assert net.views["a"].peers.settled_stamp(net.views["a"].membership, "a", net.now_ms) is None, "no snapshot while it is heard"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_changes_restarts_and_lost_messages_converge_to_one_membership_and_the_plain_fold(seed: int) -> None:
+    rng = random.Random(seed)
+    names = [f"n{i}" for i in range(6)]
+    net = Net(seed=seed, loss=0.15)
+    for name in names:
+        net.add(name, grown(names))
+    made: set[MemberEvent] = set(grown(names).events)
+    for step in range(10):
+        live = [n for n in sorted(net.views) if n not in net.down]
+        actor = net.views[rng.choice(live)]
+        action = rng.choice(["join", "leave", "move", "down", "up"])
+        if action == "join":
+            name = f"j{step}"
+            net.add(name, actor.membership.with_event(JOIN, name, origin=name, address=f"{name}:1"))
+        elif action == "leave":
+            joined = [m.name for m in actor.membership.members.values() if m.status == "joined"]
+            if len(joined) > 3:
+                actor.leave(rng.choice(joined))
+        elif action == "move":
+            actor._update(actor.membership.at_address(actor.name, f"{actor.name}:{step}"))
+        elif action == "down" and len(net.down) < 2:
+            net.down.add(actor.name)
+        elif action == "up" and net.down:
+            net.down.discard(sorted(net.down)[0])
+        made |= {e for v in net.views.values() for e in v.membership.events}
+        net.rounds(rng.randint(1, 4))
+    net.down.clear()
+    net.loss = 0.0
+    net.settle(limit=60)
+    final = net.views["n0"].membership
+    assert (final.members, final.ring) == replayed(PARAMS, final.events, final.base)
+    if final.base.empty:
+        assert (final.members, final.ring) == replayed(PARAMS, made), "no snapshot: the plain fold of every event made"
