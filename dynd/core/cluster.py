@@ -573,6 +573,9 @@ class ClusterView:
         """Take in a GossipOk from `source` (see "Gossip, digest first" above)."""
         if _speaks_no_digests(answer):
             self._note_old_target(source)
+            if push_back and self.membership.format == 1:  # say it again, the old way, at once
+                send = self.network.send if member is not None else self.network.send_to_address
+                send(source, self._whole_request, lambda again: self._merge_reply(source, again, member=member, push_back=False))
             return
         if not isinstance(answer, messages.GossipOk):
             log.debug("gossip with %s failed: %s", source, answer)
