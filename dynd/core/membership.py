@@ -27,15 +27,20 @@ Snapshots (compaction):
   equal on every node: every node folds the same ring, whatever any node considers settled, and
   whichever events any node held when a snapshot was made.
 - What "settled" buys is that a snapshot equals the fold of every event: it does when every event
-  at or below the snapshot's stamp reached the compactor first. An event is settled when the
-  compactor knows that every member that could still hold or record one at its stamp has shown
-  it all its events (`dynd.core.gossip_state`): a member it exchanged with since (and which stamps
-  new events above what it showed). A member down all along may hold events below a snapshot
-  that it made (an address change at its restart, an admin act it took just before it went
-  down). Those are *orphans*: when that member adopts the snapshot, the events it recorded
-  that the snapshot does not cover (`covered` stamps per origin) are recorded again above it
-  (`orphaned_events`); only their origin does that, once, so every node still agrees. Such an
-  event then applies after the snapshot's events rather than among them; nothing is lost.
+  at or below the snapshot's stamp reached the compactor first. The compactor counts an event
+  settled when every active member it heard from lately (a majority at least) has shown it all
+  the events it held, at a stamp at or above the event's (`dynd.core.gossip_state`): such a
+  member stamps its later events above what it showed, so it can bring no other event that low.
+- A member down all along may hold events below a snapshot that it made (an address change at
+  its restart, an admin act it took just before it went down). Those are *orphans*: when that
+  member adopts the snapshot, the events it recorded that the snapshot does not hold are recorded
+  again above it (`orphaned_events`); only their origin does that, once, so every node still
+  agrees. Such an event then applies after the snapshot's events rather than among them; nothing
+  is lost. Other nodes drop their copies with the rest of what is below the snapshot.
+- Which events of an origin a snapshot holds is told by `covered` (its highest stamp per origin):
+  an origin's events reach the others in stamp order (an exchange sends all it holds), so those
+  at or below it are in. The one exception: a node that lost its newest event in a crash before
+  storing it, after a peer saw it, and then stamped a new event alike; the new one counts as held.
 - Adopting a snapshot folded from exactly the events a node holds below it (same parent, same
   `folded` digest) replays nothing: the node's fold is rebased onto it.
 
