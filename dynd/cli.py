@@ -104,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--join", metavar="SEED", help="on first start (empty data directory), join the cluster of the node at SEED (HOST:PORT); later starts check SEED is in it"
     )
+    parser.add_argument(
+        "--location",
+        metavar="PATH",
+        help="where this node runs, as zone/rack/host (default: the host name); nodes of one host share it, and claim keeps a key's copies on distinct hosts and zones",
+    )
     parser.add_argument("--seed", dest="seeds", action="append", metavar="HOST:PORT", help="a node to gossip with (repeatable)")
     parser.add_argument("--partitions", type=int, help="Q when creating a cluster (power of two; default 256); a joining node takes the cluster's")
     parser.add_argument("--replicas", type=int, help="N when creating a cluster (default 3)")
@@ -183,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         "metrics": args.metrics,
         "commit_engine": args.commit_engine,
         "workers": args.workers,
+        "location": args.location,
     }
     try:
         config = load_config(args.config, overrides)
@@ -441,7 +447,7 @@ async def initial_membership(config: Config, store: LmdbStore, security: Securit
     written here (`StoreAtStart.commit_start` does)."""
     stored = store.get_meta(MEMBERSHIP_META)
     if stored is not None:
-        membership = Membership.decode(stored)
+        membership = Membership.decode(stored, events_max=config.limits.membership_events_max, members_max=config.limits.membership_members_max)
         if config.join:
             await check_join_target(config, membership, security)
         return membership, True
@@ -454,9 +460,9 @@ async def initial_membership(config: Config, store: LmdbStore, security: Securit
                 f"start this node with --partitions {theirs.params.partitions} (or none) on an empty data directory"
             )
         log.info("joining cluster %s through %s", theirs.params.cluster_id, config.join)
-        return theirs.with_event(JOIN, config.name, origin=config.name, address=address), False
+        return theirs.with_event(JOIN, config.name, origin=config.name, address=address, location=theirs.location_for_join(config.location)), False
     try:
-        membership = new_cluster(config.name, address, config.replicas, config.r, config.w, config.partitions_for_new_cluster)
+        membership = new_cluster(config.name, address, config.replicas, config.r, config.w, config.partitions_for_new_cluster, config.location)
     except DynError as exc:
         raise MisconfiguredStart(exc.message) from None
     log.info("created cluster %s (N=%d R=%d W=%d Q=%d)", membership.params.cluster_id, config.replicas, config.r, config.w, membership.params.partitions)
@@ -642,6 +648,7 @@ async def run_node(
             now_us=monotonic_us,
             shell_readings=lambda: shell_readings(config, store, committer, server),
             measure=config.metrics,
+            location=config.location,
         )
         node.swim.on_security_event = security.events.record
 
@@ -669,10 +676,11 @@ async def run_node(
                 if ports.http:
                     await serve_http(front, config, node, security, ports.http)
                 log.info(
-                    "node %s serving on %s (advertised as %s; data in %s; cluster secret: %s; client tokens: %s; TLS: %s)",
+                    "node %s serving on %s (advertised as %s; location %s; data in %s; cluster secret: %s; client tokens: %s; TLS: %s)",
                     config.name,
                     format_address(host, port),
                     config.advertised_address,
+                    config.location,
                     config.data_dir,
                     describe_keyring(security.keyring),
                     describe_tokens(security.tokens),

@@ -15,6 +15,7 @@
     metrics = true              # false: no latency histograms or request counters (to measure their cost)
     commit_engine = "process"   # who commits to LMDB: "process" (a writer child) or "thread" (in this process)
     workers = 1                 # node processes on this host, or "auto" (one per core): see dynd.workers
+    location = ""               # where this node runs, zone/rack/host (default: the host name); see dynd(8)
 
     [security]                  # DESIGN.md section 6a; man dynd(8), SECURITY
     cluster_secret_file = ""    # hex secrets, one or two lines (openssl rand -hex 32); mode 0600
@@ -45,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import socket
 import stat
 import tomllib
 from dataclasses import dataclass, field
@@ -53,6 +55,7 @@ from typing import Any
 from dynd.core.limits import Limits
 from dynd.core.partition import check_partition_count
 from dynd.protocol.address import DEFAULT_PORT, format_address, parse_address
+from dynd.protocol.locations import LocationError, check_location, default_location
 from dynd.protocol.auth import EMPTY_TOKENS, AuthConfigError, Keyring, TokenTable, is_loopback_host, load_keyring, load_tokens
 from dynd.workers import WorkersError, parse_workers, worker_data_dir, worker_name, worker_port
 
@@ -82,6 +85,7 @@ class Config:
     metrics: bool = True  # False: the node keeps no latency histograms or request counters
     commit_engine: str = "process"  # one of COMMIT_ENGINES: see dynd.shell.commit_engines
     workers: int = 1  # node processes on this host ("auto" resolved at load): see dynd.workers
+    location: str = ""  # a path (dynd.protocol.locations); load_config makes "" the host name's; "" here: unknown
     partitions: int | None = None  # None: the cluster's (when joining or restarting), else DEFAULT_PARTITIONS
     replicas: int = 3
     r: int = 2
@@ -152,7 +156,7 @@ def _shifted(address: str, index: int, setting: str) -> str:
 
 
 _SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "node": {"name": str, "listen": str, "data_dir": str, "log_level": str, "log_format": str, "advertise": str, "seeds": list, "join": str, "metrics_listen": str, "http_listen": str, "metrics": bool, "commit_engine": str, "workers": (int, str)},
+    "node": {"name": str, "listen": str, "data_dir": str, "log_level": str, "log_format": str, "advertise": str, "seeds": list, "join": str, "metrics_listen": str, "http_listen": str, "metrics": bool, "commit_engine": str, "workers": (int, str), "location": str},
     "cluster": {"partitions": int, "replicas": int, "r": int, "w": int},
     "security": {
         "cluster_secret_file": str,
@@ -185,6 +189,8 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
             else:
                 raise ConfigError(f"unknown config table [{section}] (known: {', '.join([*_SECTIONS, 'limits'])})")
     values.update({key: value for key, value in overrides.items() if value is not None})
+    if not values.get("location"):
+        values["location"] = default_location(socket.gethostname())
     if "seeds" in values:
         if not all(isinstance(seed, str) for seed in values["seeds"]):
             raise ConfigError("[node] seeds must be a list of HOST:PORT strings")
@@ -237,6 +243,11 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
     if config.commit_engine not in COMMIT_ENGINES:
         raise ConfigError(f"commit_engine must be one of {', '.join(COMMIT_ENGINES)}, not {config.commit_engine!r}")
+    if config.location:
+        try:
+            check_location(config.location)
+        except LocationError as exc:
+            raise ConfigError(f"[node] location (--location): {exc}") from None
     if config.log_format not in LOG_FORMATS:
         raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}, not {config.log_format!r}")
     try:

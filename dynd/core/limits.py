@@ -60,6 +60,14 @@ class Limits:
     tick_interval_ms: int = 50
     peer_retry_ms: int = 1_000
     gossip_interval_ms: int = 1_000
+    # membership (dynd.core.membership): what one membership may hold (a peer's or the disk's
+    # with more is refused), and compaction: the compactor folds settled events into a snapshot
+    # once this many are past it; a member it has not exchanged gossip with for
+    # membership_settle_ms counts as down (its own events below a snapshot are recorded again)
+    membership_events_max: int = 100_000
+    membership_members_max: int = 10_000
+    membership_compact_events: int = 16
+    membership_settle_ms: int = 600_000
     handoff_interval_ms: int = 2_000
     handoff_batch_keys: int = 128
     # membership plans and transfer listings: how long a node waits for the members' answers
@@ -181,5 +189,9 @@ class Limits:
             raise ValueError("meta_bytes_max must be below http_header_bytes_max (metadata travels in headers)")
         if self.list_keys_max > self.list_keys_scan_max:
             raise ValueError("list_keys_max must not exceed list_keys_scan_max")
+        if self.membership_compact_events > self.membership_events_max:
+            raise ValueError("membership_compact_events must not exceed membership_events_max")
+        if self.membership_settle_ms < 2 * self.gossip_interval_ms:
+            raise ValueError("membership_settle_ms must be at least 2 * gossip_interval_ms (members are heard by gossip)")
         if not 512 <= self.datagram_bytes_max <= 65_507:
             raise ValueError("datagram_bytes_max must be 512..65507 (the largest UDP payload)")

@@ -96,6 +96,7 @@ class Node:
         now_us: Callable[[], int] | None = None,
         shell_readings: Callable[[], dict[str, Any]] | None = None,
         measure: bool = True,
+        location: str = "",
     ) -> None:
         """`actor`: the id this node's versions carry, its name plus an epoch (`dynd.core.actors`
         says when a start must take a new one; the caller decides and stores it). `keyring`: the
@@ -104,7 +105,8 @@ class Node:
         `now_us`: the monotonic clock in microseconds, only for latencies (sub-ms gets need
         it; default now_ms * 1000); `shell_readings`: what only the shell knows, for StatsOk and
         InfoOk (`SHELL_READINGS` names them; a missing one reads 0 or ""); `measure`: False
-        keeps no latency histograms or request counters (to measure what they cost)."""
+        keeps no latency histograms or request counters (to measure what they cost); `location`:
+        where this node runs (a path, dynd.protocol.locations; "" unknown)."""
         self.name = name
         self.rng = rng
         self.network = network
@@ -128,7 +130,9 @@ class Node:
         self.budget = BackgroundBudget(target_p99_ms=limits.background_p99_target_ms, now_ms=now_ms())
 
         # ---- membership and liveness ----
-        self.cluster = ClusterView(name, address, membership, storage, network, limits=limits, now_ms=now_ms, rng=rng, seeds=seeds)
+        self.cluster = ClusterView(
+            name, address, membership, storage, network, limits=limits, now_ms=now_ms, rng=rng, seeds=seeds, location=location
+        )
         self.swim = Swim(
             name,
             limits=limits,
@@ -478,7 +482,7 @@ class Node:
     # ---- small requests of the cluster view ----
 
     def gossip(self, request: messages.Gossip, reply: Reply) -> None:
-        reply(messages.GossipOk(id=request.id, membership=self.cluster.merge_from_peer(request.membership)))
+        reply(self.cluster.handle_gossip(request))
 
     def cluster_remove(self, request: messages.ClusterRemove, reply: Reply) -> None:
         """Removing probes the member first (unless forced); the reply comes when that is done."""

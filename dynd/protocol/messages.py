@@ -416,14 +416,36 @@ class HandoffOk:
     id: int
 
 
+@record
+@dataclass(frozen=True, slots=True)
+class MembershipSummary:
+    """A membership in a few bytes, for digest-first gossip (dynd.core.cluster): its digest, its
+    highest stamp, and its snapshot's stamp and digest (0 and b"" for none); `node` names the
+    sender (a proved peer)."""
+
+    node: str
+    digest: bytes
+    stamp: int
+    snapshot_stamp: int
+    snapshot_digest: bytes
+
+
 @request(PEER)
 @dataclass(frozen=True, slots=True)
 class Gossip:
-    """Push-pull membership exchange: the receiver merges and answers with its merged view."""
+    """Membership exchange (dynd.core.cluster has the protocol). Digest-first: `summary` set,
+    `membership` empty, `delta` the events (and snapshot) the receiver lacks when the sender knows
+    them. Without `summary`, the form of 70300c4 and before: `membership` whole (empty: the
+    sender has none yet, as a joining node), answered with the receiver's whole membership.
+    A stranger who reaches the port gets nothing: gossip needs the peer role (the cluster secret);
+    a proved peer that is not a member may gossip (that is how it joins) and learns the members'
+    names, addresses and locations."""
 
     OP: ClassVar[str] = "gossip"
     id: int
     membership: bytes
+    summary: MembershipSummary | None = None
+    delta: bytes | None = None
 
 
 @reply
@@ -432,6 +454,8 @@ class GossipOk:
     OP: ClassVar[str] = "gossip_ok"
     id: int
     membership: bytes
+    summary: MembershipSummary | None = None
+    delta: bytes | None = None
 
 
 # ---- anti-entropy between the replicas of a partition (dynd.core.anti_entropy) ----
