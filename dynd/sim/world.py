@@ -10,9 +10,10 @@ target one such node process.
 A `Machine` is a server: it runs one or more hosts (the workers of `dynd --workers K`) and has a
 location, `zone-<z>/host-<m>` (`dynd.protocol.locations`), which every node on it shares; machines
 are dealt to zones in turn. `nodes_per_machine` lays the starting nodes out: k each (the last
-machine takes what is left), or an explicit count per machine. The default, one node per machine in
-one zone, is the simulator as it was before machines. Losing a machine (`crash_machine`, the
-`host-crash` fault) loses every node on it at once.
+machine takes what is left), or an explicit count per machine. The default is one node per machine
+in one zone. Every node is started with its machine's location (`Node(location=...)`), as
+`dynd --location` does, and the starting membership records it, so placement sees where nodes run.
+Losing a machine (`crash_machine`, the `host-crash` fault) loses every node on it at once.
 
 Each node process has two clocks, as a real one does. Its monotonic clock (`Node(now_ms=...)`, for
 every deadline and timer) is the loop's virtual time plus an offset of its own, fixed for the life
@@ -175,8 +176,9 @@ class World:
         for count in layout:
             machine_of += [self._new_machine().name] * count
         membership = Membership(self.params)
-        for name in names:
-            membership = membership.with_event(JOIN, name, origin=names[0], address=self._address(name))
+        for name, machine in zip(names, machine_of):
+            location = self.machines[machine].location
+            membership = membership.with_event(JOIN, name, origin=names[0], address=self._address(name), location=location)
         for name, machine in zip(names, machine_of):
             host = self._new_host(name, machine)
             host.store.write([PutMeta(MEMBERSHIP_META, membership.encode())])
@@ -216,7 +218,7 @@ class World:
             raise ValueError(f"no machine {machine!r}; there are {', '.join(sorted(self.machines))}")
         name = f"n{len(self.hosts) + 1}"
         host = self._new_host(name, machine if machine is not None else self._new_machine().name)
-        alone = create(ClusterParams(f"sim-{self.seed}-{name}", *self._params_tuple()), name, host.address)
+        alone = create(ClusterParams(f"sim-{self.seed}-{name}", *self._params_tuple()), name, host.address, host.location)
         host.store.write([PutMeta(MEMBERSHIP_META, alone.encode())])
         self.start(host)
         return host
@@ -268,6 +270,7 @@ class World:
                 seeds=host.seeds,
                 actor=actor,
                 boot=host.incarnations,  # grows with every start, as the daemon's persisted boot does
+                location=host.location,  # every node of a machine at the machine's
             )
 
         process.run(build)
