@@ -39,6 +39,7 @@ by their actor with a key per node.
 from __future__ import annotations
 
 import struct
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -261,8 +262,11 @@ class LocalReplica:
         self.limits = limits
         self.partitions = partitions
         self.renew_actor = renew_actor
-        self._objects: dict[tuple[int, bytes], tuple[bytes, versions.SiblingSet]] = {}
-        self._contexts: dict[bytes, versions.Clock] = {}
+        # Oldest first. OrderedDicts, not dicts: a dict's oldest entry is found by scanning past
+        # the slots its earlier evictions emptied, which grows with the cache until the dict is
+        # rebuilt (1.5 us an eviction at 4,096 entries, where popitem(last=False) takes 0.2).
+        self._objects: OrderedDict[tuple[int, bytes], tuple[bytes, versions.SiblingSet]] = OrderedDict()
+        self._contexts: OrderedDict[bytes, versions.Clock] = OrderedDict()
 
     def partition(self, key: bytes) -> int:
         return partition_of(key, self.partitions)
@@ -275,11 +279,11 @@ class LocalReplica:
         if key[0] == 0:  # the bucket mark: only a well-formed bucket key may start with it
             check_key_shape(key)
 
-    def _remember(self, cache: dict[Any, Any], key: Any, item: Any) -> None:
+    def _remember(self, cache: OrderedDict[Any, Any], key: Any, item: Any) -> None:
         cache.pop(key, None)
         cache[key] = item
         if len(cache) > self.limits.versions_cache_entries:
-            del cache[next(iter(cache))]  # the oldest
+            cache.popitem(last=False)  # the oldest
 
     def read(self, record: bytes | None) -> EncodedView:
         return EMPTY_VIEW if record is None else record_view(record)

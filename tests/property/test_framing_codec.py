@@ -221,3 +221,33 @@ def test_a_bad_request_keeps_its_id_for_the_reply() -> None:
     with pytest.raises(BadRequest) as raised:
         codec.decode_message(cbor2.dumps({"op": "put", "id": 41, "key": b"k"}))
     assert codec.request_id_of(raised.value) == 41
+
+
+_REFUSED_ITEMS = [
+    b"\x81" * 50 + b"\x01",  # too deep, stopped part way down
+    b"\x82\x81\xd8\x1c\x01\x01",  # a shareable (tag 28) inside an array
+    b"\x82\xd9\x01\x00\x81\x61a\x01",  # a string-reference namespace (tag 256)
+    b"\x82\x01",  # an array cut short
+    b"\xa2\x62op\x64ping\x62op\x64ping",
+]
+
+
+@settings(max_examples=200)
+@given(st.lists(st.one_of(st.sampled_from(_REFUSED_ITEMS), every_message), max_size=12))
+def test_a_refused_frame_leaves_nothing_behind_for_the_next(stream: list[bytes | messages.Message]) -> None:
+    """Decoders are reused between frames (`codec.loads_strict`): whatever frames were refused
+    before it, each good one decodes to exactly what was sent, its nesting allowed in full."""
+    deepest = cbor2.dumps({"op": "ping", "id": 1, "x": [[[[[[[1]]]]]]]})  # as deep as CBOR_DEPTH_MAX allows
+    for item in stream:
+        if isinstance(item, bytes):
+            with pytest.raises(BadFrame):
+                codec.decode_message(item)
+        else:
+            assert codec.decode_message(codec.encode_message(item)) == item
+        with pytest.raises(BadRequest):  # decoded in full (a depth left over would refuse it), then its field refused
+            codec.decode_message(deepest)
+
+
+def test_the_deepest_item_in_the_reuse_test_is_at_the_limit() -> None:
+    with pytest.raises(BadFrame, match="depth"):
+        codec.decode_message(cbor2.dumps({"op": "ping", "id": 1, "x": [[[[[[[[1]]]]]]]]}))
