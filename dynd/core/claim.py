@@ -60,10 +60,12 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from fractions import Fraction
 
 from dynd.core.partition import check_partition_count
 from dynd.core.ring import Ring
+from dynd.protocol.locations import LocationError, check_location, host_of, zone_of
 
 # The local search's budget, in candidate moves examined per claim.
 SEARCH_WORK_BASE = 200_000
@@ -86,14 +88,59 @@ def windows_can_be_distinct(partitions: int, members: int, n_replicas: int) -> b
     return -(-partitions // members) * n_replicas <= partitions
 
 
+def groups_can_be_distinct(partitions: int, group_sizes: Sequence[int], n_replicas: int) -> bool:
+    """Whether claim promises every window of N partitions N distinct groups (hosts or zones), for
+    groups of these many members each (rule 7): at least N groups, and no group whose members,
+    each at the ceiling ceil(Q/S), would own more than Q/N partitions. The groups of a host's or a
+    zone's members must sit at least N partitions apart, which Q/N bounds."""
+    members = sum(group_sizes)
+    if len(group_sizes) < n_replicas or n_replicas > partitions or members == 0:
+        return False
+    return max(group_sizes) * -(-partitions // members) * n_replicas <= partitions
+
+
+def _worth_spreading(partitions: int, group_sizes: Sequence[int], n_replicas: int) -> bool:
+    """Whether the search counts repeats of these groups at all: at least N groups, none so big
+    that its members at the floor would own more than Q/N. A group just over the bound (three
+    zones and Q not a multiple of 3) still gets all but a few windows distinct; one far over it
+    would keep most partitions in conflict and only cost search time."""
+    members = sum(group_sizes)
+    if len(group_sizes) < n_replicas or n_replicas > partitions:
+        return False
+    return max(group_sizes) * max(partitions // members, 1) * n_replicas <= partitions
+
+
+def location_groups(members: Iterable[str], locations: Mapping[str, str] | None) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """(members per host, members per zone), each list sorted, as `dynd.protocol.locations` groups
+    them; a member without a known location is a host and a zone of its own."""
+    where = locations or {}
+    hosts: dict[str, list[str]] = {}
+    zones: dict[str, list[str]] = {}
+    for member in sorted(set(members)):
+        location = where.get(member, "")
+        hosts.setdefault(host_of(member, location), []).append(member)
+        zones.setdefault(zone_of(member, location), []).append(member)
+    return hosts, zones
+
+
 def balanced_shares(partitions: int, members: int) -> tuple[int, int]:
     """(floor, ceiling) of Q/S: every member of a balanced ring owns one of the two."""
     low, extra = divmod(partitions, members)
     return low, low + (1 if extra else 0)
 
 
-def claim(previous: Ring | None, members: Sequence[str], *, partitions: int, n_replicas: int) -> Ring:
-    """The ring of `members` (any order, duplicates ignored), moving as little of `previous` as it can."""
+def claim(
+    previous: Ring | None,
+    members: Sequence[str],
+    *,
+    partitions: int,
+    n_replicas: int,
+    locations: Mapping[str, str] | None = None,
+) -> Ring:
+    """The ring of `members` (any order, duplicates ignored), moving as little of `previous` as it can.
+
+    `locations` maps members to their location paths (missing or "": unknown); the ring carries
+    those of its nodes."""
     check_partition_count(partitions)
     if type(n_replicas) is not int or n_replicas < 1:
         raise ValueError(f"n_replicas must be a positive integer, got {n_replicas!r}")
@@ -106,18 +153,127 @@ def claim(previous: Ring | None, members: Sequence[str], *, partitions: int, n_r
         raise ValueError("a ring needs at least one member")
     if previous is not None and previous.partitions != partitions:
         raise ValueError(f"the partition count is fixed: previous ring has {previous.partitions}, asked for {partitions}")
+    where = _checked_locations(locations, nodes)
+    sites = _Sites(nodes, where, partitions, n_replicas)
 
     if previous is None:
-        layout = _Layout(_fresh_layout(nodes, partitions, n_replicas), None, nodes, n_replicas)
+        layout = _Layout(_fresh_layout(sites.interleaved(), partitions, n_replicas), None, nodes, n_replicas, sites)
         slack = 0  # every move is free: nothing was placed before
     else:
-        layout = _Layout(_rebalance(previous, nodes, n_replicas), list(previous.owners), nodes, n_replicas)
-        slack = join_slack(partitions, n_replicas) if not set(nodes) <= set(previous.nodes) else 0
+        layout = _Layout(_rebalance(previous, nodes, n_replicas, sites), list(previous.owners), nodes, n_replicas, sites)
+        # A member that joined, or one that moved to another location, may cost extra moves.
+        gained = not set(nodes) <= set(previous.nodes)
+        moved = any(previous.location_of(node) != where.get(node, "") for node in previous.nodes if node in sites.host)
+        slack = join_slack(partitions, n_replicas) if gained or moved else 0
     if len(nodes) >= n_replicas and n_replicas <= partitions:
         layout.spread(slack)
         if previous is None:
             layout.mix()
-    return Ring(partitions, tuple(layout.owners))
+    return Ring.placed(partitions, tuple(layout.owners), where)
+
+
+def _checked_locations(locations: Mapping[str, str] | None, nodes: list[str]) -> dict[str, str]:
+    """The known locations of `nodes`; a malformed one raises ValueError naming the member."""
+    if locations is None:
+        return {}
+    if not isinstance(locations, Mapping):
+        raise TypeError("locations must map member names to location paths")
+    known: dict[str, str] = {}
+    for node in nodes:
+        location = locations.get(node, "")
+        if location == "":
+            continue
+        try:
+            known[node] = check_location(location)
+        except LocationError as error:
+            raise ValueError(f"member {node!r}: {error}") from None
+    return known
+
+
+class _Sites:
+    """Where the members run, as the search counts it (rule 7).
+
+    Levels, finest first: node, then host and zone when they group members differently from the
+    level before and are worth spreading. `affinity[a][b]` is what one partition of b within N-1 of
+    a partition of a costs: the sum of the weights of the levels at which a and b share a group.
+    The coarsest counted level weighs 1 and each finer one more than any single move can change
+    all coarser ones together, so the search never trades a repeated node for distinct hosts, nor
+    a repeated host for distinct zones. Without locations only the node level is counted, with
+    weight 1: exactly the repeats of rule 4, so the search makes the moves it made before
+    locations existed.
+    """
+
+    def __init__(self, nodes: list[str], where: Mapping[str, str], partitions: int, n_replicas: int) -> None:
+        self.nodes = nodes
+        self.host = {node: host_of(node, where.get(node, "")) for node in nodes}
+        self.zone = {node: zone_of(node, where.get(node, "")) for node in nodes}
+        hosts, zones = location_groups(nodes, where)
+        # levels, finest first: one group key per node
+        levels: list[dict[str, str]] = [{node: node for node in nodes}]
+        group_counts = [len(nodes)]
+        for key, groups in ((self.host, hosts), (self.zone, zones)):
+            if len(groups) < group_counts[-1] and _worth_spreading(partitions, [len(g) for g in groups.values()], n_replicas):
+                levels.append(key)
+                group_counts.append(len(groups))
+        self.levels = levels
+        neighbours = len(_neighbour_offsets(partitions, n_replicas))
+        weights = [1]
+        for _ in levels[1:]:
+            weights.insert(0, 4 * neighbours * sum(weights) + 1)
+        self.weights = weights
+        self.affinity: dict[str | None, dict[str, int]] = {}
+        members_of: list[dict[str, list[str]]] = []
+        for key in levels:
+            grouped: dict[str, list[str]] = {}
+            for node in nodes:
+                grouped.setdefault(key[node], []).append(node)
+            members_of.append(grouped)
+        for node in nodes:
+            row: dict[str, int] = {}
+            for key, grouped, weight in zip(levels, members_of, weights):
+                for other in grouped[key[node]]:
+                    row[other] = row.get(other, 0) + weight
+            self.affinity[node] = row
+        self.affinity[None] = {}
+        self.full = sum(weights)  # a node's affinity with itself
+
+    def tiers(self) -> list[Callable[[str, str | None], bool]]:
+        """Whether two members may share a window, strictest first: for each counted level from
+        the coarsest, "they share no group at that level" (which implies none at finer levels)."""
+        tiers: list[Callable[[str, str | None], bool]] = []
+        for key in reversed(self.levels):
+            tiers.append(lambda a, b, key=key: b is None or key[a] != key[b])
+        return tiers
+
+    def interleaved(self) -> list[str]:
+        """The members in an order whose neighbours differ in zone, then in host, as far as the
+        group sizes allow: the fresh ring's laps follow it. Without locations: sorted by name."""
+        return _spread_out(
+            [
+                _spread_out([members for _, members in sorted(hosts.items())])
+                for _, hosts in sorted(self._hosts_by_zone().items())
+            ]
+        )
+
+    def _hosts_by_zone(self) -> dict[str, dict[str, list[str]]]:
+        zones: dict[str, dict[str, list[str]]] = {}
+        for node in self.nodes:
+            zones.setdefault(self.zone[node], {}).setdefault(self.host[node], []).append(node)
+        return zones
+
+
+def _spread_out(groups: list[list[str]]) -> list[str]:
+    """The groups' items merged so that each group's items are evenly spaced: item i of a group
+    of k, the g-th of G groups, goes at (i + (g + 1/2) / G) / k of the way. Larger groups first, so
+    they take the first of equal places; exact fractions keep the order the same everywhere."""
+    ordered = sorted(groups, key=lambda items: -len(items))  # stable: equal sizes keep their order
+    count = len(ordered)
+    placed = [
+        (Fraction(2 * i * count + 2 * g + 1, 2 * count * len(items)), g, i, item)
+        for g, items in enumerate(ordered)
+        for i, item in enumerate(items)
+    ]
+    return [item for *_, item in sorted(placed)]
 
 
 def _fresh_layout(nodes: list[str], partitions: int, n_replicas: int) -> list[str]:
@@ -148,7 +304,7 @@ def _fresh_layout(nodes: list[str], partitions: int, n_replicas: int) -> list[st
     return [nodes[slot % members] for slot in range(slots) if slot not in left_out]
 
 
-def _rebalance(previous: Ring, nodes: list[str], n_replicas: int) -> list[str]:
+def _rebalance(previous: Ring, nodes: list[str], n_replicas: int, sites: _Sites) -> list[str]:
     """Release the departed nodes' partitions and the members' excess; match them to members below share."""
     q = partitions = previous.partitions
     low, high = balanced_shares(partitions, len(nodes))
@@ -167,7 +323,8 @@ def _rebalance(previous: Ring, nodes: list[str], n_replicas: int) -> list[str]:
     excess = {node: held[node] - keep[node] for node in keep}
 
     def repeats_at(p: int, node: str | None) -> int:
-        return sum(owners[(p + off) % q] == node for off in offsets)
+        near = sites.affinity[node]
+        return sum(near.get(owners[(p + off) % q], 0) for off in offsets)  # type: ignore[arg-type]
 
     _release_excess(owners, excess, previous, n_replicas, repeats_at)
 
@@ -176,10 +333,10 @@ def _rebalance(previous: Ring, nodes: list[str], n_replicas: int) -> list[str]:
     most = {node: high - held[node] for node in receivers}
     released = [p for p in range(partitions) if owners[p] is None]
 
-    def may_take(p: int, node: str) -> bool:
-        return not repeats_at(p, node)
+    def may_take_under(apart: Callable[[str, str | None], bool]) -> Callable[[int, str], bool]:
+        return lambda p, node: all(apart(node, owners[(p + off) % q]) for off in offsets)
 
-    assignment = _match(released, receivers, fewest, most, may_take)
+    assignment = _match(released, receivers, fewest, most, [may_take_under(apart) for apart in sites.tiers()])
     for p, node in assignment.items():
         owners[p] = node
     _settle_unmatched(owners, released, receivers, fewest, most, repeats_at)
@@ -257,25 +414,34 @@ def _match(
     receivers: list[str],
     fewest: dict[str, int],
     most: dict[str, int],
-    may_take: Callable[[int, str], bool],
+    tiers: list[Callable[[int, str], bool]],
 ) -> dict[int, str]:
     """Give released partitions to receivers, each receiver at least `fewest` and at most `most`,
-    only where `may_take`: a maximum bipartite b-matching by augmenting paths.
+    only where a tier's `may_take` allows: a maximum bipartite b-matching by augmenting paths.
 
-    First every receiver may take only its `fewest`; then up to `most`. Augmenting never lowers a
-    receiver's load, so the floors met in the first round stay met.
+    The tiers go from strictest (no zone repeated) to loosest (no node repeated). Each tier lets
+    the partitions still unplaced go where it allows; a partition placed under a stricter tier
+    only ever moves, along an augmenting path, to another receiver that tier allowed. Within a
+    tier every receiver may first take only its `fewest`, then up to `most`. Augmenting never
+    lowers a receiver's load, so the floors met in an earlier round stay met.
     """
-    allowed = {p: [node for node in receivers if may_take(p, node)] for p in released}
+    allowed: dict[int, list[str]] = {}
     holding: dict[str, list[int]] = {node: [] for node in receivers}
     assignment: dict[int, str] = {}
-    for capacity in (fewest, most):
-        # Receivers a failed search explored stay hopeless until some search succeeds and changes
-        # the matching (Kuhn's visited marks), so a run of failures costs one pass over the graph.
-        hopeless: set[str] = set()
+    for may_take in tiers:
         for p in released:
             if p not in assignment:
-                if _augment(p, allowed, capacity, holding, assignment, hopeless):
-                    hopeless.clear()
+                allowed[p] = [node for node in receivers if may_take(p, node)]
+        for capacity in (fewest, most):
+            # Receivers a failed search explored stay hopeless until some search succeeds and changes
+            # the matching (Kuhn's visited marks), so a run of failures costs one pass over the graph.
+            hopeless: set[str] = set()
+            for p in released:
+                if p not in assignment:
+                    if _augment(p, allowed, capacity, holding, assignment, hopeless):
+                        hopeless.clear()
+        if len(assignment) == len(released):
+            break
     return assignment
 
 
@@ -360,13 +526,16 @@ _Move = tuple[int, int, int, int, str]
 class _Layout:
     """Owners being improved inside one claim; a swap or a hand-over keeps the ring balanced.
 
-    `repeats[p]` counts the partitions closer than N to p with p's owner. All are zero exactly when
-    no window repeats a node; unlike the window count it changes by small steps as single partitions
-    change owner, so a local search can follow it.
+    `repeats[p]` sums, over the partitions closer than N to p, the affinity of their owners with p's
+    owner (`_Sites`; without locations: counts those with p's owner). All are zero exactly when no
+    window repeats a node, nor a host or a zone the search counts; unlike the window count it
+    changes by small steps as single partitions change owner, so a local search can follow it.
     """
 
-    def __init__(self, owners: list[str], before: list[str] | None, nodes: list[str], n_replicas: int) -> None:
+    def __init__(self, owners: list[str], before: list[str] | None, nodes: list[str], n_replicas: int, sites: _Sites) -> None:
         self.owners = owners
+        self.affinity = sites.affinity
+        self.full = sites.full
         self.q = len(owners)
         self.before: list[str | None] = list(before) if before is not None else [None] * self.q
         self.nodes = nodes
@@ -390,8 +559,20 @@ class _Layout:
         self.work_max = SEARCH_WORK_BASE + SEARCH_WORK_PER_PARTITION * self.q
 
     def _repeats_of(self, p: int) -> int:
-        owners, q, node = self.owners, self.q, self.owners[p]
-        return sum(1 for off in self.offsets if owners[(p + off) % q] == node)
+        owners, q = self.owners, self.q
+        near = self.affinity[owners[p]]
+        return sum(near.get(owners[(p + off) % q], 0) for off in self.offsets)
+
+    def _cost_at(self, p: int, node: str, skip: int = -1) -> int:
+        """What `node` would pay at p, its neighbours as they are, leaving out partition `skip`."""
+        owners, q = self.owners, self.q
+        near = self.affinity[node]
+        total = 0
+        for off in self.offsets:
+            r = (p + off) % q
+            if r != skip:
+                total += near.get(owners[r], 0)
+        return total
 
     def neighbours(self, p: int) -> set[int]:
         return {(p + off) % self.q for off in self.offsets}
@@ -431,11 +612,15 @@ class _Layout:
         if self.work >= self.work_max:
             return None
         owners, before, q_count, offsets, repeats = self.owners, self.before, self.q, self.offsets, self.repeats
+        affinity, full = self.affinity, self.full
         a = owners[p]
+        a_affinity = affinity[a]
         near_p = self.neighbours(p)
+        # around_p[b]: what b would pay at p (its affinity with the owners of p's neighbours)
         around_p: dict[str, int] = {}
         for r in near_p:
-            around_p[owners[r]] = around_p.get(owners[r], 0) + 1
+            for other, weight in affinity[owners[r]].items():
+                around_p[other] = around_p.get(other, 0) + weight
         now_p = repeats[p]
         a_moved_at_p = a != before[p]
         candidates: Sequence[int]
@@ -458,16 +643,18 @@ class _Layout:
                 continue
             q_near_p = q in near_p
             # After the swap p holds b among p's other neighbours and q holds a among q's; the pair
-            # (p, q) itself repeats neither before nor after, as a != b. The change is
-            #   (b near p, q aside) - now_p + (a near q, p aside) - repeats[q],
-            # negative only if a appears near q fewer than `room` times.
-            room = repeats[q] + now_p - (around_p.get(b, 0) - q_near_p)
+            # (p, q) itself, if they are neighbours, costs the affinity of a and b before and after
+            # (0 without locations, as a != b). With `pair` that affinity when they are neighbours,
+            # the change is
+            #   (b at p, q aside) + pair - now_p + (a at q, p aside) + pair - repeats[q],
+            # negative only if a pays less than `room` at q.
+            pair = a_affinity.get(b, 0) if q_near_p else 0
+            room = repeats[q] + now_p - (around_p.get(b, 0) - (full if q_near_p else 0)) - 2 * pair
             if room <= 0:
                 continue
-            a_near_q = -q_near_p  # p itself is one of a's partitions near q
+            a_near_q = -full if q_near_p else 0  # p itself is one of a's partitions near q
             for off in offsets:
-                if owners[(q + off) % q_count] == a:
-                    a_near_q += 1
+                a_near_q += a_affinity.get(owners[(q + off) % q_count], 0)
             if a_near_q < room:
                 change = a_near_q - room
                 key = (moved_change, change) if cheapest else (change, moved_change)
@@ -515,7 +702,7 @@ class _Layout:
         (SplitMix64 from a constant seed), so every node computes the same ring.
         """
         assert all(before is None for before in self.before), "mix() is for fresh rings"
-        owners, q_count, offsets, held = self.owners, self.q, self.offsets, self.held
+        owners, q_count, held = self.owners, self.q, self.held
         state = MIX_SEED
         for _ in range(MIX_ROUNDS * q_count):
             state, draw = _splitmix64(state)
@@ -523,10 +710,9 @@ class _Layout:
             a, b = owners[p], owners[q]
             if a == b or self.repeats[p] or self.repeats[q]:
                 continue
-            # p and q may be neighbours: after the swap each sees the other's old owner, never its own
-            if any(owners[(p + off) % q_count] == b and (p + off) % q_count != q for off in offsets):
-                continue
-            if any(owners[(q + off) % q_count] == a and (q + off) % q_count != p for off in offsets):
+            # p and q may be neighbours: after the swap each sees the other's old owner, which
+            # costs nothing, as p costs nothing now; so only the other neighbours count.
+            if self._cost_at(p, b, skip=q) or self._cost_at(q, a, skip=p):
                 continue
             owners[p], owners[q] = b, a
             held[a].remove(p)

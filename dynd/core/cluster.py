@@ -130,15 +130,18 @@ class ClusterView:
             cached = self._preflists[partition] = preference_list(self.ring, partition, self.params.n)
         return cached
 
-    def ring_reply(self, request_id: int) -> messages.RingOk:
+    def ring_reply(self, request_id: int, *, with_locations: bool = False) -> messages.RingOk:
+        """`with_locations`: the client asked for them (an older client would refuse the field)."""
+        ring = self.ring
         return messages.RingOk(
             id=request_id,
             version=self.membership.digest,
             n=self.params.n,
             r=self.params.r,
             w=self.params.w,
-            owners=list(self.ring.owners),
+            owners=list(ring.owners),
             addresses=[messages.NodeAddress(m.name, m.address) for m in self.membership.active()],
+            locations=[messages.NodeLocation(node, where) for node, where in ring.locations] if with_locations else None,
         )
 
     def status(self, request_id: int, transfers_pending: dict[str, int], health: Liveness, hints: dict[str, int]) -> messages.ClusterStatusOk:
