@@ -58,6 +58,7 @@ Measured (tests/property/test_ring_claim.py asserts the first three; Q in {8, 64
 
 from __future__ import annotations
 
+import heapq
 from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -65,7 +66,10 @@ from fractions import Fraction
 
 from dynd.core.partition import check_partition_count
 from dynd.core.ring import Ring
+from dynd.protocol.location_report import groups_can_be_distinct
 from dynd.protocol.locations import LocationError, check_location, host_of, zone_of
+
+__all__ = ["balanced_shares", "claim", "groups_can_be_distinct", "join_slack", "location_groups", "windows_can_be_distinct"]
 
 # The local search's budget, in candidate moves examined per claim.
 SEARCH_WORK_BASE = 200_000
@@ -86,17 +90,6 @@ def windows_can_be_distinct(partitions: int, members: int, n_replicas: int) -> b
     if members < n_replicas or n_replicas > partitions:
         return False
     return -(-partitions // members) * n_replicas <= partitions
-
-
-def groups_can_be_distinct(partitions: int, group_sizes: Sequence[int], n_replicas: int) -> bool:
-    """Whether claim promises every window of N partitions N distinct groups (hosts or zones), for
-    groups of these many members each (rule 7): at least N groups, and no group whose members,
-    each at the ceiling ceil(Q/S), would own more than Q/N partitions. The groups of a host's or a
-    zone's members must sit at least N partitions apart, which Q/N bounds."""
-    members = sum(group_sizes)
-    if len(group_sizes) < n_replicas or n_replicas > partitions or members == 0:
-        return False
-    return max(group_sizes) * -(-partitions // members) * n_replicas <= partitions
 
 
 def _worth_spreading(partitions: int, group_sizes: Sequence[int], n_replicas: int) -> bool:
@@ -157,7 +150,9 @@ def claim(
     sites = _Sites(nodes, where, partitions, n_replicas)
 
     if previous is None:
-        layout = _Layout(_fresh_layout(sites.interleaved(), partitions, n_replicas), None, nodes, n_replicas, sites)
+        order = sites.interleaved()
+        ceiling = sites.ceiling_holders(order, partitions % len(nodes), partitions // len(nodes))
+        layout = _Layout(_fresh_layout(order, partitions, n_replicas, ceiling), None, nodes, n_replicas, sites)
         slack = 0  # every move is free: nothing was placed before
     else:
         layout = _Layout(_rebalance(previous, nodes, n_replicas, sites), list(previous.owners), nodes, n_replicas, sites)
@@ -237,6 +232,30 @@ class _Sites:
         self.affinity[None] = {}
         self.full = sum(weights)  # a node's affinity with itself
 
+    def ceiling_holders(self, candidates: list[str], count: int, low: int) -> set[str]:
+        """`count` of `candidates` (best first) to hold a ceiling share: each time the best one of
+        the group (at the coarsest counted level) whose members would own fewest partitions, so
+        that zones (or hosts) keep near-equal shares of the ring, as distinct windows need when
+        there are about N of them. Without locations: the first `count`."""
+        key = self.levels[-1]
+        size: dict[str, int] = {}
+        for node in self.nodes:
+            size[key[node]] = size.get(key[node], 0) + 1
+        queues: dict[str, list[int]] = {}
+        for rank, node in enumerate(candidates):
+            queues.setdefault(key[node], []).append(rank)
+        heap = [(low * size[group], ranks[0], group) for group, ranks in queues.items()]
+        heapq.heapify(heap)
+        chosen: set[str] = set()
+        taken = {group: 0 for group in queues}
+        while heap and len(chosen) < count:
+            owned, rank, group = heapq.heappop(heap)
+            chosen.add(candidates[rank])
+            taken[group] += 1
+            if taken[group] < len(queues[group]):
+                heapq.heappush(heap, (owned + 1, queues[group][taken[group]], group))
+        return chosen
+
     def tiers(self) -> list[Callable[[str, str | None], bool]]:
         """Whether two members may share a window, strictest first: for each counted level from
         the coarsest, "they share no group at that level" (which implies none at finer levels)."""
@@ -276,25 +295,26 @@ def _spread_out(groups: list[list[str]]) -> list[str]:
     return [item for *_, item in sorted(placed)]
 
 
-def _fresh_layout(nodes: list[str], partitions: int, n_replicas: int) -> list[str]:
-    """Laps over the sorted members; the members below the ceiling each sit out one lap.
+def _fresh_layout(nodes: list[str], partitions: int, n_replicas: int, ceiling: set[str]) -> list[str]:
+    """Laps over the members in the order given; the members below the ceiling each sit out one lap.
 
     Plain round-robin puts the Q mod S extra partitions in one run at the end, so when that run is
     shorter than N the first members meet themselves across the wrap. Instead lay out ceil(Q/S) laps
     of S slots and leave out one slot of each floor-share member, the left-out slots spread evenly
     over all the laps: a member's consecutive partitions are then S slots apart less the few
     left-out slots between them. The search after it fixes the rare tight case this misses.
+    `ceiling`: the Q mod S members that own the ceiling (without locations, the first ones).
     """
     members = len(nodes)
     low, extra = divmod(partitions, members)
-    # The first `extra` members by name own the ceiling.
     if extra == 0 or low == 0 or extra >= n_replicas:
-        # Every gap between a member's partitions is S or the length of the last run: both >= N
-        # when distinct windows are possible (and with S > Q each member has at most one partition).
-        return [nodes[slot % members] for slot in range(members * low + extra)]
+        # Every gap between a member's partitions is S, or S less the floor-share members between
+        # its slots in the last, partial lap, so at least Q mod S: both >= N when distinct windows
+        # are possible (and with S > Q each member has at most one partition).
+        return [nodes[slot % members] for slot in range(members * low)] + [node for node in nodes if node in ceiling]
     laps = low + 1
     slots = laps * members
-    sitting_out = range(extra, members)
+    sitting_out = [index for index, node in enumerate(nodes) if node not in ceiling]
     left_out: set[int] = set()
     for k, index in enumerate(sitting_out):
         # the lap whose slot for this member lies nearest the k-th evenly spaced point of all slots
@@ -315,11 +335,12 @@ def _rebalance(previous: Ring, nodes: list[str], n_replicas: int, sites: _Sites)
     held = {node: len(previous.partitions_of(node)) for node in nodes}
 
     # Members holding a ceiling share or more keep the ceiling while ceilings last (most first, then
-    # by name): each ceiling kept is a partition not moved. Everyone else ends at the floor or, when
+    # by name; with locations, spread over zones or hosts, `_Sites.ceiling_holders`): each ceiling
+    # kept is a partition not moved, whoever keeps it. Everyone else ends at the floor or, when
     # ceilings are left over, at whichever of floor and ceiling the matching below finds best.
-    keep: dict[str, int] = {}
-    for rank, node in enumerate(sorted((n for n in nodes if held[n] >= high), key=lambda n: (-held[n], n))):
-        keep[node] = high if rank < ceilings else low
+    holders = sorted((n for n in nodes if held[n] >= high), key=lambda n: (-held[n], n))
+    keeping = sites.ceiling_holders(holders, ceilings, low)
+    keep = {node: high if node in keeping else low for node in holders}
     excess = {node: held[node] - keep[node] for node in keep}
 
     def repeats_at(p: int, node: str | None) -> int:
@@ -536,6 +557,8 @@ class _Layout:
         self.owners = owners
         self.affinity = sites.affinity
         self.full = sites.full
+        self.weights = sites.weights
+        self.located = len(sites.weights) > 1  # hosts or zones are counted, not only nodes
         self.q = len(owners)
         self.before: list[str | None] = list(before) if before is not None else [None] * self.q
         self.nodes = nodes
@@ -582,6 +605,9 @@ class _Layout:
 
     def spread(self, slack: int) -> None:
         """Remove repeats: free moves first, then paid ones while `slack` extra moves remain."""
+        if self.located:
+            self._spread_located(slack)
+            return
         while True:
             self._improve_free()
             budget = slack - (self.moved - self.moved_floor)
@@ -596,6 +622,32 @@ class _Layout:
                 return
             self._apply(best)
 
+    def _spread_located(self, slack: int) -> None:
+        """`spread` when hosts or zones are counted. A ring can then hold hundreds of repeated
+        zones (a ring grown while the zones were too uneven to count), too many to compare every
+        conflicted partition with every other partition for each paid move. Instead each
+        conflicted partition in turn takes its cheapest move among the other conflicted
+        partitions (a swap of two misplaced partitions mends both), and looks at every partition
+        only when it repeats a host or a node. Repeated until a pass finds nothing or the slack
+        is spent."""
+        while True:
+            self._improve_free()
+            applied = False
+            for p in self.conflicted():
+                budget = slack - (self.moved - self.moved_floor)
+                if budget <= 0:
+                    return
+                if not self.repeats[p]:
+                    continue
+                move = self._best_move(p, moved_at_most=budget, cheapest=True, among=self.conflicted())
+                if move is None and self.repeats[p] >= self.weights[-2]:
+                    move = self._best_move(p, moved_at_most=budget, cheapest=True)
+                if move is not None:
+                    self._apply(move)
+                    applied = True
+            if not applied:
+                return
+
     def _improve_free(self) -> None:
         changed = True
         while changed:
@@ -607,8 +659,9 @@ class _Layout:
                         self._apply(move)
                         changed = True
 
-    def _best_move(self, p: int, *, moved_at_most: int, cheapest: bool = False) -> _Move | None:
-        """The move at `p` that removes most repeats (or, if `cheapest`, moves least), or None."""
+    def _best_move(self, p: int, *, moved_at_most: int, cheapest: bool = False, among: Sequence[int] | None = None) -> _Move | None:
+        """The move at `p` that removes most repeats (or, if `cheapest`, moves least), or None;
+        `among`: swap only with these partitions."""
         if self.work >= self.work_max:
             return None
         owners, before, q_count, offsets, repeats = self.owners, self.before, self.q, self.offsets, self.repeats
@@ -624,7 +677,9 @@ class _Layout:
         now_p = repeats[p]
         a_moved_at_p = a != before[p]
         candidates: Sequence[int]
-        if moved_at_most <= 0 and before[p] is not None:
+        if among is not None:
+            candidates = among
+        elif moved_at_most <= 0 and before[p] is not None:
             # A swap moves nothing more only if q has already moved, or q was a's, or q returns p to
             # its first owner: a few partitions, not Q.
             first_owner = before[p]
