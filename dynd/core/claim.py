@@ -77,6 +77,10 @@ SEARCH_WORK_PER_PARTITION = 16
 # The fresh ring's mixing: swaps tried per partition, and the constant seed of their sequence.
 MIX_ROUNDS = 2
 MIX_SEED = 0x5EED_D1A5
+# With locations, a partition repeating only a zone looks for a move among all Q partitions
+# only while at most this many partitions are in conflict (a ring grown while its zones were too
+# uneven to count can have hundreds; looking wide for each would spend the budget on one claim).
+WIDE_SEARCH_CONFLICTS_MAX = 32
 
 
 def join_slack(partitions: int, n_replicas: int) -> int:
@@ -206,11 +210,14 @@ class _Sites:
         # levels, finest first: one group key per node
         levels: list[dict[str, str]] = [{node: node for node in nodes}]
         group_counts = [len(nodes)]
+        self.zones_counted = False
         for key, groups in ((self.host, hosts), (self.zone, zones)):
             if len(groups) < group_counts[-1] and _worth_spreading(partitions, [len(g) for g in groups.values()], n_replicas):
                 levels.append(key)
                 group_counts.append(len(groups))
+                self.zones_counted = key is self.zone
         self.levels = levels
+        self.located = len(levels) > 1  # hosts or zones are counted, not only nodes
         neighbours = len(_neighbour_offsets(partitions, n_replicas))
         weights = [1]
         for _ in levels[1:]:
@@ -347,9 +354,19 @@ def _rebalance(previous: Ring, nodes: list[str], n_replicas: int, sites: _Sites)
         near = sites.affinity[node]
         return sum(near.get(owners[(p + off) % q], 0) for off in offsets)  # type: ignore[arg-type]
 
-    _release_excess(owners, excess, previous, n_replicas, repeats_at)
-
     receivers = [node for node in nodes if node not in keep]
+    fits: Callable[[int], bool] | None = None
+    if sites.located:
+        # With hosts or zones counted, a donor gives up first what some receiver can take
+        # without repeating a zone (or host): a new worker of a busy host cannot take just any
+        # partition, as a new node can.
+        strictest = sites.tiers()[0]
+
+        def fits(p: int) -> bool:
+            return any(all(strictest(node, owners[(p + off) % q]) for off in offsets) for node in receivers)
+
+    _release_excess(owners, excess, previous, n_replicas, repeats_at, fits)
+
     fewest = {node: max(0, low - held[node]) for node in receivers}
     most = {node: high - held[node] for node in receivers}
     released = [p for p in range(partitions) if owners[p] is None]
@@ -370,6 +387,7 @@ def _release_excess(
     previous: Ring,
     n_replicas: int,
     repeats_at: Callable[[int, str | None], int],
+    fits: Callable[[int], bool] | None = None,
 ) -> None:
     """Choose which partitions the donors give up: `excess[node]` of each donor's, set to None.
 
@@ -378,6 +396,8 @@ def _release_excess(
     window, so releasing it fixes the repeat, or is where the next of the evenly spaced releases
     is due. The receivers (often one new node) then get partitions N apart. Whatever the walk
     leaves, a donor gives up next its repeating partitions, then those farthest from any release.
+    `fits` (with locations): the walk and the repeating round release only partitions some
+    receiver can take without a repeat, and the last round prefers them.
     """
     partitions = len(owners)
     total = sum(e for e in excess.values() if e > 0)
@@ -399,7 +419,7 @@ def _release_excess(
         if p - last < n_replicas or following - p < n_replicas:
             continue
         # the k-th release is due at (k + 1/2) * Q / total
-        if repeats_at(p, owner) or 2 * p * total >= (2 * count + 1) * partitions:
+        if (repeats_at(p, owner) or 2 * p * total >= (2 * count + 1) * partitions) and (fits is None or fits(p)):
             owners[p] = None
             excess[owner] -= 1
             count += 1
@@ -407,14 +427,14 @@ def _release_excess(
             first = min(first, p)
     for node in sorted(excess):
         for p in previous.partitions_of(node):
-            if excess[node] > 0 and owners[p] == node and repeats_at(p, node):
+            if excess[node] > 0 and owners[p] == node and repeats_at(p, node) and (fits is None or fits(p)):
                 owners[p] = None
                 excess[node] -= 1
     taken = [p for p in range(partitions) if owners[p] is None]
     for node in sorted(excess):
         while excess[node] > 0:
             candidates = [p for p in previous.partitions_of(node) if owners[p] == node]
-            best = max(candidates, key=lambda p: (_distance_to(p, taken, partitions), -p))
+            best = max(candidates, key=lambda p: (fits is None or fits(p), _distance_to(p, taken, partitions), -p))
             owners[best] = None
             insort(taken, best)
             excess[node] -= 1
@@ -557,8 +577,9 @@ class _Layout:
         self.owners = owners
         self.affinity = sites.affinity
         self.full = sites.full
-        self.weights = sites.weights
-        self.located = len(sites.weights) > 1  # hosts or zones are counted, not only nodes
+        self.located = sites.located
+        # What a partition pays for one neighbour on its host: repeats below it are zones only.
+        self.host_weight = sites.weights[-2] if sites.zones_counted else sites.weights[-1]
         self.q = len(owners)
         self.before: list[str | None] = list(before) if before is not None else [None] * self.q
         self.nodes = nodes
@@ -628,19 +649,22 @@ class _Layout:
         conflicted partition with every other partition for each paid move. Instead each
         conflicted partition in turn takes its cheapest move among the other conflicted
         partitions (a swap of two misplaced partitions mends both), and looks at every partition
-        only when it repeats a host or a node. Repeated until a pass finds nothing or the slack
-        is spent."""
+        only when it repeats a host (or a node), or when few partitions are in conflict
+        (`WIDE_SEARCH_CONFLICTS_MAX`). Repeated until a pass finds nothing or the slack is spent."""
         while True:
             self._improve_free()
             applied = False
-            for p in self.conflicted():
+            conflicted = self.conflicted()
+            few = len(conflicted) <= WIDE_SEARCH_CONFLICTS_MAX
+            # Worst first: the slack goes to repeated nodes, then hosts, before zones.
+            for p in sorted(conflicted, key=lambda p: (-self.repeats[p], p)):
                 budget = slack - (self.moved - self.moved_floor)
                 if budget <= 0:
                     return
                 if not self.repeats[p]:
                     continue
                 move = self._best_move(p, moved_at_most=budget, cheapest=True, among=self.conflicted())
-                if move is None and self.repeats[p] >= self.weights[-2]:
+                if move is None and (few or self.repeats[p] >= self.host_weight):
                     move = self._best_move(p, moved_at_most=budget, cheapest=True)
                 if move is not None:
                     self._apply(move)
