@@ -59,6 +59,7 @@ Measured (tests/property/test_ring_claim.py asserts the first three; Q in {8, 64
 from __future__ import annotations
 
 import heapq
+import itertools
 from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -81,6 +82,8 @@ MIX_SEED = 0x5EED_D1A5
 # only while at most this many partitions are in conflict (a ring grown while its zones were too
 # uneven to count can have hundreds; looking wide for each would spend the budget on one claim).
 WIDE_SEARCH_CONFLICTS_MAX = 32
+# Rings with exactly N zones (or hosts) get a phase for up to this many: N! assignments are tried.
+PHASE_GROUPS_MAX = 6
 
 
 def join_slack(partitions: int, n_replicas: int) -> int:
@@ -156,9 +159,14 @@ def claim(
     if previous is None:
         order = sites.interleaved()
         ceiling = sites.ceiling_holders(order, partitions % len(nodes), partitions // len(nodes))
-        layout = _Layout(_fresh_layout(order, partitions, n_replicas, ceiling), None, nodes, n_replicas, sites)
+        fresh = _fresh_layout(order, partitions, n_replicas, ceiling)
+        sites.choose_phase(fresh)
+        if sites.phase is not None:
+            fresh = sites.phased_layout(order, ceiling, partitions)
+        layout = _Layout(fresh, None, nodes, n_replicas, sites)
         slack = 0  # every move is free: nothing was placed before
     else:
+        sites.choose_phase(previous.owners)
         layout = _Layout(_rebalance(previous, nodes, n_replicas, sites), list(previous.owners), nodes, n_replicas, sites)
         # A member that joined, or one that moved to another location, may cost extra moves.
         gained = not set(nodes) <= set(previous.nodes)
@@ -238,6 +246,57 @@ class _Sites:
             self.affinity[node] = row
         self.affinity[None] = {}
         self.full = sum(weights)  # a node's affinity with itself
+        self.group = levels[-1]  # the coarsest counted level
+        self.n_replicas = n_replicas
+        self.phase: list[str] | None = None  # see choose_phase
+
+    def choose_phase(self, owners: Sequence[str | None]) -> None:
+        """With exactly N groups at the coarsest counted level (three zones and N = 3, the usual
+        cloud layout), windows hold N distinct groups only if partition p's group follows p mod N:
+        group = sigma(p mod N). A search by swaps cannot shift a whole stretch of the ring from one
+        phase to another, so each partition out of its phase costs 1 more (`unary`), which gives
+        the search a direction. sigma is the assignment of groups to residues that agrees with
+        most of `owners` (ties: the first permutation of the groups by name), so the ring moves
+        as little as it can towards it."""
+        groups = sorted(set(self.group.values()))
+        n = self.n_replicas
+        if not self.located or len(groups) != n or not 2 <= n <= PHASE_GROUPS_MAX:
+            return
+        agree = {(r, g): 0 for r in range(n) for g in groups}
+        for p, owner in enumerate(owners):
+            if owner is not None and owner in self.group:
+                agree[(p % n, self.group[owner])] += 1
+        best = max(itertools.permutations(groups), key=lambda sigma: sum(agree[(r, g)] for r, g in enumerate(sigma)))
+        self.phase = [best[p % n] for p in range(len(owners))]
+
+    def phased_layout(self, order: list[str], ceiling: set[str], partitions: int) -> list[str]:
+        """A fresh ring in the phase: each group's members (in `order`) laid out in laps over the
+        partitions of its phase, `_fresh_layout` within the group. When the groups' shares do not
+        match their phases' sizes, a partition whose group has run out goes to the group with most
+        left (then the first by name), and the search after it mends what that repeats."""
+        assert self.phase is not None
+        low = partitions // len(order)
+        members: dict[str, list[str]] = {}
+        for node in order:
+            members.setdefault(self.group[node], []).append(node)
+        queues: dict[str, deque[str]] = {}
+        for group, inside in members.items():
+            total = sum(low + (node in ceiling) for node in inside)
+            above = ceiling & set(inside)
+            # When every member of the group holds a ceiling, the group's own floor is the ceiling.
+            queues[group] = deque(_fresh_layout(inside, total, self.n_replicas, above if len(above) < len(inside) else set()))
+        owners: list[str] = []
+        for p in range(partitions):
+            queue = queues[self.phase[p]]
+            if not queue:
+                queue = queues[min(queues, key=lambda group: (-len(queues[group]), group))]
+            owners.append(queue.popleft())
+        return owners
+
+    def unary(self, p: int, node: str | None) -> int:
+        """1 when `node` at p would be out of the phase (choose_phase), else 0."""
+        phase = self.phase
+        return 1 if phase is not None and node is not None and self.group[node] != phase[p] else 0
 
     def ceiling_holders(self, candidates: list[str], count: int, low: int) -> set[str]:
         """`count` of `candidates` (best first) to hold a ceiling share: each time the best one of
@@ -314,6 +373,7 @@ def _fresh_layout(nodes: list[str], partitions: int, n_replicas: int, ceiling: s
     """
     members = len(nodes)
     low, extra = divmod(partitions, members)
+    assert len(ceiling) == extra, "the ceiling holders are the Q mod S"
     if extra == 0 or low == 0 or extra >= n_replicas:
         # Every gap between a member's partitions is S, or S less the floor-share members between
         # its slots in the last, partial lap, so at least Q mod S: both >= N when distinct windows
@@ -352,18 +412,26 @@ def _rebalance(previous: Ring, nodes: list[str], n_replicas: int, sites: _Sites)
 
     def repeats_at(p: int, node: str | None) -> int:
         near = sites.affinity[node]
-        return sum(near.get(owners[(p + off) % q], 0) for off in offsets)  # type: ignore[arg-type]
+        return sites.unary(p, node) + sum(near.get(owners[(p + off) % q], 0) for off in offsets)  # type: ignore[arg-type]
 
     receivers = [node for node in nodes if node not in keep]
+
+    def may_take_under(apart: Callable[[str, str | None], bool]) -> Callable[[int, str], bool]:
+        return lambda p, node: all(apart(node, owners[(p + off) % q]) for off in offsets)
+
+    tiers = [may_take_under(apart) for apart in sites.tiers()]
+    if sites.phase is not None:
+        coarsest = tiers[0]
+        tiers.insert(0, lambda p, node: not sites.unary(p, node) and coarsest(p, node))
     fits: Callable[[int], bool] | None = None
     if sites.located:
         # With hosts or zones counted, a donor gives up first what some receiver can take
         # without repeating a zone (or host): a new worker of a busy host cannot take just any
         # partition, as a new node can.
-        strictest = sites.tiers()[0]
+        strictest = tiers[0]
 
         def fits(p: int) -> bool:
-            return any(all(strictest(node, owners[(p + off) % q]) for off in offsets) for node in receivers)
+            return any(strictest(p, node) for node in receivers)
 
     _release_excess(owners, excess, previous, n_replicas, repeats_at, fits)
 
@@ -371,10 +439,7 @@ def _rebalance(previous: Ring, nodes: list[str], n_replicas: int, sites: _Sites)
     most = {node: high - held[node] for node in receivers}
     released = [p for p in range(partitions) if owners[p] is None]
 
-    def may_take_under(apart: Callable[[str, str | None], bool]) -> Callable[[int, str], bool]:
-        return lambda p, node: all(apart(node, owners[(p + off) % q]) for off in offsets)
-
-    assignment = _match(released, receivers, fewest, most, [may_take_under(apart) for apart in sites.tiers()])
+    assignment = _match(released, receivers, fewest, most, tiers)
     for p, node in assignment.items():
         owners[p] = node
     _settle_unmatched(owners, released, receivers, fewest, most, repeats_at)
@@ -577,6 +642,8 @@ class _Layout:
         self.owners = owners
         self.affinity = sites.affinity
         self.full = sites.full
+        self.unary = sites.unary
+        self.phased = sites.phase is not None
         self.located = sites.located
         # What a partition pays for one neighbour on its host: repeats below it are zones only.
         self.host_weight = sites.weights[-2] if sites.zones_counted else sites.weights[-1]
@@ -605,13 +672,13 @@ class _Layout:
     def _repeats_of(self, p: int) -> int:
         owners, q = self.owners, self.q
         near = self.affinity[owners[p]]
-        return sum(near.get(owners[(p + off) % q], 0) for off in self.offsets)
+        return self.unary(p, owners[p]) + sum(near.get(owners[(p + off) % q], 0) for off in self.offsets)
 
     def _cost_at(self, p: int, node: str, skip: int = -1) -> int:
         """What `node` would pay at p, its neighbours as they are, leaving out partition `skip`."""
         owners, q = self.owners, self.q
         near = self.affinity[node]
-        total = 0
+        total = self.unary(p, node)
         for off in self.offsets:
             r = (p + off) % q
             if r != skip:
@@ -689,7 +756,7 @@ class _Layout:
         if self.work >= self.work_max:
             return None
         owners, before, q_count, offsets, repeats = self.owners, self.before, self.q, self.offsets, self.repeats
-        affinity, full = self.affinity, self.full
+        affinity, full, unary, phased = self.affinity, self.full, self.unary, self.phased
         a = owners[p]
         a_affinity = affinity[a]
         near_p = self.neighbours(p)
@@ -729,6 +796,8 @@ class _Layout:
             # negative only if a pays less than `room` at q.
             pair = a_affinity.get(b, 0) if q_near_p else 0
             room = repeats[q] + now_p - (around_p.get(b, 0) - (full if q_near_p else 0)) - 2 * pair
+            if phased:  # each pays for its place in the phase too (`_Sites.choose_phase`)
+                room -= unary(p, b) + unary(q, a)
             if room <= 0:
                 continue
             a_near_q = -full if q_near_p else 0  # p itself is one of a's partitions near q
@@ -744,7 +813,7 @@ class _Layout:
                 if self.counts[b] != self.low:
                     continue
                 moved_change = (b != before[p]) - a_moved_at_p
-                change = around_p.get(b, 0) - now_p
+                change = around_p.get(b, 0) + unary(p, b) - now_p
                 if moved_change <= moved_at_most and change < 0:
                     key = (moved_change, change) if cheapest else (change, moved_change)
                     if best_key is None or key < best_key:
