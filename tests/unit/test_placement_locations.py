@@ -219,3 +219,20 @@ def test_the_promise_of_distinct_windows() -> None:
     # 4 of 10 members on one host: 4 * 26 * 3 = 312 > 3/5 of 256
     assert not groups_can_be_distinct(256, [4, 3, 3], 3)
     assert groups_can_be_distinct(1024, [4] * 50, 3)
+
+
+# ---- plans of membership changes ----
+
+
+def test_a_plan_names_the_location_guarantee_a_change_breaks_and_mends() -> None:
+    from dynd.core.plan import location_notes
+
+    where = {"a": "z1/h1", "b": "z1/h2", "c": "z2/h3", "d": "z2/h4", "e": "z3/h5"}
+    before = claim(None, list(where), partitions=64, n_replicas=3, locations=where)
+    after = claim(before, ["a", "b", "c", "d"], partitions=64, n_replicas=3, locations=where)  # e, all of z3, leaves
+    breaking = location_notes(before, after, 3)
+    assert any(note.startswith("LOCATION VIOLATION") and "sharing a zone" in note and "only 2 zones for N=3" in note for note in breaking)
+    assert not any("sharing a host" in note for note in breaking)  # still 4 hosts for N = 3
+    mending = location_notes(after, before, 3)
+    assert any("every key's copies sit on distinct zones (they did not before)" in note for note in mending)
+    assert location_notes(before, before, 3) == []
