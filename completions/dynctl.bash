@@ -64,9 +64,9 @@ _dynctl() {
             COMPREPLY=($(compgen -W "$commands $global_options" -- "$cur"))
             return
             ;;
-        get) options="--context --r --pr --help -h" ;;
-        put) options="--file -f --context --w --pw --help -h" ;;
-        delete) options="--context --w --pw --help -h" ;;
+        get) options="--context --r --pr --bucket -b --help -h" ;;
+        put) options="--file -f --context --w --pw --bucket -b --content-type --meta --help -h" ;;
+        delete) options="--context --w --pw --bucket -b --help -h" ;;
         repair) options="--partition --help -h" ;;
         backup) options="--force --help -h" ;;  # FILE: files, by complete -o default
         log-level)

@@ -58,6 +58,7 @@ _dynctl() {
             '--context[print only the context token]' \
             '--r=[replies to wait for]:count: ' \
             '--pr=[replies that must come from primaries]:count: ' \
+            '(-b --bucket)'{-b+,--bucket=}'[the key'"'"'s bucket, as over HTTP]:bucket: ' \
             '(- *)'{-h,--help}'[show help and exit]' \
             '1:key: ' && ret=0
           ;;
@@ -67,6 +68,9 @@ _dynctl() {
             '--context=[token from get --context: the versions this write supersedes]:token: ' \
             '--w=[stores to wait for]:count: ' \
             '--pw=[stores that must be on primaries]:count: ' \
+            '(-b --bucket)'{-b+,--bucket=}'[the key'"'"'s bucket, as over HTTP]:bucket: ' \
+            '--content-type=[content type stored with the value]:type: ' \
+            '*--meta=[user metadata stored with the value]:NAME=VALUE: ' \
             '(- *)'{-h,--help}'[show help and exit]' \
             '1:key: ' \
             '2:value (- reads stdin): ' && ret=0
@@ -76,6 +80,7 @@ _dynctl() {
             '--context=[token from get --context: the versions to delete]:token: ' \
             '--w=[stores to wait for]:count: ' \
             '--pw=[stores that must be on primaries]:count: ' \
+            '(-b --bucket)'{-b+,--bucket=}'[the key'"'"'s bucket, as over HTTP]:bucket: ' \
             '(- *)'{-h,--help}'[show help and exit]' \
             '1:key: ' && ret=0
           ;;

@@ -60,6 +60,9 @@ from dynd.protocol.errors import BadRequest, DynError, UnknownOp
 from dynd.protocol.messages import ClusterStatusOk
 
 DEFAULT_BASE_PORT = 7400
+# Node i also serves the HTTP door (Riak's KV interface) on base_port + HTTP_PORT_OFFSET + i - 1:
+# 8098, Riak's own HTTP port, for dev1 with the default base port.
+HTTP_PORT_OFFSET = 698
 DEFAULT_DIRECTORY = dev_manage.DEFAULT_DIRECTORY
 NODES_MAX = 32
 PORT_MAX = 65535
@@ -130,8 +133,9 @@ def plan_cluster(
     python: str = sys.executable,
     secret_file: Path | None = None,
 ) -> list[DevNodeSpec]:
-    """Node i (1-based) is dev{i} on base_port + i - 1 with its data in directory/dev{i}; every
-    node proves `secret_file` to its peers when one is given."""
+    """Node i (1-based) is dev{i} on base_port + i - 1 (its HTTP door on base_port +
+    HTTP_PORT_OFFSET + i - 1, when that is a port) with its data in directory/dev{i}; every node
+    proves `secret_file` to its peers when one is given."""
     seed = format_address(LOOPBACK, base_port)
     specs = []
     for index in range(1, node_count + 1):
@@ -140,6 +144,8 @@ def plan_cluster(
         node_directory = directory / name
         argv = [python, "-m", "dynd", "--name", name, "--listen", format_address(LOOPBACK, port)]
         argv += ["--data-dir", str(node_directory)]
+        if port + HTTP_PORT_OFFSET <= PORT_MAX:
+            argv += ["--http-listen", format_address(LOOPBACK, port + HTTP_PORT_OFFSET)]
         if secret_file is not None:
             argv += ["--secret-file", str(secret_file)]
         argv += settings.flags() if index == 1 else ["--join", seed]

@@ -2,8 +2,9 @@
 
 Typer 0.2x converts every option value through a pydantic TypeAdapter, and importing pydantic and
 building the adapters costs about 70 ms: more than the rest of `dynctl get`. dynctl's options are
-text, whole numbers and decimals with bounds, paths, and flags; `speed_up_command` gives each such
-parameter a converter written here, and leaves any other (choices, lists, a custom parser) to Typer.
+text, whole numbers and decimals with bounds, paths, flags and repeatable text options;
+`speed_up_command` gives each such parameter a converter written here, and leaves any other
+(choices, other lists, a custom parser) to Typer.
 
 It relies on two details of Typer's parameters, `type_descriptor` and the lazily built
 `_runtime_param`, and touches a parameter only when both are there as expected: a Typer without them
@@ -103,8 +104,12 @@ def converter_for(param: Any) -> _Converter | None:
     descriptor = getattr(param, "type_descriptor", None)
     if descriptor is None or getattr(param, "_runtime_param", _MISSING) is not None:
         return None
-    if getattr(param, "multiple", False) or getattr(param, "nargs", 1) != 1:
+    if getattr(param, "nargs", 1) != 1:
         return None
+    if getattr(param, "multiple", False):  # a repeatable option: only of text (put --meta)
+        if descriptor.annotation != list[str] or getattr(descriptor, "is_choice", True):
+            return None
+        return _Converter(lambda values, param, ctx: [_text(value, param, ctx) for value in values])
     info = descriptor.parameter_info
     if getattr(info, "parser", None) is not None or getattr(info, "click_type", None) is not None:
         return None

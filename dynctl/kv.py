@@ -23,7 +23,8 @@ from dynctl.node import Session, run_sync
 from dynctl.output import ExitCode, Output
 from dynctl.tokens import BadToken, context_from_token, encode_token
 from dynd.client.results import REPLICAS_MAX, GetResult, Sibling
-from dynd.protocol.errors import QuorumFailed
+from dynd.protocol.buckets import BUCKET_BYTES_MAX, bucket_key
+from dynd.protocol.errors import BadRequest, QuorumFailed
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -47,6 +48,11 @@ PR_HELP = "How many of the replies must come from primaries, not fallbacks stand
 PW_HELP = "How many of the stores must be on primaries, not fallbacks standing in (default: none)."
 PrimaryReadOption = Annotated[int | None, typer.Option("--pr", min=1, max=REPLICAS_MAX, metavar="N", help=PR_HELP)]
 PrimaryWriteOption = Annotated[int | None, typer.Option("--pw", min=1, max=REPLICAS_MAX, metavar="N", help=PW_HELP)]
+BUCKET_HELP = (
+    "The key's bucket, as the HTTP door names it (/buckets/BUCKET/keys/KEY): the same object curl and Riak "
+    f"clients reach. 1 to {BUCKET_BYTES_MAX} bytes of UTF-8."
+)
+BucketOption = Annotated[str | None, typer.Option("--bucket", "-b", metavar="BUCKET", help=BUCKET_HELP)]
 
 
 def key_bytes(key: str) -> bytes:
@@ -57,11 +63,18 @@ def key_bytes(key: str) -> bytes:
         raise typer.BadParameter("the key must be valid UTF-8", param_hint="KEY") from None
 
 
-def request_key(key: str) -> bytes:
-    """The key of a get, put or delete: a node stores no empty key, so one is a usage error here."""
+def request_key(key: str, bucket: str | None = None) -> bytes:
+    """The key of a get, put or delete: a node stores no empty key, so one is a usage error here.
+    With a bucket, the stored key of KEY in BUCKET (`dynd.protocol.buckets`)."""
     if not key:
         raise typer.BadParameter("the key is empty", param_hint="KEY")
-    return key_bytes(key)
+    raw = key_bytes(key)
+    if bucket is None:
+        return raw
+    try:
+        return bucket_key(key_bytes(bucket), raw)
+    except BadRequest as exc:
+        raise typer.BadParameter(exc.message, param_hint="'--bucket'") from None
 
 
 def context_bytes(token: str, option: str = "--context") -> bytes:
@@ -82,6 +95,9 @@ def _sibling_document(sibling: Sibling) -> dict[str, Any]:
         "size": len(sibling.value),
         "dot": {"actor": actor, "counter": counter},
         "clock": dict(sibling.clock),
+        "content_type": sibling.content_type,
+        "meta": dict(sibling.usermeta),
+        "modified_ms": sibling.modified_ms,
     }
 
 
@@ -154,15 +170,17 @@ def get(
     ] = False,
     r: ReadQuorumOption = None,
     pr: PrimaryReadOption = None,
+    bucket: BucketOption = None,
 ) -> None:
     """Write the key's value to stdout as raw bytes.
 
     Exits 1 if there is no live value and 5 if there are siblings (with --json, every sibling is
-    printed; on a terminal, a table; in a pipe, nothing).
+    printed, with its content type and metadata when it has them; on a terminal, a table; in a
+    pipe, nothing).
     """
     session: Session = ctx.obj
     output = session.output
-    raw_key = request_key(key)
+    raw_key = request_key(key, bucket)
     result = run_sync(session, lambda client: client.get(raw_key, r=r, pr=pr))
     if context_only:
         if output.json_mode:
@@ -222,6 +240,15 @@ def put(
     ] = None,
     w: WriteQuorumOption = None,
     pw: PrimaryWriteOption = None,
+    bucket: BucketOption = None,
+    content_type: Annotated[
+        str | None,
+        typer.Option("--content-type", metavar="TYPE", help="Store TYPE with the value (served as its Content-Type over HTTP)."),
+    ] = None,
+    meta: Annotated[
+        list[str] | None,
+        typer.Option("--meta", metavar="NAME=VALUE", help="User metadata stored with the value (X-Riak-Meta-NAME over HTTP); repeatable."),
+    ] = None,
 ) -> None:
     """Store a value and print the new context token.
 
@@ -229,13 +256,14 @@ def put(
     and pass it with your next put to overwrite this value rather than add a sibling.
     """
     session: Session = ctx.obj
-    raw_key = request_key(key)
+    raw_key = request_key(key, bucket)
     # An empty token is "no context": the same as leaving --context out.
     seen = context_bytes(context) if context else None
     payload = _read_value(value, file)
+    usermeta = _user_meta(meta or [])
 
     def store(client: SyncClient) -> bytes:
-        return client.put(raw_key, payload, seen, w=w, pw=pw)
+        return client.put(raw_key, payload, seen, w=w, pw=pw, content_type=content_type, usermeta=usermeta)
 
     new_context = run_sync(session, store, {QuorumFailed: _not_undone_hint(key)})
     _print_context(session.output, key, new_context)
@@ -249,16 +277,29 @@ def delete(
     ],
     w: WriteQuorumOption = None,
     pw: PrimaryWriteOption = None,
+    bucket: BucketOption = None,
 ) -> None:
     """Delete what the context token covers and print the tombstone's context token.
 
     The token is required so a delete never removes a value its author has not seen.
     """
     session: Session = ctx.obj
-    raw_key = request_key(key)
+    raw_key = request_key(key, bucket)
     seen = context_bytes(context)
     new_context = run_sync(session, lambda client: client.delete(raw_key, seen, w=w, pw=pw), {QuorumFailed: _not_undone_hint(key)})
     _print_context(session.output, key, new_context)
+
+
+def _user_meta(items: list[str]) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in items:
+        name, equals, value = item.partition("=")
+        if not equals or not name:
+            raise typer.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="'--meta'")
+        if name.lower() in pairs:
+            raise typer.BadParameter(f"{name!r} is given twice", param_hint="'--meta'")
+        pairs[name.lower()] = value
+    return pairs
 
 
 def _not_undone_hint(key: str) -> str:

@@ -9,6 +9,11 @@ the storage writer started before anything is written; then the node's identity,
 number and membership are written in one transaction. A start that fails before that leaves the
 data directory as it found it, and exits 1 when a retry may help (a port in use, a seed down) or 2
 when it cannot (a data directory of another node or cluster): systemd restarts the first kind only.
+
+With `workers` above 1 this process is the host's supervisor (`dynd.shell.supervisor`): it checks
+the config as above, then runs each worker as `dynd <the same flags> --worker-index I`, which
+serves as worker I (`Config.for_worker`). A node tells the service manager it serves
+(`dynd.shell.readiness`): itself when alone, through its supervisor when a worker.
 """
 
 from __future__ import annotations
@@ -27,12 +32,21 @@ import ssl
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
 from dynd import __version__
-from dynd.config import COMMIT_ENGINES, Config, ConfigError, check_metrics_listen, check_protected_mode, load_config, load_credentials
+from dynd.config import (
+    COMMIT_ENGINES,
+    Config,
+    ConfigError,
+    check_http_listen,
+    check_metrics_listen,
+    check_protected_mode,
+    load_config,
+    load_credentials,
+)
 from dynd.protocol.auth import ADMIN, CLIENT, Keyring, TokenTable
 from dynd.protocol.address import format_address, parse_address
 from dynd.protocol.errors import DynError, Unauthorized
@@ -45,17 +59,22 @@ from dynd.core.node import Node
 from dynd.shell.backup import BackupService
 from dynd.shell.bootstrap import fetch_membership, new_cluster
 from dynd.shell.logs import SHELL_HANDLERS as LOG_HANDLERS, configure_logging
+from dynd.shell.http_server import HttpServer
 from dynd.shell.metrics_http import MetricsServer
+from dynd.shell.riak_api import RiakApi
 from dynd.shell.node_stats import NodeStats
 from dynd.shell.peers import Peers
 from dynd.shell.prometheus import render
+from dynd.shell.readiness import SupervisorLink, announce_ready, announce_stopping
 from dynd.shell.security import Security
 from dynd.shell.server import Server
 from dynd.protocol.tls import TlsConfigError, TlsSettings, client_context, server_context
 from dynd.shell.storage_port import CommitterStorage
+from dynd.shell.supervisor import SupervisorSettings, run_supervisor
 from dynd.shell.udp import UdpEndpoint
 from dynd.storage.base import PutMeta, WriteOp
 from dynd.storage.lmdb_store import LOCK_FILE, LmdbStore
+from dynd.workers import WorkersError, layout_problem, worker_dirs_in
 
 log = logging.getLogger("dynd")
 
@@ -85,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--join", metavar="SEED", help="on first start (empty data directory), join the cluster of the node at SEED (HOST:PORT); later starts check SEED is in it"
     )
+    parser.add_argument(
+        "--location",
+        metavar="PATH",
+        help="where this node runs, as zone/rack/host (default: the host name); nodes of one host share it, and claim keeps a key's copies on distinct hosts and zones",
+    )
     parser.add_argument("--seed", dest="seeds", action="append", metavar="HOST:PORT", help="a node to gossip with (repeatable)")
     parser.add_argument("--partitions", type=int, help="Q when creating a cluster (power of two; default 256); a joining node takes the cluster's")
     parser.add_argument("--replicas", type=int, help="N when creating a cluster (default 3)")
@@ -109,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--metrics-listen", dest="metrics_listen", metavar="HOST:PORT", help="serve GET /metrics (Prometheus) here; loopback unless --trusted-network")
     parser.add_argument(
+        "--http-listen",
+        dest="http_listen",
+        metavar="HOST:PORT",
+        help="serve Riak's HTTP KV interface here (curl, Riak clients); loopback unless a secret or --trusted-network",
+    )
+    parser.add_argument(
         "--no-metrics", dest="metrics", action="store_const", const=False, help="keep no latency histograms or request counters (to measure what they cost)"
     )
     parser.add_argument(
@@ -117,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(COMMIT_ENGINES),
         help="who commits to LMDB: a writer process (default) or a thread of this process",
     )
+    parser.add_argument(
+        "--workers",
+        metavar="K",
+        help='run K nodes on this host under one supervisor (or "auto": one per core; default 1): '
+        "worker I is member NAME-I on port PORT+I with data in DATA_DIR/worker-I; see dynd(8), WORKERS",
+    )
+    # Set by the supervisor for each worker it starts; by hand, runs one worker of a host alone.
+    parser.add_argument("--worker-index", dest="worker_index", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--supervisor-fd", dest="supervisor_fd", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"dynd {__version__}")
     return parser
 
@@ -145,19 +184,32 @@ def main(argv: list[str] | None = None) -> None:
         "client_tokens_file": args.client_tokens_file,
         "trusted_network": args.trusted_network,
         "metrics_listen": args.metrics_listen,
+        "http_listen": args.http_listen,
         "metrics": args.metrics,
         "commit_engine": args.commit_engine,
+        "workers": args.workers,
+        "location": args.location,
     }
     try:
         config = load_config(args.config, overrides)
+        host_config = config
+        if args.worker_index is not None:
+            config = config.for_worker(args.worker_index)
         credentials = load_credentials(config)
         open_warning = check_protected_mode(config, has_secret=credentials.keyring is not None)
         check_metrics_listen(config)  # exits 2 before anything starts; the warning is logged when it opens
+        check_http_listen(config, has_secret=credentials.keyring is not None)
         server_ssl, client_ssl = tls_contexts(config)
-    except ConfigError as exc:
+    except (ConfigError, WorkersError) as exc:
         print(f"dynd: {exc}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     configure_logging(config.log_level, config.log_format, config.name, sys.stderr)
+    if args.worker_index is None:
+        if (problem := check_layout(host_config)) is not None:
+            log.error("%s", problem)
+            sys.exit(EXIT_CONFIG)
+        if host_config.workers > 1:  # each worker logs the warnings about its settings
+            sys.exit(run_supervisor(supervisor_settings(host_config, argv)))
     for warning in credentials.warnings:
         log.warning("%s", warning)
     if open_warning is not None:
@@ -173,7 +225,12 @@ def main(argv: list[str] | None = None) -> None:
     # kill it (SIGHUP's default); the files were read a moment ago.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        trio.run(serve, config, security)
+        link = SupervisorLink(args.supervisor_fd) if args.supervisor_fd is not None else None
+    except ValueError as exc:
+        log.error("%s", exc)
+        sys.exit(EXIT_CONFIG)
+    try:
+        trio.run(serve, config, security, link)
     except* StartupError as group:  # raised at start, possibly from inside the node's nursery
         failures = _leaves(group)
         for exc in failures:
@@ -181,6 +238,40 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(max(getattr(exc, "exit_code", EXIT_STARTUP) for exc in failures))
     except* KeyboardInterrupt:
         pass
+
+
+def check_layout(config: Config) -> str | None:
+    """Why the data directory cannot be served with `workers` workers, or None; warns about
+    worker directories beyond the count (members of this host that will not be started)."""
+    found = worker_dirs_in(config.data_dir)
+    problem = layout_problem(config.data_dir, config.workers, os.path.isdir(os.path.join(config.data_dir, "lmdb")), found)
+    if problem is None and (beyond := [index for index in found if index >= config.workers]):
+        names = ", ".join(f"{config.name}-{index}" for index in beyond)
+        log.warning(
+            "%s has data of workers %s, beyond workers = %d: members %s are not started; take them out of the cluster "
+            "with `dynctl cluster remove` (or start with more workers)",
+            config.data_dir, ", ".join(map(str, beyond)), config.workers, names,
+        )
+    return problem
+
+
+def supervisor_settings(config: Config, argv: list[str]) -> SupervisorSettings:
+    """How to run and keep this host's workers: this command again, with the resolved worker count
+    (a later flag wins, so "auto" is not resolved twice) and each worker's index and socket."""
+    limits = config.limits
+
+    def command(index: int, fd: int) -> list[str]:
+        return [sys.executable, "-m", "dynd", *argv, "--workers", str(config.workers), "--worker-index", str(index), "--supervisor-fd", str(fd)]
+
+    return SupervisorSettings(
+        names=tuple(config.for_worker(index).name for index in range(config.workers)),
+        command=command,
+        restart_backoff_ms=limits.worker_restart_backoff_ms,
+        restart_backoff_max_ms=limits.worker_restart_backoff_max_ms,
+        restarts_max=limits.worker_restarts_max,
+        restart_window_ms=limits.worker_restart_window_ms,
+        stop_timeout_ms=limits.worker_stop_timeout_ms,
+    )
 
 
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:  # type: ignore[type-arg]
@@ -356,7 +447,7 @@ async def initial_membership(config: Config, store: LmdbStore, security: Securit
     written here (`StoreAtStart.commit_start` does)."""
     stored = store.get_meta(MEMBERSHIP_META)
     if stored is not None:
-        membership = Membership.decode(stored)
+        membership = Membership.decode(stored, events_max=config.limits.membership_events_max, members_max=config.limits.membership_members_max)
         if config.join:
             await check_join_target(config, membership, security)
         return membership, True
@@ -369,9 +460,9 @@ async def initial_membership(config: Config, store: LmdbStore, security: Securit
                 f"start this node with --partitions {theirs.params.partitions} (or none) on an empty data directory"
             )
         log.info("joining cluster %s through %s", theirs.params.cluster_id, config.join)
-        return theirs.with_event(JOIN, config.name, origin=config.name, address=address), False
+        return theirs.with_event(JOIN, config.name, origin=config.name, address=address, location=theirs.location_for_join(config.location)), False
     try:
-        membership = new_cluster(config.name, address, config.replicas, config.r, config.w, config.partitions_for_new_cluster)
+        membership = new_cluster(config.name, address, config.replicas, config.r, config.w, config.partitions_for_new_cluster, config.location)
     except DynError as exc:
         raise MisconfiguredStart(exc.message) from None
     log.info("created cluster %s (N=%d R=%d W=%d Q=%d)", membership.params.cluster_id, config.replicas, config.r, config.w, membership.params.partitions)
@@ -434,10 +525,11 @@ class BoundPorts:
     listeners: list[trio.SocketListener]
     udp: UdpEndpoint
     metrics: list[trio.SocketListener]
+    http: list[trio.SocketListener] = field(default_factory=list)
 
     async def aclose(self) -> None:
         self.udp.close()
-        for listener in [*self.listeners, *self.metrics]:
+        for listener in [*self.listeners, *self.metrics, *self.http]:
             await listener.aclose()
 
 
@@ -461,6 +553,12 @@ async def bind_ports(config: Config) -> BoundPorts:
                 bound.metrics = await trio.open_tcp_listeners(metrics_port, host=metrics_host)
             except OSError as exc:
                 raise StartupError(f"cannot serve metrics on {format_address(metrics_host, metrics_port)}: {_reason(exc)}") from None
+        if config.http_listen:
+            http_host, http_port = parse_address(config.http_listen)
+            try:
+                bound.http = await trio.open_tcp_listeners(http_port, host=http_host)
+            except OSError as exc:
+                raise StartupError(f"cannot serve HTTP on {format_address(http_host, http_port)}: {_reason(exc)}") from None
     except BaseException:
         with trio.CancelScope(shield=True):
             await bound.aclose()
@@ -472,7 +570,7 @@ def _reason(exc: OSError) -> str:
     return "address in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
 
 
-async def serve(config: Config, security: Security) -> None:
+async def serve(config: Config, security: Security, link: SupervisorLink | None = None) -> None:
     ports = await bind_ports(config)
     try:
         at_start = StoreAtStart(config)
@@ -500,7 +598,7 @@ async def serve(config: Config, security: Security) -> None:
         at_start.give_up()
         raise
     try:
-        await run_node(config, security, store, engine, ports, membership, actor, boot)
+        await run_node(config, security, store, engine, ports, membership, actor, boot, link)
     finally:
         with trio.CancelScope(shield=True):
             await engine.aclose()
@@ -516,8 +614,10 @@ async def run_node(
     membership: Membership,
     actor: str,
     boot: int,
+    link: SupervisorLink | None = None,
 ) -> None:
-    """Serve from started (the data directory written) until SIGTERM or SIGINT."""
+    """Serve from started (the data directory written) until SIGTERM or SIGINT (or, for a worker,
+    until its supervisor is gone)."""
     host, port = config.listen_host_port
     limits = config.limits
     security.cluster_id = membership.params.cluster_id
@@ -548,6 +648,7 @@ async def run_node(
             now_us=monotonic_us,
             shell_readings=lambda: shell_readings(config, store, committer, server),
             measure=config.metrics,
+            location=config.location,
         )
         node.swim.on_security_event = security.events.record
 
@@ -565,26 +666,33 @@ async def run_node(
             front.start_soon(_tick_forever, node, limits.tick_interval_ms / 1000)
             if config.join:  # tell the seed at once rather than at the next gossip round
                 node.cluster.announce(config.join)
+            if link is not None:
+                front.start_soon(link.stop_when_gone)
             # SIGHUP rereads the credentials (`reload_credentials`); received from before the port opens.
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                 await front.start(trio.serve_listeners, server.handle, ports.listeners)
                 if ports.metrics:
                     await serve_metrics(front, config, node, ports.metrics)
+                if ports.http:
+                    await serve_http(front, config, node, security, ports.http)
                 log.info(
-                    "node %s serving on %s (advertised as %s; data in %s; cluster secret: %s; client tokens: %s; TLS: %s)",
+                    "node %s serving on %s (advertised as %s; location %s; data in %s; cluster secret: %s; client tokens: %s; TLS: %s)",
                     config.name,
                     format_address(host, port),
                     config.advertised_address,
+                    config.location,
                     config.data_dir,
                     describe_keyring(security.keyring),
                     describe_tokens(security.tokens),
                     "on" if security.server_ssl is not None else "off",
                 )
+                announce_ready(link, f"serving on {config.advertised_address}")
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         reload_credentials(config, security, node.swim.set_keyring)
                         continue
                     log.info("received %s: stopping", signal.Signals(signum).name)
+                    announce_stopping(link)
                     break
                 front.cancel_scope.cancel()
         peers.close()
@@ -607,6 +715,15 @@ async def serve_metrics(nursery: trio.Nursery, config: Config, node: Node, liste
     await nursery.start(trio.serve_listeners, metrics.handle, listeners)
     log.info("metrics on http://%s/metrics", config.metrics_listen)
     if (open_warning := check_metrics_listen(config)) is not None:
+        log.warning("%s", open_warning)
+
+
+async def serve_http(nursery: trio.Nursery, config: Config, node: Node, security: Security, listeners: list[trio.SocketListener]) -> None:
+    """Serve Riak's HTTP KV interface on the bound `http_listen`, through the node's own requests."""
+    http = HttpServer(RiakApi(node), config.limits, security)
+    await nursery.start(trio.serve_listeners, http.handle, listeners)
+    log.info("HTTP (Riak KV interface) on http://%s/", config.http_listen)
+    if (open_warning := check_http_listen(config, has_secret=security.keyring is not None)) is not None:
         log.warning("%s", open_warning)
 
 

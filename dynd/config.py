@@ -11,8 +11,11 @@
     seeds = []                  # HOST:PORT of nodes to gossip with besides the members
     join = ""                   # on first start, join the cluster of the node at HOST:PORT
     metrics_listen = ""         # HOST:PORT serving GET /metrics (Prometheus); off when empty
+    http_listen = ""            # HOST:PORT serving Riak's HTTP KV interface; off when empty
     metrics = true              # false: no latency histograms or request counters (to measure their cost)
     commit_engine = "process"   # who commits to LMDB: "process" (a writer child) or "thread" (in this process)
+    workers = 1                 # node processes on this host, or "auto" (one per core): see dynd.workers
+    location = ""               # where this node runs, zone/rack/host (default: the host name); see dynd(8)
 
     [security]                  # DESIGN.md section 6a; man dynd(8), SECURITY
     cluster_secret_file = ""    # hex secrets, one or two lines (openssl rand -hex 32); mode 0600
@@ -43,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import socket
 import stat
 import tomllib
 from dataclasses import dataclass, field
@@ -51,7 +55,9 @@ from typing import Any
 from dynd.core.limits import Limits
 from dynd.core.partition import check_partition_count
 from dynd.protocol.address import DEFAULT_PORT, format_address, parse_address
+from dynd.protocol.locations import LocationError, check_location, default_location
 from dynd.protocol.auth import EMPTY_TOKENS, AuthConfigError, Keyring, TokenTable, is_loopback_host, load_keyring, load_tokens
+from dynd.workers import WorkersError, parse_workers, worker_data_dir, worker_name, worker_port
 
 NODE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -75,8 +81,11 @@ class Config:
     seeds: tuple[str, ...] = ()
     join: str = ""
     metrics_listen: str = ""  # "" : no metrics endpoint
+    http_listen: str = ""  # "" : no HTTP door (dynd.shell.http_server)
     metrics: bool = True  # False: the node keeps no latency histograms or request counters
     commit_engine: str = "process"  # one of COMMIT_ENGINES: see dynd.shell.commit_engines
+    workers: int = 1  # node processes on this host ("auto" resolved at load): see dynd.workers
+    location: str = ""  # a path (dynd.protocol.locations); load_config makes "" the host name's; "" here: unknown
     partitions: int | None = None  # None: the cluster's (when joining or restarting), else DEFAULT_PARTITIONS
     replicas: int = 3
     r: int = 2
@@ -113,9 +122,41 @@ class Config:
     def listen_host_port(self) -> tuple[str, int]:
         return parse_address(self.listen)
 
+    def for_worker(self, index: int) -> Config:
+        """Worker `index`'s config (dynd.workers): its name, ports and data directory; the rest
+        shared. With one worker, this config itself. WorkersError when a name or port does not fit."""
+        if not 0 <= index < self.workers:
+            raise WorkersError(f"worker {index} does not exist: workers = {self.workers}")
+        if self.workers == 1:
+            return self
+        name = worker_name(self.name, index, self.workers)
+        if not NODE_NAME_PATTERN.match(name):
+            raise WorkersError(f"node name {self.name!r} is too long for {self.workers} workers: worker {index} would be {name!r}, beyond 64 characters")
+        host, port = self.listen_host_port
+        join = self.join
+        if not join and index > 0:  # this host creates the cluster: worker 0 does, the others join it
+            join = self.for_worker(0).advertised_address
+        return dataclasses.replace(
+            self,
+            name=name,
+            listen=format_address(host, worker_port(port, index, "listen")),
+            advertise=_shifted(self.advertise, index, "advertise"),
+            metrics_listen=_shifted(self.metrics_listen, index, "metrics_listen"),
+            http_listen=_shifted(self.http_listen, index, "http_listen"),
+            data_dir=worker_data_dir(self.data_dir, index, self.workers),
+            join=join,
+        )
 
-_SECTIONS: dict[str, dict[str, type]] = {
-    "node": {"name": str, "listen": str, "data_dir": str, "log_level": str, "log_format": str, "advertise": str, "seeds": list, "join": str, "metrics_listen": str, "metrics": bool, "commit_engine": str},
+
+def _shifted(address: str, index: int, setting: str) -> str:
+    if not address:
+        return address
+    host, port = parse_address(address)
+    return format_address(host, worker_port(port, index, setting))
+
+
+_SECTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "node": {"name": str, "listen": str, "data_dir": str, "log_level": str, "log_format": str, "advertise": str, "seeds": list, "join": str, "metrics_listen": str, "http_listen": str, "metrics": bool, "commit_engine": str, "workers": (int, str), "location": str},
     "cluster": {"partitions": int, "replicas": int, "r": int, "w": int},
     "security": {
         "cluster_secret_file": str,
@@ -148,6 +189,8 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
             else:
                 raise ConfigError(f"unknown config table [{section}] (known: {', '.join([*_SECTIONS, 'limits'])})")
     values.update({key: value for key, value in overrides.items() if value is not None})
+    if not values.get("location"):
+        values["location"] = default_location(socket.gethostname())
     if "seeds" in values:
         if not all(isinstance(seed, str) for seed in values["seeds"]):
             raise ConfigError("[node] seeds must be a list of HOST:PORT strings")
@@ -156,12 +199,16 @@ def load_config(path: str | None, overrides: dict[str, Any]) -> Config:
         limits = Limits(**limit_values)
     except ValueError as exc:
         raise ConfigError(f"[limits]: {exc}") from None
+    try:
+        values["workers"] = parse_workers(values.get("workers", 1), limits.workers_max)
+    except WorkersError as exc:
+        raise ConfigError(str(exc)) from None
     config = Config(**values, limits=limits)
     _validate(config)
     return config
 
 
-def _check_table(section: str, table: Any, schema: dict[str, type]) -> dict[str, Any]:
+def _check_table(section: str, table: Any, schema: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ConfigError(f"[{section}] must be a table")
     checked: dict[str, Any] = {}
@@ -169,8 +216,9 @@ def _check_table(section: str, table: Any, schema: dict[str, type]) -> dict[str,
         expected = schema.get(key)
         if expected is None:
             raise ConfigError(f"unknown key {key!r} in [{section}] (known: {', '.join(sorted(schema))})")
-        if type(value) is not expected:
-            raise ConfigError(f"[{section}] {key} must be {expected.__name__}, got {type(value).__name__}")
+        allowed = expected if isinstance(expected, tuple) else (expected,)
+        if type(value) not in allowed:
+            raise ConfigError(f"[{section}] {key} must be {' or '.join(t.__name__ for t in allowed)}, got {type(value).__name__}")
         checked[key] = value
     return checked
 
@@ -195,13 +243,18 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
     if config.commit_engine not in COMMIT_ENGINES:
         raise ConfigError(f"commit_engine must be one of {', '.join(COMMIT_ENGINES)}, not {config.commit_engine!r}")
+    if config.location:
+        try:
+            check_location(config.location)
+        except LocationError as exc:
+            raise ConfigError(f"[node] location (--location): {exc}") from None
     if config.log_format not in LOG_FORMATS:
         raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}, not {config.log_format!r}")
     try:
         check_partition_count(config.partitions_for_new_cluster)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    named = [("advertise", config.advertise), ("join", config.join), ("metrics_listen", config.metrics_listen)]
+    named = [("advertise", config.advertise), ("join", config.join), ("metrics_listen", config.metrics_listen), ("http_listen", config.http_listen)]
     for label, address in [*named, *(("seed", s) for s in config.seeds)]:
         if address:
             try:
@@ -210,6 +263,7 @@ def _validate(config: Config) -> None:
                 raise ConfigError(f"{label} address: {exc}") from None
     _validate_advertise(config)
     _validate_tls(config)
+    _validate_workers(config)
     if not 1 <= config.replicas <= 16:
         raise ConfigError("replicas (N) must be in 1..16")
     if not 1 <= config.r <= config.replicas or not 1 <= config.w <= config.replicas:
@@ -243,6 +297,14 @@ def _validate_advertise(config: Config) -> None:
             f"join {config.join} is this node's own address: on the node that creates the cluster leave join empty; "
             "on the others, name a node already in the cluster"
         )
+
+
+def _validate_workers(config: Config) -> None:
+    """Every worker's name and ports must fit (the last worker's are the longest and highest)."""
+    try:
+        config.for_worker(config.workers - 1)
+    except WorkersError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _validate_tls(config: Config) -> None:
@@ -377,3 +439,32 @@ def check_metrics_listen(config: Config) -> str | None:
             "anyone reaching it reads request counts, latencies and member names; or use 127.0.0.1"
         )
     return f"metrics on {address} without authentication (trusted_network = true): whoever reaches it reads request counts, latencies and member names"
+
+
+def check_http_listen(config: Config, has_secret: bool) -> str | None:
+    """The HTTP door follows the rule of the node's own port (`check_protected_mode`): beyond
+    loopback only with a cluster secret (then requests meet the client tokens, if any, as
+    `Authorization: Bearer TOKEN`) or a network declared trusted. It speaks plain HTTP, so with
+    TLS configured for the node it stays on loopback: bearer tokens and values would otherwise
+    cross the network in the clear where the operator asked for encryption. Returns the warning
+    to log when trusted_network is what lets it listen beyond loopback, else None."""
+    if not config.http_listen:
+        return None
+    host, port = parse_address(config.http_listen)
+    if is_loopback_host(host):
+        return None
+    address = format_address(host, port)
+    if config.tls_enabled:
+        raise ConfigError(
+            f"refusing to serve HTTP on {address}: the HTTP door speaks plain HTTP and this node is configured for TLS; "
+            "serve it on 127.0.0.1 (behind a TLS proxy if remote clients need it), or leave [node] http_listen empty"
+        )
+    if has_secret:
+        return None
+    if not config.trusted_network:
+        raise ConfigError(
+            f"refusing to serve HTTP on {address} without a cluster secret (protected mode): anyone who reached it could "
+            "read and write every key. Set [security] cluster_secret_file (and client_tokens_file to require a token), "
+            "use 127.0.0.1, or, if only trusted hosts can reach this address, set [security] trusted_network = true"
+        )
+    return f"HTTP on {address} without a cluster secret (trusted_network = true): whoever reaches it can read and write every key"

@@ -32,6 +32,7 @@ start; anti-entropy, read repair and the other nodes' hints bring the node up to
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import errno
 import fcntl
@@ -173,9 +174,14 @@ def _config(config_path: str | None, data_dir: str | None, node: str) -> Config:
             config = load_config(config_path, {**overrides, "name": node})
         except ConfigError as exc:
             raise Refused(str(exc)) from None
-    if config.name != node:
-        raise Refused(f"the backup is of node {node!r}, but {config_path} names {config.name!r}")
-    return config
+    # With [node] workers = K the config names K members: the backup is of one of them, and
+    # restores into that worker's directory unless --data-dir names one.
+    workers = [config.for_worker(index) for index in range(config.workers)]
+    matching = [worker for worker in workers if worker.name == node]
+    if not matching:
+        names = ", ".join(repr(worker.name) for worker in workers)
+        raise Refused(f"the backup is of node {node!r}, but {config_path} names {names}")
+    return matching[0] if data_dir is None else dataclasses.replace(matching[0], data_dir=data_dir)
 
 
 def _check_directory(directory: str, force: bool) -> None:

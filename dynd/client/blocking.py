@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ssl
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import trio
@@ -73,9 +73,19 @@ class BlockingClient:
         assert self._client is not None
         return self._call(self._client.get, key, r=r, pr=pr)
 
-    def put(self, key: KeyLike, value: bytes, context: bytes | None = None, *, w: int | None = None, pw: int | None = None) -> bytes:
+    def put(
+        self,
+        key: KeyLike,
+        value: bytes,
+        context: bytes | None = None,
+        *,
+        w: int | None = None,
+        pw: int | None = None,
+        content_type: str | None = None,
+        usermeta: Mapping[str, str] | None = None,
+    ) -> bytes:
         assert self._client is not None
-        return self._call(self._client.put, key, value, context, w=w, pw=pw)
+        return self._call(self._client.put, key, value, context, w=w, pw=pw, content_type=content_type, usermeta=usermeta)
 
     def delete(self, key: KeyLike, context: bytes, *, w: int | None = None, pw: int | None = None) -> bytes:
         assert self._client is not None

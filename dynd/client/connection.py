@@ -23,7 +23,7 @@ import itertools
 import logging
 import os
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -42,6 +42,7 @@ from dynd.client.results import (
     expect,
     get_result,
     key_bytes,
+    meta_entries,
 )
 from dynd.protocol import PROTOCOL_VERSION, auth, codec, messages
 from dynd.protocol.address import parse_address
@@ -154,11 +155,23 @@ class Client:
         pw: int | None = None,
         timeout_s: float | None = None,
         ring: bytes | None = None,
+        content_type: str | None = None,
+        usermeta: Mapping[str, str] | None = None,
     ) -> bytes:
         """Store `value`, superseding what `context` covers; return the context covering the new write.
-        `w` stores must succeed (the cluster's default when None), `pw` of them on primaries."""
-        request = messages.Put(id=next(self._ids), key=key_bytes(key), value=bytes(value), context=context, w=w, ring=ring, pw=pw)
+        `w` stores must succeed (the cluster's default when None), `pw` of them on primaries.
+        `content_type` and `usermeta` are stored with the value (every reader sees them)."""
+        request = messages.Put(
+            id=next(self._ids), key=key_bytes(key), value=bytes(value), context=context, w=w, ring=ring, pw=pw,
+            content_type=content_type, usermeta=meta_entries(usermeta),
+        )  # fmt: skip
         return expect(await self._call(request, timeout_s), messages.PutOk, request).context
+
+    async def keys(self, prefix: bytes, *, limit: int | None = None, timeout_s: float | None = None) -> messages.KeysListOk:
+        """The keys starting with `prefix` (a bucket's: `dynd.protocol.buckets.bucket_prefix`),
+        from a full scan of every member's store; `complete` False when some may be missing."""
+        request = messages.KeysList(id=next(self._ids), prefix=bytes(prefix), limit=limit)
+        return expect(await self._call(request, timeout_s), messages.KeysListOk, request)
 
     async def delete(
         self,

@@ -7,7 +7,8 @@ process that only needs the former loads no event loop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from dynd.protocol import PROTOCOL_VERSION, messages
@@ -27,9 +28,16 @@ KeyLike = bytes | str
 
 @dataclass(frozen=True, slots=True)
 class Sibling:
+    """One value. `content_type`, `usermeta` (lowercase name -> value) and `modified_ms` (when it
+    was written, wall-clock ms) are there when its writer gave metadata (`put(content_type=...)`,
+    or through the HTTP door), else None, {} and None."""
+
     value: bytes
     dot: tuple[str, int]
     clock: dict[str, int]
+    content_type: str | None = None
+    usermeta: dict[str, str] = field(default_factory=dict)
+    modified_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +59,22 @@ def key_bytes(key: KeyLike) -> bytes:
 
 def get_result(reply: messages.GetOk) -> GetResult:
     siblings = [
-        Sibling(view.value, (view.actor, view.counter), {entry.actor: entry.counter for entry in view.clock})
+        Sibling(
+            view.value,
+            (view.actor, view.counter),
+            {entry.actor: entry.counter for entry in view.clock},
+            view.content_type,
+            {entry.name: entry.value for entry in view.usermeta or ()},
+            view.modified_ms,
+        )
         for view in reply.siblings
     ]
     return GetResult([sibling.value for sibling in siblings], reply.context, siblings)
+
+
+def meta_entries(usermeta: Mapping[str, str] | None) -> list[messages.MetaEntry] | None:
+    """A put's user metadata as the wire carries it (None when there is none)."""
+    return [messages.MetaEntry(name, value) for name, value in usermeta.items()] if usermeta else None
 
 
 def client_hello(agent: str, token: str | None) -> messages.Hello:

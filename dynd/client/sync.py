@@ -19,6 +19,7 @@ import itertools
 import socket
 import time
 from collections import deque
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, NoReturn
 
 from dynd.client.errors import FIRST_BYTES_KEPT, CannotConnect, copy_error, is_known_server, not_a_dynd_node
@@ -32,6 +33,7 @@ from dynd.client.results import (
     expect,
     get_result,
     key_bytes,
+    meta_entries,
 )
 from dynd.protocol import codec, messages
 from dynd.protocol.address import parse_address
@@ -112,9 +114,15 @@ class SyncClient:
         w: int | None = None,
         pw: int | None = None,
         timeout_s: float | None = None,
+        content_type: str | None = None,
+        usermeta: Mapping[str, str] | None = None,
     ) -> bytes:
-        """Store `value`, superseding what `context` covers; return the context covering the new write."""
-        request = messages.Put(id=next(self._ids), key=key_bytes(key), value=bytes(value), context=context, w=w, pw=pw)
+        """Store `value`, superseding what `context` covers; return the context covering the new write.
+        `content_type` and `usermeta` are stored with the value (every reader sees them)."""
+        request = messages.Put(
+            id=next(self._ids), key=key_bytes(key), value=bytes(value), context=context, w=w, pw=pw,
+            content_type=content_type, usermeta=meta_entries(usermeta),
+        )  # fmt: skip
         return expect(self._call(request, timeout_s), messages.PutOk, request).context
 
     def delete(

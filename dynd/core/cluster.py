@@ -1,10 +1,30 @@
 """A node's view of its cluster: membership kept durable, spread by gossip, changed by admin acts.
 
 Membership itself is a pure lattice (`dynd.core.membership`); this module holds the node's current
-copy, persists every change through the Storage port (meta record "membership"), gossips it
-push-pull with one random member or seed per `gossip_interval_ms`, and applies the admin acts
-(join through a seed, leave, remove). Every change updates the peer addresses on the Network port
-and the preference lists the request handlers use.
+copy, persists every change through the Storage port (meta record "membership", its snapshot
+included), gossips it with one random member or seed per `gossip_interval_ms`, makes snapshots
+when it is the compactor and events are settled (`dynd.core.gossip_state`), and applies the admin
+acts (join through a seed, leave, remove). Every change updates the peer addresses on the Network
+port and the preference lists the request handlers use.
+
+Gossip, digest first (A asks B):
+1. A sends a Gossip with its summary (digest, highest stamp, snapshot stamp and digest): about
+   a hundred bytes, whatever the cluster's size.
+2. B merges what the request carries (a push, step 3), then answers with its summary; when the
+   digests differ, also with its events above A's snapshot, and its snapshot if it outranks A's.
+3. A merges that answer. It now knows B's membership exactly, so when B lacks something of A's
+   it pushes just that (a Gossip with a delta); B merges it and answers with its summary.
+Equal memberships cost two summaries; a difference costs the events above the snapshot once
+each way (compaction keeps them few), and a snapshot only to a node whose own is older.
+
+Gossip with a node of 70300c4 or before (a rolling upgrade): such a node refuses a Gossip with a
+summary ("unknown field"), and sends Gossips without one (the whole membership). This node
+answers those with its whole membership, and after one refusal it gossips whole memberships with
+that node. That works while the membership is still format 1 (no snapshot, no location); a node
+records its location (and the compactor compacts) only once it has heard no older node for a
+while (`dynd.core.gossip_state`). An older node shown a format-2 membership refuses it
+("unsupported membership format", logged on its side), and this node logs once which node it
+cannot gossip with: upgrading that node ends it. Neither side stops or crashes.
 
 Rules:
 - A change is adopted in memory at once and persisted in the background; gossip may spread it
@@ -16,7 +36,10 @@ Rules:
   (it restarted with a new `advertise`), it records an address event at start, and again whenever
   gossip brings an older address back (a change lost in a crash before it was stored), at most
   `ADDRESS_CLAIMS_MAX` times per start: two processes started with one name must not out-claim each
-  other forever, growing the membership; past that the conflict is logged.
+  other forever, growing the membership; past that the conflict is logged. Its location (`--location`)
+  is recorded the same way, with a location event, once the cluster can read one (see above).
+- Events this node recorded that a snapshot it adopts left out (it was down while the others
+  compacted) are recorded again above the snapshot (`orphaned_events`), and logged.
 - `reachable(member)`: connected now, or a gossip exchange with it succeeded within
   `4 * gossip_interval_ms` (SWIM failure detection replaces this with issue 5).
 - Each change is checked, and its next membership made, by one function (`leave_change`,
@@ -39,8 +62,21 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from dynd.core.gossip_state import PeerKnowledge
 from dynd.core.limits import Limits
-from dynd.core.membership import JOIN, JOINED, LEAVE, LEAVING, REMOVE, REMOVED, ClusterParams, Membership, MembershipError
+from dynd.core.membership import (
+    JOIN,
+    JOINED,
+    LEAVE,
+    LEAVING,
+    REMOVE,
+    REMOVED,
+    ClusterParams,
+    Membership,
+    MembershipDelta,
+    MembershipError,
+    orphaned_events,
+)
 from dynd.core.ops import PutMeta
 from dynd.core.ports import Network, Storage
 from dynd.core.preflist import PreferenceList, preference_list
@@ -54,7 +90,8 @@ log = logging.getLogger("dynd.cluster")
 MEMBERSHIP_META = "membership"
 HEARD_WITHIN_GOSSIP_INTERVALS = 4
 STATUS_GATHER_MS = 1_000  # how long cluster status waits for members' own transfer counts
-ADDRESS_CLAIMS_MAX = 3  # address events a node records per start (see the rules above)
+ADDRESS_CLAIMS_MAX = 3  # address (and location) events a node records per start (see the rules above)
+RETRY_DIGESTS_WITH_OLD = 0.125  # share of exchanges with an older node that try digest-first gossip again
 
 
 class RandomSource(Protocol):
@@ -86,9 +123,13 @@ class ClusterView:
         now_ms: Callable[[], int],
         rng: RandomSource,
         seeds: Sequence[str] = (),
+        location: str = "",
     ) -> None:
+        """`location`: where this node runs (a path, dynd.protocol.locations), "" for unknown."""
         self.name = name
         self.address = address
+        self.location = location
+        self.peers = PeerKnowledge(limits, now_ms())
         self.storage = storage
         self.network = network
         self.limits = limits
@@ -106,7 +147,9 @@ class ClusterView:
         self.removal_known = False  # ... and some member has shown it that removal
         self._address_claims = 0
         self._address_conflict_logged = False
-        claimed = self._claim_address(membership)
+        self._location_claims = 0
+        self._location_wait_logged = False
+        claimed = self._claim_location(self._claim_address(membership))
         self._adopt(claimed, force=True)
         if claimed is not membership:
             self._persist(claimed)
@@ -187,9 +230,13 @@ class ClusterView:
     # ---- changes ----
 
     def _adopt(self, membership: Membership, force: bool = False) -> bool:
-        changed = force or membership.events != self.membership.events
+        """Hold `membership`; True when it differs from the one held (so it must be stored).
+        Followers hear of it only when members or the ring changed (a snapshot changes neither)."""
+        previous = self.membership
         self.membership = membership
-        if changed:
+        if not force and membership.digest == previous.digest:
+            return False
+        if force or membership.ring != previous.ring or membership.members != previous.members:
             self._preflists = {}
             me = membership.members.get(self.name)
             self.removed = me is not None and me.status == REMOVED
@@ -198,7 +245,7 @@ class ClusterView:
             self.network.set_addresses({m.name: m.address for m in membership.active()})
             for callback in self.on_change:
                 callback()
-        return changed
+        return True
 
     def _claim_address(self, membership: Membership) -> Membership:
         """`membership`, with this node at the address it serves at (see the rules above)."""
@@ -219,6 +266,43 @@ class ClusterView:
             )
         return membership
 
+    def _claim_location(self, membership: Membership) -> Membership:
+        """`membership`, with this node at its location, once the cluster can read one (see the
+        rules above), at most `ADDRESS_CLAIMS_MAX` times per start, as addresses."""
+        held = membership.members.get(self.name)
+        if not self.location or held is None or held.status == REMOVED or held.location == self.location:
+            return membership
+        if not self.peers.may_record_location(membership, self.name, self.now_ms()):
+            if not self._location_wait_logged:
+                self._location_wait_logged = True
+                waiting = self.peers.waiting_for(membership, self.name)
+                log.info(
+                    "location %s not recorded yet: waiting for digest-first gossip from %s (a dynd of 70300c4 or before cannot read it)",
+                    self.location, ", ".join(waiting[:5]) + (f" and {len(waiting) - 5} more" if len(waiting) > 5 else ""),
+                )
+            return membership
+        if self._location_claims >= ADDRESS_CLAIMS_MAX:
+            return membership
+        self._location_claims += 1
+        log.info("%s now at location %s (was %s): telling the cluster", self.name, self.location, held.location or "unknown")
+        return membership.at_location(self.name, self.location)
+
+    def _recorded_again(self, before: Membership, after: Membership) -> Membership:
+        """`after`, with this node's orphans (see the rules above) recorded again."""
+        for event in orphaned_events(before, after, self.name):
+            log.warning(
+                "recording again %s of %s (stamp %d): this node made it before the snapshot at stamp %d, which does not hold it",
+                event.kind, event.member, event.stamp, after.base.stamp,
+            )
+            after = after.again(event)
+        return after
+
+    def _decode(self, data: bytes) -> Membership:
+        return Membership.decode(data, events_max=self.limits.membership_events_max, members_max=self.limits.membership_members_max)
+
+    def _decode_delta(self, data: bytes) -> MembershipDelta:
+        return MembershipDelta.decode(data, events_max=self.limits.membership_events_max, members_max=self.limits.membership_members_max)
+
     def _persist(self, membership: Membership) -> None:
         try:  # a refusal (disk full, overloaded) must not escape into whoever brought the news
             self.storage.submit([PutMeta(MEMBERSHIP_META, membership.encode())], _log_persist_failure)
@@ -226,20 +310,51 @@ class ClusterView:
             _log_persist_failure(exc)
 
     def _update(self, membership: Membership, force: bool = False) -> None:
+        membership = self._recorded_again(self.membership, membership)
         membership = self._claim_address(membership)
+        membership = self._claim_location(membership)
+        previous = self.membership
         if self._adopt(membership, force):
             self._persist(membership)
-            log.info("membership now %s", ", ".join(f"{m.name}={m.status}" for m in sorted(membership.members.values(), key=lambda m: m.name)))
+            if force or membership.members != previous.members:
+                log.info("membership now %s", ", ".join(f"{m.name}={m.status}" for m in sorted(membership.members.values(), key=lambda m: m.name)))
 
     def merge_from_peer(self, data: bytes) -> bytes:
-        """Gossip receive: merge what a peer sent (empty: it has nothing yet) and answer with ours."""
+        """Gossip receive in the form of 70300c4 and before: merge the whole membership a peer sent
+        (empty: it has nothing yet, as a joining node) and answer with ours, whole."""
         if data:
             try:
-                incoming = Membership.decode(data)
+                incoming = self._decode(data)
                 self._update(self.membership.merge(incoming))
             except MembershipError as exc:
                 raise BadRequest(str(exc)) from None
         return self.membership.encode()
+
+    def handle_gossip(self, request: messages.Gossip) -> messages.GossipOk:
+        """Answer a Gossip (see "Gossip, digest first" above); BadRequest for one that cannot be merged."""
+        summary = request.summary
+        if summary is None:
+            if request.membership:
+                self.peers.heard_old(self.now_ms())
+            return messages.GossipOk(id=request.id, membership=self.merge_from_peer(request.membership))
+        now = self.now_ms()
+        self.peers.spoke_digests(summary.node)
+        if request.delta is not None:
+            try:
+                self._update(self.membership.merge_delta(self._decode_delta(request.delta)))
+            except MembershipError as exc:
+                raise BadRequest(str(exc)) from None
+            self.peers.acknowledged(summary.node, summary.stamp, now)  # a push: all it held that we lacked
+        ours = self.membership
+        if summary.digest == ours.digest:
+            self.peers.acknowledged(summary.node, summary.stamp, now)
+            return messages.GossipOk(id=request.id, membership=b"", summary=self._summary())
+        delta = ours.delta_for((summary.snapshot_stamp, summary.snapshot_digest))
+        return messages.GossipOk(id=request.id, membership=b"", summary=self._summary(), delta=delta.encode())
+
+    def _summary(self) -> messages.MembershipSummary:
+        m = self.membership
+        return messages.MembershipSummary(node=self.name, digest=m.digest, stamp=m.stamp, snapshot_stamp=m.base.stamp, snapshot_digest=m.base.digest)
 
     def _note_removal_seen(self, theirs: Membership) -> None:
         """A member answered our gossip with its membership: if that records our removal, the
@@ -330,7 +445,7 @@ class ClusterView:
         if me is not None and me.status == LEAVING:
             self._update(self.membership.with_event(REMOVE, self.name, origin=self.name))
             for member in sorted(self.other_members()):
-                self.network.send(member, self._gossip_request, lambda answer, m=member: self._merge_reply(m, answer, member=m))
+                self._exchange(member, member=member)
 
     @property
     def is_leaving(self) -> bool:
@@ -358,34 +473,43 @@ class ClusterView:
                 done(type(answer)(f"cannot reach seed {seed}: {answer.message}"))
                 return
             try:
-                theirs = Membership.decode(answer.membership)
+                theirs = self._decode(answer.membership)
             except MembershipError as exc:
                 done(BadRequest(f"seed {seed} sent a bad membership: {exc}"))
                 return
             if theirs.params.partitions != self.params.partitions:
                 done(self.partition_mismatch(seed, theirs.params.partitions))
                 return
-            change = membership_after_join(theirs, self.name, self.address)
+            change = membership_after_join(theirs, self.name, self.address, self.location)
             if isinstance(change, str):
                 self._update(theirs, force=True)
                 done(change)
                 return
             self._update(change, force=True)
+            joined = f"{self.name} joined cluster {theirs.params.cluster_id} through {seed}"
+            lacking = self.membership.lacking(theirs.base.rank, theirs.events)
 
             def pushed(answer: Any) -> None:
+                if _speaks_no_digests(answer):  # a seed of 70300c4 or before: tell it the old way
+                    self._note_old_target(seed)
+                    self.network.send_to_address(seed, self._whole_request, lambda again: pushed_whole(again))
+                    return
+                pushed_whole(answer)
+
+            def pushed_whole(answer: Any) -> None:
                 if isinstance(answer, DynError):
                     done(type(answer)(f"joined, but could not tell {seed} yet (gossip will): {answer.message}"))
                     return
                 self._merge_reply(seed, answer)
-                done(f"{self.name} joined cluster {theirs.params.cluster_id} through {seed}")
+                done(joined)
 
-            self.network.send_to_address(seed, self._gossip_request, pushed)
+            self.network.send_to_address(seed, lambda rid: self._gossip_request(rid, lacking), pushed)
 
         self.network.send_to_address(seed, lambda rid: messages.Gossip(id=rid, membership=b""), fetched)
 
     def announce(self, address: str) -> None:
         """Push our membership to `address` once (after joining through it at start)."""
-        self.network.send_to_address(address, self._gossip_request, lambda answer: self._merge_reply(address, answer))
+        self._exchange(address)
 
     # ---- gossip ----
 
@@ -402,9 +526,13 @@ class ClusterView:
         # Jitter keeps nodes out of step.
         self._gossip.start(now, int(self.limits.gossip_interval_ms * (0.5 + self.rng.random())))
         self.gossip_once()
+        self._compact_if_settled()
+        me = self.membership.members.get(self.name)
+        if self.location and me is not None and me.location != self.location:
+            self._update(self.membership)  # records the location once the cluster can read it
 
     def gossip_once(self) -> None:
-        """Push-pull with one member (by name, over its open connection) or one seed (by address)."""
+        """Exchange with one member (by name, over its open connection) or one seed (by address)."""
         members = sorted(self.other_members())
         member_addresses = {self.membership.address_of(name) for name in members}
         seeds = sorted(a for a in self.seeds if a not in member_addresses and a != self.address)
@@ -412,37 +540,109 @@ class ClusterView:
         if not targets:
             return
         kind, target = self.rng.choice(targets)
-        if kind == "member":
-            self.network.send(target, self._gossip_request, lambda answer: self._merge_reply(target, answer, member=target))
-        else:
-            self.network.send_to_address(target, self._gossip_request, lambda answer: self._merge_reply(target, answer))
+        self._exchange(target, member=target if kind == "member" else None)
 
-    def _gossip_request(self, request_id: int) -> messages.Gossip:
+    def _exchange(self, target: str, member: str | None = None) -> None:
+        """One gossip exchange with `target`: the member of that name when `member` is given, else
+        the node at that address. Digest first, or whole memberships with an older node."""
+        send = self.network.send if member is not None else self.network.send_to_address
+        # An older node is asked digest first again now and then: once upgraded, it answers so.
+        if target not in self.peers.old_targets or self.rng.random() < RETRY_DIGESTS_WITH_OLD:
+            send(target, self._gossip_request, lambda answer: self._merge_reply(target, answer, member=member))
+        elif self.membership.format == 1:  # an older node reads it
+            send(target, self._whole_request, lambda answer: self._merge_reply(target, answer, member=member))
+        elif not self.peers.old_targets[target]:
+            self.peers.old_targets[target] = True
+            log.error(
+                "cannot gossip with %s: it runs a dynd of 70300c4 or before, which cannot read this membership "
+                "(it holds a snapshot or locations); upgrade %s", target, target,
+            )
+
+    def _gossip_request(self, request_id: int, delta: MembershipDelta | None = None) -> messages.Gossip:
+        return messages.Gossip(
+            id=request_id, membership=b"", summary=self._summary(), delta=delta.encode() if delta is not None else None
+        )
+
+    def _whole_request(self, request_id: int) -> messages.Gossip:
         return messages.Gossip(id=request_id, membership=self.membership.encode())
 
-    def _merge_reply(self, source: str, answer: Any, member: str | None = None) -> None:
+    def _note_old_target(self, target: str) -> None:
+        self.peers.heard_old(self.now_ms())
+        if target not in self.peers.old_targets:
+            self.peers.old_targets[target] = False
+            log.warning("%s runs a dynd of 70300c4 or before (no digest-first gossip): gossiping whole memberships with it", target)
+
+    def _merge_reply(self, source: str, answer: Any, member: str | None = None, push_back: bool = True) -> None:
+        """Take in a GossipOk from `source` (see "Gossip, digest first" above)."""
+        if _speaks_no_digests(answer):
+            self._note_old_target(source)
+            if push_back and self.membership.format == 1:  # say it again, the old way, at once
+                send = self.network.send if member is not None else self.network.send_to_address
+                send(source, self._whole_request, lambda again: self._merge_reply(source, again, member=member, push_back=False))
+            return
         if not isinstance(answer, messages.GossipOk):
             log.debug("gossip with %s failed: %s", source, answer)
             return
+        now = self.now_ms()
         if member is not None:
-            self._heard_at_ms[member] = self.now_ms()
-        try:
-            theirs = Membership.decode(answer.membership)
-            self._update(self.membership.merge(theirs))
-        except MembershipError as exc:
-            log.warning("gossip from %s refused: %s", source, exc)
+            self._heard_at_ms[member] = now
+        summary = answer.summary
+        if summary is None:  # an older node's answer: its whole membership
+            try:
+                theirs = self._decode(answer.membership)
+                self._update(self.membership.merge(theirs))
+            except MembershipError as exc:
+                log.warning("gossip from %s refused: %s", source, exc)
+                return
+            if member is not None:
+                self._note_removal_seen(theirs)
             return
-        if member is not None:
-            self._note_removal_seen(theirs)
+        self.peers.spoke_digests(summary.node)
+        self.peers.old_targets.pop(source, None)  # a seed's address, say: it speaks digest first now
+        if answer.delta is not None:
+            try:
+                delta = self._decode_delta(answer.delta)
+                self._update(self.membership.merge_delta(delta))
+            except MembershipError as exc:
+                log.warning("gossip from %s refused: %s", source, exc)
+                return
+            self.peers.acknowledged(summary.node, summary.stamp, now)
+            lacking = self.membership.lacking((summary.snapshot_stamp, summary.snapshot_digest), delta.events)
+            if lacking is not None and push_back:
+                send = self.network.send if member is not None else self.network.send_to_address
+                send(source, lambda rid: self._gossip_request(rid, lacking), lambda again: self._merge_reply(source, again, member=member, push_back=False))
+        elif summary.digest == self.membership.digest:
+            self.peers.acknowledged(summary.node, summary.stamp, now)
+        if member is not None and self.removed and not self.removal_known and summary.digest == self.membership.digest:
+            self.removal_known = True  # a member holds exactly our membership, which records our removal
+
+    def _compact_if_settled(self) -> None:
+        """The compactor folds settled events into a snapshot once `membership_compact_events` are."""
+        membership = self.membership
+        stamp = self.peers.settled_stamp(membership, self.name, self.now_ms())
+        if stamp is None or stamp <= membership.base.stamp:
+            return
+        settled = sum(1 for e in membership.events if e.stamp <= stamp)
+        if settled < self.limits.membership_compact_events:
+            return
+        compacted = membership.compacted(stamp)
+        log.info("membership compacted: %d events up to stamp %d folded into a snapshot", settled, compacted.base.stamp)
+        self._update(compacted)
 
 
-def membership_after_join(theirs: Membership, node: str, address: str) -> Membership | str:
-    """The membership after `node` at `address` joins `theirs` (the cluster's, as its seed has
+def _speaks_no_digests(answer: Any) -> bool:
+    """A node of 70300c4 or before refuses a Gossip with a summary: its codec knows no such field."""
+    return isinstance(answer, BadRequest) and "unknown field" in answer.message and "summary" in answer.message
+
+
+def membership_after_join(theirs: Membership, node: str, address: str, location: str = "") -> Membership | str:
+    """The membership after `node` at `address` (and `location`, when the cluster records
+    locations: `Membership.location_for_join`) joins `theirs` (the cluster's, as its seed has
     it), or why nothing would change: it is a joined member at that address already."""
     member = theirs.members.get(node)
     if member is not None and member.status == JOINED and member.address == address:
         return f"{node} is already a member of cluster {theirs.params.cluster_id}"
-    return theirs.with_event(JOIN, node, origin=node, address=address)
+    return theirs.with_event(JOIN, node, origin=node, address=address, location=theirs.location_for_join(location))
 
 
 class StatusGather:

@@ -24,7 +24,10 @@ request first asks the pacer (admission control): while it refuses, the exchange
 scheduler's tick resumes it. A failure that may pass (unreachable, timeout, overloaded) ends the
 exchange (the next round retries); any other failed repair is counted and the exchange goes on.
 
-The responder side (`answer_*`, `responders`) answers those requests from the Forest.
+The responder side (`answer_*`, `responders`) answers those requests from the Forest, and the
+root comparisons that come before any exchange: TreeRootsCompare (the asker's roots; the answer
+names those that differ, and the equal ones go to `roots_equal`, so this node counts them as
+compared too) and, from nodes that predate it, TreeRoots.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dynd.core.admission import Pacer, Unlimited
-from dynd.core.merkle import Forest, leaf_hash
+from dynd.core.merkle import HASH_BYTES, Forest, leaf_hash
 from dynd.core.ports import Completion, Network
 from dynd.core.replica import merge_records
 from dynd.protocol import messages
@@ -59,9 +62,10 @@ class ExchangeLimits:
     indexes_max: int = 1024  # tree nodes, partitions or segments named in one request
     keys_max: int = 512  # entries in one SegmentKeys page
     repairs_inflight_max: int = 8  # Fetch/Replicate repairs one exchange keeps in flight
+    roots_max: int = 1024  # partitions (with their roots) in one TreeRootsCompare
 
     def __post_init__(self) -> None:
-        if min(self.indexes_max, self.keys_max, self.repairs_inflight_max) < 1:
+        if min(self.indexes_max, self.keys_max, self.repairs_inflight_max, self.roots_max) < 1:
             raise ValueError("exchange limits must be positive")
 
 
@@ -497,6 +501,36 @@ def answer_tree_roots(forest: Forest, request: messages.TreeRoots, limits: Excha
     return messages.TreeRootsOk(id=request.id, hashes=[forest.root(p) for p in request.partitions])
 
 
+def answer_tree_roots_compare(forest: Forest, request: messages.TreeRootsCompare, limits: ExchangeLimits) -> tuple[messages.TreeRootsCompareOk, list[int]]:
+    """The reply, and the partitions whose roots are equal; raises BadRequest (or Overloaded while
+    the trees are being built) for a request that breaks the rules, before anything is counted."""
+    partitions, hashes = request.partitions, request.hashes
+    if len(partitions) > limits.roots_max:
+        raise BadRequest(f"{len(partitions)} partitions exceed ae roots_max={limits.roots_max}")
+    if len(hashes) != len(partitions):
+        raise BadRequest(f"{len(hashes)} roots for {len(partitions)} partitions")
+    if len(set(partitions)) != len(partitions):
+        raise BadRequest("a partition is named twice")
+    if not request.node:
+        raise BadRequest("the sender must name itself")
+    for partition in partitions:
+        _check_tree(forest, partition, request.tree_segments, request.tree_fanout)
+    for root in hashes:
+        if len(root) not in (0, HASH_BYTES):
+            raise BadRequest(f"a root of {len(root)} bytes (roots are {HASH_BYTES} bytes, or empty)")
+    differing: list[int] = []
+    ours: list[bytes] = []
+    equal: list[int] = []
+    for partition, theirs in zip(partitions, hashes):
+        mine = forest.root(partition)
+        if mine == theirs:
+            equal.append(partition)
+        else:
+            differing.append(partition)
+            ours.append(mine)
+    return messages.TreeRootsCompareOk(id=request.id, differing=differing, hashes=ours), equal
+
+
 def answer_tree_level(forest: Forest, request: messages.TreeLevel, limits: ExchangeLimits) -> messages.TreeLevelOk:
     _check_tree(forest, request.partition, request.tree_segments, request.tree_fanout)
     if len(request.indexes) > limits.indexes_max:
@@ -521,10 +555,23 @@ def answer_segment_keys(forest: Forest, request: messages.SegmentKeys, limits: E
     return messages.SegmentKeysOk(id=request.id, entries=[messages.KeyHash(k, h) for k, h in entries], complete=complete, after=after)
 
 
-def responders(forest: Forest, limits: ExchangeLimits) -> dict[type, Callable[[Any, Reply], None]]:
-    """Node handlers for the three requests (a DynError raised becomes the error reply)."""
+# (sender, partitions whose roots it found equal to ours): the scheduler counts them as compared
+RootsEqual = Callable[[str, list[int]], None]
+
+
+def responders(forest: Forest, limits: ExchangeLimits, roots_equal: RootsEqual | None = None) -> dict[type, Callable[[Any, Reply], None]]:
+    """Node handlers for the four requests (a DynError raised becomes the error reply).
+    `roots_equal` hears of the partitions a TreeRootsCompare found equal."""
+
+    def compare(request: messages.TreeRootsCompare, reply: Reply) -> None:
+        answer, equal = answer_tree_roots_compare(forest, request, limits)
+        if roots_equal is not None and equal:
+            roots_equal(request.node, equal)
+        reply(answer)
+
     return {
         messages.TreeRoots: lambda request, reply: reply(answer_tree_roots(forest, request, limits)),
+        messages.TreeRootsCompare: compare,
         messages.TreeLevel: lambda request, reply: reply(answer_tree_level(forest, request, limits)),
         messages.SegmentKeys: lambda request, reply: reply(answer_segment_keys(forest, request, limits)),
     }

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 LMDB_KEY_BYTES_MAX = 511
 PARTITION_PREFIX_BYTES = 2
 BACKUP_CHUNK_BYTES_MAX = 16 * 1024 * 1024
+AE_ROOT_BYTES_MAX = 32  # one partition and its root in a TreeRootsCompare (9 + 17 bytes of CBOR at most)
 
 
 _ZERO_MEANS_OFF = frozenset({"slow_request_ms", "digest_read_min_bytes"})  # 0 allowed: off, or (digests) always
@@ -46,6 +47,7 @@ class Limits:
     # holds thousands; this leaves room for that, bounds the work of one merge to some tens of
     # milliseconds, and is about what a record of ordinary actor names can carry in one frame.
     seen_entries_max: int = 65_536
+    meta_bytes_max: int = 8_192  # one sibling's metadata: its content type and user metadata, names and values
     versions_cache_entries: int = 4_096  # objects written and contexts handed out kept decoded
     versions_cache_record_bytes_max: int = 16_384  # larger objects are decoded afresh each write
     # storage
@@ -58,6 +60,14 @@ class Limits:
     tick_interval_ms: int = 50
     peer_retry_ms: int = 1_000
     gossip_interval_ms: int = 1_000
+    # membership (dynd.core.membership): what one membership may hold (a peer's or the disk's
+    # with more is refused), and compaction: the compactor folds settled events into a snapshot
+    # once this many are past it; a member it has not exchanged gossip with for
+    # membership_settle_ms counts as down (its own events below a snapshot are recorded again)
+    membership_events_max: int = 100_000
+    membership_members_max: int = 10_000
+    membership_compact_events: int = 16
+    membership_settle_ms: int = 600_000
     handoff_interval_ms: int = 2_000
     handoff_batch_keys: int = 128
     # membership plans and transfer listings: how long a node waits for the members' answers
@@ -71,6 +81,8 @@ class Limits:
     ae_batch_keys: int = 512
     ae_repairs_inflight: int = 8
     ae_concurrency: int = 1
+    ae_peers_per_round: int = 2  # peers a round compares roots with, one request each
+    ae_roots_max: int = 1_024  # partitions (and their roots) in one such request
     ae_tree_segments: int = 256
     ae_tree_fanout: int = 16
     # admission control: background work backs off while foreground p99 is above this
@@ -98,6 +110,16 @@ class Limits:
     backup_idle_timeout_ms: int = 60_000
     backup_read_wait_ms: int = 1_000  # a read at the end of what is copied so far waits this long for more
     backup_reads_inflight_max: int = 8  # reads of one backup at once: each holds a chunk in memory
+    # the HTTP door (`http_listen`, dynd.shell.http_server): Riak's HTTP KV interface
+    http_header_bytes_max: int = 16_384  # a request's line and headers together
+    http_body_bytes_max: int = 1024 * 1024 + 64 * 1024  # a request body (a value, or multipart siblings)
+    http_connections_max: int = 256  # more are answered 503 and closed
+    http_idle_timeout_ms: int = 60_000  # a kept-alive connection with no request
+    http_request_timeout_ms: int = 10_000  # a request must arrive whole within this of its first byte
+    # key listing (`?keys=true|stream`): a full scan of every node's store, bounded
+    list_keys_max: int = 100_000  # keys one listing returns at most (then it says it was cut short)
+    list_keys_scan_max: int = 1_000_000  # stored keys one node examines for one listing
+    list_keys_inflight_max: int = 1  # listings this node coordinates at once; more are refused (overloaded)
     # failure detection (SWIM over UDP)
     swim_period_ms: int = 1_000
     swim_ping_timeout_ms: int = 400
@@ -106,6 +128,17 @@ class Limits:
     swim_retransmit_mult: int = 3
     swim_piggyback_max: int = 8
     datagram_bytes_max: int = 1_400
+    # many nodes per host (`dynd --workers K`, dynd.shell.supervisor): the most workers one host
+    # may run; a worker that dies is restarted after a backoff that doubles from the first to the
+    # max with each death in the window; more than worker_restarts_max deaths of one worker in the
+    # window and the supervisor stops the host (exit 1, for systemd to restart it); on stop, a worker
+    # still running after worker_stop_timeout_ms is killed (keep it below the unit's TimeoutStopSec)
+    workers_max: int = 256
+    worker_restart_backoff_ms: int = 1_000
+    worker_restart_backoff_max_ms: int = 30_000
+    worker_restarts_max: int = 5
+    worker_restart_window_ms: int = 300_000
+    worker_stop_timeout_ms: int = 20_000
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -146,5 +179,19 @@ class Limits:
             raise ValueError("backup_chunk_bytes must not exceed connection_outbuf_bytes_max")
         if self.backup_read_wait_ms >= self.backup_idle_timeout_ms:
             raise ValueError("backup_read_wait_ms must be below backup_idle_timeout_ms")
+        if self.worker_restart_backoff_ms > self.worker_restart_backoff_max_ms:
+            raise ValueError("worker_restart_backoff_ms must not exceed worker_restart_backoff_max_ms")
+        if self.workers_max > 65_535:
+            raise ValueError("workers_max must be at most 65535 (each worker takes a port)")
+        if self.ae_roots_max * AE_ROOT_BYTES_MAX > self.frame_bytes_max:
+            raise ValueError(f"ae_roots_max must be at most frame_bytes_max / {AE_ROOT_BYTES_MAX} (the roots must fit in one frame)")
+        if self.meta_bytes_max >= self.http_header_bytes_max:
+            raise ValueError("meta_bytes_max must be below http_header_bytes_max (metadata travels in headers)")
+        if self.list_keys_max > self.list_keys_scan_max:
+            raise ValueError("list_keys_max must not exceed list_keys_scan_max")
+        if self.membership_compact_events > self.membership_events_max:
+            raise ValueError("membership_compact_events must not exceed membership_events_max")
+        if self.membership_settle_ms < 2 * self.gossip_interval_ms:
+            raise ValueError("membership_settle_ms must be at least 2 * gossip_interval_ms (members are heard by gossip)")
         if not 512 <= self.datagram_bytes_max <= 65_507:
             raise ValueError("datagram_bytes_max must be 512..65507 (the largest UDP payload)")

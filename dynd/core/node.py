@@ -19,6 +19,7 @@ The parts, and the requests each serves (`handlers`):
 - Not a member: a node whose own status is removed answers get, put, delete and the peers'
   replicate, fetch and handoff with `not_a_member` (a coordinator whose ring is stale then uses
   another replica), runs no failure detector, and logs once that it is safe to stop.
+- `listings` (`dynd.core.listing`): key listings (a bounded scan of every member's store).
 - `anti_entropy`, `repairs` (`dynd.core.anti_entropy`) and the tree responders
   (`dynd.core.exchange`): replicas compare hash trees; `dynctl repair`.
 - `swim` and `health`: who is alive; `handoff`, `hints`, `reaper`: moving partitions, delivering
@@ -48,6 +49,7 @@ from dynd.core.handoff import Handoff
 from dynd.core.health import Health
 from dynd.core.hints import HintDelivery
 from dynd.core.limits import Limits
+from dynd.core.listing import KeyListings
 from dynd.core.membership import Membership
 from dynd.core.merkle import Forest
 from dynd.core.metrics import Metrics
@@ -94,6 +96,7 @@ class Node:
         now_us: Callable[[], int] | None = None,
         shell_readings: Callable[[], dict[str, Any]] | None = None,
         measure: bool = True,
+        location: str = "",
     ) -> None:
         """`actor`: the id this node's versions carry, its name plus an epoch (`dynd.core.actors`
         says when a start must take a new one; the caller decides and stores it). `keyring`: the
@@ -102,7 +105,8 @@ class Node:
         `now_us`: the monotonic clock in microseconds, only for latencies (sub-ms gets need
         it; default now_ms * 1000); `shell_readings`: what only the shell knows, for StatsOk and
         InfoOk (`SHELL_READINGS` names them; a missing one reads 0 or ""); `measure`: False
-        keeps no latency histograms or request counters (to measure what they cost)."""
+        keeps no latency histograms or request counters (to measure what they cost); `location`:
+        where this node runs (a path, dynd.protocol.locations; "" unknown)."""
         self.name = name
         self.rng = rng
         self.network = network
@@ -126,7 +130,9 @@ class Node:
         self.budget = BackgroundBudget(target_p99_ms=limits.background_p99_target_ms, now_ms=now_ms())
 
         # ---- membership and liveness ----
-        self.cluster = ClusterView(name, address, membership, storage, network, limits=limits, now_ms=now_ms, rng=rng, seeds=seeds)
+        self.cluster = ClusterView(
+            name, address, membership, storage, network, limits=limits, now_ms=now_ms, rng=rng, seeds=seeds, location=location
+        )
         self.swim = Swim(
             name,
             limits=limits,
@@ -197,9 +203,11 @@ class Node:
 
         # ---- anti-entropy, and the operator's view ----
         self.ae_limits = ExchangeLimits(
-            indexes_max=limits.ae_indexes_max, keys_max=limits.ae_batch_keys, repairs_inflight_max=limits.ae_repairs_inflight
+            indexes_max=limits.ae_indexes_max, keys_max=limits.ae_batch_keys, repairs_inflight_max=limits.ae_repairs_inflight,
+            roots_max=limits.ae_roots_max,
         )
         self.anti_entropy = AntiEntropy(
+            name,
             self.forest,
             network,
             pairs=lambda: co_primary_pairs(name, partitions, lambda p: self.cluster.preference_list(p).primaries),
@@ -211,6 +219,7 @@ class Node:
             now_ms=now_ms,
             pacer=self.budget,
             concurrency=limits.ae_concurrency,
+            peers_per_round=limits.ae_peers_per_round,
             merge=self.records.merge_peer,
         )
         self.repairs = RepairRuns(name, self.anti_entropy)
@@ -225,6 +234,7 @@ class Node:
             local_sizes=lambda: local_sizes(self.forest, storage, partitions, limits.plan_sample_keys),
             liveness=self.health.status,
         )
+        self.listings = KeyListings(name, storage, self.cluster, self.gathers, limits=limits, partitions=partitions)
         self._said_safe_to_stop = False
 
         # ---- who serves each request ----
@@ -249,7 +259,9 @@ class Node:
             messages.RepairStatus: self.repairs.status,
             messages.StatsGet: lambda request, reply: reply(self.stats(request.id)),
             messages.InfoGet: lambda request, reply: reply(self.info(request.id)),
-            **responders(self.forest, self.ae_limits),
+            **responders(self.forest, self.ae_limits, roots_equal=self.anti_entropy.roots_equal),
+            messages.KeysList: self.listings.start,
+            messages.KeysScan: self.listings.scan,
         }
         # the requests whose latency is measured, under their op's name
         self._timed = {messages.Get: "get", messages.Put: "put", messages.Delete: "delete", messages.Replicate: "replicate"}
@@ -470,7 +482,7 @@ class Node:
     # ---- small requests of the cluster view ----
 
     def gossip(self, request: messages.Gossip, reply: Reply) -> None:
-        reply(messages.GossipOk(id=request.id, membership=self.cluster.merge_from_peer(request.membership)))
+        reply(self.cluster.handle_gossip(request))
 
     def cluster_remove(self, request: messages.ClusterRemove, reply: Reply) -> None:
         """Removing probes the member first (unless forced); the reply comes when that is done."""

@@ -46,6 +46,7 @@ from dynd.core.placement import coordinators, place
 from dynd.core.ports import Network, Storage
 from dynd.core.preflist import PreferenceList
 from dynd.core.replica import LocalReplica, versions_digest
+from dynd.core.versions import make_meta
 from dynd.protocol import codec, messages
 from dynd.protocol.errors import BadRequest, DynError, NotAMember, QuorumFailed, StaleRing, Timeout, Unreachable
 from dynd.protocol.messages import error_reply
@@ -185,7 +186,10 @@ class ClientRequests:
         placement = place(preference, self.name, self.health.usable)
         value = request.value if isinstance(request, messages.Put) else None
         stored = self.storage.read_object(partition, request.key)
-        plan = self.replica.write(request.key, value, request.context, stored, self.wall_ms(), partition)
+        meta = None
+        if isinstance(request, messages.Put) and (request.content_type is not None or request.usermeta):
+            meta = make_meta(request.content_type, ((entry.name, entry.value) for entry in request.usermeta or ()))
+        plan = self.replica.write(request.key, value, request.context, stored, self.wall_ms(), partition, meta)
         self._note(plan.key, plan.sibling_count, plan.object_bytes, plan.pruned_entries)
         ok: messages.PutOk | messages.DeleteOk
         if isinstance(request, messages.Put):

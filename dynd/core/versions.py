@@ -41,6 +41,13 @@ stored objects, and the strict decoders of what clients and peers send. A clock'
 encoding (`Clock.encoded`) stays here, with the clock, which keeps it once computed.
 
 Timestamps ride along for pruning only; comparing versions never looks at time.
+
+Metadata: a sibling may carry a `SiblingMeta` (the content type its writer gave, and user
+metadata as name/value pairs, as Riak's HTTP interface stores with each value), written with its
+value and never changed after. It is part of the write like the value: it plays no part in
+versioning, and a sibling without it (every sibling written before metadata existed, and every
+write that gives none) is encoded exactly as before (`versions_codec`). A sibling's last-modified
+time is its timestamp.
 """
 
 from __future__ import annotations
@@ -283,11 +290,57 @@ def clock_from_entries(vector: Collection[tuple[str, int, int]], cloud: Collecti
 
 
 @dataclass(frozen=True, slots=True)
+class SiblingMeta:
+    """What a writer said about its value besides the bytes: a content type (None: not given) and
+    user metadata, (name, value) pairs sorted by name, names lowercase and unique. An empty
+    metadata is no metadata: `make_meta` returns None for it, so every sibling has one encoding."""
+
+    content_type: str | None = None
+    user: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def encoded_bytes(self) -> int:
+        """What it costs to keep: the UTF-8 bytes of its strings (`meta_bytes_max` bounds this)."""
+        size = len(self.content_type.encode()) if self.content_type else 0
+        return size + sum(len(name.encode()) + len(value.encode()) for name, value in self.user)
+
+
+# Metadata is served as HTTP headers (X-Riak-Meta-NAME: VALUE, Content-Type), so a name must be an
+# HTTP token and a value must be printable ASCII (RFC 9110 field values, less obsolete octets).
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def _header_safe(text: str) -> bool:
+    return all(" " <= char <= "~" or char == "\t" for char in text) and text == text.strip(" \t")
+
+
+def make_meta(content_type: str | None, user: Iterable[tuple[str, str]] = ()) -> SiblingMeta | None:
+    """The metadata of a write in its one canonical form, or None when it says nothing. Names are
+    lowercased (HTTP header names are case-insensitive); a name given twice, a name that is not an
+    HTTP token or a value that could not be sent as an HTTP header value is refused."""
+    pairs = sorted((name.lower(), value) for name, value in user)
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        raise BadRequest("metadata names must be unique (case-insensitive)")
+    for name, value in pairs:
+        if not name or not set(name) <= _TOKEN:
+            raise BadRequest(f"metadata name {name[:64]!r} must be an HTTP token (letters, digits and !#$%&'*+-.^_`|~)")
+        if not _header_safe(value):
+            raise BadRequest(f"metadata {name!r}: its value must be printable ASCII without leading or trailing blanks")
+    if content_type is not None and not _header_safe(content_type):
+        raise BadRequest("the content type must be printable ASCII without leading or trailing blanks")
+    if not content_type and not pairs:
+        return None
+    return SiblingMeta(content_type or None, tuple(pairs))
+
+
+@dataclass(frozen=True, slots=True)
 class Sibling:
     dot: Dot
     context: Clock
     value: bytes | None
     timestamp_ms: int
+    meta: SiblingMeta | None = None  # a tombstone has none
 
     @property
     def is_tombstone(self) -> bool:
@@ -409,7 +462,9 @@ def _normalise(siblings: Iterable[Sibling], seen: Clock) -> SiblingSet:
 
 
 def _tiebreak(s: Sibling) -> tuple[Any, ...]:
-    return (s.timestamp_ms, s.value is not None, s.value or b"", s.context.vector_entries())
+    meta = s.meta
+    return (s.timestamp_ms, s.value is not None, s.value or b"", s.context.vector_entries(), meta is not None,
+            (meta.content_type or "", meta.user) if meta is not None else ("", ()))
 
 
 def merge(a: SiblingSet, b: SiblingSet) -> SiblingSet:
@@ -428,8 +483,10 @@ def put(
     prune_threshold: int,
     siblings_max: int,
     object_bytes_max: int,
+    meta: SiblingMeta | None = None,
 ) -> PutOutcome:
-    """Apply a client write (value None = delete) made against `context`, coordinated by `actor`.
+    """Apply a client write (value None = delete) made against `context`, coordinated by `actor`;
+    `meta` goes with the value (a delete carries none).
 
     The coordinator's replica holds every dot it ever issued for the key, or `seen` covers it, so a
     context claiming a higher counter of `actor` names a write that never happened: it is refused,
@@ -459,7 +516,7 @@ def put(
     else:  # a Versions: the write covers every sibling (else `survivors` refuses it below)
         superseded_ms = current.newest_ms
     now_ms = max(now_ms, superseded_ms)
-    new = Sibling(dot, sibling_context, value, now_ms)
+    new = Sibling(dot, sibling_context, value, now_ms, meta if value is not None else None)
     seen = current.seen.join(context)
     # Every sibling `seen` now covers is dropped here; a Versions (no values) has none left.
     standing = current.siblings if type(current) is SiblingSet else current.survivors(context)

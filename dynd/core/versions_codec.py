@@ -9,6 +9,10 @@
   that view when decoded (`decode_object`). A record from another node is decoded strictly and
   checked against the limits of a client's write (`parse_object`).
 - A clock in either is `Clock.encoded()`: two arrays of [actor, counter, timestamp_ms] entries.
+- A sibling with metadata (`versions.SiblingMeta`) has a seventh item, [content_type or null,
+  [[name, value], ...]]; one without has six, as every sibling had before metadata existed, so
+  stored objects and records from older nodes read as they always did, and objects without
+  metadata encode to the same bytes (Merkle leaves and digests stay comparable across versions).
 
 Written with the hand-rolled CBOR pieces of `dynd.protocol.codec` (bytes identical to cbor2's for
 the same plain lists): these run several times on every put.
@@ -30,6 +34,7 @@ from dynd.core.versions import (
     Clock,
     Dot,
     Sibling,
+    SiblingMeta,
     SiblingSet,
     Versions,
     clock_from_entries,
@@ -55,6 +60,7 @@ OBJECT_FORMAT = 1
 _CONTEXT_HEAD = cbor_head(MAJOR_ARRAY, 3) + cbor_uint(CONTEXT_FORMAT)
 _OBJECT_HEAD = cbor_head(MAJOR_ARRAY, 4) + cbor_uint(OBJECT_FORMAT)
 _SIBLING_HEAD = cbor_head(MAJOR_ARRAY, 6)
+_SIBLING_WITH_META_HEAD = cbor_head(MAJOR_ARRAY, 7)
 
 
 # ---- context tokens ----
@@ -245,9 +251,12 @@ def parse_object(data: bytes, live_values: list[bytes], limits: Limits, held: Ca
     supply = iter(live_values)
     siblings: list[Sibling] = []
     for raw in raw_siblings:
-        if type(raw) is not list or len(raw) != 6:
-            raise BadRequest(f"{what}: each sibling must be [actor, counter, timestamp_ms, value, vector, cloud]")
-        actor, counter, timestamp_ms, value, vector, cloud = raw
+        if type(raw) is not list or len(raw) not in (6, 7):
+            raise BadRequest(f"{what}: each sibling must be [actor, counter, timestamp_ms, value, vector, cloud(, meta)]")
+        actor, counter, timestamp_ms, value, vector, cloud = raw[:6]
+        meta = parse_meta(raw[6], limits.meta_bytes_max, what) if len(raw) == 7 else None
+        if meta is not None and value is None:
+            raise BadRequest(f"{what}: a tombstone carries no metadata")
         if type(actor) is not str or type(counter) is not int or type(timestamp_ms) is not int:
             raise BadRequest(f"{what}: each sibling must be [actor, counter, timestamp_ms, value, vector, cloud]")
         _check_entries(((actor, counter, timestamp_ms),), actor_bytes_max, True, what)
@@ -262,7 +271,7 @@ def parse_object(data: bytes, live_values: list[bytes], limits: Limits, held: Ca
         elif value is not None:
             raise BadRequest(f"{what}: a sibling's value must be a placeholder or a tombstone")
         context = clock_from_entries(_parse_entries(vector, actor_bytes_max, True, what), _parse_entries(cloud, actor_bytes_max, False, what))
-        sibling = Sibling(Dot(actor, counter), context, value, timestamp_ms)
+        sibling = Sibling(Dot(actor, counter), context, value, timestamp_ms, meta)
         if siblings and not siblings[-1].dot < sibling.dot:
             raise BadRequest(f"{what}: siblings must be sorted by dot, each dot once")
         if seen.covers(sibling.dot):
@@ -275,13 +284,43 @@ def parse_object(data: bytes, live_values: list[bytes], limits: Limits, held: Ca
     return SiblingSet(tuple(siblings), seen)
 
 
+def encode_meta(meta: SiblingMeta) -> bytes:
+    """[content_type or null, [[name, value], ...]]: a sibling's seventh item."""
+    out = [cbor_head(MAJOR_ARRAY, 2), CBOR_NULL if meta.content_type is None else cbor_text(meta.content_type)]
+    out.append(cbor_head(MAJOR_ARRAY, len(meta.user)))
+    for name, value in meta.user:
+        out += (cbor_head(MAJOR_ARRAY, 2), cbor_text(name), cbor_text(value))
+    return b"".join(out)
+
+
+def parse_meta(raw: Any, meta_bytes_max: int, what: str) -> SiblingMeta:
+    """A sibling's metadata as decoded by a general CBOR decoder, checked: its shape, its size
+    within `meta_bytes_max`, and its canonical form (names lowercase, sorted, unique; not empty)."""
+    if type(raw) is not list or len(raw) != 2 or not (raw[0] is None or type(raw[0]) is str) or type(raw[1]) is not list:
+        raise BadRequest(f"{what}: a sibling's metadata must be [content_type or null, [[name, value], ...]]")
+    pairs: list[tuple[str, str]] = []
+    for pair in raw[1]:
+        if type(pair) is not list or len(pair) != 2 or type(pair[0]) is not str or type(pair[1]) is not str or not pair[0]:
+            raise BadRequest(f"{what}: each metadata entry must be [name, value], both text")
+        pairs.append((pair[0], pair[1]))
+    meta = SiblingMeta(raw[0], tuple(pairs))
+    if meta.encoded_bytes > meta_bytes_max:
+        raise BadRequest(f"{what}: a sibling's metadata holds {meta.encoded_bytes} bytes (meta_bytes_max={meta_bytes_max})")
+    names = [name for name, _ in pairs]
+    if names != sorted(set(names)) or any(name != name.lower() for name in names) or (raw[0] in (None, "") and not pairs):
+        raise BadRequest(f"{what}: a sibling's metadata is not in its canonical form")
+    return meta
+
+
 def encode_object(obj: SiblingSet, *, values: bool = True) -> bytes:
     """The object as CBOR: [OBJECT_FORMAT, [[actor, counter, timestamp_ms, value, vector, cloud],
-    ...], seen vector, seen cloud]. With values=False each live value is replaced by True (a
-    tombstone stays None), for a caller that keeps the live values elsewhere, in sibling order."""
+    ...], seen vector, seen cloud]; a sibling with metadata has it as a seventh item. With
+    values=False each live value is replaced by True (a tombstone stays None), for a caller that
+    keeps the live values elsewhere, in sibling order."""
     out = [_OBJECT_HEAD, cbor_head(MAJOR_ARRAY, len(obj.siblings))]
     for s in obj.siblings:
-        out += (_SIBLING_HEAD, cbor_text(s.dot.actor), cbor_uint(s.dot.counter), cbor_uint(s.timestamp_ms))
+        head = _SIBLING_HEAD if s.meta is None else _SIBLING_WITH_META_HEAD
+        out += (head, cbor_text(s.dot.actor), cbor_uint(s.dot.counter), cbor_uint(s.timestamp_ms))
         if s.value is None:
             out.append(CBOR_NULL)
         elif values:
@@ -289,8 +328,18 @@ def encode_object(obj: SiblingSet, *, values: bool = True) -> bytes:
         else:
             out.append(CBOR_TRUE)
         out.append(s.context.encoded())
+        if s.meta is not None:
+            out.append(encode_meta(s.meta))
     out.append(obj.seen.encoded())
     return b"".join(out)
+
+
+def _stored_meta(raw: list[Any]) -> SiblingMeta | None:
+    """The metadata of a stored sibling (written by us: no checks), None for six items."""
+    if len(raw) < 7:
+        return None
+    content_type, user = raw[6]
+    return SiblingMeta(content_type, tuple((name, value) for name, value in user))
 
 
 def decode_object(data: bytes, live_values: Iterable[bytes] = ()) -> SiblingSet:
@@ -305,12 +354,13 @@ def decode_object(data: bytes, live_values: Iterable[bytes] = ()) -> SiblingSet:
         raise ValueError(f"unknown stored object format {fmt!r}")
     supply = iter(live_values)
     siblings = []
-    for actor, counter, ts, value, vector, cloud in raw_siblings:
+    for raw in raw_siblings:
+        actor, counter, ts, value, vector, cloud = raw[:6]
         if value is True:
             value = next(supply, None)
             if value is None:
                 raise ValueError("a stored object has more live siblings than values")
-        siblings.append(Sibling(Dot(actor, counter), clock_from_entries(vector, cloud), value, ts))
+        siblings.append(Sibling(Dot(actor, counter), clock_from_entries(vector, cloud), value, ts, _stored_meta(raw)))
     if next(supply, None) is not None:
         raise ValueError("a stored object has more values than live siblings")
     return SiblingSet(tuple(siblings), clock_from_entries(seen_vector, seen_cloud))

@@ -3,8 +3,8 @@
 Decoding refuses anything a well-behaved peer never sends: nesting deeper than `CBOR_DEPTH_MAX`,
 indefinite-length items, duplicate map keys, non-string map keys, any tag, invalid UTF-8, bytes
 after the top-level item, a top level that is not a map, unknown ops and fields, and fields of the
-wrong type. Every frame gets a fresh decoder, so no state (such as shared references) leaks
-between frames. Size limits on keys and values belong to the node's config and are checked there.
+wrong type. No state (such as shared references) carries from one frame to the next: see
+`loads_strict`. Size limits on keys and values belong to the node's config and are checked there.
 
 How to check, build and encode each message type is worked out from its dataclass the first time
 the type is met, not at import: a short-lived client (`dynctl get`) meets four types of fifty.
@@ -56,13 +56,19 @@ class _EveryTag(Mapping[int, Callable[..., Any]]):
 _REJECT_ALL_TAGS = _EveryTag()
 
 
-def loads_strict(data: bytes) -> Any:
-    """Decode exactly one CBOR item from `data` under the strict rules above."""
-    if not data:
-        raise BadFrame("empty frame")
-    stream = io.BytesIO(data)
-    decoder = cbor2.CBORDecoder(
-        stream,
+# Strict decoders ready for reuse: making a CBORDecoder with these options costs about as much as
+# decoding a kilobyte frame with it. Reuse carries nothing from one item to the next: the only state
+# a cbor2 decoder keeps across items is what tags create (shared and string references), and every
+# tag is refused; its depth count starts again at each `decode`. A decoder an error interrupted is
+# dropped all the same. A free list rather than one decoder, so threads never share one (a list's
+# pop and append are atomic).
+_IDLE_DECODERS: list[Any] = []
+_NO_INPUT = io.BytesIO()
+
+
+def _strict_decoder() -> Any:
+    return cbor2.CBORDecoder(
+        _NO_INPUT,
         tag_hook=_reject_tag,
         semantic_decoders=_REJECT_ALL_TAGS,
         str_errors="strict",
@@ -71,10 +77,24 @@ def loads_strict(data: bytes) -> Any:
         allow_duplicate_keys=False,
         strict_hashable_types=True,
     )
+
+
+def loads_strict(data: bytes) -> Any:
+    """Decode exactly one CBOR item from `data` under the strict rules above."""
+    if not data:
+        raise BadFrame("empty frame")
+    try:
+        decoder = _IDLE_DECODERS.pop()
+    except IndexError:
+        decoder = _strict_decoder()
+    stream = io.BytesIO(data)
+    decoder.fp = stream
     try:
         item = decoder.decode()
     except (cbor2.CBORDecodeError, ValueError, RecursionError, OverflowError) as exc:
         raise BadFrame(f"malformed CBOR: {exc}") from None
+    decoder.fp = _NO_INPUT  # so the idle decoder does not keep the frame alive
+    _IDLE_DECODERS.append(decoder)
     if stream.tell() != len(data):
         raise BadFrame(f"{len(data) - stream.tell()} trailing bytes after the CBOR item")
     return item
@@ -323,7 +343,8 @@ def to_plain(value: Any) -> Any:
         if kind not in _ENCODED_TYPES:
             return value
         spec = _encode_fields(kind)
-    return {name: to_plain(getattr(value, name)) for name, _ in spec}
+    # a field whose default is None is left out while None, in records as in messages
+    return {name: to_plain(field) for name, omit_none in spec if (field := getattr(value, name)) is not None or not omit_none}
 
 
 def _text_piece(text: str) -> bytes:

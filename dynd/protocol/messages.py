@@ -103,13 +103,28 @@ class ClockEntry:
 
 @record
 @dataclass(frozen=True, slots=True)
+class MetaEntry:
+    """One item of a value's user metadata (Riak's X-Riak-Meta-NAME: VALUE); names are lowercase."""
+
+    name: str
+    value: str
+
+
+@record
+@dataclass(frozen=True, slots=True)
 class SiblingView:
-    """One live sibling as a client sees it: its value, its dot and the clock it was written against."""
+    """One live sibling as a client sees it: its value, its dot and the clock it was written
+    against. A value written with metadata (a content type, user metadata) carries it, and
+    `modified_ms`, when it was written (the coordinator's wall clock); one written without has
+    none of the three."""
 
     value: bytes
     actor: str
     counter: int
     clock: list[ClockEntry]
+    content_type: str | None = None
+    usermeta: list[MetaEntry] | None = None
+    modified_ms: int | None = None
 
 
 @handshake
@@ -207,7 +222,9 @@ class GetOk:
 @request(CLIENT, forwardable=True)
 @dataclass(frozen=True, slots=True)
 class Put:
-    """`pw` is how many of the W stores must be on primaries (not fallbacks standing in for them)."""
+    """`pw` is how many of the W stores must be on primaries (not fallbacks standing in for them).
+    `content_type` and `usermeta`: metadata stored with the value (within meta_bytes_max), shown
+    with it to every reader; a node older than them refuses them as unknown fields."""
 
     OP: ClassVar[str] = "put"
     id: int
@@ -218,6 +235,8 @@ class Put:
     forwarded: bool | None = None
     ring: bytes | None = None
     pw: int | None = None
+    content_type: str | None = None
+    usermeta: list[MetaEntry] | None = None
 
 
 @reply
@@ -263,7 +282,61 @@ class ErrorReply:
     retriable: bool
 
 
+@request(CLIENT)
+@dataclass(frozen=True, slots=True)
+class KeysList:
+    """The keys whose stored key starts with `prefix` (a bucket's: `dynd.protocol.buckets`), from
+    a scan of every member's store (`dynd.core.listing`), sorted, at most `limit` (and at most
+    list_keys_max). A key is listed when a scanned replica holds a live value of it: a deleted key
+    leaves the listing once every replica holds its tombstone.
+
+    Client role, as a get: a client may read every key, so it may list them. It is a full scan of
+    every node's store: the coordinating node runs list_keys_inflight_max at once and refuses more
+    with `overloaded`, and each node examines at most list_keys_scan_max stored keys."""
+
+    OP: ClassVar[str] = "keys_list"
+    id: int
+    prefix: bytes
+    limit: int | None = None
+
+
+@reply
+@dataclass(frozen=True, slots=True)
+class KeysListOk:
+    """`complete`: every partition was scanned by a member that holds it, no scan stopped at its
+    bound and no more than `limit` keys matched; False: `keys` may miss some."""
+
+    OP: ClassVar[str] = "keys_list_ok"
+    id: int
+    keys: list[bytes]
+    complete: bool
+
+
 # ---- between nodes ----
+
+
+@request(PEER)
+@dataclass(frozen=True, slots=True)
+class KeysScan:
+    """A listing's part on one node: its own stored keys starting with `prefix`, at most `limit`,
+    tombstones left out. Peers only: a stranger who reaches the port is refused before this."""
+
+    OP: ClassVar[str] = "keys_scan"
+    id: int
+    prefix: bytes
+    limit: int
+
+
+@reply
+@dataclass(frozen=True, slots=True)
+class KeysScanOk:
+    """`partitions`: those whose keys were all examined; `complete`: no bound cut the scan."""
+
+    OP: ClassVar[str] = "keys_scan_ok"
+    id: int
+    keys: list[bytes]
+    partitions: list[int]
+    complete: bool
 
 
 @request(PEER)
@@ -343,14 +416,36 @@ class HandoffOk:
     id: int
 
 
+@record
+@dataclass(frozen=True, slots=True)
+class MembershipSummary:
+    """A membership in a few bytes, for digest-first gossip (dynd.core.cluster): its digest, its
+    highest stamp, and its snapshot's stamp and digest (0 and b"" for none); `node` names the
+    sender (a proved peer)."""
+
+    node: str
+    digest: bytes
+    stamp: int
+    snapshot_stamp: int
+    snapshot_digest: bytes
+
+
 @request(PEER)
 @dataclass(frozen=True, slots=True)
 class Gossip:
-    """Push-pull membership exchange: the receiver merges and answers with its merged view."""
+    """Membership exchange (dynd.core.cluster has the protocol). Digest-first: `summary` set,
+    `membership` empty, `delta` the events (and snapshot) the receiver lacks when the sender knows
+    them. Without `summary`, the form of 70300c4 and before: `membership` whole (empty: the
+    sender has none yet, as a joining node), answered with the receiver's whole membership.
+    A stranger who reaches the port gets nothing: gossip needs the peer role (the cluster secret);
+    a proved peer that is not a member may gossip (that is how it joins) and learns the members'
+    names, addresses and locations."""
 
     OP: ClassVar[str] = "gossip"
     id: int
     membership: bytes
+    summary: MembershipSummary | None = None
+    delta: bytes | None = None
 
 
 @reply
@@ -359,6 +454,8 @@ class GossipOk:
     OP: ClassVar[str] = "gossip_ok"
     id: int
     membership: bytes
+    summary: MembershipSummary | None = None
+    delta: bytes | None = None
 
 
 # ---- anti-entropy between the replicas of a partition (dynd.core.anti_entropy) ----
@@ -370,7 +467,8 @@ class GossipOk:
 @request(PEER)
 @dataclass(frozen=True, slots=True)
 class TreeRoots:
-    """The Merkle roots of `partitions`, in the same order."""
+    """The Merkle roots of `partitions`, in the same order. What nodes before TreeRootsCompare
+    ask with, and what a newer node asks them with; every node still answers it."""
 
     OP: ClassVar[str] = "tree_roots"
     id: int
@@ -384,6 +482,41 @@ class TreeRoots:
 class TreeRootsOk:
     OP: ClassVar[str] = "tree_roots_ok"
     id: int
+    hashes: list[bytes]
+
+
+@request(PEER)
+@dataclass(frozen=True, slots=True)
+class TreeRootsCompare:
+    """The sender's Merkle roots of partitions it and the receiver are both primaries of (as the
+    sender's ring has it): `hashes[i]` is the root of `partitions[i]`, the partitions distinct,
+    at most the receiver's `ae_roots_max`. The receiver answers which differ and counts the
+    others as compared with `node`, the sender's member name, where its own ring agrees that
+    they share the partition (so it need not ask them itself soon). It replaces a TreeRoots per
+    peer and round: one of these to each of a few peers per round (`dynd.core.anti_entropy`).
+
+    A node before this message answers `unknown_op`; the sender then asks it with TreeRoots.
+    Peer role: a stranger who reaches the port gets `unauthorized` and nothing changes; a member
+    learns which partitions differ, hashes of hashes: nothing of a key or a value."""
+
+    OP: ClassVar[str] = "tree_roots_compare"
+    id: int
+    node: str
+    partitions: list[int]
+    hashes: list[bytes]
+    tree_segments: int
+    tree_fanout: int
+
+
+@reply
+@dataclass(frozen=True, slots=True)
+class TreeRootsCompareOk:
+    """`differing`: the asked partitions whose roots differ here, in the order asked; `hashes`:
+    this node's roots of them, in the same order."""
+
+    OP: ClassVar[str] = "tree_roots_compare_ok"
+    id: int
+    differing: list[int]
     hashes: list[bytes]
 
 

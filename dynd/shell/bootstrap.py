@@ -28,8 +28,8 @@ async def fetch_membership(address: str, timeout_s: float, *, security: Security
         raise BadRequest(f"seed {address} sent a bad membership: {exc}") from None
 
 
-def new_cluster(name: str, address: str, n: int, r: int, w: int, partitions: int) -> Membership:
+def new_cluster(name: str, address: str, n: int, r: int, w: int, partitions: int, location: str = "") -> Membership:
     try:
-        return create(ClusterParams(uuid.uuid4().hex, n, r, w, partitions), name, address)
+        return create(ClusterParams(uuid.uuid4().hex, n, r, w, partitions), name, address, location)
     except MembershipError as exc:
         raise BadRequest(str(exc)) from None

@@ -9,7 +9,7 @@ network that passes every message through the real codec (so byte counts are the
 frame prefixes included) and delivers it from a queue: no sockets, no sleeps. CPU is process time
 for both sides together (one process), codec included.
 
-Scenarios: an idle round (every root equal), the same as one Exchange per partition (no TreeRoots
+Scenarios: an idle round (every root equal), the same as one Exchange per partition (no root
 batching, for comparison), a round after B's copy of one partition was wiped, and a round after
 100 keys were written to A alone. After each repair round a second round must repair nothing.
 
@@ -241,11 +241,14 @@ def scheduler(
     budget: BackgroundBudget | None = None,
     concurrency: int = 1,
     partitions: list[int] | None = None,
+    peers_per_round: int = 2,
 ) -> AntiEntropy:
-    """An AntiEntropy for `replica` with `peers` as co-primaries of every (or of `partitions`) partition."""
+    """An AntiEntropy for `replica` with `peers` as co-primaries of every (or of `partitions`)
+    partition; the replica's TreeRootsCompare responder credits it with the roots found equal."""
     now = clock if clock is not None else [0]
     held = partitions if partitions is not None else list(range(replica.partitions))
-    return AntiEntropy(
+    ae = AntiEntropy(
+        replica.name,
         replica.forest,
         link.network(),
         pairs=lambda: [(p, peer) for p in held for peer in peers],
@@ -257,7 +260,10 @@ def scheduler(
         now_ms=lambda: now[0],
         pacer=budget,
         concurrency=concurrency,
+        peers_per_round=peers_per_round,
     )
+    replica.handlers.update(responders(replica.forest, replica.limits, roots_equal=ae.roots_equal))
+    return ae
 
 
 def repair_all(replica: Replica, link: Link, peers: list[str], partition: int | None = None, **kwargs: Any) -> RepairProgress:
@@ -358,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     def equal() -> bool:
         return all(a.forest.root(p) == b.forest.root(p) for p in range(args.partitions)) and a.store == b.store
 
-    rows.append(_measure("idle round (TreeRoots)", link, run))
+    rows.append(_measure("idle round (TreeRootsCompare)", link, run))
     rows.append(_measure("idle, one Exchange per partition", link, per_partition_exchanges))
     wiped_partition = 7
     wiped = b.wipe(wiped_partition)

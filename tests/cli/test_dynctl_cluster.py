@@ -601,11 +601,11 @@ def test_the_plan_gives_cluster_flags_to_the_first_node_and_join_to_the_others(t
     ]
     assert specs[0].argv == (
         "python3", "-m", "dynd", "--name", "dev1", "--listen", "127.0.0.1:7600", "--data-dir", str(tmp_path / "dev1"),
-        "--replicas", "2", "--r", "1", "--w", "2",
+        "--http-listen", "127.0.0.1:8298", "--replicas", "2", "--r", "1", "--w", "2",
     )  # fmt: skip
     assert specs[2].argv == (
         "python3", "-m", "dynd", "--name", "dev3", "--listen", "127.0.0.1:7602", "--data-dir", str(tmp_path / "dev3"),
-        "--join", "127.0.0.1:7600",
+        "--http-listen", "127.0.0.1:8300", "--join", "127.0.0.1:7600",
     )  # fmt: skip
     assert specs[1].log_path == tmp_path / "dev2" / "dynd.log"
 
@@ -613,7 +613,7 @@ def test_the_plan_gives_cluster_flags_to_the_first_node_and_join_to_the_others(t
 def test_the_plan_gives_every_node_the_secret_file(tmp_path: Path) -> None:
     specs = plan_cluster(2, tmp_path, 7600, CreationSettings(2, 1, 2), python="python3", secret_file=tmp_path / "secret")
     for spec in specs:
-        assert spec.argv[9:11] == ("--secret-file", str(tmp_path / "secret"))
+        assert spec.argv[11:13] == ("--secret-file", str(tmp_path / "secret"))
 
 
 def test_the_dev_secret_is_made_private_once_and_then_kept(tmp_path: Path) -> None:
@@ -630,7 +630,7 @@ def test_a_single_node_creates_a_cluster_of_one_replica(tmp_path: Path) -> None:
     (spec,) = plan_cluster(1, tmp_path, 7400, creation_settings(1, None, None, None), python="python3")
     assert spec.argv == (
         "python3", "-m", "dynd", "--name", "dev1", "--listen", "127.0.0.1:7400", "--data-dir", str(tmp_path / "dev1"),
-        "--replicas", "1", "--r", "1", "--w", "1",
+        "--http-listen", "127.0.0.1:8098", "--replicas", "1", "--r", "1", "--w", "1",
     )  # fmt: skip
 
 

@@ -90,9 +90,10 @@ def bash_completions(line: str) -> list[str]:
     ("line", "expected"),
     [
         ("dynctl ", {"get", "put", "delete", "bench", "repair", "backup", "stats", "info", "health", "top", "log-level", "cluster", "ring", "dev", *GLOBAL, "--version", "--help", "-h"}),
-        ("dynctl --token-file t get --", {"--context", "--r", "--pr", "--help", *GLOBAL}),
+        ("dynctl --token-file t get --", {"--context", "--r", "--pr", "--bucket", "--help", *GLOBAL}),
         ("dynctl de", {"delete", "dev"}),
-        ("dynctl --node 127.0.0.1:7400 get --", {"--context", "--r", "--pr", "--help", *GLOBAL}),
+        ("dynctl --node 127.0.0.1:7400 get --", {"--context", "--r", "--pr", "--bucket", "--help", *GLOBAL}),
+        ("dynctl put key v --c", {"--context", "--content-type"}),
         ("dynctl get key --n", {"--node"}),
         ("dynctl get key --node 127.0.0.1:7400 --j", {"--json"}),
         ("dynctl cluster --node 127.0.0.1:7400 st", {"status"}),

@@ -128,7 +128,8 @@ def test_siblings_with_json_exit_5_and_list_every_value(on_node: DynctlRunner, k
     assert document["value"] is None
     assert sorted(base64.b64decode(s["value"]) for s in document["siblings"]) == [b"left", b"right"]
     for sibling in document["siblings"]:
-        assert set(sibling) == {"value", "size", "dot", "clock"}
+        assert set(sibling) == {"value", "size", "dot", "clock", "content_type", "meta", "modified_ms"}
+        assert sibling["content_type"] is None and sibling["meta"] == {} and sibling["modified_ms"] is None
         assert set(sibling["dot"]) == {"actor", "counter"}
 
 

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tomllib
@@ -26,8 +27,10 @@ import pytest
 
 from dynd.cli import EXIT_CONFIG
 from dynd.client import BlockingClient
+from dynd.core.limits import Limits
 from tests.support.cluster import FAST_TIMERS, poll_until, settled
 from tests.support.procs import DyndProcess
+from tests.support.workers import WorkersHost
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "deploy" / "dynd.service"
@@ -91,6 +94,10 @@ def test_systemd_analyze_security_rates_the_unit_ok(tmp_path: Path) -> None:
 def test_the_unit_agrees_with_dynd_and_the_shipped_files() -> None:
     assert setting("RestartPreventExitStatus") == str(EXIT_CONFIG)
     assert setting("Restart") == "on-failure"
+    # readiness comes from dynd itself (test_a_node_tells_the_service_manager_when_it_serves), and
+    # a supervisor is given the stop signal alone and the time to stop its workers
+    assert (setting("Type"), setting("NotifyAccess"), setting("KillMode")) == ("notify", "main", "mixed")
+    assert int(setting("TimeoutStopSec")) > Limits().worker_stop_timeout_ms / 1000
     config = tomllib.loads((ROOT / "deploy" / "dynd.toml").read_text())
     assert config["node"]["data_dir"] == f"/var/lib/{setting('StateDirectory')}"
     assert "--config /etc/dynd/dynd.toml" in setting("ExecStart")
@@ -100,6 +107,23 @@ def test_the_unit_agrees_with_dynd_and_the_shipped_files() -> None:
     readme = (ROOT / "README.md").read_text()
     for step in ("deploy/dynd.sysusers", "deploy/dynd.toml", "deploy/dynd.service", SHIPPED_BINARY.rsplit("/", 2)[0]):
         assert step in readme, f"README's install steps do not mention {step}"
+
+
+def test_a_node_tells_the_service_manager_when_it_serves_and_when_it_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Type=notify: READY=1 from the node's own process once it answers, STOPPING=1 on SIGTERM."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(str(tmp_path / "notify"))
+        manager.settimeout(30)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+        node = DyndProcess(tmp_path / "n", name="n").start()
+        try:
+            ready = manager.recv(4096).decode()
+            assert ready.startswith("READY=1\n") and f"STATUS=serving on {node.address}" in ready
+            node.signal(signal.SIGTERM)
+            assert manager.recv(4096) == b"STOPPING=1"
+            assert node.wait(30) == 0
+        finally:
+            node.stop()
 
 
 # ---- what dynd does, against what the unit allows ----
@@ -198,6 +222,38 @@ def test_the_node_makes_only_system_calls_and_sockets_the_unit_allows(tmp_path: 
     text = trace.read_text()
     used = set(re.findall(r"^\d+\s+([a-z0-9_]+)\(", text, flags=re.MULTILINE))
     assert {"openat", "sendto", "recvfrom", "mmap"} <= used, "the trace does not look like a running node"
+    assert used - allowed_syscalls() == set()
+    families = set(re.findall(r"socket(?:pair)?\((AF_[A-Z0-9]+)", text))
+    assert families and families <= set(setting("RestrictAddressFamilies").split()), families
+
+
+@needs_systemd_analyze
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_a_supervisor_and_its_workers_make_only_system_calls_the_unit_allows(tmp_path: Path) -> None:
+    """`workers = 2`: the supervisor starts, restarts (after a SIGKILL), reloads and stops workers
+    within the same filter."""
+    trace = tmp_path / "trace"
+    host = WorkersHost(tmp_path / "h", name="h", workers=2, config_text=FAST_TIMERS, wrapper=("strace", "-f", "-qq", "-o", str(trace)))
+    supervisor = None
+    try:
+        host.start(timeout_s=60)
+        supervisor = traced_child(host.pid)
+        assert supervisor is not None
+        first = host.worker_pids()[1]
+        os.kill(first, signal.SIGKILL)
+        poll_until("worker 1 restarted", lambda: host.worker_pids().get(1) not in (None, first))
+        host.wait_ready(timeout_s=60)
+        os.kill(supervisor, signal.SIGHUP)
+        poll_until("reloaded", lambda: host.stderr_text().count("SIGHUP: credentials reloaded") == 2)
+        os.kill(supervisor, signal.SIGTERM)
+        assert host.wait(30) == 0
+    finally:
+        if supervisor is not None and host.running:
+            os.kill(supervisor, signal.SIGTERM)
+        host.stop()
+    text = trace.read_text()
+    used = set(re.findall(r"^\d+\s+([a-z0-9_]+)\(", text, flags=re.MULTILINE))
+    assert {"socketpair", "setpgid", "execve", "wait4", "openat", "sendto"} <= used, "the trace does not look like a supervisor with workers"
     assert used - allowed_syscalls() == set()
     families = set(re.findall(r"socket(?:pair)?\((AF_[A-Z0-9]+)", text))
     assert families and families <= set(setting("RestrictAddressFamilies").split()), families

@@ -330,6 +330,9 @@ def test_segment_keys_and_fetch_without_the_secret_are_refused(lab: Lab) -> None
             requests += [messages.Fetch(id=1000 + i, key=key) for i, key in enumerate(KEYS)]
             requests += [
                 messages.TreeRoots(id=2000, partitions=list(range(PARTITIONS)), tree_segments=TREE_SEGMENTS, tree_fanout=TREE_FANOUT),
+                messages.TreeRootsCompare(
+                    id=2003, node="s2", partitions=list(range(PARTITIONS)), hashes=[b""] * PARTITIONS, tree_segments=TREE_SEGMENTS, tree_fanout=TREE_FANOUT
+                ),
                 messages.TreeLevel(id=2001, partition=0, depth=0, indexes=[0], tree_segments=TREE_SEGMENTS, tree_fanout=TREE_FANOUT),
                 messages.Fetch(id=2002, key=next(iter(KEYS)), hint="s2"),
             ]

@@ -63,7 +63,10 @@ ids = st.integers(0, codec.INT_MAX)
 blobs = st.binary(max_size=64)
 small = st.none() | st.integers(1, 5)
 clock_entries = st.lists(st.builds(messages.ClockEntry, text, ids), max_size=4)
-sibling_views = st.lists(st.builds(messages.SiblingView, blobs, text, ids, clock_entries), max_size=4)
+meta_entries = st.none() | st.lists(st.builds(messages.MetaEntry, text, text), max_size=3)
+sibling_views = st.lists(
+    st.builds(messages.SiblingView, blobs, text, ids, clock_entries, st.none() | text, meta_entries, st.none() | ids), max_size=4
+)
 
 BUILDERS: dict[type, st.SearchStrategy[messages.Message]] = {
     messages.Hello: st.builds(messages.Hello, ids, text, st.none() | text, st.none() | text, st.none() | text, st.none() | blobs),
@@ -76,7 +79,9 @@ BUILDERS: dict[type, st.SearchStrategy[messages.Message]] = {
     messages.Pong: st.builds(messages.Pong, ids, text),
     messages.Get: st.builds(messages.Get, ids, blobs, small, st.none() | st.booleans(), st.none() | blobs, small),
     messages.GetOk: st.builds(messages.GetOk, ids, sibling_views, blobs),
-    messages.Put: st.builds(messages.Put, ids, blobs, blobs, st.none() | blobs, small, st.none() | st.booleans(), st.none() | blobs, small),
+    messages.Put: st.builds(
+        messages.Put, ids, blobs, blobs, st.none() | blobs, small, st.none() | st.booleans(), st.none() | blobs, small, st.none() | text, meta_entries
+    ),
     messages.PutOk: st.builds(messages.PutOk, ids, blobs),
     messages.Delete: st.builds(messages.Delete, ids, blobs, blobs, small, st.none() | st.booleans(), st.none() | blobs, small),
     messages.DeleteOk: st.builds(messages.DeleteOk, ids, blobs),
@@ -147,6 +152,8 @@ BUILDERS: dict[type, st.SearchStrategy[messages.Message]] = {
     ),
     messages.TreeRoots: st.builds(messages.TreeRoots, ids, st.lists(ids, max_size=4), ids, ids),
     messages.TreeRootsOk: st.builds(messages.TreeRootsOk, ids, st.lists(blobs, max_size=4)),
+    messages.TreeRootsCompare: st.builds(messages.TreeRootsCompare, ids, text, st.lists(ids, max_size=4), st.lists(blobs, max_size=4), ids, ids),
+    messages.TreeRootsCompareOk: st.builds(messages.TreeRootsCompareOk, ids, st.lists(ids, max_size=4), st.lists(blobs, max_size=4)),
     messages.TreeLevel: st.builds(messages.TreeLevel, ids, ids, ids, st.lists(ids, max_size=4), ids, ids),
     messages.TreeLevelOk: st.builds(messages.TreeLevelOk, ids, st.lists(blobs, max_size=4)),
     messages.SegmentKeys: st.builds(messages.SegmentKeys, ids, ids, st.lists(ids, max_size=4), ids, ids, ids, st.none() | blobs),
@@ -164,6 +171,10 @@ BUILDERS: dict[type, st.SearchStrategy[messages.Message]] = {
     messages.BackupChunk: st.builds(messages.BackupChunk, ids, ids, ids, blobs, ids, st.booleans(), st.none() | ids, st.none() | blobs),
     messages.BackupEnd: st.builds(messages.BackupEnd, ids, ids),
     messages.BackupEndOk: st.builds(messages.BackupEndOk, ids, ids),
+    messages.KeysList: st.builds(messages.KeysList, ids, blobs, st.none() | ids),
+    messages.KeysListOk: st.builds(messages.KeysListOk, ids, st.lists(blobs, max_size=4), st.booleans()),
+    messages.KeysScan: st.builds(messages.KeysScan, ids, blobs, ids),
+    messages.KeysScanOk: st.builds(messages.KeysScanOk, ids, st.lists(blobs, max_size=4), st.lists(ids, max_size=4), st.booleans()),
 }
 every_message = st.one_of(*BUILDERS.values())
 
@@ -210,3 +221,33 @@ def test_a_bad_request_keeps_its_id_for_the_reply() -> None:
     with pytest.raises(BadRequest) as raised:
         codec.decode_message(cbor2.dumps({"op": "put", "id": 41, "key": b"k"}))
     assert codec.request_id_of(raised.value) == 41
+
+
+_REFUSED_ITEMS = [
+    b"\x81" * 50 + b"\x01",  # too deep, stopped part way down
+    b"\x82\x81\xd8\x1c\x01\x01",  # a shareable (tag 28) inside an array
+    b"\x82\xd9\x01\x00\x81\x61a\x01",  # a string-reference namespace (tag 256)
+    b"\x82\x01",  # an array cut short
+    b"\xa2\x62op\x64ping\x62op\x64ping",
+]
+
+
+@settings(max_examples=200)
+@given(st.lists(st.one_of(st.sampled_from(_REFUSED_ITEMS), every_message), max_size=12))
+def test_a_refused_frame_leaves_nothing_behind_for_the_next(stream: list[bytes | messages.Message]) -> None:
+    """Decoders are reused between frames (`codec.loads_strict`): whatever frames were refused
+    before it, each good one decodes to exactly what was sent, its nesting allowed in full."""
+    deepest = cbor2.dumps({"op": "ping", "id": 1, "x": [[[[[[[1]]]]]]]})  # as deep as CBOR_DEPTH_MAX allows
+    for item in stream:
+        if isinstance(item, bytes):
+            with pytest.raises(BadFrame):
+                codec.decode_message(item)
+        else:
+            assert codec.decode_message(codec.encode_message(item)) == item
+        with pytest.raises(BadRequest):  # decoded in full (a depth left over would refuse it), then its field refused
+            codec.decode_message(deepest)
+
+
+def test_the_deepest_item_in_the_reuse_test_is_at_the_limit() -> None:
+    with pytest.raises(BadFrame, match="depth"):
+        codec.decode_message(cbor2.dumps({"op": "ping", "id": 1, "x": [[[[[[[[1]]]]]]]]}))

@@ -248,6 +248,12 @@ class DyndProcess:
         raise AssertionError("unreachable")
 
     def _start_once(self, timeout_s: float) -> DyndProcess:
+        self.spawn()
+        self.wait_ready(timeout_s)
+        return self
+
+    def spawn(self) -> None:
+        """Start the process and return at once (for a start expected to fail: `wait` for it)."""
         self.starts += 1
         with open(self.stderr_path, "ab") as log:
             log.write(f"=== start {self.starts}: {' '.join(self.argv())}\n".encode())
@@ -260,8 +266,6 @@ class DyndProcess:
                 start_new_session=True,  # a ^C at the terminal reaches pytest, which stops us cleanly
             )
         _live[self.proc.pid] = self.proc
-        self.wait_ready(timeout_s)
-        return self
 
     def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> str:
         """Poll until the node answers hello and ping; return its name."""

@@ -234,7 +234,7 @@ def test_rounds_start_every_interval_and_record_each_partitions_exchange() -> No
     sched.tick()
     link.run()
     assert sched.rounds == 1 and not sched.running
-    assert link.sent_ops == {"tree_roots": 1}, "an idle round is one message per peer"
+    assert link.sent_ops == {"tree_roots_compare": 1}, "an idle round is one message per peer"
     assert sched.last_exchange_ms == {p: 1_000 for p in range(Q)}
     assert sched.totals.roots_equal == Q
     clock[0] = 1_500
@@ -321,7 +321,7 @@ def test_a_refusing_pacer_parks_the_work_until_it_allows() -> None:
     gate = Gate()
     clock = [0]
     sched = AntiEntropy(
-        a.forest, link.network(), pairs=lambda: [(p, "B") for p in range(Q)], read_local=a.read_local,
+        "A", a.forest, link.network(), pairs=lambda: [(p, "B") for p in range(Q)], read_local=a.read_local,
         store_local=a.store_local, limits=a.limits, prune_threshold=10, interval_ms=100,
         now_ms=lambda: clock[0], pacer=gate,
     )  # fmt: skip

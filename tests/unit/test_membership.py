@@ -170,8 +170,11 @@ def test_a_node_started_at_a_new_address_records_it_stores_it_and_gossips_it() -
     assert a_wire.addresses["b"] == "b:1"
     b.gossip_once()
     (target, gossip), *_ = wire.sent
-    assert isinstance(gossip, messages.Gossip)
-    a.merge_from_peer(gossip.membership)
+    assert isinstance(gossip, messages.Gossip) and gossip.summary is not None  # digest first
+    b._merge_reply(target, a.handle_gossip(gossip), member=target)  # a answers with its events; b pushes what a lacks
+    (_, push) = wire.sent[-1]
+    assert isinstance(push, messages.Gossip) and push.delta is not None
+    a.handle_gossip(push)
     assert a.membership.address_of("b") == "b:2" and a_wire.addresses["b"] == "b:2"
 
 

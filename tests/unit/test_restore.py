@@ -169,6 +169,20 @@ def test_a_config_naming_another_node_is_refused(tmp_path: Path, backup: Path, c
     assert "the backup is of node 'n1'" in capsys.readouterr().err
 
 
+def test_a_backup_of_a_worker_restores_into_that_workers_directory(tmp_path: Path) -> None:
+    """[node] workers = 2: the config names members h-0 and h-1, and a backup of h-1 goes to
+    data_dir/worker-1, where worker 1 keeps its store."""
+    backup = write_backup(tmp_path / "h-1.bak", store_bytes(tmp_path, "h-1"), node="h-1")
+    config = tmp_path / "dynd.toml"
+    config.write_text(f'[node]\nname = "h"\nworkers = 2\ndata_dir = "{tmp_path / "host"}"\n')
+    assert run(backup, "--config", config) == 0
+    assert sorted(os.listdir(tmp_path / "host")) == ["worker-1"] and (tmp_path / "host" / "worker-1" / "lmdb").is_dir()
+    assert run(backup, "--config", config, "--data-dir", tmp_path / "elsewhere") == 0  # --data-dir still wins
+    assert (tmp_path / "elsewhere" / "lmdb").is_dir()
+    other = write_backup(tmp_path / "h-2.bak", store_bytes(tmp_path, "h-2"), node="h-2")
+    assert run(other, "--config", config) == 2
+
+
 def test_a_data_directory_that_is_not_empty_needs_force(tmp_path: Path, backup: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data_dir = tmp_path / "data"
     old = node_store(data_dir / "lmdb")

@@ -24,7 +24,7 @@ def test_the_paper_contract_client_operations_are_client_role() -> None:
 def test_configuration_changes_are_admin_and_replication_is_peer() -> None:
     for cls in (messages.ClusterJoin, messages.ClusterLeave, messages.ClusterRemove, messages.RepairStart):
         assert messages.REQUIRED_ROLE[cls] == auth.ADMIN
-    for cls in (messages.Replicate, messages.Fetch, messages.Handoff, messages.Gossip, messages.TreeRoots, messages.TreeLevel, messages.SegmentKeys):
+    for cls in (messages.Replicate, messages.Fetch, messages.Handoff, messages.Gossip, messages.TreeRoots, messages.TreeRootsCompare, messages.TreeLevel, messages.SegmentKeys):
         assert messages.REQUIRED_ROLE[cls] == auth.PEER
 
 
