@@ -47,20 +47,25 @@ def old_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
-def old_node(directory: Path, source: Path, name: str, seed: DyndProcess) -> DyndProcess:
+def old_node(directory: Path, source: Path, name: str, extra_args: tuple[str, ...]) -> DyndProcess:
     # `python -m` puts the working directory first on sys.path: run from the old source.
     wrapper = ("env", "-C", str(source), f"PYTHONPATH={source}")
-    return DyndProcess(directory / name, name=name, config_text=CONFIG, extra_args=("--join", seed.address), wrapper=wrapper)
+    return DyndProcess(directory / name, name=name, config_text=CONFIG, extra_args=extra_args, wrapper=wrapper)
 
 
 @pytest.fixture
 def mixed(tmp_path: Path, old_source: Path) -> Iterator[list[DyndProcess]]:
     nodes: list[DyndProcess] = []
     try:
-        first = DyndProcess(tmp_path / "m1", name="m1", config_text=CONFIG, extra_args=("--replicas", "3", "--r", "2", "--w", "2", "--partitions", str(Q)))
-        nodes.append(first.start())
-        nodes.append(old_node(tmp_path, old_source, "m2", first).start())
-        nodes.append(DyndProcess(tmp_path / "m3", name="m3", config_text=CONFIG, extra_args=("--join", first.address)).start())
+        # A rolling upgrade starts from a cluster of old nodes: the old node creates it, and the new
+        # ones join it (a membership written by new nodes alone may be in a format the old one
+        # cannot read, and an old node joining such a cluster is refused: see dynd.core.membership).
+        old = old_node(tmp_path, old_source, "m2", ("--replicas", "3", "--r", "2", "--w", "2", "--partitions", str(Q)))
+        new = DyndProcess(tmp_path / "m1", name="m1", config_text=CONFIG, extra_args=("--join", old.address))
+        other = DyndProcess(tmp_path / "m3", name="m3", config_text=CONFIG, extra_args=("--join", old.address))
+        nodes.extend([new, old, other])  # the order the tests unpack; all stopped below
+        for node in (old, new, other):
+            node.start()
         poll_until("3 members everywhere", lambda: settled(nodes, {"m1", "m2", "m3"}))
         yield nodes
     finally:
