@@ -174,8 +174,15 @@ class ClusterView:
         return cached
 
     def ring_reply(self, request_id: int, *, with_locations: bool = False) -> messages.RingOk:
-        """`with_locations`: the client asked for them (an older client would refuse the field)."""
+        """`with_locations`: the client asked for them (an older client would refuse the field).
+        They are the ring's (what preference lists use), and those of the other active members
+        (leaving ones), which the CLI groups by; the client places keys by the ring's alone."""
         ring = self.ring
+        locations = None
+        if with_locations:
+            where = {m.name: m.location for m in self.membership.active() if m.location}
+            where.update(ring.locations)
+            locations = [messages.NodeLocation(node, where[node]) for node in sorted(where)]
         return messages.RingOk(
             id=request_id,
             version=self.membership.digest,
@@ -184,7 +191,7 @@ class ClusterView:
             w=self.params.w,
             owners=list(ring.owners),
             addresses=[messages.NodeAddress(m.name, m.address) for m in self.membership.active()],
-            locations=[messages.NodeLocation(node, where) for node, where in ring.locations] if with_locations else None,
+            locations=locations,
         )
 
     def status(self, request_id: int, transfers_pending: dict[str, int], health: Liveness, hints: dict[str, int]) -> messages.ClusterStatusOk:
