@@ -32,7 +32,8 @@ from dynctl.output import EXIT_CODES_HELP, ExitCode, Output
 from dynd.client import Client
 from dynd.protocol.address import format_address, parse_address
 from dynd.protocol.errors import Timeout, Unreachable
-from dynd.protocol.messages import ClusterPlanOk, ClusterStatusOk, ClusterTransfersOk, MemberView, NodeTransfers, TransferView
+from dynctl.ring import RingSummary, level_verdict, location_document, location_heading, location_sort_key, locations_of, placement_notes, summarize_ring
+from dynd.protocol.messages import ClusterPlanOk, ClusterStatusOk, ClusterTransfersOk, MemberView, NodeTransfers, RingOk, TransferView
 
 LEAVE_POLL_S = 0.5  # how often `leave --wait` asks the leaving node how far it got
 PROGRESS_LINE_S = 2.0  # without a terminal, a progress line at most this often (and on each partition)
@@ -512,13 +513,20 @@ def ring_shares(members: list[MemberView]) -> dict[str, float]:
     return {member.name: (member.partitions / total if total else 0.0) for member in members}
 
 
-def _sorted_members(status: ClusterStatusOk) -> list[MemberView]:
+def _sorted_members(status: ClusterStatusOk, locations: dict[str, str] | None = None) -> list[MemberView]:
+    """By name; with locations, grouped by zone and host first."""
+    if locations:
+        return sorted(status.members, key=lambda member: location_sort_key(locations.get(member.name), member.name))
     return sorted(status.members, key=lambda member: member.name)
 
 
-def status_document(status: ClusterStatusOk) -> dict[str, Any]:
-    """The --json form: `share` is a fraction (0..1) of the partitions, so the shares sum to 1."""
+def status_document(status: ClusterStatusOk, ring: RingOk | None = None) -> dict[str, Any]:
+    """The --json form: `share` is a fraction (0..1) of the partitions, so the shares sum to 1;
+    `location`: the member's location (None: unknown); `placement`: where the ring keeps its
+    copies (`dynctl ring status --json` has the same), None without a ring."""
     shares = ring_shares(status.members)
+    locations = locations_of(ring) if ring is not None else {}
+    summary = summarize_ring(ring) if ring is not None and ring.owners else None
     return {
         "node": status.node,
         "members": [
@@ -533,15 +541,31 @@ def status_document(status: ClusterStatusOk) -> dict[str, Any]:
                 "incarnation": member.incarnation,
                 "transfers_pending": member.transfers_pending,
                 "hints_pending": member.hints_pending,
+                "location": locations.get(member.name),
             }
-            for member in _sorted_members(status)
+            for member in _sorted_members(status, locations)
         ],
         "last_exchange_ms": status.last_exchange_ms,
+        "placement": location_document(summary.placement) if summary is not None and summary.placement is not None else None,
     }
 
 
-def status_table(status: ClusterStatusOk) -> Table:
+def placement_caption(summary: RingSummary) -> str:
+    """The status table's lines on placement: what does not hold, and why. Empty when all holds
+    and nothing needs saying."""
+    report = summary.placement
+    if report is None:
+        return ""
+    lines = [
+        f"copies on distinct {view.level}s: {level_verdict(view, report.n)}" for view in (report.host, report.zone) if not view.holds
+    ]
+    lines += placement_notes(report) if summary.located else []
+    return "\n".join(lines)
+
+
+def status_table(status: ClusterStatusOk, ring: RingOk | None = None) -> Table:
     shares = ring_shares(status.members)
+    locations = locations_of(ring) if ring is not None else {}
     # No box: eight columns of full names and addresses still fit 80 columns (a pipe's width).
     table = Table(title=f"cluster as seen by {status.node}", title_justify="left", box=None, pad_edge=False)
     table.add_column("node", no_wrap=True)
@@ -552,9 +576,13 @@ def status_table(status: ClusterStatusOk) -> Table:
     table.add_column("liveness")
     table.add_column("transfers", justify="right")
     table.add_column("hints", justify="right")
-    for member in _sorted_members(status):
+    heading: str | None = None
+    for index, member in enumerate(_sorted_members(status, locations)):
+        if locations and (index == 0 or locations.get(member.name) != heading):
+            heading = locations.get(member.name)
+            table.add_row(location_heading(heading))
         table.add_row(
-            Text(member.name + (" *" if member.name == status.node else "")),
+            Text(("  " if locations else "") + member.name + (" *" if member.name == status.node else "")),
             Text(member.address),
             Text(member.status),
             str(member.partitions),
@@ -564,6 +592,10 @@ def status_table(status: ClusterStatusOk) -> Table:
             str(member.hints_pending),
         )
     table.caption = "* the node that answered; liveness (incarnation) as its failure detector sees it; hints it holds for each"
+    if ring is not None and ring.owners:
+        placement = placement_caption(summarize_ring(ring))
+        if placement:
+            table.caption += "\n" + placement
     me = next((m for m in status.members if m.name == status.node), None)
     if me is not None and me.status == "removed":
         table.caption += f"\n{status.node} is not a member any more: it serves no data (liveness unknown: it no longer probes the members)"
@@ -593,11 +625,11 @@ def _liveness(member: MemberView) -> Text:
     return Text(f"{member.liveness} ({member.incarnation})", style=LIVENESS_STYLES.get(member.liveness, ""))
 
 
-def print_status(output: Output, status: ClusterStatusOk) -> None:
+def print_status(output: Output, status: ClusterStatusOk, ring: RingOk | None = None) -> None:
     if output.json_mode:
-        output.write_json(status_document(status))
+        output.write_json(status_document(status, ring))
     else:
-        output.write_table(status_table(status))
+        output.write_table(status_table(status, ring))
 
 
 @app.command("status", epilog=EXIT_CODES_HELP)
@@ -607,11 +639,14 @@ def status(ctx: typer.Context) -> None:
     Columns: node, address, status, partitions owned, share of the ring (partitions / all
     partitions owned), liveness as the --node's failure detector sees it (alive, suspect or
     dead, with the member's incarnation), partition transfers still pending, and the hints the
-    --node holds for the member.
+    --node holds for the member. With locations, members are grouped by location, and the
+    caption says which placement guarantee does not hold (copies on distinct hosts, on distinct
+    zones) and why.
     """
     session: Session = ctx.obj
 
-    async def ask(client: Client) -> ClusterStatusOk:
-        return await client.cluster_status()
+    async def ask(client: Client) -> tuple[ClusterStatusOk, RingOk]:
+        return await client.cluster_status(), await client.ring()
 
-    print_status(session.output, run_with_client(session, ask))
+    status_ok, ring = run_with_client(session, ask)
+    print_status(session.output, status_ok, ring)

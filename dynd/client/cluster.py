@@ -20,7 +20,8 @@ from dynd.client.connection import Client, open_client, unwrap_group
 from dynd.client.results import DEFAULT_TIMEOUT_S, GetResult, KeyLike, key_bytes
 from dynd.protocol import messages
 from dynd.protocol.errors import DynError, NotAMember, StaleRing, Timeout, Unreachable
-from dynd.protocol.keyspace import check_partition_count, partition_of, preference_order
+from dynd.protocol.keyspace import check_partition_count, partition_of, preference_order, preference_split
+from dynd.protocol.locations import check_location
 
 AVOID_FAILED_S = 5.0  # a routing client tries a node that just failed only after the others
 
@@ -35,8 +36,20 @@ class KeyPlacement:
 
 
 def key_placement(ring: messages.RingOk, key: KeyLike) -> KeyPlacement:
-    """Where `key` lives under `ring`: its partition, its N primaries, then the fallbacks in order."""
+    """Where `key` lives under `ring`: its partition, its N primaries, then the fallbacks in order
+    (with the ring's locations, as the nodes place it: `dynd.protocol.keyspace.preference_split`)."""
     return _Placer(ring).place(key)
+
+
+def ring_locations(ring: messages.RingOk) -> dict[str, str]:
+    """The known locations of the ring's nodes (those of nodes not on the ring are left out, as
+    the nodes' own rings leave them out); ValueError on a malformed one."""
+    nodes = set(ring.owners)
+    found: dict[str, str] = {}
+    for entry in ring.locations or ():
+        if entry.node in nodes and entry.location:
+            found[entry.node] = check_location(entry.location)
+    return found
 
 
 class _Placer:
@@ -51,6 +64,7 @@ class _Placer:
         self.partitions = len(self.owners)
         self.node_count = len(set(self.owners))
         self.n = ring.n
+        self.locations = ring_locations(ring)
         self._by_partition: dict[int, KeyPlacement] = {}
 
     def place(self, key: KeyLike) -> KeyPlacement:
@@ -58,7 +72,8 @@ class _Placer:
         placement = self._by_partition.get(partition)
         if placement is None:
             order = preference_order(self.owners, partition, self.node_count)
-            placement = self._by_partition[partition] = KeyPlacement(partition, order[: self.n], order[self.n :])
+            primaries, fallbacks = preference_split(order, self.n, self.locations)
+            placement = self._by_partition[partition] = KeyPlacement(partition, primaries, fallbacks)
         return placement
 
 

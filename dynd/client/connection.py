@@ -46,7 +46,7 @@ from dynd.client.results import (
 )
 from dynd.protocol import PROTOCOL_VERSION, auth, codec, messages
 from dynd.protocol.address import parse_address
-from dynd.protocol.errors import BadFrame, DynError, Timeout, Unauthorized, Unreachable, error_from_code
+from dynd.protocol.errors import BadFrame, BadRequest, DynError, Timeout, Unauthorized, Unreachable, error_from_code
 from dynd.protocol.framing import FrameDecoder, encode_frame
 from dynd.protocol.tls import TlsError, TlsLayer
 
@@ -116,6 +116,7 @@ class Client:
         self._tls = tls
         self._unsent = b""  # with TLS: encrypted bytes a short write left, sent before anything else
         self._ids = itertools.count(1)
+        self._ring_without_locations = False  # the node refused RingGet's `locations`: it predates them
         self._waiting: dict[int, Waiter] = {}
         self._outgoing: list[bytes] = []
         self._writer_sending = False  # the writer task owns the send side until its send completes
@@ -269,7 +270,16 @@ class Client:
         return expect(await self._call(request, timeout_s), messages.InfoOk, request)
 
     async def ring(self, *, timeout_s: float | None = None) -> messages.RingOk:
-        """The node's current ring: owners per partition, node addresses, N, R, W."""
+        """The node's current ring: owners per partition, node addresses, N, R, W, and the nodes'
+        locations (a node too old to know locations answers without them: all unknown)."""
+        if not self._ring_without_locations:
+            request = messages.RingGet(id=next(self._ids), locations=True)
+            try:
+                return expect(await self._call(request, timeout_s), messages.RingOk, request)
+            except BadRequest as error:
+                if "unknown field" not in error.message:
+                    raise
+                self._ring_without_locations = True  # an older node: ask it plainly from now on
         request = messages.RingGet(id=next(self._ids))
         return expect(await self._call(request, timeout_s), messages.RingOk, request)
 

@@ -173,15 +173,25 @@ class ClusterView:
             cached = self._preflists[partition] = preference_list(self.ring, partition, self.params.n)
         return cached
 
-    def ring_reply(self, request_id: int) -> messages.RingOk:
+    def ring_reply(self, request_id: int, *, with_locations: bool = False) -> messages.RingOk:
+        """`with_locations`: the client asked for them (an older client would refuse the field).
+        They are the ring's (what preference lists use), and those of the other active members
+        (leaving ones), which the CLI groups by; the client places keys by the ring's alone."""
+        ring = self.ring
+        locations = None
+        if with_locations:
+            where = {m.name: m.location for m in self.membership.active() if m.location}
+            where.update(ring.locations)
+            locations = [messages.NodeLocation(node, where[node]) for node in sorted(where)]
         return messages.RingOk(
             id=request_id,
             version=self.membership.digest,
             n=self.params.n,
             r=self.params.r,
             w=self.params.w,
-            owners=list(self.ring.owners),
+            owners=list(ring.owners),
             addresses=[messages.NodeAddress(m.name, m.address) for m in self.membership.active()],
+            locations=locations,
         )
 
     def status(self, request_id: int, transfers_pending: dict[str, int], health: Liveness, hints: dict[str, int]) -> messages.ClusterStatusOk:

@@ -90,9 +90,7 @@ def _claim(ring: Ring | None, members: dict[str, Member], partitions: int, n_rep
     owners = sorted(name for name, member in members.items() if member.status == JOINED)
     if not owners:  # no one to own anything: keep the ring the last owners had
         return ring
-    # Claim with locations (issue 17) takes `locations=`; the one line to add at the merge with it:
-    #     locations={name: members[name].location for name in owners}
-    return claim(ring, owners, partitions=partitions, n_replicas=n_replicas)
+    return claim(ring, owners, partitions=partitions, n_replicas=n_replicas, locations={name: members[name].location for name in owners})
 
 
 def _replay(

@@ -247,7 +247,7 @@ class Node:
             messages.Fetch: self.records.fetch,
             messages.Handoff: self.records.receive_handoff,
             messages.Gossip: self.gossip,
-            messages.RingGet: lambda request, reply: reply(self.cluster.ring_reply(request.id)),
+            messages.RingGet: lambda request, reply: reply(self.cluster.ring_reply(request.id, with_locations=bool(request.locations))),
             messages.ClusterStatus: self.status.handle,
             messages.ClusterLeave: lambda request, reply: reply(messages.ClusterOk(id=request.id, message=self.cluster.leave(request.node))),
             messages.ClusterRemove: self.cluster_remove,

@@ -21,6 +21,10 @@ Rules:
   filled by read repair and anti-entropy from the remaining ones.
 - Windows: the first partition of every window of N consecutive partitions that would not have
   N distinct owners after the change (`dynd.core.ring.window_repeats`).
+- Locations (when the ring has any): a note for each placement guarantee the change would break
+  or mend (every key's copies on N distinct hosts, on N distinct zones), with the reason, and,
+  when the change alters them, the windows that repeat a host or a zone before and after
+  (`dynd.protocol.location_report`).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from dynd.core.ring import Ring, window_repeats
 from dynd.protocol import messages
 from dynd.protocol.address import format_address, parse_address
 from dynd.protocol.errors import BadRequest, DynError
+from dynd.protocol.location_report import location_report
 
 Reply = Callable[[Any], None]
 
@@ -76,6 +81,28 @@ def local_sizes(forest: Forest, storage: Storage, partitions: int, sample_keys: 
 def repeated_window_starts(owners: Sequence[str], n_replicas: int) -> list[int]:
     """The first partition of every window of N that lacks N distinct owners."""
     return [start for start in range(len(owners)) if window_repeats(list(owners), start, n_replicas)]
+
+
+def location_notes(ring_before: Ring, ring_after: Ring, n_replicas: int) -> list[str]:
+    """What a change does to placement across hosts and zones, in sentences for the plan."""
+    before = location_report(ring_before.owners, dict(ring_before.locations), n_replicas)
+    after = location_report(ring_after.owners, dict(ring_after.locations), n_replicas)
+    notes: list[str] = []
+    for level_before, level_after in ((before.host, after.host), (before.zone, after.zone)):
+        name = level_after.level
+        if level_before.holds and not level_after.holds:
+            why = "; ".join(level_after.reasons) or "see dynctl ring status"
+            notes.append(f"LOCATION VIOLATION: after the change some keys have copies sharing a {name} ({why})")
+        elif not level_after.holds:
+            notes.append(f"copies still share a {name} for {level_after.partitions_sharing} partitions, as before the change")
+        elif not level_before.holds:
+            notes.append(f"after the change every key's copies sit on distinct {name}s (they did not before)")
+        if level_before.windows_repeating != level_after.windows_repeating:
+            notes.append(
+                f"windows of {n_replicas} partitions repeating a {name}: {level_before.windows_repeating} before, "
+                f"{level_after.windows_repeating} after (their preference lists skip ahead to keep copies apart)"
+            )
+    return notes
 
 
 def _statuses(membership: Membership) -> dict[str, str]:
@@ -167,6 +194,8 @@ def describe_change(
             f"with {len(owners_after)} owning members, N={n} and {q} partitions, not every window of {n} partitions "
             "can have distinct owners: a key whose window repeats a node still gets N replicas, one of them further along the ring"
         )
+    if changes and (ring_before.locations or ring_after.locations):
+        all_notes.extend(location_notes(ring_before, ring_after, n))
     if changes and action == REMOVE:
         all_notes.append(
             f"{target} hands nothing off: the partitions' new replicas are filled by read repair and anti-entropy from the remaining replicas"

@@ -9,9 +9,16 @@ Rules:
 - Windows: the N partitions p, p+1, ..., p+N-1 (wrapping past Q-1 to 0) hold a key's replicas when
   each has a different owner. `repeated_windows` counts the windows where some node appears twice;
   when N > Q a window meets some partition twice, so every window repeats.
+- Locations (issue 17): a ring may carry the location path of each of its nodes
+  (`dynd.protocol.locations`), because where a node runs decides which nodes may hold a key's
+  copies together (preflist.py). A node without one has the unknown location and counts as a host
+  and a zone of its own. The locations are part of the ring: equal rings have equal owners and
+  equal locations.
 - The plain form is `[nodes, owner_indexes]`: the sorted distinct owners, then one index into that
-  list per partition. Each name crosses the wire once, and the form is canonical: equal rings give
-  equal plain forms. `from_plain` checks everything before building a ring.
+  list per partition; a ring with any known location adds a third element, each node's location
+  ("" for unknown) in the order of `nodes`. Each name crosses the wire once, and the form is
+  canonical: equal rings give equal plain forms, and a ring without locations has the form it had
+  before locations existed. `from_plain` checks everything before building a ring.
 
 Only this module reads a ring's insides; the derived views (nodes, partitions per node) are built
 once, when the ring is made, because membership and request code ask for them often.
@@ -19,19 +26,25 @@ once, when the ring is made, because membership and request code ask for them of
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from dynd.core.partition import check_partition_count
+from dynd.protocol.locations import LocationError, check_location, host_of, zone_of
 
 
 @dataclass(frozen=True, slots=True)
 class Ring:
     partitions: int
     owners: tuple[str, ...]
+    # (node, location) for each node of the ring whose location is known, sorted by node. Build it
+    # with `Ring.placed` from any mapping; the constructor accepts only this canonical form.
+    locations: tuple[tuple[str, str], ...] = ()
     # Derived once: a ring with Q = 65536 would otherwise rescan its owners on every call.
     _nodes: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _partitions_by_node: dict[str, tuple[int, ...]] = field(init=False, repr=False, compare=False)
+    _location_by_node: dict[str, str] = field(init=False, repr=False, compare=False)
     # Hashing a tuple of Q names costs O(Q) each time; preflist's per-ring cache hashes per request.
     _hash: int = field(init=False, repr=False, compare=False)
 
@@ -49,7 +62,37 @@ class Ring:
         nodes = tuple(sorted(by_node))
         object.__setattr__(self, "_nodes", nodes)
         object.__setattr__(self, "_partitions_by_node", {node: tuple(by_node[node]) for node in nodes})
-        object.__setattr__(self, "_hash", hash((self.partitions, self.owners)))
+        object.__setattr__(self, "_location_by_node", self._checked_locations(by_node))
+        object.__setattr__(self, "_hash", hash((self.partitions, self.owners, self.locations)))
+
+    def _checked_locations(self, by_node: dict[str, list[int]]) -> dict[str, str]:
+        if type(self.locations) is not tuple:
+            raise TypeError(f"ring locations must be a tuple of (node, location) pairs, got {type(self.locations).__name__}")
+        previous: str | None = None
+        found: dict[str, str] = {}
+        for entry in self.locations:
+            if type(entry) is not tuple or len(entry) != 2:
+                raise TypeError("each ring location must be a (node, location) pair")
+            node, location = entry
+            if type(node) is not str or node not in by_node:
+                raise ValueError(f"location given for {node!r}, which owns no partition of this ring")
+            if previous is not None and node <= previous:
+                raise ValueError("ring locations must be sorted by node, each node once")
+            try:
+                check_location(location)
+            except LocationError as error:
+                raise ValueError(f"location of {node!r}: {error}") from None
+            found[node] = location
+            previous = node
+        return found
+
+    @staticmethod
+    def placed(partitions: int, owners: tuple[str, ...], locations: Mapping[str, str] | None) -> Ring:
+        """The ring of `owners` with the known locations of its nodes taken from `locations`
+        (entries for other names and empty locations are left out)."""
+        nodes = set(owners)
+        known = sorted((node, where) for node, where in (locations or {}).items() if node in nodes and where)
+        return Ring(partitions, owners, tuple(known))
 
     def __hash__(self) -> int:
         return self._hash
@@ -68,6 +111,18 @@ class Ring:
         """The partitions `node` owns, ascending; empty for a node not on the ring."""
         return self._partitions_by_node.get(node, ())
 
+    def location_of(self, node: str) -> str:
+        """`node`'s location path; "" when it is unknown (or the node is not on the ring)."""
+        return self._location_by_node.get(node, "")
+
+    def host_of(self, node: str) -> str:
+        """The host `node` runs on (`dynd.protocol.locations.host_of`)."""
+        return host_of(node, self._location_by_node.get(node, ""))
+
+    def zone_of(self, node: str) -> str:
+        """The zone `node` runs in (`dynd.protocol.locations.zone_of`)."""
+        return zone_of(node, self._location_by_node.get(node, ""))
+
     def counts(self) -> dict[str, int]:
         """Partitions per node, for every node on the ring (a fresh dict the caller may change)."""
         return {node: len(owned) for node, owned in self._partitions_by_node.items()}
@@ -80,14 +135,17 @@ class Ring:
 
     def to_plain(self) -> list[Any]:
         index = {node: i for i, node in enumerate(self._nodes)}
-        return [list(self._nodes), [index[owner] for owner in self.owners]]
+        plain: list[Any] = [list(self._nodes), [index[owner] for owner in self.owners]]
+        if self.locations:
+            plain.append([self.location_of(node) for node in self._nodes])
+        return plain
 
     @staticmethod
     def from_plain(plain: Any) -> Ring:
         """The inverse of `to_plain`; raises ValueError on anything but a canonical plain ring."""
-        if not isinstance(plain, list | tuple) or len(plain) != 2:
-            raise ValueError("a plain ring is a list [nodes, owner_indexes]")
-        nodes, indexes = plain
+        if not isinstance(plain, list | tuple) or len(plain) not in (2, 3):
+            raise ValueError("a plain ring is a list [nodes, owner_indexes] or [nodes, owner_indexes, locations]")
+        nodes, indexes = plain[0], plain[1]
         if not isinstance(nodes, list | tuple) or not all(type(node) is str for node in nodes):
             raise ValueError("a plain ring's nodes must be a list of strings")
         if any(a >= b for a, b in zip(nodes, nodes[1:])):
@@ -99,8 +157,16 @@ class Ring:
             raise ValueError(f"a plain ring's owner indexes must be integers in 0..{len(nodes) - 1}")
         if len(set(indexes)) != len(nodes):
             raise ValueError("every node of a plain ring must own at least one partition")
+        locations: tuple[tuple[str, str], ...] = ()
+        if len(plain) == 3:
+            where = plain[2]
+            if not isinstance(where, list | tuple) or len(where) != len(nodes) or not all(type(w) is str for w in where):
+                raise ValueError("a plain ring's locations must be a list of strings, one per node")
+            if not any(where):
+                raise ValueError("a plain ring without known locations has no locations element")
+            locations = tuple((node, w) for node, w in zip(nodes, where) if w)
         try:
-            return Ring(len(indexes), tuple(nodes[i] for i in indexes))
+            return Ring(len(indexes), tuple(nodes[i] for i in indexes), locations)
         except (TypeError, ValueError) as error:
             raise ValueError(f"invalid plain ring: {error}") from None
 

@@ -947,17 +947,33 @@ class NodeAddress:
     address: str
 
 
+@record
+@dataclass(frozen=True, slots=True)
+class NodeLocation:
+    node: str
+    location: str
+
+
 @request(CLIENT)
 @dataclass(frozen=True, slots=True)
 class RingGet:
+    """The ring. `locations` True asks for the nodes' locations too; a node older than the field
+    refuses it as an unknown field, and the client asks again without (its ring then has none).
+    Client role: a stranger with the client role (any connection, on a trusted network) learns
+    the members' names, addresses and locations, as it must to route requests."""
+
     OP: ClassVar[str] = "ring_get"
     id: int
+    locations: bool | None = None
 
 
 @reply
 @dataclass(frozen=True, slots=True)
 class RingOk:
-    """The ring as clients need it: owners[p] is partition p's owner; `version` changes with it."""
+    """The ring as clients need it: owners[p] is partition p's owner; `version` changes with it.
+    `locations` (only when the RingGet asked for them, so an older client never meets the field):
+    the location of each node of the ring whose location is known, which preference lists need
+    (`dynd.protocol.keyspace.preference_split`); None or missing: all unknown."""
 
     OP: ClassVar[str] = "ring_ok"
     id: int
@@ -967,6 +983,7 @@ class RingOk:
     w: int
     owners: list[str]
     addresses: list[NodeAddress]
+    locations: list[NodeLocation] | None = None
 
 
 # ---- repair (anti-entropy on demand) ----

@@ -1,6 +1,7 @@
 """A stand-in node for dynctl's cluster and ring tests: dynd's real framing and codec, canned replies.
 
     python tests/cli/fake_cluster_node.py --listen 127.0.0.1:PORT [--without-cluster] [--admin-token TOKEN]
+        [--locations | --before-locations]
 
 It answers hello, ping, ring_get, cluster_status, cluster_join/leave/remove, cluster_plan,
 cluster_transfers, stats and info from the constants below (the tests import them to know what to expect), so dynctl's tables, JSON and exit codes are
@@ -11,7 +12,9 @@ bad_request, as a node that does not serve them would, for the error paths. With
 acts as a node seen from another host: a hello with that token holds the admin role, one without a
 token the client role, and one with any other token is refused; requests dynd's role table gives
 to admins (membership changes, cluster status) are refused without the admin role with
-`unauthorized`, as dynd refuses them.
+`unauthorized`, as dynd refuses them. With --locations its ring carries LOCATIONS (when the
+RingGet asks for them, as a node answers); with --before-locations it refuses RingGet's
+`locations` field as unknown, as a node older than locations does.
 """
 
 from __future__ import annotations
@@ -38,6 +41,11 @@ RING_OWNERS = ["fake1", "fake2", "fake3", "fake1", "fake2", "fake3", "fake1", "f
 RING_N, RING_R, RING_W = 2, 1, 2
 RING_VERSION = bytes.fromhex("0badcafe")
 NODE_ADDRESSES = {"fake1": "127.0.0.1:7501", "fake2": "127.0.0.1:7502", "fake3": "127.0.0.1:7503"}
+# With --locations: fake1 and fake2 are two workers of one host, fake3 another host of the same
+# zone, so with N = 2 every key has copies on 2 hosts but on one zone; fake4 (joining, not on
+# the ring) is in a second zone.
+LOCATIONS = {"fake1": "zone-a/host-1", "fake2": "zone-a/host-1", "fake3": "zone-a/host-2", "fake4": "zone-b/host-3"}
+_ring_mode = ["plain"]  # "plain", "located" or "before-locations" (main sets it)
 
 # fake4 has joined and owns nothing yet: its share is 0 and it is not on the ring.
 MEMBERS = [
@@ -180,8 +188,13 @@ def reply_to(request: messages.Message, *, with_cluster: bool) -> messages.Messa
     if isinstance(request, CLUSTER_REQUESTS) and not with_cluster:
         raise BadRequest(f"{request.OP!r} is not a request a node accepts")
     if isinstance(request, messages.RingGet):
+        if request.locations is not None and _ring_mode[0] == "before-locations":
+            raise BadRequest("unknown field(s) ['locations'] for RingGet")  # as the codec of an older node says
         addresses = [messages.NodeAddress(node, address) for node, address in NODE_ADDRESSES.items()]
-        return messages.RingOk(request.id, RING_VERSION, RING_N, RING_R, RING_W, list(RING_OWNERS), addresses)
+        locations = None
+        if request.locations and _ring_mode[0] == "located":
+            locations = [messages.NodeLocation(node, where) for node, where in LOCATIONS.items()]
+        return messages.RingOk(request.id, RING_VERSION, RING_N, RING_R, RING_W, list(RING_OWNERS), addresses, locations)
     if isinstance(request, messages.ClusterStatus):
         return messages.ClusterStatusOk(id=request.id, node=NODE_NAME, members=list(MEMBERS))
     if isinstance(request, messages.StatsGet):
@@ -269,7 +282,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--listen", required=True, metavar="HOST:PORT")
     parser.add_argument("--without-cluster", action="store_true", help="refuse cluster and ring requests")
     parser.add_argument("--admin-token", metavar="TOKEN", help="act as a node seen from another host, with this admin token")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--locations", action="store_true", help="the ring carries LOCATIONS")
+    modes.add_argument("--before-locations", action="store_true", help="refuse RingGet's locations field, as an older node")
     args = parser.parse_args(argv)
+    _ring_mode[0] = "located" if args.locations else "before-locations" if args.before_locations else "plain"
     host, port = parse_address(args.listen)
     with contextlib.suppress(KeyboardInterrupt):
         trio.run(serve, host, port, not args.without_cluster, args.admin_token)

@@ -173,11 +173,13 @@ def test_cluster_status_json_lists_every_member_with_its_share(on_fake: DynctlRu
     document = json_of(on_fake("--json", "cluster", "status"))
     assert document["node"] == fake.NODE_NAME
     assert document["members"] == [
-        {"name": "fake1", "address": "127.0.0.1:7501", "status": "valid", "partitions": 3, "share": 0.375, "reachable": True, "liveness": "alive", "incarnation": 0, "transfers_pending": 0, "hints_pending": 0},
-        {"name": "fake2", "address": "127.0.0.1:7502", "status": "valid", "partitions": 3, "share": 0.375, "reachable": True, "liveness": "alive", "incarnation": 0, "transfers_pending": 2, "hints_pending": 0},
-        {"name": "fake3", "address": "127.0.0.1:7503", "status": "leaving", "partitions": 2, "share": 0.25, "reachable": False, "liveness": "dead", "incarnation": 4, "transfers_pending": 1, "hints_pending": 7},
-        {"name": "fake4", "address": "127.0.0.1:7504", "status": "joining", "partitions": 0, "share": 0.0, "reachable": True, "liveness": "alive", "incarnation": 0, "transfers_pending": 0, "hints_pending": 0},
+        {"name": "fake1", "address": "127.0.0.1:7501", "status": "valid", "partitions": 3, "share": 0.375, "reachable": True, "liveness": "alive", "incarnation": 0, "transfers_pending": 0, "hints_pending": 0, "location": None},
+        {"name": "fake2", "address": "127.0.0.1:7502", "status": "valid", "partitions": 3, "share": 0.375, "reachable": True, "liveness": "alive", "incarnation": 0, "transfers_pending": 2, "hints_pending": 0, "location": None},
+        {"name": "fake3", "address": "127.0.0.1:7503", "status": "leaving", "partitions": 2, "share": 0.25, "reachable": False, "liveness": "dead", "incarnation": 4, "transfers_pending": 1, "hints_pending": 7, "location": None},
+        {"name": "fake4", "address": "127.0.0.1:7504", "status": "joining", "partitions": 0, "share": 0.0, "reachable": True, "liveness": "alive", "incarnation": 0, "transfers_pending": 0, "hints_pending": 0, "location": None},
     ]
+    # Without locations every node is a host and a zone of its own: 3 nodes, N = 2, all holds.
+    assert document["placement"]["hosts"]["holds"] and document["placement"]["zones"]["holds"]
 
 
 def test_cluster_status_table_shows_shares_as_percentages(on_fake: DynctlRunner) -> None:
@@ -328,6 +330,8 @@ def test_transfers_table_shows_progress_and_who_did_not_answer(on_fake: DynctlRu
 
 def test_ring_status_json_has_the_ring_and_its_balance(on_fake: DynctlRunner) -> None:
     document = json_of(on_fake("--json", "ring", "status"))
+    placement = document.pop("placement")
+    # copies: each partition's 2 primaries, the owners of p and p+1 (no window repeats a node)
     assert document == {
         "version": fake.RING_VERSION.hex(),
         "partitions": 8,
@@ -335,14 +339,18 @@ def test_ring_status_json_has_the_ring_and_its_balance(on_fake: DynctlRunner) ->
         "r": fake.RING_R,
         "w": fake.RING_W,
         "nodes": [
-            {"node": "fake1", "address": "127.0.0.1:7501", "partitions": 3, "share": 0.375},
-            {"node": "fake2", "address": "127.0.0.1:7502", "partitions": 3, "share": 0.375},
-            {"node": "fake3", "address": "127.0.0.1:7503", "partitions": 2, "share": 0.25},
+            {"node": "fake1", "address": "127.0.0.1:7501", "partitions": 3, "share": 0.375, "location": None, "copies": 6},
+            {"node": "fake2", "address": "127.0.0.1:7502", "partitions": 3, "share": 0.375, "location": None, "copies": 6},
+            {"node": "fake3", "address": "127.0.0.1:7503", "partitions": 2, "share": 0.25, "location": None, "copies": 4},
         ],
         "mean_partitions": round(8 / 3, 6),
         "max_partitions": 3,
         "balance": round(8 / 9, 6),
     }
+    assert placement["unknown_locations"] == ["fake1", "fake2", "fake3"]
+    for level in ("hosts", "zones"):
+        assert placement[level]["holds"] and placement[level]["count"] == 3
+        assert placement[level]["windows_repeating"] == 0 and placement[level]["reasons"] == []
 
 
 def test_ring_status_table(on_fake: DynctlRunner) -> None:
@@ -375,7 +383,7 @@ def test_ring_key_json_marks_primaries_and_fallbacks(on_fake: DynctlRunner, key:
         "partitions": len(fake.RING_OWNERS),
         "n": fake.RING_N,
         "preference_list": [
-            {"rank": rank, "node": node, "address": fake.NODE_ADDRESSES[node], "role": role}
+            {"rank": rank, "node": node, "address": fake.NODE_ADDRESSES[node], "role": role, "location": None}
             for rank, (node, role) in enumerate(ranked, start=1)
         ],
     }
@@ -388,6 +396,107 @@ def test_ring_key_table(on_fake: DynctlRunner) -> None:
     rows = [line for line in table.splitlines() if NODE_NAME_PATTERN.search(line)]
     roles = {NODE_NAME_PATTERN.search(row).group(): ROLE_PATTERN.search(row).group() for row in rows}  # type: ignore[union-attr]
     assert roles == {**dict.fromkeys(primaries, "primary"), **dict.fromkeys(fallbacks, "fallback")}
+
+
+# ---- locations (issue 17) against the fake node with --locations, and one older than them ----
+
+
+@pytest.fixture(scope="module")
+def located_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    server = _start_fake(tmp_path_factory, "--locations")
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def node_before_locations(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    server = _start_fake(tmp_path_factory, "--before-locations")
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture
+def on_located(located_node: RunningServer, dynctl: DynctlRunner) -> DynctlRunner:
+    def run(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return dynctl("--node", located_node.address, *args)
+
+    return run
+
+
+def expected_located_list(key: bytes, owners: list[str], n: int, locations: dict[str, str]) -> tuple[list[str], list[str]]:
+    """The preference list by the rule in DESIGN.md section 3, independently of dynd: walk
+    clockwise, each time taking the next node on a new zone, else on a new host, else the next
+    node; the first N taken are the primaries (listed in walk order), the rest the fallbacks."""
+    partition, primaries, fallbacks = expected_preference_list(key, owners, n)
+    walk = primaries + fallbacks
+    taken: list[str] = []
+    zones: set[str] = set()
+    hosts: set[str] = set()
+    for new_place in ("zone", "host", "node"):
+        for node in walk:
+            zone, host = locations[node].split("/")[0], locations[node]
+            if node in taken or (new_place == "zone" and zone in zones) or (new_place == "host" and host in hosts):
+                continue
+            taken.append(node)
+            zones.add(zone)
+            hosts.add(host)
+    return sorted(taken[:n], key=walk.index), taken[n:]
+
+
+def test_ring_status_with_locations_groups_nodes_and_says_which_guarantee_fails(on_located: DynctlRunner) -> None:
+    document = json_of(on_located("--json", "ring", "status"))
+    assert [(entry["node"], entry["location"]) for entry in document["nodes"]] == [
+        ("fake1", "zone-a/host-1"), ("fake2", "zone-a/host-1"), ("fake3", "zone-a/host-2"),
+    ]  # fmt: skip
+    hosts, zones = document["placement"]["hosts"], document["placement"]["zones"]
+    # Two hosts for N = 2: every key's copies on both. One zone: every key's copies share it.
+    assert hosts["holds"] and hosts["count"] == 2 and hosts["partitions_sharing"] == 0
+    assert not zones["holds"] and zones["count"] == 1 and zones["partitions_sharing"] == 8
+    assert any("only 1 zone for N=2" in reason for reason in zones["reasons"])
+    # host-1 (fake1 + fake2) owns 6 of 8 partitions: the windows (fake1, fake2) and (fake2, fake1)
+    # repeat it, and their lists skip ahead to fake3, which so holds a copy of every partition.
+    assert hosts["windows_repeating"] == 4 and any("owns 6 of 8 partitions" in reason for reason in hosts["reasons"])
+    assert {entry["node"]: entry["copies"] for entry in document["nodes"]} == {"fake1": 5, "fake2": 3, "fake3": 8}
+    table = text_of(on_located("ring", "status"))
+    for expected in ["partitions per node, by location", "zone-a/host-1", "zone-a/host-2", "NO:", "only 1 zone for N=2"]:
+        assert expected in table
+    assert table.index("zone-a/host-1") < table.index("fake1") < table.index("fake2") < table.index("zone-a/host-2") < table.index("fake3")
+
+
+def test_cluster_status_groups_members_by_location_and_flags_the_zone_guarantee(on_located: DynctlRunner) -> None:
+    document = json_of(on_located("--json", "cluster", "status"))
+    assert {member["name"]: member["location"] for member in document["members"]} == fake.LOCATIONS
+    assert document["placement"]["zones"]["holds"] is False
+    table = text_of(on_located("cluster", "status"))
+    # fake4 is not on the ring yet, but its location is known: it has its own heading
+    order = [table.index(text) for text in ["zone-a/host-1", "fake1 *", "fake2", "zone-a/host-2", "fake3", "zone-b/host-3", "fake4"]]
+    assert order == sorted(order)
+    assert "copies on distinct zones: NO" in table and "copies on distinct hosts" not in table
+
+
+@pytest.mark.parametrize("key", ["greeting", "cart:42", "ключ", ""])
+def test_ring_key_with_locations_shows_each_replicas_location(on_located: DynctlRunner, key: str) -> None:
+    document = json_of(on_located("--json", "ring", "key", key))
+    primaries, fallbacks = expected_located_list(key.encode(), fake.RING_OWNERS, fake.RING_N, fake.LOCATIONS)
+    listed = document["preference_list"]
+    assert [entry["node"] for entry in listed if entry["role"] == "primary"] == primaries
+    assert [entry["node"] for entry in listed if entry["role"] == "fallback"] == fallbacks
+    assert all(entry["location"] == fake.LOCATIONS[entry["node"]] for entry in listed)
+    assert len({fake.LOCATIONS[node] for node in primaries}) == fake.RING_N  # two hosts, as N = 2 asks
+    table = text_of(on_located("ring", "key", key))
+    for node in primaries + fallbacks:
+        row = next(line for line in table.splitlines() if re.search(rf"\b{node}\b", line))
+        assert fake.LOCATIONS[node] in row
+
+
+def test_a_node_older_than_locations_still_answers_ring_commands(node_before_locations: RunningServer, dynctl: DynctlRunner) -> None:
+    """It refuses RingGet's `locations` field; the client asks again without it."""
+    document = json_of(dynctl("--node", node_before_locations.address, "--json", "ring", "status"))
+    assert all(entry["location"] is None for entry in document["nodes"])
+    assert document["placement"]["unknown_locations"] == ["fake1", "fake2", "fake3"]
+    placement = json_of(dynctl("--node", node_before_locations.address, "--json", "ring", "key", "greeting"))
+    _, primaries, fallbacks = expected_preference_list(b"greeting", fake.RING_OWNERS, fake.RING_N)
+    assert [entry["node"] for entry in placement["preference_list"]] == primaries + fallbacks
 
 
 # ---- errors from a node without cluster support, and no node at all ----

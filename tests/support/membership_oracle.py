@@ -20,7 +20,9 @@ def replayed(params: ClusterParams, events: Iterable[MemberEvent], base: Snapsho
         apply_event(members, event)
         after = {(name, m.location) for name, m in members.items() if m.status == JOINED}
         if after != before and after:
-            ring = membership_fold.claim(ring, sorted(name for name, _ in after), partitions=params.partitions, n_replicas=params.n)
+            ring = membership_fold.claim(
+                ring, sorted(name for name, _ in after), partitions=params.partitions, n_replicas=params.n, locations=dict(after)
+            )
     return members, ring
 
 
