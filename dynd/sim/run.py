@@ -275,6 +275,9 @@ class Simulation:
         if not nodes:
             return
         view = nodes[sorted(nodes)[0]]
+        self.state.n = world.params.n
+        self.state.primaries = {p: view.cluster.preference_list(p).primaries for p in range(world.params.partitions)}
+        self.state.locations = {name: world.location_of(name) for name in world.hosts}
         for key in self.workload.keys:
             partition = partition_of(key, world.params.partitions)
             primaries = view.cluster.preference_list(partition).primaries

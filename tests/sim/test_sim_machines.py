@@ -19,6 +19,7 @@ from dynd.core.partition import partition_of
 from dynd.protocol import messages
 from dynd.sim.__main__ import main as sim_main
 from dynd.sim.__main__ import parse_seeds
+from dynd.sim.checkers import FinalState, check_placement
 from dynd.sim.faults import FAULT_KINDS, Fault
 from dynd.sim.network import Endpoint
 from dynd.sim.process import Process
@@ -133,7 +134,6 @@ def test_long_run_with_machines() -> None:
     _assert_all_pass([SimConfig(seed=seed, seconds=seconds, **MACHINES) for seed in seeds])
 
 
-@pytest.mark.xfail(strict=True, reason="needs nodes that know their location and location-aware claim (issue 17 item 1)")
 def test_acknowledged_writes_survive_the_loss_of_a_machine() -> None:
     """9 nodes on 3 machines in 3 zones, N=3, W=2. Every write reaches only two replicas (the
     third primary's copy is dropped on the wire), and it is acknowledged. Then machine host-1 dies
@@ -171,3 +171,18 @@ def call(world: World, endpoint: Endpoint, address: str, build: Any) -> Any:
     world.run_for(10_000, stop=lambda: bool(answers))
     assert answers, f"no answer from {address}"
     return answers[0]
+
+
+def test_the_placement_checker_flags_primaries_sharing_a_machine_or_a_zone() -> None:
+    locations = {"n1": "zone-1/host-1", "n2": "zone-1/host-1", "n4": "zone-2/host-2", "n5": "zone-2/host-2", "n7": "zone-3/host-3"}
+    spread = {0: ("n1", "n4", "n7"), 1: ("n5", "n7", "n2")}
+    assert check_placement(FinalState(primaries=spread, locations=locations, n=3)) == []
+    shared = {0: ("n1", "n2", "n4"), 1: ("n4", "n5", "n7"), 2: ("n7", "n1", "n4")}
+    failures = check_placement(FinalState(primaries=shared, locations=locations, n=3))
+    assert [f.checker for f in failures] == ["placement", "placement"]
+    assert failures[0].message.startswith("2 of 3 partitions have primaries sharing machine although the ring's nodes run on 3 machines")
+    assert "partition 0: n1 at zone-1/host-1, n2 at zone-1/host-1, n4 at zone-2/host-2" in failures[0].message
+    assert failures[1].message.startswith("2 of 3 partitions have primaries sharing zone")
+    # Two machines, two zones: neither guarantee can hold with N=3, and none is asked for.
+    two = {name: loc for name, loc in locations.items() if name != "n7"}
+    assert check_placement(FinalState(primaries={0: ("n1", "n2", "n4")}, locations=two, n=3)) == []
