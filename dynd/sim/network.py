@@ -17,8 +17,9 @@ Rules:
 - `traffic` counts what is put on the wire, by kind: the message's type name (a pre-encoded reply,
   which only a get sends, counts as its request's name plus "Ok"), "datagram" for the failure
   detector's, "refused" for a refused connection. With `traffic.timing` on, it also adds up the
-  process time each receiving process spends decoding and handling each kind (benchmarks: see
-  tests/bench/scale.py); timing reads a real clock but changes nothing the run does.
+  process time each receiving process spends decoding and handling each kind, and (with a probe)
+  the time of the handlings that changed the receiver's state (benchmarks: tests/bench/scale.py);
+  timing reads a real clock but changes nothing the run does.
 """
 
 from __future__ import annotations
@@ -56,23 +57,45 @@ class NetStats:
 
 @dataclass
 class Traffic:
-    """What went on the wire by kind, and (when `timing`) the receivers' process time by kind."""
+    """What went on the wire by kind and, when `timing`, the process time receivers spent on each
+    kind; with a `probe` too (a host name -> any value: the bench gives the node's membership
+    digest), the time and count of the handlings after which the probe read differently, that is
+    the ones that changed what it looks at."""
 
     messages: Counter[str] = field(default_factory=Counter)
     bytes: Counter[str] = field(default_factory=Counter)
     cpu_s: Counter[str] = field(default_factory=Counter)
+    changed_cpu_s: Counter[str] = field(default_factory=Counter)
+    changed: Counter[str] = field(default_factory=Counter)
     timing: bool = False
+    probe: Callable[[str], object] | None = None
 
     def sent(self, kind: str, size: int) -> None:
         self.messages[kind] += 1
         self.bytes[kind] += size
 
+    def run_timed(self, host: str, handle: Callable[[], str]) -> None:
+        """Run `handle` inside `host`'s process; it returns the kind it handled ("": nothing)."""
+        before = self.probe(host) if self.probe is not None else None
+        started = time.process_time()
+        kind = handle()
+        spent = time.process_time() - started
+        if not kind:
+            return
+        self.cpu_s[kind] += spent
+        if self.probe is not None and self.probe(host) != before:
+            self.changed_cpu_s[kind] += spent
+            self.changed[kind] += 1
+
     def snapshot(self) -> Traffic:
-        return Traffic(Counter(self.messages), Counter(self.bytes), Counter(self.cpu_s), self.timing)
+        return Traffic(*(Counter(c) for c in self._counters()), self.timing, self.probe)
 
     def since(self, before: Traffic) -> Traffic:
         """What happened between `before` (a snapshot) and now."""
-        return Traffic(self.messages - before.messages, self.bytes - before.bytes, self.cpu_s - before.cpu_s, self.timing)
+        return Traffic(*(now - then for now, then in zip(self._counters(), before._counters())), self.timing, self.probe)
+
+    def _counters(self) -> tuple[Counter[str], ...]:
+        return (self.messages, self.bytes, self.cpu_s, self.changed_cpu_s, self.changed)
 
 
 DATAGRAM = "datagram"
@@ -253,7 +276,7 @@ class Endpoint:
         self.net.stats.delivered += 1
         self.net.loop.trace("dgram", self.host, dst, payload)
         if self.net.traffic.timing:
-            process.run(lambda: _timed(self.net.traffic, DATAGRAM, lambda: receive(self.address, payload)))
+            process.run(lambda: self.net.traffic.run_timed(dst, lambda: receive(self.address, payload) or DATAGRAM))
         else:
             process.run(lambda: receive(self.address, payload))
 
@@ -271,12 +294,10 @@ class Endpoint:
         process.run(lambda: self._serve(process, handle, dst, request_id, payload))
 
     def _serve(self, process: Process, handle: Callable[[Any, Callable[[Any], None]], None], dst: str, request_id: int, payload: bytes) -> None:
-        if not self.net.traffic.timing:
+        if self.net.traffic.timing:
+            self.net.traffic.run_timed(dst, lambda: self._serve_untimed(process, handle, dst, request_id, payload))
+        else:
             self._serve_untimed(process, handle, dst, request_id, payload)
-            return
-        started = time.process_time()
-        kind = self._serve_untimed(process, handle, dst, request_id, payload)
-        self.net.traffic.cpu_s[kind] += time.process_time() - started
 
     def _serve_untimed(self, process: Process, handle: Callable[[Any, Callable[[Any], None]], None], dst: str, request_id: int, payload: bytes) -> str:
         """Decode and serve one request; the kind it was."""
@@ -304,13 +325,10 @@ class Endpoint:
         return type(message).__name__
 
     def _answered(self, request_id: int, dst: str, data: bytes) -> None:
-        if not self.net.traffic.timing:
+        if self.net.traffic.timing:
+            self.net.traffic.run_timed(self.host, lambda: self._answered_untimed(request_id, dst, data))
+        else:
             self._answered_untimed(request_id, dst, data)
-            return
-        started = time.process_time()
-        kind = self._answered_untimed(request_id, dst, data)
-        if kind:
-            self.net.traffic.cpu_s[kind] += time.process_time() - started
 
     def _answered_untimed(self, request_id: int, dst: str, data: bytes) -> str:
         """Decode one reply and hand it to its sender's callback; the kind it was ("" if nothing waited)."""
@@ -351,14 +369,6 @@ class Endpoint:
         self._connected.discard(waiting.peer)
         self.net.loop.trace("timeout", self.host, waiting.peer)
         waiting.on_reply(_local(Timeout(f"no reply from {waiting.peer} in time")))
-
-
-def _timed(traffic: Traffic, kind: str, fn: Callable[[], None]) -> None:
-    started = time.process_time()
-    try:
-        fn()
-    finally:
-        traffic.cpu_s[kind] += time.process_time() - started
 
 
 def _local(error: DynError) -> DynError:

@@ -31,7 +31,6 @@ concern does not reshuffle the others.
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -287,17 +286,10 @@ class World:
             return
         if not process.paused:  # a stopped process does not tick; it catches up when resumed
             if self.net.traffic.timing:
-                process.run(lambda: self._timed_tick(node))
+                process.run(lambda: self.net.traffic.run_timed(process.host, lambda: node.tick() or TICK))
             else:
                 process.run(node.tick)
         self.loop.after(self.limits.tick_interval_ms, lambda: self._tick(process, node))
-
-    def _timed_tick(self, node: Node) -> None:
-        started = time.process_time()
-        try:
-            node.tick()
-        finally:
-            self.net.traffic.cpu_s[TICK] += time.process_time() - started
 
     def crash(self, host: Host) -> None:
         if host.process is None:

@@ -8,14 +8,18 @@ machines dealt to zones in turn; 200 members are 50 machines of 4) runs with no 
 
 1. warm-up (`--warmup-seconds`), then a quiet window (`--window-seconds`, simulated) with no change:
    messages and bytes per member per second by kind (the message's type name; "datagram" is the
-   failure detector's), and the process time nodes spent handling each kind;
+   failure detector's), the process time nodes spent handling each kind, and "membership CPU",
+   that time for the kinds named Gossip* or Cluster* (exchanging memberships with no change);
 2. one join (a new machine's node joins through n1), then a window of the same length:
    - rounds: gossip intervals from the moment the joiner holds the new ring until every member
-     holds it (polled every `POLL_MS` of virtual time);
-   - CPU per membership change: the process time nodes spent handling the membership kinds
-     (`MEMBERSHIP_KINDS`: gossip and cluster requests and their replies, where a node decodes a
-     membership and adopts it) in the join window, less the same in the quiet window, per member;
-     "all work" is the same difference over every kind, ticks included;
+     holds it (polled every `POLL_MS` of virtual time; the join request itself takes a few ms);
+   - CPU per membership change: the process time of every handling (a request, a reply, a
+     datagram or a tick) after which the handling node held another membership (its digest
+     differs), in the join window, per member: what adopting the change cost each node, decode
+     and fold included, whichever message brought it; "adoptions" counts those handlings per
+     member (1.0: every node adopted the change once). "all work" is the process time of all
+     node work in the join window less that of the quiet window, per member: adoption and
+     whatever the change set off (handoff, anti-entropy, gossip), noisy where that is small;
 3. placement, from n1's view after the join: partitions per member (min/max against floor/ceil of
    Q/S), partitions whose owner the join moved (against floor(Q/(S+1))), and partitions whose N
    primaries are not on N distinct hosts (when there are at least N machines) or not in N distinct
@@ -51,13 +55,11 @@ from dynd.sim.world import SIM_LIMITS, TICK, World
 N, R, W = 3, 2, 2
 POLL_MS = 10
 MEMBERSHIP_PREFIXES = ("Gossip", "Cluster")  # message kinds that carry or change a membership
+MEMBERSHIP_KINDS = "kinds named Gossip* or Cluster* (requests and replies)"
 
 
 def membership_kind(kind: str) -> bool:
     return kind.startswith(MEMBERSHIP_PREFIXES)
-
-
-MEMBERSHIP_KINDS = "kinds named Gossip* or Cluster* (requests and replies)"
 
 
 @dataclass
@@ -93,7 +95,8 @@ class Figures:
     rounds_to_agree: float | None  # None: no agreement within the window
     per_member_per_s: dict[str, tuple[float, float]]  # kind -> (messages, bytes), quiet window
     cpu_ms_per_member_per_s: dict[str, float]  # kind -> node process time, quiet window
-    adoption_ms_per_member: float  # membership kinds, join window less quiet window
+    adoption_ms_per_member: float  # handlings that changed the node's membership, join window
+    adoptions_per_member: float  # how many such handlings
     all_work_ms_per_member: float  # every kind, join window less quiet window
     before: Placement
     after: Placement
@@ -137,6 +140,12 @@ def placement(world: World, ring: Ring, n: int) -> Placement:
     )
 
 
+def _membership_digest(world: World, name: str) -> bytes | None:
+    host = world.hosts.get(name)  # clients and the admin have none
+    node = host.node if host is not None else None
+    return node.cluster.membership.digest if node is not None else None
+
+
 def rings(world: World) -> dict[str, Ring]:
     return {name: host.node.cluster.ring for name, host in world.hosts.items() if host.node is not None}
 
@@ -159,6 +168,7 @@ def measure(
     build_s = time.perf_counter() - started
     traffic = world.net.traffic
     traffic.timing = True
+    traffic.probe = lambda name: _membership_digest(world, name)
     world.run_for(warmup_ms)
     n1 = world.hosts["n1"]
     assert n1.node is not None
@@ -205,8 +215,10 @@ def measure(
     }
     cpu = {kind: 1000 * quiet.cpu_s[kind] / members / seconds for kind in sorted(quiet.cpu_s)}
     after_members = members + 1
-    adoption = _delta(joined, quiet, membership_kind) / after_members
-    all_work = _delta(joined, quiet, lambda kind: True) / after_members
+    adoption = sum(joined.changed_cpu_s.values()) / after_members
+    all_work = (sum(joined.cpu_s.values()) - sum(quiet.cpu_s.values())) / after_members
+    if sum(quiet.changed.values()):
+        notes.append(f"the membership changed in the quiet window: {dict(quiet.changed)}")
     return Figures(
         members=members,
         partitions=partitions,
@@ -219,6 +231,7 @@ def measure(
         per_member_per_s=per_member,
         cpu_ms_per_member_per_s=cpu,
         adoption_ms_per_member=1000 * adoption,
+        adoptions_per_member=sum(joined.changed.values()) / after_members,
         all_work_ms_per_member=1000 * all_work,
         before=before,
         after=after,
@@ -226,11 +239,6 @@ def measure(
         moved_ideal=partitions // after_members,
         notes=notes,
     )
-
-
-def _delta(joined: Traffic, quiet: Traffic, counted: Any) -> float:
-    """Process seconds of the counted kinds in the join window beyond the quiet window's."""
-    return sum(s for k, s in joined.cpu_s.items() if counted(k)) - sum(s for k, s in quiet.cpu_s.items() if counted(k))
 
 
 # ---- report ----
@@ -244,7 +252,7 @@ def summary_table(results: Sequence[Figures]) -> Table:
     table = Table(title=f"scale: no client load, N={N}, gossip every {SIM_LIMITS.gossip_interval_ms} ms (simulated)")
     for column in (
         "S", "Q", "machines/zones", "rounds to agree", "msgs/member/s", "bytes/member/s",
-        "membership CPU ms/member/s", "adoption ms/member/change", "all work ms/member/change",
+        "membership CPU ms/member/s", "adoption ms/member (adoptions)", "all work ms/member",
         "partitions/member (floor..ceil)", "moved at join (floor Q/S')", "host viol.", "zone viol.", "wall s",
     ):
         table.add_column(column, justify="right")
@@ -259,7 +267,7 @@ def summary_table(results: Sequence[Figures]) -> Table:
             f"{f.messages_per_member_per_s:.1f}",
             f"{f.bytes_per_member_per_s:,.0f}",
             f"{gossip_cpu:.2f}",
-            f"{f.adoption_ms_per_member:.1f}",
+            f"{f.adoption_ms_per_member:.1f} ({f.adoptions_per_member:.2f})",
             f"{f.all_work_ms_per_member:.1f}",
             f"{b.min}..{b.max} ({b.floor}..{b.ceil})",
             f"{f.moved} ({f.moved_ideal})",
