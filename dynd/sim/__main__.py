@@ -15,6 +15,7 @@ from rich.table import Table
 
 from dynd.sim.faults import parse_kinds
 from dynd.sim.run import SimConfig, SimResult, run_seed
+from dynd.sim.world import machine_layout
 
 
 def parse_seeds(text: str) -> range:
@@ -27,12 +28,28 @@ def parse_seeds(text: str) -> range:
     return range(start, stop + 1)
 
 
+def parse_layout(text: str) -> int | tuple[int, ...]:
+    """"K" (every machine runs K nodes) or "A,B,C" (one count per machine)."""
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a node count or a comma-separated list of them") from None
+    if any(k < 1 for k in counts):
+        raise argparse.ArgumentTypeError(f"every machine runs at least one node; got {text!r}")
+    return counts[0] if len(counts) == 1 else counts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dynd.sim", description=__doc__)
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--seed", type=int, help="run this one seed")
     which.add_argument("--seeds", type=parse_seeds, help="run a range of seeds, A..B inclusive")
     parser.add_argument("--nodes", type=int, default=5, help="nodes at the start (default 5)")
+    parser.add_argument(
+        "--nodes-per-machine", type=parse_layout, default=1, metavar="K|A,B,..",
+        help="nodes each machine runs (the last takes the rest), or a count per machine adding up to --nodes (default 1)",
+    )
+    parser.add_argument("--zones", type=int, default=1, help="zones the machines are dealt to in turn (default 1)")
     parser.add_argument("--seconds", type=float, default=SimConfig(0).seconds, help="simulated seconds of load per seed")
     parser.add_argument("--faults", default="all", help="comma-separated fault kinds, 'all' or 'none'")
     parser.add_argument("--clear-ratio", type=float, default=SimConfig(0).clear_ratio, help="share of client ops that delete their key")
@@ -52,7 +69,19 @@ def main(argv: list[str] | None = None) -> int:
     seeds = range(args.seed, args.seed + 1) if args.seed is not None else args.seeds
     if not 0 <= args.clear_ratio <= 0.5:
         parser.error("--clear-ratio must be between 0 and 0.5")
-    configs = [SimConfig(seed=s, nodes=args.nodes, seconds=args.seconds, faults=faults, clear_ratio=args.clear_ratio) for s in seeds]
+    if args.zones < 1:
+        parser.error("--zones must be at least 1")
+    try:
+        machine_layout(args.nodes, args.nodes_per_machine)
+    except ValueError as exc:
+        parser.error(str(exc))
+    configs = [
+        SimConfig(
+            seed=s, nodes=args.nodes, nodes_per_machine=args.nodes_per_machine, zones=args.zones,
+            seconds=args.seconds, faults=faults, clear_ratio=args.clear_ratio,
+        )
+        for s in seeds
+    ]
     started = time.perf_counter()
     if args.seed is not None:
         result = run_seed(configs[0])

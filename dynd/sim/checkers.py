@@ -15,6 +15,10 @@ what clients did; these read the final state and the history and say what is wro
     dominated      no stored sibling is covered by another sibling's context (or by the
                    object's `seen`, which is that rule made durable)
     membership     every running node has the same membership (digest), hence the same ring
+    placement      every partition's N primaries run on N distinct machines when the ring's
+                   nodes run on at least N machines, and in N distinct zones when on at least N
+                   zones (where nodes run is the simulator's truth, `World.location_of`): else
+                   one machine or zone lost takes every copy of some keys
 
 The final reads and the replica contents come from `final_state` (see run.py): a read of every key
 at R=N through every node, which also read-repairs it, then a direct look at each primary's store.
@@ -26,10 +30,11 @@ from dataclasses import dataclass, field
 
 from dynd.core.replica import decode_record
 from dynd.core.versions import SiblingSet
+from dynd.protocol.locations import host_of, zone_of
 from dynd.sim.workload import History, decode_set
 from dynd.sim.world import Failure
 
-CHECKERS = ("lost_write", "resurrected", "phantom", "convergence", "dominated", "membership")
+CHECKERS = ("lost_write", "resurrected", "phantom", "convergence", "dominated", "membership", "placement")
 
 
 @dataclass
@@ -46,6 +51,10 @@ class FinalState:
     replicas: dict[bytes, dict[str, bytes | None]] = field(default_factory=dict)
     # node name -> membership digest
     digests: dict[str, bytes] = field(default_factory=dict)
+    # partition -> its primaries in the final ring, and where each node runs
+    primaries: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    locations: dict[str, str] = field(default_factory=dict)
+    n: int = 0
 
 
 def check(history: History, state: FinalState, keys: list[bytes]) -> list[Failure]:
@@ -57,6 +66,7 @@ def check(history: History, state: FinalState, keys: list[bytes]) -> list[Failur
         failures += check_convergence(state, key)
         failures += check_dominated(state, key)
     failures += check_membership(state)
+    failures += check_placement(state)
     return failures
 
 
@@ -150,3 +160,24 @@ def check_membership(state: FinalState) -> list[Failure]:
         return []
     groups = {d.hex()[:8]: sorted(n for n, x in state.digests.items() if x == d) for d in distinct}
     return [Failure("membership", f"nodes disagree on membership: {groups}")]
+
+
+def check_placement(state: FinalState) -> list[Failure]:
+    nodes = {node for primaries in state.primaries.values() for node in primaries}
+    failures: list[Failure] = []
+    for level, where in (("machines", host_of), ("zones", zone_of)):
+        place = {node: where(node, state.locations.get(node, "")) for node in nodes}
+        if len(set(place.values())) < state.n:
+            continue  # the guarantee holds only with at least N of them
+        shared = sorted(p for p, primaries in state.primaries.items() if len({place[node] for node in primaries}) < len(primaries))
+        if shared:
+            first = state.primaries[shared[0]]
+            failures.append(
+                Failure(
+                    "placement",
+                    f"{len(shared)} of {len(state.primaries)} partitions have primaries sharing {level[:-1]} although the "
+                    f"ring's nodes run on {len(set(place.values()))} {level}; partition {shared[0]}: "
+                    + ", ".join(f"{node} at {state.locations.get(node, '?')}" for node in first),
+                )
+            )
+    return failures

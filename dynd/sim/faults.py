@@ -2,7 +2,8 @@
 
 A schedule is a list of `Fault`s. Each names its kind, when it starts, how long it lasts, a target
 (an index into the sorted host names at the moment it starts, so a schedule stays meaningful
-whatever hosts exist) and one kind-specific argument:
+whatever hosts exist; a host is one node process, see `dynd.sim.world`; for host-crash, an index
+into the sorted machine names) and one kind-specific argument:
 
     kind        what happens                                              arg
     loss        messages are lost more often                              extra loss, percent
@@ -22,6 +23,9 @@ whatever hosts exist) and one kind-specific argument:
     leave       a member leaves (hands its data off, then is removed)     -
     disk-error  every commit of the host's disk fails, applying nothing   -
     disk-full   the host's disk refuses every write (StorageFull)         -
+    host-crash  every node process of one machine dies at the same        -
+                instant; none restarts (a crash fault ending meanwhile
+                included) until this fault ends, when all of them do
 
 Every fault heals when its duration ends (a skew, join or leave has nothing to undo), and
 `heal_all` heals whatever is still active before the checkers run. A disk fault belongs to the
@@ -40,7 +44,7 @@ from dynd.sim.network import Endpoint
 from dynd.sim.process import Process
 from dynd.sim.world import FAULT_DURATION_MAX_MS, FAULT_DURATION_MIN_MS, World
 
-FAULT_KINDS = ("loss", "duplicate", "delay", "partition", "isolate", "oneway", "crash", "pause", "skew", "clock-step", "join", "leave", "disk-error", "disk-full")
+FAULT_KINDS = ("loss", "duplicate", "delay", "partition", "isolate", "oneway", "crash", "pause", "skew", "clock-step", "join", "leave", "disk-error", "disk-full", "host-crash")
 NETWORK_KINDS = ("loss", "duplicate", "delay", "partition", "isolate", "oneway")
 RESTART_SKEW_MS = 3_000  # with skew enabled, a restarted node's clock is off by up to this much
 EXTRA_HOSTS_MAX = 2  # joins add at most this many hosts
@@ -169,6 +173,19 @@ class FaultInjector:
                 world.restart(host, skew)
 
             what = f"crash {name}"
+        elif kind == "host-crash":
+            machines = sorted(world.machines)
+            machine = machines[fault.target % len(machines)]
+            crashed = world.crash_machine(machine)
+            if not crashed:
+                return
+
+            def undo() -> None:
+                # One machine, one clock: its nodes come back with the same skew.
+                skew = self.rng.randint(-RESTART_SKEW_MS, RESTART_SKEW_MS) if self.skew_on_restart else None
+                world.restore_machine(machine, skew)
+
+            what = f"crash machine {machine} ({world.machines[machine].location}): {', '.join(h.name for h in crashed)}"
         elif kind == "pause":
             if host.process is None or host.process.paused:
                 return
@@ -233,6 +250,8 @@ class FaultInjector:
     def heal_all(self) -> None:
         for fault_id in sorted(self._undo):
             self._heal(fault_id)
+        for machine in sorted(self.world.machines):
+            self.world.restore_machine(machine)
         for host in self.world.hosts.values():
             if not host.up:
                 self.world.restart(host)

@@ -14,11 +14,19 @@ Rules:
 - Callbacks belong to the sender's process: a crashed process never sees them.
 - Protocol checks: a node that replies twice to one delivery, a reply whose id is not the
   request's, or a payload the codec refuses is reported as a failure.
+- `traffic` counts what is put on the wire, by kind: the message's type name (a pre-encoded reply,
+  which only a get sends, counts as its request's name plus "Ok"), "datagram" for the failure
+  detector's, "refused" for a refused connection. With `traffic.timing` on, it also adds up the
+  process time each receiving process spends decoding and handling each kind, and (with a probe)
+  the time of the handlings that changed the receiver's state (benchmarks: tests/bench/scale.py);
+  timing reads a real clock but changes nothing the run does.
 """
 
 from __future__ import annotations
 
 import random
+import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +56,53 @@ class NetStats:
 
 
 @dataclass
+class Traffic:
+    """What went on the wire by kind and, when `timing`, the process time receivers spent on each
+    kind; with a `probe` too (a host name -> any value: the bench gives the node's membership
+    digest), the time and count of the handlings after which the probe read differently, that is
+    the ones that changed what it looks at."""
+
+    messages: Counter[str] = field(default_factory=Counter)
+    bytes: Counter[str] = field(default_factory=Counter)
+    cpu_s: Counter[str] = field(default_factory=Counter)
+    changed_cpu_s: Counter[str] = field(default_factory=Counter)
+    changed: Counter[str] = field(default_factory=Counter)
+    timing: bool = False
+    probe: Callable[[str], object] | None = None
+
+    def sent(self, kind: str, size: int) -> None:
+        self.messages[kind] += 1
+        self.bytes[kind] += size
+
+    def run_timed(self, host: str, handle: Callable[[], str]) -> None:
+        """Run `handle` inside `host`'s process; it returns the kind it handled ("": nothing)."""
+        before = self.probe(host) if self.probe is not None else None
+        started = time.process_time()
+        kind = handle()
+        spent = time.process_time() - started
+        if not kind:
+            return
+        self.cpu_s[kind] += spent
+        if self.probe is not None and self.probe(host) != before:
+            self.changed_cpu_s[kind] += spent
+            self.changed[kind] += 1
+
+    def snapshot(self) -> Traffic:
+        return Traffic(*(Counter(c) for c in self._counters()), self.timing, self.probe)
+
+    def since(self, before: Traffic) -> Traffic:
+        """What happened between `before` (a snapshot) and now."""
+        return Traffic(*(now - then for now, then in zip(self._counters(), before._counters())), self.timing, self.probe)
+
+    def _counters(self) -> tuple[Counter[str], ...]:
+        return (self.messages, self.bytes, self.cpu_s, self.changed_cpu_s, self.changed)
+
+
+DATAGRAM = "datagram"
+REFUSED = "refused"
+
+
+@dataclass
 class Modifiers:
     """What active network faults add, by fault id."""
 
@@ -70,6 +125,7 @@ class SimNetwork:
         self.config = config
         self.report = report  # (checker, message): a protocol violation
         self.stats = NetStats()
+        self.traffic = Traffic()
         self.faults = Modifiers()
         self.quiet = False  # after heal: no loss, no duplication, base delays only
         self.host_of_address: dict[str, str] = {}
@@ -196,6 +252,7 @@ class Endpoint:
         dst = net.host_of_address.get(address, address)
         timer = net.loop.after(self.timeout_ms, lambda: self.process.run(lambda: self._timed_out(request_id)))
         self._waiting[request_id] = _Waiting(on_reply, timer, dst)
+        net.traffic.sent(type(message).__name__, len(payload))
         if net.drop_filter is not None and net.drop_filter(self.host, dst, message):
             net.stats.lost += 1
             return
@@ -206,6 +263,7 @@ class Endpoint:
         net = self.net
         for address, payload in datagrams:
             dst = net.host_of_address.get(address, address)
+            net.traffic.sent(DATAGRAM, len(payload))
             net.carry(self.host, dst, lambda a=address, d=dst, p=payload: self._datagram_arrives(a, d, p), may_duplicate=True)
 
     # ---- machinery ----
@@ -217,13 +275,17 @@ class Endpoint:
         process, receive = listener
         self.net.stats.delivered += 1
         self.net.loop.trace("dgram", self.host, dst, payload)
-        process.run(lambda: receive(self.address, payload))
+        if self.net.traffic.timing:
+            process.run(lambda: self.net.traffic.run_timed(dst, lambda: receive(self.address, payload) or DATAGRAM))
+        else:
+            process.run(lambda: receive(self.address, payload))
 
     def _arrive(self, address: str, dst: str, request_id: int, payload: bytes) -> None:
         net = self.net
         listener = net.listening.get(address)
         if listener is None or not listener[0].alive:
             net.stats.refused += 1
+            net.traffic.sent(REFUSED, 0)
             net.carry(dst, self.host, lambda: self.process.run(lambda: self._refused(request_id)), may_duplicate=False)
             return
         process, handle = listener
@@ -232,12 +294,19 @@ class Endpoint:
         process.run(lambda: self._serve(process, handle, dst, request_id, payload))
 
     def _serve(self, process: Process, handle: Callable[[Any, Callable[[Any], None]], None], dst: str, request_id: int, payload: bytes) -> None:
+        if self.net.traffic.timing:
+            self.net.traffic.run_timed(dst, lambda: self._serve_untimed(process, handle, dst, request_id, payload))
+        else:
+            self._serve_untimed(process, handle, dst, request_id, payload)
+
+    def _serve_untimed(self, process: Process, handle: Callable[[Any, Callable[[Any], None]], None], dst: str, request_id: int, payload: bytes) -> str:
+        """Decode and serve one request; the kind it was."""
         net = self.net
         try:
             message = codec.decode_message(payload)
         except DynError as exc:
             net.report("codec", f"{dst} could not decode a request from {self.host}: {exc}")
-            return
+            return "undecodable"
         replied = False
 
         def reply(answer: Any) -> None:
@@ -249,14 +318,23 @@ class Endpoint:
                 return
             replied = True
             data = answer if isinstance(answer, bytes) else codec.encode_message(answer)
+            net.traffic.sent(type(message).__name__ + "Ok" if isinstance(answer, bytes) else type(answer).__name__, len(data))
             net.carry(dst, self.host, lambda: self.process.run(lambda: self._answered(request_id, dst, data)), may_duplicate=False)
 
         handle(message, reply)
+        return type(message).__name__
 
     def _answered(self, request_id: int, dst: str, data: bytes) -> None:
+        if self.net.traffic.timing:
+            self.net.traffic.run_timed(self.host, lambda: self._answered_untimed(request_id, dst, data))
+        else:
+            self._answered_untimed(request_id, dst, data)
+
+    def _answered_untimed(self, request_id: int, dst: str, data: bytes) -> str:
+        """Decode one reply and hand it to its sender's callback; the kind it was ("" if nothing waited)."""
         waiting = self._waiting.pop(request_id, None)
         if waiting is None:
-            return  # the reply to a duplicate, or after the timeout
+            return ""  # the reply to a duplicate, or after the timeout
         waiting.timer.cancel()
         self.net.loop.trace("rep", dst, self.host, data)
         try:
@@ -272,6 +350,7 @@ class Endpoint:
         if not isinstance(answer, (Timeout, Unreachable)):
             self._connected.add(waiting.peer)
         waiting.on_reply(answer)
+        return type(answer).__name__
 
     def _refused(self, request_id: int) -> None:
         waiting = self._waiting.pop(request_id, None)

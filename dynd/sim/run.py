@@ -43,6 +43,10 @@ COMMIT_DELAYS_MS = ((1, 6), (1, 40), (5, 200))
 class SimConfig:
     seed: int
     nodes: int = 5
+    # Nodes per machine (k each, the last machine takes the rest) or a count per machine, and the
+    # zones machines are dealt to (see dynd.sim.world). One node per machine: no machine faults.
+    nodes_per_machine: int | tuple[int, ...] = 1
+    zones: int = 1
     seconds: float = 6.0
     faults: tuple[str, ...] = FAULT_KINDS
     schedule: tuple[Fault, ...] | None = None  # None: drawn from the seed
@@ -61,6 +65,11 @@ class SimConfig:
     def replay_command(self) -> str:
         faults = ",".join(self.faults) if self.faults else "none"
         command = f"python -m dynd.sim --seed {self.seed} --nodes {self.nodes} --seconds {self.seconds:g} --faults {faults}"
+        if self.nodes_per_machine != SimConfig.nodes_per_machine:
+            layout = self.nodes_per_machine if isinstance(self.nodes_per_machine, int) else ",".join(map(str, self.nodes_per_machine))
+            command += f" --nodes-per-machine {layout}"
+        if self.zones != SimConfig.zones:
+            command += f" --zones {self.zones}"
         if self.clear_ratio != SimConfig.clear_ratio:
             command += f" --clear-ratio {self.clear_ratio:g}"
         if self.schedule is not None:
@@ -124,6 +133,8 @@ class Simulation:
             net=c.net,
             commit_delay_ms=commit_delay_ms,
             wrap_storage=wrap_storage,
+            nodes_per_machine=c.nodes_per_machine,
+            zones=c.zones,
         )
         self.workload = SetAddWorkload(self.world, clients=c.clients, keys=c.keys, clear_ratio=c.clear_ratio)
         load_ms = int(c.seconds * 1000)
@@ -264,6 +275,9 @@ class Simulation:
         if not nodes:
             return
         view = nodes[sorted(nodes)[0]]
+        self.state.n = world.params.n
+        self.state.primaries = {p: view.cluster.preference_list(p).primaries for p in range(world.params.partitions)}
+        self.state.locations = {name: world.location_of(name) for name in world.hosts}
         for key in self.workload.keys:
             partition = partition_of(key, world.params.partitions)
             primaries = view.cluster.preference_list(partition).primaries

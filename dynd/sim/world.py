@@ -1,9 +1,19 @@
-"""The simulated cluster: hosts, their node processes, the network and the disks, on one clock.
+"""The simulated cluster: machines, the node processes they run, the network and the disks, on one clock.
 
-A host is a machine: a name, an address and a MemoryStore that survives crashes. A host runs at
-most one node process at a time; each start builds a new `dynd.core.node.Node` from what the store
-committed (its membership comes from the meta record "membership"), with its own disk (overlay and
-commit queue) and its own network endpoint, so nothing of a crashed incarnation leaks into the next.
+A `Host` is one node's place on a machine: a name, an address and a MemoryStore that survives
+crashes (the node's data directory). It runs at most one node process at a time; each start builds
+a new `dynd.core.node.Node` from what the store committed (its membership comes from the meta
+record "membership"), with its own disk (overlay and commit queue) and its own network endpoint, so
+nothing of a crashed incarnation leaks into the next. Faults that target "a host" (`dynd.sim.faults`)
+target one such node process.
+
+A `Machine` is a server: it runs one or more hosts (the workers of `dynd --workers K`) and has a
+location, `zone-<z>/host-<m>` (`dynd.protocol.locations`), which every node on it shares; machines
+are dealt to zones in turn. `nodes_per_machine` lays the starting nodes out: k each (the last
+machine takes what is left), or an explicit count per machine. The default is one node per machine
+in one zone. Every node is started with its machine's location (`Node(location=...)`), as
+`dynd --location` does, and the starting membership records it, so placement sees where nodes run.
+Losing a machine (`crash_machine`, the `host-crash` fault) loses every node on it at once.
 
 Each node process has two clocks, as a real one does. Its monotonic clock (`Node(now_ms=...)`, for
 every deadline and timer) is the loop's virtual time plus an offset of its own, fixed for the life
@@ -21,7 +31,7 @@ concern does not reshuffle the others.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +41,7 @@ from dynd.core.actors import ACTOR_META, CLEAN_STOP_META, actor_at_start
 from dynd.core.node import Node
 from dynd.core.ops import PutMeta
 from dynd.core.ports import Storage
+from dynd.protocol.locations import check_location
 from dynd.sim.disk import SimDisk
 from dynd.sim.loop import Loop
 from dynd.sim.network import Endpoint, NetConfig, SimNetwork
@@ -38,6 +49,7 @@ from dynd.sim.process import Process
 from dynd.storage.memory import MemoryStore
 
 MEMBERSHIP_META = "membership"
+TICK = "tick"  # the kind nodes' timers count under in `SimNetwork.traffic` (with timing on)
 # Wall clocks read like wall clocks (timestamps order context entries for pruning), and a clock
 # set back at a restart or stepped back must not go below zero.
 EPOCH_MS = 1_700_000_000_000
@@ -75,6 +87,8 @@ class Failure:
 class Host:
     name: str
     address: str
+    machine: str = ""  # the name of the Machine this node runs on
+    location: str = ""  # that machine's location
     store: MemoryStore = field(default_factory=MemoryStore)
     seeds: tuple[str, ...] = ()
     process: Process | None = None
@@ -96,7 +110,33 @@ class Host:
         return self.up and not self.process.paused  # type: ignore[union-attr]
 
 
+@dataclass
+class Machine:
+    name: str  # host-<m>
+    location: str  # zone-<z>/host-<m>
+    hosts: list[str] = field(default_factory=list)  # the nodes it runs, in the order they came
+    down: bool = False  # crashed as a whole: none of its nodes can start until it comes back
+
+
 StorageWrapper = Callable[["Host", SimDisk], Storage]
+
+
+def machine_layout(nodes: int, nodes_per_machine: int | Sequence[int]) -> list[int]:
+    """How many of `nodes` each machine runs: `k` per machine (the last takes the rest) or, given a
+    sequence, exactly those counts (which must add up to `nodes`)."""
+    if nodes < 1:
+        raise ValueError(f"a world needs at least one node, not {nodes}")
+    if isinstance(nodes_per_machine, int):
+        if nodes_per_machine < 1:
+            raise ValueError(f"nodes_per_machine must be at least 1, not {nodes_per_machine}")
+        full, rest = divmod(nodes, nodes_per_machine)
+        return [nodes_per_machine] * full + ([rest] if rest else [])
+    counts = [int(k) for k in nodes_per_machine]
+    if not counts or any(k < 1 for k in counts):
+        raise ValueError(f"every machine runs at least one node; got {counts}")
+    if sum(counts) != nodes:
+        raise ValueError(f"nodes_per_machine {counts} lays out {sum(counts)} nodes, not {nodes}")
+    return counts
 
 
 class World:
@@ -110,7 +150,12 @@ class World:
         net: NetConfig | None = None,
         commit_delay_ms: tuple[int, int] = (1, 6),
         wrap_storage: StorageWrapper | None = None,
+        nodes_per_machine: int | Sequence[int] = 1,
+        zones: int = 1,
     ) -> None:
+        layout = machine_layout(nodes, nodes_per_machine)
+        if zones < 1:
+            raise ValueError(f"zones must be at least 1, not {zones}")
         self.seed = seed
         self.rng = random.Random(seed)
         self.loop = Loop()
@@ -123,13 +168,21 @@ class World:
         n, r, w, partitions = params
         self.params = ClusterParams(f"sim-{seed}", n, r, w, partitions)
         self.hosts: dict[str, Host] = {}
+        self.zones = zones
+        self.machines: dict[str, Machine] = {}
         names = [f"n{i}" for i in range(1, nodes + 1)]
+        machine_of: list[str] = []
+        for count in layout:
+            machine_of += [self._new_machine().name] * count
         membership = Membership(self.params)
-        for name in names:
-            membership = membership.with_event(JOIN, name, origin=names[0], address=self._address(name))
-        for name in names:
-            host = self._new_host(name)
-            host.store.write([PutMeta(MEMBERSHIP_META, membership.encode())])
+        for name, machine in zip(names, machine_of):
+            location = self.machines[machine].location
+            membership = membership.with_event(JOIN, name, origin=names[0], address=self._address(name), location=location)
+        stored = membership.encode()
+        self._first_membership = (stored, Membership.decode(stored))
+        for name, machine in zip(names, machine_of):
+            host = self._new_host(name, machine)
+            host.store.write([PutMeta(MEMBERSHIP_META, stored)])
             self.start(host)
 
     # ---- hosts ----
@@ -141,17 +194,32 @@ class World:
     def _address(name: str) -> str:
         return f"{name}.sim:7400"
 
-    def _new_host(self, name: str) -> Host:
-        host = Host(name, self._address(name), seeds=(self._address("n1"),), rng=self._substream())
+    def _new_machine(self) -> Machine:
+        """One more machine, in the next zone in turn. (No random draw: adding machines moves no
+        other stream.)"""
+        number = len(self.machines) + 1
+        name = f"host-{number}"
+        zone = f"zone-{(number - 1) % self.zones + 1}"
+        machine = Machine(name, check_location(f"{zone}/{name}"))
+        self.machines[name] = machine
+        return machine
+
+    def _new_host(self, name: str, machine: str) -> Host:
+        where = self.machines[machine]
+        host = Host(name, self._address(name), machine, where.location, seeds=(self._address("n1"),), rng=self._substream())
         self.hosts[name] = host
+        where.hosts.append(name)
         self.net.register(name, host.address)
         return host
 
-    def add_host(self) -> Host:
-        """A new machine with a fresh one-node cluster of its own (it joins through a seed later)."""
+    def add_host(self, machine: str | None = None) -> Host:
+        """A new node with a fresh one-node cluster of its own (it joins through a seed later), on
+        `machine` (another worker there) or, by default, on a new machine of its own."""
+        if machine is not None and machine not in self.machines:
+            raise ValueError(f"no machine {machine!r}; there are {', '.join(sorted(self.machines))}")
         name = f"n{len(self.hosts) + 1}"
-        host = self._new_host(name)
-        alone = create(ClusterParams(f"sim-{self.seed}-{name}", *self._params_tuple()), name, host.address)
+        host = self._new_host(name, machine if machine is not None else self._new_machine().name)
+        alone = create(ClusterParams(f"sim-{self.seed}-{name}", *self._params_tuple()), name, host.address, host.location)
         host.store.write([PutMeta(MEMBERSHIP_META, alone.encode())])
         self.start(host)
         return host
@@ -193,7 +261,7 @@ class World:
             host.node = Node(
                 host.name,
                 host.address,
-                Membership.decode(meta),
+                self._membership_read(meta),
                 storage,
                 endpoint,
                 limits=self.limits,
@@ -203,6 +271,7 @@ class World:
                 seeds=host.seeds,
                 actor=actor,
                 boot=host.incarnations,  # grows with every start, as the daemon's persisted boot does
+                location=host.location,  # every node of a machine at the machine's
             )
 
         process.run(build)
@@ -214,11 +283,22 @@ class World:
         self.loop.trace("start", host.name, host.incarnations)
         self.loop.after(host.rng.randint(1, self.limits.tick_interval_ms), lambda: self._tick(process, node))
 
+    def _membership_read(self, stored: bytes) -> Membership:
+        """The membership a starting node reads from its store. The nodes of a new world all start
+        from the same bytes: they share one decoded value (immutable; its fold is made once) rather
+        than each folding the whole history again, which with hundreds of nodes is most of the time
+        building a world takes. Any other bytes are decoded for the node alone."""
+        first_stored, first = self._first_membership
+        return first if stored == first_stored else Membership.decode(stored)
+
     def _tick(self, process: Process, node: Node) -> None:
         if not process.alive:
             return
         if not process.paused:  # a stopped process does not tick; it catches up when resumed
-            process.run(node.tick)
+            if self.net.traffic.timing:
+                process.run(lambda: self.net.traffic.run_timed(process.host, lambda: node.tick() or TICK))
+            else:
+                process.run(node.tick)
         self.loop.after(self.limits.tick_interval_ms, lambda: self._tick(process, node))
 
     def crash(self, host: Host) -> None:
@@ -230,7 +310,7 @@ class World:
         self.loop.trace("crash", host.name)
 
     def restart(self, host: Host, skew_ms: int | None = None) -> None:
-        if host.up:
+        if host.up or self.machines[host.machine].down:
             return
         if skew_ms is not None:
             host.skew_ms = skew_ms  # a clock may be set back across a restart
@@ -257,6 +337,40 @@ class World:
 
     def up_hosts(self) -> list[Host]:
         return [h for h in self.hosts.values() if h.up]
+
+    # ---- machines ----
+
+    def location_of(self, name: str) -> str:
+        """The location of node `name` (the machine it runs on)."""
+        return self.hosts[name].location
+
+    def hosts_of(self, machine: str) -> list[Host]:
+        return [self.hosts[name] for name in self.machines[machine].hosts]
+
+    def crash_machine(self, machine: str) -> list[Host]:
+        """The machine dies (power, kernel panic, its one systemd unit killed): every node process
+        on it crashes at the same virtual instant, and none restarts until `restore_machine`.
+        Returns the nodes that were up (none: the machine was down already, and nothing changes)."""
+        where = self.machines[machine]
+        if where.down:
+            return []
+        where.down = True
+        crashed = [host for host in self.hosts_of(machine) if host.up]
+        self.loop.trace("crash-machine", machine, [host.name for host in crashed])
+        for host in crashed:
+            self.crash(host)
+        return crashed
+
+    def restore_machine(self, machine: str, skew_ms: int | None = None) -> None:
+        """The machine is back (rebooted; its unit starts every worker): every node on it that is
+        down starts, with the machine's one clock `skew_ms` when given."""
+        where = self.machines[machine]
+        if not where.down:
+            return
+        where.down = False
+        self.loop.trace("restore-machine", machine)
+        for host in self.hosts_of(machine):
+            self.restart(host, skew_ms)
 
     # ---- failures ----
 
