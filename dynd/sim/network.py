@@ -16,16 +16,16 @@ Rules:
   request's, or a payload the codec refuses is reported as a failure.
 - `traffic` counts what is put on the wire, by kind: the message's type name (a pre-encoded reply,
   which only a get sends, counts as its request's name plus "Ok"), "datagram" for the failure
-  detector's, "refused" for a refused connection. With `traffic.timing` on, it also adds up the
-  process time each receiving process spends decoding and handling each kind, and (with a probe)
-  the time of the handlings that changed the receiver's state (benchmarks: tests/bench/scale.py);
-  timing reads a real clock but changes nothing the run does.
+  detector's, "refused" for a refused connection. Given a `traffic.clock` (a benchmark gives
+  `time.process_time`: the simulator itself reads no real clock), it also adds up the time each
+  receiving process spends decoding and handling each kind, and (with a probe) the time of the
+  handlings that changed the receiver's state (tests/bench/scale.py); what it reads changes
+  nothing the run does.
 """
 
 from __future__ import annotations
 
 import random
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,8 +57,8 @@ class NetStats:
 
 @dataclass
 class Traffic:
-    """What went on the wire by kind and, when `timing`, the process time receivers spent on each
-    kind; with a `probe` too (a host name -> any value: the bench gives the node's membership
+    """What went on the wire by kind and, given a `clock` (seconds), the time receivers spent on each
+    kind by it; with a `probe` too (a host name -> any value: the bench gives the node's membership
     digest), the time and count of the handlings after which the probe read differently, that is
     the ones that changed what it looks at."""
 
@@ -67,7 +67,7 @@ class Traffic:
     cpu_s: Counter[str] = field(default_factory=Counter)
     changed_cpu_s: Counter[str] = field(default_factory=Counter)
     changed: Counter[str] = field(default_factory=Counter)
-    timing: bool = False
+    clock: Callable[[], float] | None = None
     probe: Callable[[str], object] | None = None
 
     def sent(self, kind: str, size: int) -> None:
@@ -76,10 +76,12 @@ class Traffic:
 
     def run_timed(self, host: str, handle: Callable[[], str]) -> None:
         """Run `handle` inside `host`'s process; it returns the kind it handled ("": nothing)."""
+        clock = self.clock
+        assert clock is not None, "run_timed needs a clock"
         before = self.probe(host) if self.probe is not None else None
-        started = time.process_time()
+        started = clock()
         kind = handle()
-        spent = time.process_time() - started
+        spent = clock() - started
         if not kind:
             return
         self.cpu_s[kind] += spent
@@ -88,11 +90,11 @@ class Traffic:
             self.changed[kind] += 1
 
     def snapshot(self) -> Traffic:
-        return Traffic(*(Counter(c) for c in self._counters()), self.timing, self.probe)
+        return Traffic(*(Counter(c) for c in self._counters()), self.clock, self.probe)
 
     def since(self, before: Traffic) -> Traffic:
         """What happened between `before` (a snapshot) and now."""
-        return Traffic(*(now - then for now, then in zip(self._counters(), before._counters())), self.timing, self.probe)
+        return Traffic(*(now - then for now, then in zip(self._counters(), before._counters())), self.clock, self.probe)
 
     def _counters(self) -> tuple[Counter[str], ...]:
         return (self.messages, self.bytes, self.cpu_s, self.changed_cpu_s, self.changed)
@@ -275,7 +277,7 @@ class Endpoint:
         process, receive = listener
         self.net.stats.delivered += 1
         self.net.loop.trace("dgram", self.host, dst, payload)
-        if self.net.traffic.timing:
+        if self.net.traffic.clock is not None:
             process.run(lambda: self.net.traffic.run_timed(dst, lambda: receive(self.address, payload) or DATAGRAM))
         else:
             process.run(lambda: receive(self.address, payload))
@@ -294,7 +296,7 @@ class Endpoint:
         process.run(lambda: self._serve(process, handle, dst, request_id, payload))
 
     def _serve(self, process: Process, handle: Callable[[Any, Callable[[Any], None]], None], dst: str, request_id: int, payload: bytes) -> None:
-        if self.net.traffic.timing:
+        if self.net.traffic.clock is not None:
             self.net.traffic.run_timed(dst, lambda: self._serve_untimed(process, handle, dst, request_id, payload))
         else:
             self._serve_untimed(process, handle, dst, request_id, payload)
@@ -325,7 +327,7 @@ class Endpoint:
         return type(message).__name__
 
     def _answered(self, request_id: int, dst: str, data: bytes) -> None:
-        if self.net.traffic.timing:
+        if self.net.traffic.clock is not None:
             self.net.traffic.run_timed(self.host, lambda: self._answered_untimed(request_id, dst, data))
         else:
             self._answered_untimed(request_id, dst, data)

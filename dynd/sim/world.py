@@ -49,7 +49,7 @@ from dynd.sim.process import Process
 from dynd.storage.memory import MemoryStore
 
 MEMBERSHIP_META = "membership"
-TICK = "tick"  # the kind nodes' timers count under in `SimNetwork.traffic` (with timing on)
+TICK = "tick"  # the kind nodes' timers count under in `SimNetwork.traffic` (given a clock)
 # Wall clocks read like wall clocks (timestamps order context entries for pruning), and a clock
 # set back at a restart or stepped back must not go below zero.
 EPOCH_MS = 1_700_000_000_000
@@ -295,7 +295,7 @@ class World:
         if not process.alive:
             return
         if not process.paused:  # a stopped process does not tick; it catches up when resumed
-            if self.net.traffic.timing:
+            if self.net.traffic.clock is not None:
                 process.run(lambda: self.net.traffic.run_timed(process.host, lambda: node.tick() or TICK))
             else:
                 process.run(node.tick)

@@ -167,7 +167,7 @@ def measure(
     world = World(seed, nodes=members, params=(N, R, W, partitions), nodes_per_machine=nodes_per_machine, zones=zones)
     build_s = time.perf_counter() - started
     traffic = world.net.traffic
-    traffic.timing = True
+    traffic.clock = time.process_time
     traffic.probe = lambda name: _membership_digest(world, name)
     world.run_for(warmup_ms)
     n1 = world.hosts["n1"]
