@@ -3,10 +3,23 @@ are the ones it says they are."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+
+import pytest
 from scale import kinds_table, main, measure, placement, summary_table
 
 from dynd.core.ring import Ring
 from dynd.sim.world import World
+
+
+@pytest.fixture(autouse=True)
+def dynd_log_level_restored() -> Iterator[None]:
+    """`main` quiets the dynd loggers for the figures; the tests after these must not inherit it."""
+    logger = logging.getLogger("dynd")
+    level = logger.level
+    yield
+    logger.setLevel(level)
 
 
 def test_a_small_case_measures_agreement_traffic_adoption_and_placement() -> None:
