@@ -6,6 +6,7 @@ teardown, printing each node's stderr tail (pytest shows it only when the test f
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,3 +39,13 @@ def dynd_factory(tmp_path: Path) -> Iterator[DyndFactory]:
     for node in nodes:
         node.stop()
         print(f"--- {node!r} stderr (last lines) ---\n{node.stderr_tail()}")
+
+
+@pytest.fixture(autouse=True)
+def _dynd_log_level_restored() -> Iterator[None]:
+    """Some tools quiet the dynd loggers (the simulator's and the scale bench's main); a test that
+    runs one must not leave the loggers of every later test at that level."""
+    logger = logging.getLogger("dynd")
+    level = logger.level
+    yield
+    logger.setLevel(level)
